@@ -1,0 +1,1 @@
+"""The framework-free DPoP core: pure functions over ``cryptography`` and the stdlib."""

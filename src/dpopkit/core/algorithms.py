@@ -1,0 +1,140 @@
+"""The JWS algorithms dpopkit accepts: asymmetric signatures only (RFC 9449 §4.2, §11.6).
+
+Each name maps to an :class:`AlgSpec` that says which key type fits it and how
+to turn the JWS signature bytes into what ``cryptography`` expects. ECDSA
+signatures are raw ``R‖S`` on the wire (RFC 7518 §3.4, checklist P-14) and DER
+inside ``cryptography``; the conversion lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeAlias, get_args
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "DEFAULT_ALGORITHM",
+    "AlgSpec",
+    "Algorithm",
+    "PrivateKey",
+    "PublicKey",
+    "spec_for",
+]
+
+Algorithm: TypeAlias = Literal[
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+    "Ed25519",
+    "PS256",
+    "PS384",
+    "PS512",
+    "RS256",
+    "RS384",
+    "RS512",
+]
+ALGORITHMS: tuple[Algorithm, ...] = get_args(Algorithm)
+DEFAULT_ALGORITHM: Algorithm = "ES256"
+
+PublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+
+
+@dataclass(frozen=True, slots=True)
+class AlgSpec:
+    """What an algorithm needs: key type, curve, hash, and signature shape."""
+
+    name: Algorithm
+    kty: Literal["EC", "OKP", "RSA"]
+    crv: str | None
+    hash_alg: hashes.HashAlgorithm | None
+    coord_size: int = 0  # EC: octets per coordinate (and per R, S)
+    pss: bool = False
+
+    def verify(self, key: PublicKey, signature: bytes, data: bytes) -> bool:
+        """Check ``signature`` over ``data``; return False (never raise) when it does not verify.
+
+        The caller has already checked that ``key`` fits this algorithm.
+        """
+        try:
+            if self.kty == "EC":
+                size = self.coord_size
+                if len(signature) != 2 * size:
+                    return False
+                r = int.from_bytes(signature[:size], "big")
+                s = int.from_bytes(signature[size:], "big")
+                assert isinstance(key, ec.EllipticCurvePublicKey)
+                assert self.hash_alg is not None
+                key.verify(encode_dss_signature(r, s), data, ec.ECDSA(self.hash_alg))
+            elif self.kty == "OKP":
+                assert isinstance(key, ed25519.Ed25519PublicKey)
+                if len(signature) != 64:
+                    return False
+                key.verify(signature, data)
+            else:
+                assert isinstance(key, rsa.RSAPublicKey)
+                assert self.hash_alg is not None
+                if len(signature) != (key.key_size + 7) // 8:
+                    return False
+                key.verify(signature, data, self._rsa_padding(), self.hash_alg)
+        except InvalidSignature:
+            return False
+        return True
+
+    def sign(self, key: PrivateKey, data: bytes) -> bytes:
+        """Sign ``data`` and return the JWS signature bytes (raw ``R‖S`` for ECDSA)."""
+        if self.kty == "EC":
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            assert self.hash_alg is not None
+            r, s = decode_dss_signature(key.sign(data, ec.ECDSA(self.hash_alg)))
+            return r.to_bytes(self.coord_size, "big") + s.to_bytes(self.coord_size, "big")
+        if self.kty == "OKP":
+            assert isinstance(key, ed25519.Ed25519PrivateKey)
+            return key.sign(data)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        assert self.hash_alg is not None
+        return key.sign(data, self._rsa_padding(), self.hash_alg)
+
+    def _rsa_padding(self) -> padding.AsymmetricPadding:
+        if self.pss:
+            assert self.hash_alg is not None
+            # RFC 7518 §3.5: salt length equals the hash output length.
+            return padding.PSS(
+                mgf=padding.MGF1(self.hash_alg), salt_length=self.hash_alg.digest_size
+            )
+        return padding.PKCS1v15()
+
+
+_SPECS: dict[str, AlgSpec] = {
+    "ES256": AlgSpec("ES256", "EC", "P-256", hashes.SHA256(), 32),
+    "ES384": AlgSpec("ES384", "EC", "P-384", hashes.SHA384(), 48),
+    "ES512": AlgSpec("ES512", "EC", "P-521", hashes.SHA512(), 66),
+    "EdDSA": AlgSpec("EdDSA", "OKP", "Ed25519", None),
+    "Ed25519": AlgSpec("Ed25519", "OKP", "Ed25519", None),
+    "PS256": AlgSpec("PS256", "RSA", None, hashes.SHA256(), pss=True),
+    "PS384": AlgSpec("PS384", "RSA", None, hashes.SHA384(), pss=True),
+    "PS512": AlgSpec("PS512", "RSA", None, hashes.SHA512(), pss=True),
+    "RS256": AlgSpec("RS256", "RSA", None, hashes.SHA256()),
+    "RS384": AlgSpec("RS384", "RSA", None, hashes.SHA384()),
+    "RS512": AlgSpec("RS512", "RSA", None, hashes.SHA512()),
+}
+
+EC_CURVES: dict[str, tuple[ec.EllipticCurve, int]] = {
+    "P-256": (ec.SECP256R1(), 32),
+    "P-384": (ec.SECP384R1(), 48),
+    "P-521": (ec.SECP521R1(), 66),
+}
+
+
+def spec_for(alg: object) -> AlgSpec | None:
+    """Return the :class:`AlgSpec` for a supported JWS ``alg`` name, else None."""
+    return _SPECS.get(alg) if isinstance(alg, str) else None

@@ -1,0 +1,317 @@
+"""A strict compact-JWS layer on ``cryptography`` (RFC 7515, RFC 7517, RFC 7518).
+
+Narrower than a general JOSE library on purpose: compact serialization only,
+sizes checked before any decoding, strict base64url (alphabet, no padding,
+canonical trailing bits), JSON objects without duplicate members or
+non-finite numbers, ``crit`` refused unless understood, public JWKs of the EC,
+OKP and RSA types only, EC points validated, RSA at least 2048 bits.
+
+Every failure raises :class:`JWSError` carrying a :class:`~dpopkit.errors.Reason`;
+callers turn it into the error of their context (proof or access token).
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from dpopkit.core.algorithms import EC_CURVES, AlgSpec, PublicKey, spec_for
+from dpopkit.errors import Reason
+
+__all__ = [
+    "PRIVATE_JWK_MEMBERS",
+    "CompactJWS",
+    "JWSError",
+    "b64url_decode",
+    "b64url_encode",
+    "json_dumps",
+    "json_loads_object",
+    "public_key_from_jwk",
+    "sign_compact",
+    "split_compact",
+]
+
+#: Members that make a JWK private (RFC 7518 §6.2.2, §6.3.2; RFC 8037 §2) or symmetric.
+PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192
+
+
+class JWSError(Exception):
+    """A JWS or JWK failed a check; ``reason`` says which."""
+
+    def __init__(self, reason: Reason, description: str) -> None:
+        super().__init__(description)
+        self.reason = reason
+        self.description = description
+
+
+# --- base64url (RFC 7515 §2, RFC 4648 §5, no padding) --------------------------------------
+
+# Map the URL-safe alphabet onto the standard one, and everything a base64url
+# string must not contain ('+', '/', '=') onto a character strict decoding refuses.
+_TO_STD = str.maketrans({"-": "+", "_": "/", "+": "!", "/": "!", "=": "!"})
+# With 2 or 3 characters in the last quantum, the final character carries unused
+# bits that must be zero (canonical encoding, RFC 4648 §3.5).
+_CANONICAL_LAST = {
+    2: frozenset("AQgw"),
+    3: frozenset("AEIMQUYcgkosw048"),
+}
+
+
+_FROM_STD = str.maketrans({"+": "-", "/": "_"})
+
+
+def b64url_encode(data: bytes) -> str:
+    """Encode ``data`` as base64url without padding."""
+    return binascii.b2a_base64(data, newline=False).decode("ascii").translate(_FROM_STD).rstrip("=")
+
+
+def b64url_decode(value: str) -> bytes:
+    """Decode strict, canonical, unpadded base64url.
+
+    Raises:
+        JWSError: (MALFORMED) on any character outside the alphabet, padding,
+            an impossible length or non-zero unused bits.
+    """
+    rem = len(value) % 4
+    if rem == 1 or not value.isascii():
+        raise JWSError(Reason.MALFORMED, "invalid base64url")
+    if rem and value[-1] not in _CANONICAL_LAST[rem]:
+        raise JWSError(Reason.MALFORMED, "non-canonical base64url")
+    try:
+        return binascii.a2b_base64(
+            value.translate(_TO_STD) + "=" * (-len(value) % 4), strict_mode=True
+        )
+    except (binascii.Error, ValueError):
+        raise JWSError(Reason.MALFORMED, "invalid base64url") from None
+
+
+# --- strict JSON ----------------------------------------------------------------------------
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("non-finite number")
+    return value
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate member name")
+    return obj
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_object, parse_constant=_no_constant, parse_float=_finite_float
+)
+
+
+def json_loads_object(data: bytes) -> dict[str, Any]:
+    """Parse UTF-8 JSON that must be an object (RFC 7515 §5.2 steps 3, 8; RFC 7519 §7.2).
+
+    Rejects duplicate member names, ``NaN``/``Infinity``, numbers that overflow
+    to infinity, invalid UTF-8 (including lone surrogates in escapes) and any
+    top-level value other than an object.
+
+    Raises:
+        JWSError: (MALFORMED).
+    """
+    try:
+        text = data.decode("utf-8")
+        obj = _DECODER.decode(text)
+        if not isinstance(obj, dict):
+            raise JWSError(Reason.MALFORMED, "JSON value is not an object")
+        # Lone surrogates from \\ud800 escapes would break re-encoding later.
+        text.encode("utf-8")
+        _check_strings(obj)
+    except JWSError:
+        raise
+    except (ValueError, RecursionError):
+        raise JWSError(Reason.MALFORMED, "invalid JSON") from None
+    return obj
+
+
+def _check_strings(value: object, depth: int = 0) -> None:
+    if depth > 32:
+        raise ValueError("too deeply nested")
+    if isinstance(value, str):
+        value.encode("utf-8")  # lone surrogates raise UnicodeEncodeError (a ValueError)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            key.encode("utf-8")
+            _check_strings(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item, depth + 1)
+
+
+def json_dumps(value: Mapping[str, Any]) -> bytes:
+    """Serialize compactly (no spaces), rejecting non-finite numbers."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+
+
+# --- JWK import -----------------------------------------------------------------------------
+
+
+def _member(jwk: Mapping[str, Any], name: str) -> bytes:
+    value = jwk.get(name)
+    if not isinstance(value, str) or not value:
+        raise JWSError(Reason.BAD_JWK, f"jwk member {name} missing or not a string")
+    try:
+        return b64url_decode(value)
+    except JWSError:
+        raise JWSError(Reason.BAD_JWK, f"jwk member {name} is not base64url") from None
+
+
+def public_key_from_jwk(
+    jwk: object,
+    spec: AlgSpec,
+    *,
+    min_rsa_bits: int = MIN_RSA_BITS,
+    max_rsa_bits: int = MAX_RSA_BITS,
+) -> PublicKey:
+    """Import a public JWK that must fit ``spec`` (RFC 7517, RFC 7518 §6, RFC 8037).
+
+    Checks: a JSON object; no private or symmetric members (RFC 9449 §4.3 (7));
+    ``kty``/``crv`` fit the algorithm (§4.3 (5)); optional ``alg`` equals it and
+    optional ``use`` is ``sig``; coordinates of exact length and on the curve;
+    RSA modulus within ``[min_rsa_bits, max_rsa_bits]`` and a sane exponent.
+
+    Raises:
+        JWSError: PRIVATE_JWK, BAD_JWK or UNSUPPORTED_ALG.
+    """
+    if not isinstance(jwk, dict):
+        raise JWSError(Reason.BAD_JWK, "jwk is not a JSON object")
+    if not PRIVATE_JWK_MEMBERS.isdisjoint(jwk):
+        raise JWSError(Reason.PRIVATE_JWK, "jwk contains private key material")
+    kty = jwk.get("kty")
+    if kty != spec.kty:
+        raise JWSError(Reason.BAD_JWK, "jwk kty does not fit alg")
+    jwk_alg = jwk.get("alg")
+    if jwk_alg is not None and jwk_alg != spec.name:
+        raise JWSError(Reason.BAD_JWK, "jwk alg does not match header alg")
+    use = jwk.get("use")
+    if use is not None and use != "sig":
+        raise JWSError(Reason.BAD_JWK, "jwk use is not sig")
+    if spec.kty == "EC":
+        if jwk.get("crv") != spec.crv:
+            raise JWSError(Reason.BAD_JWK, "jwk crv does not fit alg")
+        curve, size = EC_CURVES[jwk["crv"]]
+        x, y = _member(jwk, "x"), _member(jwk, "y")
+        if len(x) != size or len(y) != size:
+            raise JWSError(Reason.BAD_JWK, "EC coordinate of wrong length")
+        try:
+            # from_encoded_point checks that the point lies on the curve.
+            return ec.EllipticCurvePublicKey.from_encoded_point(curve, b"\x04" + x + y)
+        except ValueError:
+            raise JWSError(Reason.BAD_JWK, "EC point is not on the curve") from None
+    if spec.kty == "OKP":
+        if jwk.get("crv") != "Ed25519":
+            raise JWSError(Reason.BAD_JWK, "jwk crv does not fit alg")
+        x = _member(jwk, "x")
+        if len(x) != 32:
+            raise JWSError(Reason.BAD_JWK, "Ed25519 key of wrong length")
+        return ed25519.Ed25519PublicKey.from_public_bytes(x)
+    n_bytes, e_bytes = _member(jwk, "n"), _member(jwk, "e")
+    if n_bytes[0] == 0 or e_bytes[0] == 0:
+        raise JWSError(Reason.BAD_JWK, "RSA integer with leading zero octet")
+    n, e = int.from_bytes(n_bytes, "big"), int.from_bytes(e_bytes, "big")
+    bits = n.bit_length()
+    if bits < min_rsa_bits:
+        raise JWSError(Reason.BAD_JWK, "RSA key too small")
+    if bits > max_rsa_bits:
+        raise JWSError(Reason.BAD_JWK, "RSA key too large")
+    if e < 3 or e % 2 == 0 or e.bit_length() > 32 or n % 2 == 0:
+        raise JWSError(Reason.BAD_JWK, "RSA exponent or modulus invalid")
+    try:
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    except ValueError:
+        raise JWSError(Reason.BAD_JWK, "invalid RSA key") from None
+
+
+# --- compact serialization ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CompactJWS:
+    """The three segments of a compact JWS, still encoded."""
+
+    header_b64: str
+    payload_b64: str
+    signature_b64: str
+
+    @property
+    def signing_input(self) -> bytes:
+        """``ASCII(header_b64 '.' payload_b64)`` (RFC 7515 §5.1 step 6)."""
+        return f"{self.header_b64}.{self.payload_b64}".encode("ascii")
+
+
+def split_compact(token: object, *, max_length: int) -> CompactJWS:
+    """Split a compact JWS after a size check, before any decoding (RFC 7515 §7.1).
+
+    Raises:
+        JWSError: TOO_LARGE, or MALFORMED when it is not a string of three parts.
+    """
+    if not isinstance(token, str):
+        raise JWSError(Reason.MALFORMED, "JWS is not a string")
+    if len(token) > max_length:
+        raise JWSError(Reason.TOO_LARGE, "JWS too large")
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise JWSError(Reason.MALFORMED, "not a compact JWS of three parts")
+    return CompactJWS(parts[0], parts[1], parts[2])
+
+
+def check_crit(header: Mapping[str, Any], understood: Collection[str] = ()) -> None:
+    """Refuse ``crit`` unless every listed extension is understood (RFC 7515 §4.1.11).
+
+    Raises:
+        JWSError: UNSUPPORTED_CRIT.
+    """
+    if "crit" not in header:
+        return
+    crit = header["crit"]
+    if (
+        not isinstance(crit, list)
+        or not crit
+        or len(set(map(str, crit))) != len(crit)
+        or not all(isinstance(name, str) and name in understood and name in header for name in crit)
+    ):
+        raise JWSError(Reason.UNSUPPORTED_CRIT, "crit lists an extension that is not understood")
+
+
+def sign_compact(header_b64: str, payload: Mapping[str, Any], spec: AlgSpec, sign: Any) -> str:
+    """Produce ``header.payload.signature`` with a ready header segment.
+
+    ``sign`` is a callable ``(bytes) -> bytes`` returning JWS signature bytes.
+    """
+    del spec  # the signer already knows its algorithm
+    signing_input = f"{header_b64}.{b64url_encode(json_dumps(payload))}"
+    signature = sign(signing_input.encode("ascii"))
+    return f"{signing_input}.{b64url_encode(signature)}"
+
+
+def algorithm_spec(alg: object, allowed: Collection[str]) -> AlgSpec:
+    """Return the spec of ``alg`` if it is a supported asymmetric algorithm in ``allowed``.
+
+    Raises:
+        JWSError: UNSUPPORTED_ALG (``none``, HS*, unknown, or not allowed by policy).
+    """
+    spec = spec_for(alg)
+    if spec is None or spec.name not in allowed:
+        raise JWSError(Reason.UNSUPPORTED_ALG, "alg not supported or not allowed")
+    return spec

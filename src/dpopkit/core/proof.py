@@ -1,0 +1,524 @@
+"""DPoP proofs: create them (RFC 9449 §4.2) and check them (RFC 9449 §4.3).
+
+``verify_proof`` runs every check of §4.3 (1)-(12) that can be made without
+I/O and returns a :class:`VerifiedProof` or raises; it never returns a bool.
+Cheap checks run first and the signature last, so junk is refused before the
+expensive step; the replay record is left to the caller (:mod:`dpopkit.core.replay`)
+and must be made only after every other check passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final, Protocol, cast
+
+from dpopkit.core.algorithms import ALGORITHMS, AlgSpec, PublicKey
+from dpopkit.core.http import DPOP_HEADER, Headers
+from dpopkit.core.htu import normalize_htu
+from dpopkit.core.jws import (
+    JWSError,
+    algorithm_spec,
+    b64url_decode,
+    b64url_encode,
+    check_crit,
+    json_dumps,
+    json_loads_object,
+    public_key_from_jwk,
+    split_compact,
+)
+from dpopkit.core.keys import DPoPKey
+from dpopkit.core.nonce import NonceInfo
+from dpopkit.core.thumbprint import access_token_hash, jwk_thumbprint
+from dpopkit.errors import InvalidProofError, Reason, UseNonceError
+
+__all__ = [
+    "PROOF_TYP",
+    "NonceCheck",
+    "ProofPolicy",
+    "VerifiedProof",
+    "create_proof",
+    "extract_proof",
+    "verify_proof",
+]
+
+PROOF_TYP: Final = "dpop+jwt"
+_RESERVED_CLAIMS = frozenset({"jti", "htm", "htu", "iat", "ath", "nonce"})
+_METHOD_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §9.1 token
+_NQCHAR_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 App. A, RFC 9449 §8.1
+_TOKEN68_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 9110 §11.2, RFC 9449 §4.1 Fig. 3
+
+
+class NonceCheck(Protocol):
+    """What :func:`verify_proof` needs from a nonce issuer (:class:`~dpopkit.NonceIssuer`)."""
+
+    def verify(self, nonce: str, *, now: float) -> NonceInfo:
+        """Return facts about a valid nonce, or raise :class:`UseNonceError`."""
+        ...
+
+    def challenge(self, reason: Reason = ..., *, now: float) -> UseNonceError:
+        """Return a :class:`UseNonceError` carrying a fresh nonce."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProofPolicy:
+    """What a server accepts. Frozen; invalid settings raise at construction.
+
+    Attributes:
+        algorithms: accepted proof ``alg`` values (asymmetric only; also sent as ``algs``).
+        max_age: seconds a proof stays acceptable after its ``iat`` (RFC 9449 §11.1).
+        future_skew: seconds an ``iat`` may lie in the future (clock skew, SEC-5).
+        require_nonce: proofs must carry a valid server nonce (RFC 9449 §8, §9).
+        nonce_carries_freshness: a valid nonce vouches for freshness when ``iat`` is off
+            (SEC-6); a proof with a stale ``iat`` and no nonce then gets ``use_dpop_nonce``.
+        max_proof_length: characters, checked before any decoding.
+        max_header_length: characters of the encoded protected header.
+        max_jti_length: characters of ``jti`` (SEC-4).
+        min_rsa_bits / max_rsa_bits: accepted RSA modulus sizes.
+    """
+
+    algorithms: frozenset[str] = frozenset(ALGORITHMS)
+    max_age: float = 60.0
+    future_skew: float = 5.0
+    require_nonce: bool = False
+    nonce_carries_freshness: bool = True
+    max_proof_length: int = 8192
+    max_header_length: int = 4096
+    max_jti_length: int = 256
+    min_rsa_bits: int = 2048
+    max_rsa_bits: int = 8192
+
+    def __post_init__(self) -> None:
+        algs = self.algorithms
+        if isinstance(cast(object, algs), str) or not algs:
+            raise ValueError("algorithms must be a non-empty collection of names")
+        unknown = set(algs) - set(ALGORITHMS)
+        if unknown:
+            raise ValueError(f"unsupported or symmetric algorithms: {sorted(unknown)}")
+        object.__setattr__(self, "algorithms", frozenset(algs))
+        for name in ("max_age", "future_skew"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0")
+        if self.max_age == 0:
+            raise ValueError("max_age must be > 0")
+        for name in ("max_proof_length", "max_header_length", "max_jti_length"):
+            if getattr(self, name) < 16:
+                raise ValueError(f"{name} is too small")
+        if self.min_rsa_bits < 2048 or self.max_rsa_bits < self.min_rsa_bits:
+            raise ValueError("RSA keys below 2048 bits are never accepted")
+
+    @property
+    def algs_param(self) -> str:
+        """The ``algs`` challenge parameter value (RFC 9449 §7.1), stable order."""
+        return " ".join(a for a in ALGORITHMS if a in self.algorithms)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedProof:
+    """A proof that passed every check of RFC 9449 §4.3 except the replay record.
+
+    Attributes:
+        jkt: RFC 7638 thumbprint of the proof key (compare with ``cnf.jkt``).
+        replay_key: the namespaced, fixed-size key to record (``dpopkit:jti:<hex>``).
+        replay_expires_at: absolute time until which the proof could still be accepted.
+        nonce_info: facts about the server nonce when one was checked; when it is not
+            ``current`` the server should send a fresh ``DPoP-Nonce``.
+    """
+
+    jkt: str
+    jti: str
+    iat: float
+    htm: str
+    htu: str
+    alg: str
+    public_jwk: Mapping[str, Any]
+    claims: Mapping[str, Any]
+    nonce: str | None = None
+    ath: str | None = None
+    nonce_info: NonceInfo | None = None
+    replay_key: str
+    replay_expires_at: float
+    header: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _HeaderFacts:
+    spec: AlgSpec
+    key: PublicKey
+    jkt: str
+    jwk: Mapping[str, Any]
+    header: Mapping[str, Any]
+    rsa_bits: int
+
+
+class _KeyCache:
+    """Facts about protected headers that fully verified, keyed by the exact encoded bytes.
+
+    The same header bytes mean the same ``typ``, ``alg`` and key, so a hit skips
+    decoding, header checks, key import and thumbprint; the signature and every
+    claim are still checked. Bounded; oldest entries go first.
+    """
+
+    __slots__ = ("_data", "maxsize")
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self._data: dict[str, _HeaderFacts] = {}
+        self.maxsize = maxsize
+
+    def get(self, header_b64: str) -> _HeaderFacts | None:
+        return self._data.get(header_b64)
+
+    def put(self, header_b64: str, facts: _HeaderFacts) -> None:
+        data = self._data
+        if header_b64 in data:
+            return
+        while len(data) >= self.maxsize:
+            try:
+                del data[next(iter(data))]
+            except (KeyError, RuntimeError, StopIteration):  # pragma: no cover - thread race
+                break
+        data[header_b64] = facts
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+_key_cache = _KeyCache()
+
+
+def _now_or_wall(now: float | None) -> float:
+    if now is None:
+        return time.time()
+    if (
+        not isinstance(cast(object, now), int | float)
+        or isinstance(now, bool)
+        or not math.isfinite(now)
+    ):
+        raise TypeError("now must be a finite number of seconds since the epoch")
+    return float(now)
+
+
+def create_proof(
+    key: DPoPKey,
+    *,
+    htm: str,
+    htu: str,
+    access_token: str | None = None,
+    nonce: str | None = None,
+    claims: Mapping[str, Any] | None = None,
+    now: float | None = None,
+    allow_insecure_http: bool = False,
+) -> str:
+    """Create a DPoP proof JWT (RFC 9449 §4.2).
+
+    ``jti`` (128 random bits from :mod:`secrets`), ``iat`` and ``ath`` are derived;
+    ``htu`` is normalised and loses its query and fragment.
+
+    Args:
+        key: the client's :class:`DPoPKey`.
+        htm: the HTTP method, exactly as sent (case-sensitive).
+        htu: the target URI (query and fragment are dropped).
+        access_token: when given, ``ath`` is added (RFC 9449 §4.2, §7).
+        nonce: the server-provided ``DPoP-Nonce`` value, sent verbatim (§8, §9).
+        claims: extra claims (never one of ``jti htm htu iat ath nonce``).
+        now: the current time; the wall clock when None.
+        allow_insecure_http: permit an ``http://`` target (tests on loopback only; G-1).
+
+    Returns:
+        The compact JWS.
+
+    Raises:
+        ValueError: a malformed method, URI, nonce or reserved extra claim, or an
+            ``http://`` target without ``allow_insecure_http``.
+    """
+    if not isinstance(key, DPoPKey):
+        raise TypeError("key must be a DPoPKey")
+    if not isinstance(cast(object, htm), str) or not _METHOD_RE.fullmatch(htm):
+        raise ValueError("htm must be an HTTP method token")
+    target = normalize_htu(htu)
+    if target.startswith("http:") and not allow_insecure_http:
+        raise ValueError("DPoP needs https; pass allow_insecure_http=True for loopback tests")
+    issued = _now_or_wall(now)
+    payload: dict[str, Any] = {
+        "jti": secrets.token_urlsafe(16),
+        "htm": htm,
+        "htu": target,
+        "iat": int(issued),
+    }
+    if access_token is not None:
+        if not isinstance(cast(object, access_token), str) or not access_token:
+            raise ValueError("access_token must be a non-empty string")
+        payload["ath"] = access_token_hash(access_token)
+    if nonce is not None:
+        if not isinstance(cast(object, nonce), str) or not _NQCHAR_RE.fullmatch(nonce):
+            raise ValueError("nonce must be 1*NQCHAR (RFC 9449 §8.1)")
+        payload["nonce"] = nonce
+    if claims:
+        clash = _RESERVED_CLAIMS.intersection(claims)
+        if clash:
+            raise ValueError(f"claims may not override {sorted(clash)}")
+        payload.update(claims)
+    signing_input = f"{key.proof_header_b64}.{b64url_encode(json_dumps(payload))}"
+    signature = key.sign(signing_input.encode("ascii"))
+    return f"{signing_input}.{b64url_encode(signature)}"
+
+
+def extract_proof(headers: Headers) -> str:
+    """Return the single ``DPoP`` header value of a request (RFC 9449 §4.3 (1), (2)).
+
+    A comma inside the value (how WSGI/CGI fold repeated fields) counts as two
+    fields; the value must be a ``token68`` (Figure 3).
+
+    Raises:
+        InvalidProofError: MISSING_PROOF, MULTIPLE_PROOFS or MALFORMED.
+    """
+    values = headers.get_all(DPOP_HEADER)
+    if not values:
+        raise InvalidProofError(Reason.MISSING_PROOF, "a DPoP proof is required")
+    if len(values) > 1 or "," in values[0]:
+        raise InvalidProofError(Reason.MULTIPLE_PROOFS, "more than one DPoP header")
+    value = values[0].strip(" \t")
+    if not _TOKEN68_RE.fullmatch(value):
+        raise InvalidProofError(Reason.MALFORMED, "the DPoP header is not a token68")
+    return value
+
+
+def _claim_str(payload: Mapping[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if value is None:
+        raise InvalidProofError(
+            Reason.MISSING_CLAIM, f"missing {name} claim", detail={"claim": name}
+        )
+    if not isinstance(value, str) or not value:
+        raise InvalidProofError(
+            Reason.BAD_CLAIM, f"{name} claim must be a non-empty string", detail={"claim": name}
+        )
+    return value
+
+
+def _header_facts(header_b64: str, policy: ProofPolicy) -> _HeaderFacts:
+    header = json_loads_object(b64url_decode(header_b64))
+    # RFC 9449 §4.3 (4): typ; "application/" prefix allowed, case-insensitive (RFC 7515 §4.1.9).
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower().removeprefix("application/") != PROOF_TYP:
+        raise JWSError(Reason.BAD_TYP, "typ must be dpop+jwt")
+    # RFC 9449 §4.3 (5): an asymmetric alg allowed by policy.
+    spec = algorithm_spec(header.get("alg"), policy.algorithms)
+    check_crit(header)
+    jwk = header.get("jwk")
+    if jwk is None:
+        raise JWSError(Reason.BAD_JWK, "jwk header missing")
+    # RFC 9449 §4.3 (6), (7): the key comes from jwk, must be public and fit alg.
+    key = public_key_from_jwk(
+        jwk, spec, min_rsa_bits=policy.min_rsa_bits, max_rsa_bits=policy.max_rsa_bits
+    )
+    try:
+        jkt = jwk_thumbprint(jwk)
+    except ValueError:
+        raise JWSError(Reason.BAD_JWK, "jwk cannot be thumbprinted") from None
+    bits = getattr(key, "key_size", 0) if spec.kty == "RSA" else 0
+    return _HeaderFacts(spec, key, jkt, MappingProxyType(jwk), MappingProxyType(header), bits)
+
+
+def verify_proof(
+    proof: str,
+    *,
+    htm: str,
+    htu: str,
+    policy: ProofPolicy | None = None,
+    access_token: str | None = None,
+    expected_jkt: str | None = None,
+    nonce_check: NonceCheck | None = None,
+    now: float,
+) -> VerifiedProof:
+    """Check a DPoP proof against the request it arrived with (RFC 9449 §4.3).
+
+    Checks, each with its reason: (2) one compact JWS within the size limits
+    (MALFORMED, TOO_LARGE); (3) ``jti htm htu iat`` present and typed
+    (MISSING_CLAIM, BAD_CLAIM); (4) ``typ`` (BAD_TYP); (5) ``alg`` allowed and fitting
+    the key (UNSUPPORTED_ALG, BAD_JWK); (6) signature by the ``jwk`` (BAD_SIGNATURE);
+    (7) public ``jwk`` (PRIVATE_JWK); (8) ``htm`` (HTM_MISMATCH); (9) ``htu`` after
+    RFC 3986 normalisation (HTU_MISMATCH); (10) the server nonce
+    (:class:`UseNonceError`); (11) ``iat`` window or nonce freshness (IAT_TOO_OLD,
+    IAT_IN_FUTURE); (12) ``ath`` of ``access_token`` (ATH_MISMATCH) and, when
+    ``expected_jkt`` is given, the key binding (JKT_MISMATCH).
+
+    Args:
+        proof: the ``DPoP`` header value (see :func:`extract_proof` for (1)).
+        htm: the request method.
+        htu: the URI the request was sent to, as the *client* used it.
+        policy: what is accepted; :class:`ProofPolicy` defaults when None.
+        access_token: the token presented with the request; ``ath`` is then required.
+        expected_jkt: the thumbprint the token (or code) is bound to, if known here.
+        nonce_check: a nonce issuer; required when ``policy.require_nonce``.
+        now: the current time (seconds since the epoch).
+
+    Returns:
+        A :class:`VerifiedProof`.
+
+    Raises:
+        InvalidProofError: any failed check (``reason`` says which).
+        UseNonceError: a nonce is missing or stale; carries a fresh one.
+
+    Does not check: replay (record ``replay_key`` with :func:`~dpopkit.core.replay.record_proof`
+    after all your own checks), the access token itself, or its ``cnf.jkt`` unless
+    passed as ``expected_jkt``.
+    """
+    pol = policy if policy is not None else _DEFAULT_POLICY
+    if pol.require_nonce and nonce_check is None:
+        raise ValueError("policy.require_nonce needs a nonce_check")
+    when = _now_or_wall(now)
+    try:
+        return _verify(proof, htm, htu, pol, access_token, expected_jkt, nonce_check, when)
+    except JWSError as exc:
+        raise InvalidProofError(exc.reason, exc.description) from None
+
+
+def _verify(
+    proof: str,
+    htm: str,
+    htu: str,
+    policy: ProofPolicy,
+    access_token: str | None,
+    expected_jkt: str | None,
+    nonce_check: NonceCheck | None,
+    now: float,
+) -> VerifiedProof:
+    # RFC 9449 §4.3 (2): one well-formed compact JWS, size checked before decoding.
+    parts = split_compact(proof, max_length=policy.max_proof_length)
+    if len(parts.header_b64) > policy.max_header_length:
+        raise JWSError(Reason.TOO_LARGE, "protected header too large")
+    facts = _key_cache.get(parts.header_b64)
+    if facts is None:
+        facts = _header_facts(parts.header_b64, policy)
+    else:
+        # Cached facts were checked under some policy: re-apply this one's limits.
+        if facts.spec.name not in policy.algorithms:
+            raise JWSError(Reason.UNSUPPORTED_ALG, "alg not supported or not allowed")
+        if facts.rsa_bits and not policy.min_rsa_bits <= facts.rsa_bits <= policy.max_rsa_bits:
+            raise JWSError(Reason.BAD_JWK, "RSA key size not allowed")
+    payload = json_loads_object(b64url_decode(parts.payload_b64))
+
+    # RFC 9449 §4.3 (3): required claims, typed.
+    jti = _claim_str(payload, "jti")
+    if len(jti) > policy.max_jti_length:
+        raise InvalidProofError(Reason.BAD_CLAIM, "jti too long", detail={"claim": "jti"})
+    htm_claim = _claim_str(payload, "htm")
+    htu_claim = _claim_str(payload, "htu")
+    iat = payload.get("iat")
+    if iat is None:
+        raise InvalidProofError(Reason.MISSING_CLAIM, "missing iat claim", detail={"claim": "iat"})
+    # bool is an int in Python; NaN/Infinity were refused by the JSON parser.
+    if isinstance(iat, bool) or not isinstance(iat, int | float) or not math.isfinite(iat):
+        raise InvalidProofError(Reason.BAD_CLAIM, "iat must be a number", detail={"claim": "iat"})
+    try:
+        iat = float(iat)
+    except OverflowError:
+        raise InvalidProofError(
+            Reason.BAD_CLAIM, "iat out of range", detail={"claim": "iat"}
+        ) from None
+    nonce = payload.get("nonce")
+    if nonce is not None and (not isinstance(nonce, str) or not nonce):
+        raise InvalidProofError(
+            Reason.BAD_CLAIM, "nonce must be a string", detail={"claim": "nonce"}
+        )
+
+    # RFC 9449 §4.3 (8): htm, case-sensitive (RFC 9110 §9.1).
+    if htm_claim != htm:
+        raise InvalidProofError(
+            Reason.HTM_MISMATCH,
+            "htm does not match the request",
+            detail={"expected": htm, "received": htm_claim},
+        )
+    # RFC 9449 §4.3 (9): htu, both sides normalised (RFC 3986 §6.2.2-6.2.3).
+    try:
+        expected_htu = normalize_htu(htu)
+        received_htu = expected_htu if htu_claim == htu else normalize_htu(htu_claim)
+    except ValueError:
+        received_htu, expected_htu = htu_claim, ""
+    if received_htu != expected_htu:
+        raise InvalidProofError(
+            Reason.HTU_MISMATCH,
+            "htu does not match the request",
+            detail={"expected": htu, "received": htu_claim},
+        )
+    # RFC 9449 §4.3 (12): ath binds the proof to the presented token.
+    ath = payload.get("ath")
+    if access_token is not None:
+        if ath is None:
+            raise InvalidProofError(
+                Reason.MISSING_CLAIM, "missing ath claim", detail={"claim": "ath"}
+            )
+        if (
+            not isinstance(ath, str)
+            or not ath.isascii()
+            or not hmac.compare_digest(ath, access_token_hash(access_token))
+        ):
+            raise InvalidProofError(Reason.ATH_MISMATCH, "ath does not match the access token")
+    elif ath is not None and not isinstance(ath, str):
+        raise InvalidProofError(Reason.BAD_CLAIM, "ath must be a string", detail={"claim": "ath"})
+    # RFC 9449 §4.3 (12) / §10: the key the token or code is bound to.
+    if expected_jkt is not None and not hmac.compare_digest(
+        facts.jkt.encode(), expected_jkt.encode("utf-8", "replace")
+    ):
+        raise InvalidProofError(Reason.JKT_MISMATCH, "proof key does not match the bound key")
+
+    # RFC 9449 §4.3 (10): the server nonce.
+    nonce_info: NonceInfo | None = None
+    if nonce_check is not None:
+        if nonce is not None:
+            nonce_info = nonce_check.verify(nonce, now=now)
+        elif policy.require_nonce:
+            raise nonce_check.challenge(Reason.NONCE_REQUIRED, now=now)
+    # RFC 9449 §4.3 (11), §11.1: freshness from iat, or from a valid server nonce.
+    too_old = iat < now - policy.max_age
+    too_new = iat > now + policy.future_skew
+    if (too_old or too_new) and not (nonce_info is not None and policy.nonce_carries_freshness):
+        reason = Reason.IAT_TOO_OLD if too_old else Reason.IAT_IN_FUTURE
+        if nonce_check is not None and policy.nonce_carries_freshness:
+            # A client with a wrong clock heals itself with a nonce (SEC-6).
+            raise nonce_check.challenge(reason, now=now)
+        raise InvalidProofError(
+            reason, "iat is outside the acceptable window", detail={"iat": iat, "now": now}
+        )
+
+    # RFC 9449 §4.3 (6): the signature, last because it is the expensive step.
+    signature = b64url_decode(parts.signature_b64)
+    if not facts.spec.verify(facts.key, signature, parts.signing_input):
+        raise InvalidProofError(Reason.BAD_SIGNATURE, "signature does not verify")
+    _key_cache.put(parts.header_b64, facts)
+
+    if nonce_info is not None:
+        # Acceptance ends when the nonce does (an expired nonce is refused whatever iat says).
+        expires = nonce_info.expires_at + policy.future_skew
+    else:
+        expires = max(now, iat) + policy.max_age + policy.future_skew
+    digest = hashlib.sha256(f"{facts.jkt}|{jti}".encode()).hexdigest()
+    return VerifiedProof(
+        jkt=facts.jkt,
+        jti=jti,
+        iat=iat,
+        htm=htm_claim,
+        htu=received_htu,
+        alg=facts.spec.name,
+        public_jwk=facts.jwk,
+        claims=payload,
+        nonce=nonce,
+        ath=ath if isinstance(ath, str) else None,
+        nonce_info=nonce_info,
+        replay_key=f"dpopkit:jti:{digest}",
+        replay_expires_at=expires,
+        header=facts.header,
+    )
+
+
+_DEFAULT_POLICY = ProofPolicy()

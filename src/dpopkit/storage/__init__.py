@@ -1,0 +1,1 @@
+"""Replay caches and grant stores: memory, SQLite, Redis, PostgreSQL."""

@@ -1,0 +1,81 @@
+"""In-process replay cache: one process only, bounded, never evicting a live entry.
+
+Expired entries are dropped in time order from a heap, amortised O(log n)
+per insert; there is no scan of the whole table per request. When the table
+is full of live entries the cache refuses (``ReplayStoreError``, reason
+STORE_FULL) and the caller fails closed: evicting a live entry would reopen
+replay (attacks SEC-107/108).
+
+It cannot see replays in other worker processes. Construct it with
+``single_process=True`` to state that the server runs one process; dpopkit's
+adapters refuse to start it under several workers otherwise.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+
+from dpopkit.errors import Reason, ReplayStoreError
+
+__all__ = ["AsyncMemoryReplayCache", "MemoryReplayCache"]
+
+
+class MemoryReplayCache:
+    """A thread-safe, bounded, in-memory :class:`~dpopkit.ReplayCache`.
+
+    Args:
+        max_entries: live entries held at most; beyond that inserts are refused.
+        single_process: the caller asserts this process is the only one verifying
+            proofs for this server (checked by the RS adapters).
+    """
+
+    def __init__(self, *, max_entries: int = 1_000_000, single_process: bool = False) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.max_entries = max_entries
+        self.single_process = single_process
+        self._expiry: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def _purge(self, now: float) -> None:
+        heap, expiry = self._heap, self._expiry
+        while heap and heap[0][0] <= now:
+            when, key = heapq.heappop(heap)
+            if expiry.get(key) == when:
+                del expiry[key]
+
+    def check_and_store(self, key: str, expires_at: float, *, now: float) -> bool:
+        """Atomically store ``key`` until ``expires_at``; True if it was not live."""
+        with self._lock:
+            self._purge(now)
+            if key in self._expiry:
+                return False
+            if len(self._expiry) >= self.max_entries:
+                raise ReplayStoreError(Reason.STORE_FULL, "replay cache is full")
+            self._expiry[key] = expires_at
+            heapq.heappush(self._heap, (expires_at, key))
+            return True
+
+
+class AsyncMemoryReplayCache:
+    """The :class:`MemoryReplayCache` behind the async protocol (no awaits inside)."""
+
+    def __init__(self, *, max_entries: int = 1_000_000, single_process: bool = False) -> None:
+        self._sync = MemoryReplayCache(max_entries=max_entries, single_process=single_process)
+
+    @property
+    def single_process(self) -> bool:
+        """Whether the caller asserted a single verifying process."""
+        return self._sync.single_process
+
+    def __len__(self) -> int:
+        return len(self._sync)
+
+    async def check_and_store(self, key: str, expires_at: float, *, now: float) -> bool:
+        """Atomically store ``key`` until ``expires_at``; True if it was not live."""
+        return self._sync.check_and_store(key, expires_at, now=now)
