@@ -1,0 +1,60 @@
+"""The ``dpopkit`` command line (argparse; always installed with the core).
+
+Each command group lives in its own module exposing ``register(subparsers)``,
+which adds sub-commands whose ``func(args) -> int`` does the work. Commands
+print one clear line on failure and return an exit code; no tracebacks.
+Exit codes: 0 success, 1 a negative result (e.g. an invalid proof), 2 usage
+or configuration errors (including a missing optional extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["CommandError", "main", "missing_extra"]
+
+#: Modules under dpopkit.cli that add commands (in help order).
+COMMAND_MODULES: tuple[str, ...] = ("offline",)
+
+
+class CommandError(Exception):
+    """A failure to report in one line; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def missing_extra(extra: str, exc: ImportError) -> CommandError:
+    """The error for a command whose optional dependencies are not installed."""
+    return CommandError(
+        f"this command needs an optional dependency ({exc.name}): pip install 'dpopkit[{extra}]'"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dpopkit", description="DPoP (RFC 9449) keys, proofs, servers and demos."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"dpopkit.cli.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CommandError as exc:
+        print(f"dpopkit {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    return code
