@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -84,6 +83,6 @@ def pg_dsn() -> str:
 
 
 @pytest.fixture
-def unique_prefix() -> Iterator[str]:
+def unique_prefix() -> str:
     """A key prefix / schema suffix unique to one test."""
-    yield f"t{uuid.uuid4().hex[:12]}"
+    return f"t{uuid.uuid4().hex[:12]}"
