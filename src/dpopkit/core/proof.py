@@ -418,14 +418,17 @@ def _verify(
     if iat is None:
         raise InvalidProofError(Reason.MISSING_CLAIM, "missing iat claim", detail={"claim": "iat"})
     # bool is an int in Python; NaN/Infinity were refused by the JSON parser.
-    if isinstance(iat, bool) or not isinstance(iat, int | float) or not math.isfinite(iat):
+    if isinstance(iat, bool) or not isinstance(iat, int | float):
         raise InvalidProofError(Reason.BAD_CLAIM, "iat must be a number", detail={"claim": "iat"})
     try:
+        # A JSON integer too large for a float overflows here (not in isfinite below).
         iat = float(iat)
     except OverflowError:
         raise InvalidProofError(
             Reason.BAD_CLAIM, "iat out of range", detail={"claim": "iat"}
         ) from None
+    if not math.isfinite(iat):
+        raise InvalidProofError(Reason.BAD_CLAIM, "iat must be a number", detail={"claim": "iat"})
     nonce = payload.get("nonce")
     if nonce is not None and (not isinstance(nonce, str) or not nonce):
         raise InvalidProofError(
