@@ -118,6 +118,7 @@ class Reason(StrEnum):
     MISSING_NONCE = "missing_nonce"
     CHALLENGE = "challenge"
     TOKEN_RESPONSE = "token_response"
+    BODY_NOT_REPLAYABLE = "body_not_replayable"
     CONFIGURATION = "configuration"
 
 
