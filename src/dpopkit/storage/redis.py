@@ -1,0 +1,257 @@
+"""Redis replay cache: several hosts share one Redis (redis-py, sync and asyncio).
+
+RFC 9449 §11.1 asks the server to remember every ``jti`` while the proof could
+still be accepted. One command decides, atomically (attacks "Atomicity and
+multiple instances")::
+
+    SET <prefix><key> 1 NX PXAT <expires_at in ms>
+
+The expiry is absolute (attacks "TTL sizing and clock behaviour"): Redis
+drops the key when *its* clock passes ``expires_at``, so a backward step of a
+verifier's clock never revives a key. The verifiers' clocks and the Redis
+server's clock must agree to well within the acceptance window; the first use
+compares them and warns when they do not.
+
+Fail closed (attacks SEC-80): any Redis error or time-out raises
+:class:`~dpopkit.errors.ReplayStoreError`, never "not seen". Socket and
+connect time-outs are bounded (0.5 s by default) and commands are not
+retried, so an outage costs at most about one time-out per request.
+
+Eviction (attacks "Memory pressure and eviction"): run the replay keyspace
+with ``maxmemory-policy noeviction``, so that a full Redis refuses writes (and
+we fail closed). The ``volatile-*`` and ``allkeys-*`` policies evict exactly
+these TTL-bearing keys and reopen replay; the first use checks the policy
+and emits a :class:`~dpopkit.errors.SecurityWarning` once.
+
+The redis package is imported only by this module (``pip install dpopkit[redis]``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.retry
+from redis.backoff import NoBackoff
+
+from dpopkit.errors import ReplayStoreError, SecurityWarning
+
+__all__ = ["AsyncRedisReplayCache", "RedisReplayCache", "eviction_policy_is_risky"]
+
+#: Seconds; socket connect and read/write time-outs used by ``from_url``.
+DEFAULT_TIMEOUT = 0.5
+#: Seconds of disagreement between this host's clock and Redis's tolerated silently.
+DEFAULT_MAX_CLOCK_SKEW = 5.0
+
+_REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+def eviction_policy_is_risky(policy: str) -> bool:
+    """Whether a Redis ``maxmemory-policy`` may evict live replay keys.
+
+    ``volatile-*`` policies evict keys that carry a TTL (every replay key does)
+    and ``allkeys-*`` evict any key; only ``noeviction`` makes a full Redis refuse
+    writes, which dpopkit turns into a fail-closed error.
+    """
+    return policy.strip().lower().startswith(("volatile-", "allkeys-"))
+
+
+def _expiry_ms(expires_at: float) -> int:
+    # PXAT needs a positive integer; round up so the key never expires early.
+    if not math.isfinite(expires_at):
+        raise ValueError("expires_at must be finite")
+    return max(1, math.ceil(expires_at * 1000))
+
+
+def _store_error(exc: BaseException) -> ReplayStoreError:
+    return ReplayStoreError(detail={"error": type(exc).__name__, "backend": "redis"})
+
+
+def _inspect(info: Mapping[str, Any], server_time: tuple[int, int] | None, max_skew: float) -> None:
+    policy = str(info.get("maxmemory_policy", ""))
+    if eviction_policy_is_risky(policy):
+        warnings.warn(
+            f"Redis maxmemory-policy is {policy!r}: it can evict live replay keys and "
+            "reopen DPoP proof replay; use 'noeviction' for the replay keyspace",
+            SecurityWarning,
+            stacklevel=4,
+        )
+    if server_time is not None:
+        skew = abs(server_time[0] + server_time[1] / 1e6 - time.time())
+        if skew > max_skew:
+            warnings.warn(
+                f"the Redis clock differs from this host's by {skew:.1f} s; absolute replay "
+                "expiries (PXAT) then protect a shorter or longer window than intended",
+                SecurityWarning,
+                stacklevel=4,
+            )
+
+
+class RedisReplayCache:
+    """A :class:`~dpopkit.ReplayCache` in Redis (``SET NX PXAT``), shared by hosts.
+
+    Args:
+        client: a ``redis.Redis`` (give it bounded time-outs; see :meth:`from_url`).
+        prefix: a namespace prepended to every key.
+        check_server: on first use, check ``maxmemory-policy`` and the clock skew
+            and emit a :class:`~dpopkit.errors.SecurityWarning` if they are unsafe.
+        max_clock_skew: seconds of clock disagreement tolerated by that check.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "",
+        check_server: bool = True,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.max_clock_skew = max_clock_skew
+        self._checked = not check_server
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
+        check_server: bool = True,
+        **redis_kwargs: Any,
+    ) -> RedisReplayCache:
+        """Connect to ``url`` (``redis://``, ``rediss://``, ``unix://``) with bounded time-outs.
+
+        Args:
+            url: the Redis URL.
+            prefix: a namespace prepended to every key.
+            timeout: socket connect and read/write time-out in seconds (no retries).
+            check_server: see the class.
+            **redis_kwargs: passed on to ``redis.Redis.from_url``.
+        """
+        redis_kwargs.setdefault("socket_timeout", timeout)
+        redis_kwargs.setdefault("socket_connect_timeout", timeout)
+        redis_kwargs.setdefault("retry", redis.retry.Retry(NoBackoff(), 0))
+        client = redis.Redis.from_url(url, **redis_kwargs)
+        return cls(client, prefix=prefix, check_server=check_server)
+
+    def check_server(self) -> None:
+        """Check the eviction policy and the clock; warn (SecurityWarning) if unsafe.
+
+        Raises:
+            ReplayStoreError: Redis cannot be reached.
+        """
+        try:
+            try:
+                info = self.client.info("memory")
+                server_time = self.client.time()
+            except redis.ResponseError:  # INFO/TIME disabled (managed Redis): cannot tell
+                info, server_time = {}, None
+        except _REDIS_ERRORS as exc:
+            raise _store_error(exc) from exc
+        self._checked = True
+        _inspect(info, server_time, self.max_clock_skew)
+
+    def check_and_store(self, key: str, expires_at: float, *, now: float) -> bool:
+        """Atomically store ``key`` until ``expires_at``; True if it was not live (RFC 9449 §11.1).
+
+        Expiry is judged by the Redis server's clock (``now`` is not sent). An
+        ``expires_at`` already past on that clock is accepted like any other: the
+        answer reflects whether the key is live, and the key is not kept.
+
+        Raises:
+            ReplayStoreError: Redis failed or timed out; the caller refuses the request.
+        """
+        if not self._checked:
+            self.check_server()
+        try:
+            stored = self.client.set(self.prefix + key, b"1", nx=True, pxat=_expiry_ms(expires_at))
+        except _REDIS_ERRORS as exc:
+            raise _store_error(exc) from exc
+        return stored is True
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+
+class AsyncRedisReplayCache:
+    """The asyncio :class:`~dpopkit.AsyncReplayCache` over ``redis.asyncio``.
+
+    redis.asyncio runs on asyncio only; under trio use :class:`RedisReplayCache`
+    in a worker thread. Arguments as :class:`RedisReplayCache`.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = "",
+        check_server: bool = True,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.max_clock_skew = max_clock_skew
+        self._checked = not check_server
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
+        check_server: bool = True,
+        **redis_kwargs: Any,
+    ) -> AsyncRedisReplayCache:
+        """Connect to ``url`` with bounded time-outs; see :meth:`RedisReplayCache.from_url`."""
+        redis_kwargs.setdefault("socket_timeout", timeout)
+        redis_kwargs.setdefault("socket_connect_timeout", timeout)
+        redis_kwargs.setdefault("retry", redis.asyncio.retry.Retry(NoBackoff(), 0))
+        client = redis.asyncio.Redis.from_url(url, **redis_kwargs)
+        return cls(client, prefix=prefix, check_server=check_server)
+
+    async def check_server(self) -> None:
+        """Check the eviction policy and the clock; warn (SecurityWarning) if unsafe.
+
+        Raises:
+            ReplayStoreError: Redis cannot be reached.
+        """
+        try:
+            try:
+                info = await self.client.info("memory")
+                server_time = await self.client.time()
+            except redis.ResponseError:
+                info, server_time = {}, None
+        except _REDIS_ERRORS as exc:
+            raise _store_error(exc) from exc
+        self._checked = True
+        _inspect(info, server_time, self.max_clock_skew)
+
+    async def check_and_store(self, key: str, expires_at: float, *, now: float) -> bool:
+        """Atomically store ``key`` until ``expires_at``; True if it was not live (RFC 9449 §11.1).
+
+        Raises:
+            ReplayStoreError: Redis failed or timed out; the caller refuses the request.
+        """
+        if not self._checked:
+            await self.check_server()
+        try:
+            stored = await self.client.set(
+                self.prefix + key, b"1", nx=True, pxat=_expiry_ms(expires_at)
+            )
+        except _REDIS_ERRORS as exc:
+            raise _store_error(exc) from exc
+        return stored is True
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self.client.aclose()
