@@ -195,7 +195,9 @@ def _htu_difference(expected: str, received: str) -> str:
     exp, rec = parts(expected), parts(received)
     labels = ("scheme", "host and port", "path")
     diffs = [
-        f"{label} {r!r} vs {e!r}" for label, e, r in zip(labels, exp, rec, strict=True) if e != r
+        f"{label}: proof {r!r}, request {e!r}"
+        for label, e, r in zip(labels, exp, rec, strict=True)
+        if e != r
     ]
     return "; ".join(diffs) if diffs else "they differ"
 
