@@ -1,0 +1,246 @@
+"""What the ASGI and WSGI adapters share: the public URL, routes, and RFC 9728 metadata.
+
+The URL a client addressed (the ``htu`` we compare with) comes from
+configuration: a public origin, and/or an explicit count of trusted proxies
+for ``Forwarded`` / ``X-Forwarded-*`` (like werkzeug's ProxyFix). ``Host`` is
+used only with ``trust_host_header=True``, which warns (STYLE.md B.5, SEC-69).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import quote, urlsplit
+
+from dpopkit.core.http import Headers, ResponseView
+from dpopkit.errors import InvalidRequestError, Reason, SecurityWarning, ServerConfigurationError
+
+__all__ = ["ProtectedResourceMetadata", "ProxyTrust", "Site", "reason_phrase"]
+
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_PREFIX_RE = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@%]*)*")
+_PATH_SAFE = "/:@!$&'()*+,;=~-._"
+WELL_KNOWN = "/.well-known/oauth-protected-resource"
+
+
+def reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyTrust:
+    """How many proxies in front of the app set each forwarding header (ProxyFix-style).
+
+    With ``n`` for a header, the ``n``-th value from the right is used (the one
+    the outermost trusted proxy wrote); values further left are client-controlled.
+    A request with fewer values than configured is refused (400).
+
+    Attributes:
+        forwarded: trusted entries of RFC 7239 ``Forwarded`` (``proto``, ``host``).
+        proto: trusted ``X-Forwarded-Proto`` values.
+        host: trusted ``X-Forwarded-Host`` values.
+        port: trusted ``X-Forwarded-Port`` values.
+        prefix: trusted ``X-Forwarded-Prefix`` values (a mount path).
+    """
+
+    forwarded: int = 0
+    proto: int = 0
+    host: int = 0
+    port: int = 0
+    prefix: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("forwarded", "proto", "host", "port", "prefix"):
+            if getattr(self, name) < 0:
+                raise ValueError("proxy counts must be >= 0")
+
+
+def _nth_from_right(headers: Headers, name: str, count: int) -> str:
+    values = [v.strip() for raw in headers.get_all(name) for v in raw.split(",")]
+    if len(values) < count:
+        raise InvalidRequestError(Reason.INVALID_REQUEST, "missing forwarding header")
+    return values[-count]
+
+
+def _forwarded_entry(headers: Headers, count: int) -> dict[str, str]:
+    entry = _nth_from_right(headers, "Forwarded", count)
+    out: dict[str, str] = {}
+    for pair in entry.split(";"):
+        name, sep, value = pair.strip().partition("=")
+        if sep:
+            out[name.strip().lower()] = value.strip().strip('"')
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProtectedResourceMetadata:
+    """RFC 9728 protected-resource metadata served at ``/.well-known/oauth-protected-resource``.
+
+    ``dpop_signing_alg_values_supported`` comes from the guard's policy and
+    ``dpop_bound_access_tokens_required`` is true unless Bearer is accepted.
+
+    Attributes:
+        resource: this resource's identifier (an https URL).
+        authorization_servers: issuer identifiers of the ASes it trusts.
+        scopes_supported: scopes it understands.
+        resource_name: a human-readable name.
+        extra: further members to publish.
+    """
+
+    resource: str
+    authorization_servers: Sequence[str] = ()
+    scopes_supported: Sequence[str] = ()
+    resource_name: str | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """RFC 9728 §3.1: the well-known suffix goes between the host and the resource path."""
+        path = urlsplit(self.resource).path.rstrip("/")
+        return WELL_KNOWN + path
+
+    def render(self, *, algs: Sequence[str], bound_required: bool) -> ResponseView:
+        doc: dict[str, object] = {"resource": self.resource}
+        if self.authorization_servers:
+            doc["authorization_servers"] = list(self.authorization_servers)
+        if self.scopes_supported:
+            doc["scopes_supported"] = list(self.scopes_supported)
+        if self.resource_name:
+            doc["resource_name"] = self.resource_name
+        doc["bearer_methods_supported"] = ["header"]
+        doc["dpop_signing_alg_values_supported"] = list(algs)
+        doc["dpop_bound_access_tokens_required"] = bound_required
+        doc.update(self.extra)
+        return ResponseView(
+            status=200,
+            headers=(("Content-Type", "application/json"), ("Cache-Control", "max-age=300")),
+            body=json.dumps(doc, separators=(",", ":")).encode(),
+        )
+
+
+def _match(patterns: Collection[str], path: str) -> bool:
+    return any(path.startswith(p[:-1]) if p.endswith("*") else path == p for p in patterns)
+
+
+class Site:
+    """An adapter's configuration: public URL, route exclusions and scopes, metadata."""
+
+    def __init__(
+        self,
+        *,
+        public_origin: str | None,
+        trusted_proxies: ProxyTrust | None,
+        trust_host_header: bool,
+        exclude_paths: Collection[str],
+        route_scopes: Mapping[str, Collection[str]] | None,
+        metadata: ProtectedResourceMetadata | None,
+    ) -> None:
+        self.scheme = self.host = None
+        self.prefix = ""
+        if public_origin is not None:
+            parts = urlsplit(public_origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+                raise ServerConfigurationError(
+                    description="public_origin is scheme://host[:port][/prefix]"
+                )
+            self.scheme, self.host = parts.scheme, parts.netloc
+            self.prefix = parts.path.rstrip("/")
+        proxies = trusted_proxies or ProxyTrust()
+        covers_origin = bool(proxies.forwarded or (proxies.proto and proxies.host))
+        if public_origin is None and not covers_origin and not trust_host_header:
+            raise ServerConfigurationError(
+                description=(
+                    "the RS must know its public URL: pass public_origin=, or trusted_proxies="
+                    " that set proto and host (or trust_host_header=True, not recommended)"
+                )
+            )
+        if trust_host_header:
+            warnings.warn(
+                "trust_host_header=True: the Host header decides the htu a proof must match;"
+                " a counterfeit RS can then replay proofs made for it here (SEC-69)",
+                SecurityWarning,
+                stacklevel=3,
+            )
+        self.proxies = proxies
+        self.trust_host_header = trust_host_header
+        self.exclude_paths = tuple(exclude_paths)
+        self.route_scopes = {k: frozenset(v) for k, v in (route_scopes or {}).items()}
+        self.metadata = metadata
+
+    def url(
+        self, *, scheme: str, headers: Headers, root_path: str, path: str, query: str = ""
+    ) -> str:
+        """The absolute URL the client addressed (RFC 9449 §4.3 (9), checklist §3.2 rule 8).
+
+        Args:
+            scheme: the scheme the server saw (used only with ``trust_host_header``).
+            headers: the request headers.
+            root_path: ASGI ``root_path`` / WSGI ``SCRIPT_NAME`` (percent-encoded).
+            path: the request path (percent-encoded; may already include ``root_path``).
+            query: the raw query string (kept in the URL; ``htu`` comparison drops it).
+
+        Raises:
+            InvalidRequestError: a trusted proxy header is missing or unusable.
+        """
+        url_scheme, host, prefix = self.scheme, self.host, self.prefix
+        if url_scheme is None and self.trust_host_header:
+            hosts = headers.get_all("Host")
+            url_scheme, host = scheme, hosts[0] if len(hosts) == 1 else None
+        proxies = self.proxies
+        if proxies.forwarded:
+            entry = _forwarded_entry(headers, proxies.forwarded)
+            url_scheme = entry.get("proto", url_scheme)
+            host = entry.get("host", host)
+        if proxies.proto:
+            url_scheme = _nth_from_right(headers, "X-Forwarded-Proto", proxies.proto).lower()
+        if proxies.host:
+            host = _nth_from_right(headers, "X-Forwarded-Host", proxies.host)
+        if proxies.port and host is not None:
+            port = _nth_from_right(headers, "X-Forwarded-Port", proxies.port)
+            if not port.isdigit():
+                raise InvalidRequestError(Reason.INVALID_REQUEST, "bad forwarded port")
+            host = f"{host.rsplit(':', 1)[0] if not host.endswith(']') else host}:{port}"
+        if proxies.prefix:
+            prefix = _nth_from_right(headers, "X-Forwarded-Prefix", proxies.prefix).rstrip("/")
+        if (
+            url_scheme not in ("http", "https")
+            or host is None
+            or not _HOST_RE.fullmatch(host)
+            or not _PREFIX_RE.fullmatch(prefix)
+        ):
+            raise InvalidRequestError(Reason.INVALID_REQUEST, "cannot determine the request URL")
+        if root_path and not path.startswith(root_path):
+            path = root_path + path
+        return f"{url_scheme}://{host}{prefix}{path}" + (f"?{query}" if query else "")
+
+    @staticmethod
+    def quote_path(path: str, encoding: str) -> str:
+        """Percent-encode a decoded path (ASGI: UTF-8, WSGI: latin-1 "bytes as str")."""
+        return quote(path.encode(encoding, "replace"), safe=_PATH_SAFE)
+
+    def excluded(self, route: str) -> bool:
+        """Whether ``route`` (the app-relative path) skips authentication."""
+        return _match(self.exclude_paths, route)
+
+    def scopes_for(self, route: str) -> frozenset[str]:
+        """Scopes a route needs (every matching pattern counts)."""
+        needed: frozenset[str] = frozenset()
+        for pattern, scopes in self.route_scopes.items():
+            if _match((pattern,), route):
+                needed |= scopes
+        return needed
+
+    def is_metadata(self, method: str, route: str) -> bool:
+        """Whether this is a GET of the RFC 9728 metadata document."""
+        return (
+            self.metadata is not None
+            and method in ("GET", "HEAD")
+            and route == (self.metadata.path)
+        )

@@ -1,0 +1,120 @@
+"""WSGI middleware protecting an app with DPoP (RFC 9449 §7; STYLE.md B.5).
+
+The mirror of :mod:`dpopkit.resource.asgi` over the synchronous guard. The
+principal goes to ``environ["dpopkit.principal"]``. WSGI servers fold repeated
+header fields into one comma-joined value; the guard counts a comma in
+``DPoP`` or ``Authorization`` as two fields (RFC 9449 §4.3 (1), V-1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from dpopkit.core.http import Headers, RequestView, ResponseView
+from dpopkit.errors import DPoPError
+from dpopkit.resource._site import ProtectedResourceMetadata, ProxyTrust, Site, reason_phrase
+from dpopkit.resource.guard import ResourceGuard
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["PRINCIPAL_KEY", "DPoPWSGIMiddleware", "ProtectedResourceMetadata", "ProxyTrust"]
+
+#: Where the principal goes in the WSGI environ.
+PRINCIPAL_KEY = "dpopkit.principal"
+OnError = Callable[[DPoPError, ResponseView], ResponseView]
+
+
+def _headers(environ: WSGIEnvironment) -> Headers:
+    pairs = [
+        (key[5:].replace("_", "-"), str(value))
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    ]
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if environ.get(key):
+            pairs.append((key.replace("_", "-"), str(environ[key])))
+    return Headers(pairs)
+
+
+def _respond(start_response: StartResponse, view: ResponseView, head: bool) -> list[bytes]:
+    headers = [*view.headers, ("Content-Length", str(len(view.body)))]
+    start_response(f"{view.status} {reason_phrase(view.status)}", headers)
+    return [b"" if head else view.body]
+
+
+class DPoPWSGIMiddleware:
+    """Authenticate every request before the wrapped WSGI app sees it.
+
+    Arguments as for :class:`~dpopkit.resource.asgi.DPoPMiddleware`, with a
+    :class:`~dpopkit.resource.guard.ResourceGuard`; the ``htu`` is
+    ``public_origin`` + ``SCRIPT_NAME`` + ``PATH_INFO``.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        guard: ResourceGuard,
+        public_origin: str | None = None,
+        trusted_proxies: ProxyTrust | None = None,
+        trust_host_header: bool = False,
+        exclude_paths: Collection[str] = (),
+        route_scopes: Mapping[str, Collection[str]] | None = None,
+        metadata: ProtectedResourceMetadata | None = None,
+        on_error: OnError | None = None,
+    ) -> None:
+        self.app = app
+        self.guard = guard
+        self.on_error = on_error
+        self.site = Site(
+            public_origin=public_origin,
+            trusted_proxies=trusted_proxies,
+            trust_host_header=trust_host_header,
+            exclude_paths=exclude_paths,
+            route_scopes=route_scopes,
+            metadata=metadata,
+        )
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Handle one WSGI request."""
+        site = self.site
+        method = str(environ.get("REQUEST_METHOD", "GET"))
+        route = str(environ.get("PATH_INFO", "")) or "/"
+        if site.is_metadata(method, route):
+            assert site.metadata is not None
+            view = site.metadata.render(
+                algs=self.guard.policy.algs_param.split(),
+                bound_required=not self.guard.accept_bearer,
+            )
+            return _respond(start_response, view, method == "HEAD")
+        if site.excluded(route):
+            return self.app(environ, start_response)
+        headers = _headers(environ)
+        try:
+            url = site.url(
+                scheme=str(environ.get("wsgi.url_scheme", "http")),
+                headers=headers,
+                root_path=site.quote_path(str(environ.get("SCRIPT_NAME", "")), "latin-1"),
+                path=site.quote_path(route, "latin-1"),
+                query=str(environ.get("QUERY_STRING", "")),
+            )
+            principal = self.guard.authenticate(
+                RequestView(method=method, url=url, headers=headers),
+                required_scopes=site.scopes_for(route),
+            )
+        except DPoPError as error:
+            view = self.guard.error_response(error)
+            if self.on_error is not None:
+                view = self.on_error(error, view)
+            return _respond(start_response, view, False)
+        environ[PRINCIPAL_KEY] = principal
+        extra = list(principal.response_headers)
+        if not extra:
+            return self.app(environ, start_response)
+
+        def start_with_nonce(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+            return start_response(status, [*headers, *extra], *args)
+
+        return self.app(environ, start_with_nonce)
