@@ -1,0 +1,949 @@
+"""Getting DPoP-bound tokens: discovery, grants, PAR, refresh, revocation, token sources.
+
+Every token request carries a DPoP proof for the token endpoint (RFC 9449 §5,
+checklist C-1) and goes through the same sans-I/O :class:`~dpopkit.client.flow.DPoPFlow`
+as resource requests, so AS nonces (§8) are handled alike. The HTTP exchange
+itself is a *sender*, ``(RequestView) -> ResponseView``: by default the
+standard library's ``urllib`` (no extra dependency, redirects not followed);
+:func:`dpopkit.client.httpx.httpx_sender` plugs in an ``httpx.Client``.
+
+* Discovery: RFC 8414 ``/.well-known/oauth-authorization-server`` (inserted
+  before the issuer's path), then OpenID Connect Discovery; the metadata's
+  ``issuer`` must equal the one asked for (X-16) and the key's ``alg`` must be
+  in ``dpop_signing_alg_values_supported`` when present (C-16).
+* Grants: client credentials; authorization code with PKCE S256 and
+  ``dpop_jkt`` (RFC 9449 §10, C-18), via PAR when the AS offers or requires it
+  (``dpop_jkt`` in the PAR body, C-20, and a proof on the PAR request, C-21);
+  a one-shot loopback redirect listener for native apps (RFC 8252 §7.3);
+  refresh with the key that obtained the token (C-8); revocation (RFC 7009).
+* Client authentication: ``client_secret_basic``, ``client_secret_post``,
+  ``private_key_jwt`` (RFC 7523 §2.2, signed by our JWS layer) and ``none``.
+* Token responses are checked: ``token_type`` compared case-insensitively
+  (RFC 6749 §5.1, C-7) and ``DPoP`` required when a proof was sent, unless
+  ``allow_bearer_downgrade=True`` (SEC-115).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import math
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+import webbrowser
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any, Literal, Protocol, cast
+from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
+
+from dpopkit.client.flow import Clock, DPoPFlow, NonceCache, Retry, parse_json_body
+from dpopkit.core.http import Headers, RequestView, ResponseView
+from dpopkit.core.jws import b64url_encode, json_dumps
+from dpopkit.core.keys import DPoPKey
+from dpopkit.errors import (
+    ClientError,
+    DPoPError,
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidProofError,
+    InvalidRequestError,
+    InvalidScopeError,
+    Reason,
+    TokenResponseError,
+    UnauthorizedClientError,
+    UnsupportedGrantTypeError,
+)
+
+__all__ = [
+    "AuthMethod",
+    "AuthorizationRequest",
+    "RefreshingToken",
+    "Sender",
+    "ServerMetadata",
+    "StaticToken",
+    "TokenClient",
+    "TokenSet",
+    "TokenSource",
+    "discover",
+    "pkce_pair",
+    "urllib_sender",
+]
+
+Sender = Callable[[RequestView], ResponseView]
+AuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+
+#: Largest response body (bytes) the token client reads.
+MAX_RESPONSE_BODY = 1024 * 1024
+_FORM = "application/x-www-form-urlencoded"
+_ERRORS: dict[str, type[DPoPError]] = {
+    "invalid_grant": InvalidGrantError,
+    "invalid_client": InvalidClientError,
+    "unauthorized_client": UnauthorizedClientError,
+    "unsupported_grant_type": UnsupportedGrantTypeError,
+    "invalid_scope": InvalidScopeError,
+    "invalid_request": InvalidRequestError,
+    "invalid_dpop_proof": InvalidProofError,
+}
+_EQUIVALENT_ALGS = {"EdDSA": "Ed25519", "Ed25519": "EdDSA"}
+
+
+# -- HTTP ------------------------------------------------------------------------------------------
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def urllib_sender(*, timeout: float = 10.0) -> Sender:
+    """A sender on the standard library (``urllib``); redirects are not followed.
+
+    Error statuses are returned as responses, not raised. Bodies over
+    :data:`MAX_RESPONSE_BODY` bytes are cut.
+    """
+    opener = urllib.request.build_opener(_NoRedirect)
+
+    def send(request: RequestView) -> ResponseView:
+        if not request.url.lower().startswith(("https://", "http://")):
+            raise ValueError("only http(s) URLs")
+        req = urllib.request.Request(  # noqa: S310 - scheme checked above
+            request.url,
+            data=request.body,
+            method=request.method,
+            headers=dict(request.headers.items_all()),
+        )
+        try:
+            with opener.open(req, timeout=timeout) as resp:
+                return ResponseView(
+                    status=resp.status,
+                    headers=tuple(resp.headers.items()),
+                    body=resp.read(MAX_RESPONSE_BODY),
+                )
+        except urllib.error.HTTPError as err:
+            with err:
+                return ResponseView(
+                    status=err.code,
+                    headers=tuple(err.headers.items()),
+                    body=err.read(MAX_RESPONSE_BODY),
+                )
+
+    return send
+
+
+# -- metadata --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerMetadata:
+    """Authorization-server metadata (RFC 8414 §2; RFC 9449 §5.1; RFC 9126 §5)."""
+
+    issuer: str
+    token_endpoint: str
+    authorization_endpoint: str | None = None
+    pushed_authorization_request_endpoint: str | None = None
+    require_pushed_authorization_requests: bool = False
+    revocation_endpoint: str | None = None
+    dpop_signing_alg_values_supported: tuple[str, ...] | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServerMetadata:
+        """Build from a metadata document.
+
+        Raises:
+            ClientError: (CONFIGURATION) a required member is missing or mistyped.
+        """
+
+        def text(name: str, required: bool = False) -> str | None:
+            value = data.get(name)
+            if value is None and not required:
+                return None
+            if not isinstance(value, str) or not value:
+                raise ClientError(Reason.CONFIGURATION, f"metadata {name} missing or invalid")
+            return value
+
+        algs = data.get("dpop_signing_alg_values_supported")
+        if algs is not None and (
+            not isinstance(algs, list) or not all(isinstance(a, str) for a in algs)
+        ):
+            raise ClientError(Reason.CONFIGURATION, "bad dpop_signing_alg_values_supported")
+        issuer = text("issuer", True)
+        token_endpoint = text("token_endpoint", True)
+        assert issuer is not None
+        assert token_endpoint is not None
+        return cls(
+            issuer=issuer,
+            token_endpoint=token_endpoint,
+            authorization_endpoint=text("authorization_endpoint"),
+            pushed_authorization_request_endpoint=text("pushed_authorization_request_endpoint"),
+            require_pushed_authorization_requests=data.get("require_pushed_authorization_requests")
+            is True,
+            revocation_endpoint=text("revocation_endpoint"),
+            dpop_signing_alg_values_supported=None if algs is None else tuple(algs),
+            raw=dict(data),
+        )
+
+
+def _well_known_urls(issuer: str) -> list[str]:
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    # RFC 8414 §3.1: the well-known suffix goes between the host and the issuer's path.
+    rfc8414 = urlunsplit(
+        (parts.scheme, parts.netloc, "/.well-known/oauth-authorization-server" + path, "", "")
+    )
+    # OpenID Connect Discovery 1.0 §4: appended to the issuer.
+    oidc = urlunsplit(
+        (parts.scheme, parts.netloc, path + "/.well-known/openid-configuration", "", "")
+    )
+    return [rfc8414, oidc]
+
+
+def discover(issuer: str, *, sender: Sender | None = None) -> ServerMetadata:
+    """Fetch and check an authorization server's metadata (RFC 8414 §3, then OIDC).
+
+    Raises:
+        ClientError: (CONFIGURATION) no metadata document, or its ``issuer`` is not
+            exactly ``issuer`` (RFC 8414 §3.3, X-16).
+    """
+    send = sender if sender is not None else urllib_sender()
+    for url in _well_known_urls(issuer):
+        response = send(RequestView(method="GET", url=url, headers=_accept_json()))
+        if response.status != 200:
+            continue
+        data = parse_json_body(response.body)
+        if data is None:
+            continue
+        metadata = ServerMetadata.from_dict(data)
+        # RFC 8414 §3.3: the issuer must be identical to the one used to build the URL.
+        if not hmac.compare_digest(metadata.issuer.encode(), issuer.encode()):
+            raise ClientError(
+                Reason.CONFIGURATION, "the metadata issuer does not match", detail={"url": url}
+            )
+        return metadata
+    raise ClientError(Reason.CONFIGURATION, "no authorization server metadata found")
+
+
+def _accept_json() -> Headers:
+    return Headers([("Accept", "application/json")])
+
+
+# -- tokens ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenSet:
+    """A checked token response (RFC 6749 §5.1) and the key it is bound to.
+
+    Attributes:
+        key: the DPoP key whose proof obtained the tokens; refreshes must use it (C-8).
+        expires_at: absolute expiry of the access token by the client's clock, if known.
+        grant: the grant that produced it (``client_credentials``, ``authorization_code``,
+            ``refresh_token``), so a token source can renew it.
+        params: the grant's scope/resource parameters, reused for a renewal.
+    """
+
+    access_token: str = field(repr=False)
+    token_type: str
+    key: DPoPKey
+    expires_at: float | None = None
+    refresh_token: str | None = field(default=None, repr=False)
+    scope: str | None = None
+    grant: str = ""
+    params: tuple[tuple[str, str], ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_dpop(self) -> bool:
+        """Whether the AS bound the token to the key (``token_type`` ``DPoP``, C-7)."""
+        return self.token_type.lower() == "dpop"
+
+    def expired(self, *, now: float, margin: float = 0.0) -> bool:
+        """Whether the access token is (or within ``margin`` seconds will be) expired."""
+        return self.expires_at is not None and now + margin >= self.expires_at
+
+
+def pkce_pair() -> tuple[str, str]:
+    """Return a new ``(code_verifier, code_challenge)`` for PKCE S256 (RFC 7636 §4.1, §4.2)."""
+    verifier = secrets.token_urlsafe(48)  # 64 unreserved characters
+    challenge = b64url_encode(hashlib.sha256(verifier.encode("ascii")).digest())
+    return verifier, challenge
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizationRequest:
+    """An authorization request in progress (RFC 6749 §4.1, RFC 7636, RFC 9449 §10).
+
+    Attributes:
+        url: where to send the user's browser.
+        state: the CSRF value to compare with the callback (compared in constant time).
+        code_verifier: the PKCE secret for the code exchange.
+        redirect_uri: the redirect URI sent with the request.
+        key: the DPoP key whose thumbprint went into ``dpop_jkt``; the code exchange
+            uses it (C-18).
+    """
+
+    url: str
+    state: str = field(repr=False)
+    code_verifier: str = field(repr=False)
+    redirect_uri: str
+    key: DPoPKey
+    scope: str | None = None
+
+
+class TokenSource(Protocol):
+    """Where auth objects get the access token to send (and how to renew it).
+
+    ``current`` never blocks (None means "call ``get``"); ``get`` may refresh;
+    ``invalidate`` is called once after a 401 ``invalid_token`` with the token that
+    was rejected and returns a different token, or None when there is none.
+    Implementations serialise refreshes: many waiting requests cause one refresh.
+    """
+
+    def current(self) -> str | None:
+        """The token to send now, or None when a (blocking) refresh is due."""
+        ...
+
+    def get(self) -> str:
+        """The token to send, refreshing it first when it is (about to be) expired."""
+        ...
+
+    def invalidate(self, rejected: str) -> str | None:
+        """Renew after the server rejected ``rejected``; None when no renewal is possible."""
+        ...
+
+
+class StaticToken:
+    """A fixed access token (no refresh)."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str) -> None:
+        if not isinstance(cast(object, token), str) or not token:
+            raise ValueError("the access token must be a non-empty string")
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "StaticToken(...)"
+
+    def current(self) -> str:  # noqa: D102
+        return self._token
+
+    def get(self) -> str:  # noqa: D102
+        return self._token
+
+    def invalidate(self, rejected: str) -> None:  # noqa: D102
+        return None
+
+
+class RefreshingToken:
+    """A :class:`TokenSource` that renews a :class:`TokenSet` before ``exp`` and after a 401.
+
+    Renewal uses the refresh token (always with a proof from the token's own key,
+    C-8) or, for a client-credentials token without one, asks for a new token.
+    Refreshes are serialised with a lock: when many threads (or asyncio tasks,
+    through worker threads) find the token expired, one refresh happens and the
+    others get its result.
+
+    Args:
+        client: the :class:`TokenClient` that renews.
+        tokens: the current tokens.
+        margin: seconds before ``expires_at`` at which the token counts as expired.
+        clock: the time source (``time.time``).
+    """
+
+    def __init__(
+        self,
+        client: TokenClient,
+        tokens: TokenSet,
+        *,
+        margin: float = 30.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self.client = client
+        self._tokens = tokens
+        self.margin = margin
+        self.clock = clock
+        self.refresh_count = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RefreshingToken(refreshes={self.refresh_count})"
+
+    @property
+    def tokens(self) -> TokenSet:
+        """The current :class:`TokenSet`."""
+        return self._tokens
+
+    def current(self) -> str | None:  # noqa: D102
+        tokens = self._tokens
+        if tokens.expired(now=self.clock(), margin=self.margin) and self._renewable(tokens):
+            return None
+        return tokens.access_token
+
+    def get(self) -> str:  # noqa: D102
+        with self._lock:
+            tokens = self._tokens
+            if tokens.expired(now=self.clock(), margin=self.margin) and self._renewable(tokens):
+                tokens = self._renew(tokens)
+            return tokens.access_token
+
+    def invalidate(self, rejected: str) -> str | None:  # noqa: D102
+        with self._lock:
+            tokens = self._tokens
+            if not hmac.compare_digest(tokens.access_token.encode(), rejected.encode()):
+                return tokens.access_token  # someone else already renewed it
+            if not self._renewable(tokens):
+                return None
+            return self._renew(tokens).access_token
+
+    @staticmethod
+    def _renewable(tokens: TokenSet) -> bool:
+        return tokens.refresh_token is not None or tokens.grant == "client_credentials"
+
+    def _renew(self, tokens: TokenSet) -> TokenSet:
+        if tokens.refresh_token is not None:
+            new = self.client.refresh(tokens)
+        else:
+            params = dict(tokens.params)
+            new = self.client.client_credentials(
+                scope=params.get("scope"), resource=params.get("resource"), key=tokens.key
+            )
+        self.refresh_count += 1
+        self._tokens = new
+        return new
+
+
+# -- the client ------------------------------------------------------------------------------------
+
+
+class TokenClient:
+    """An OAuth client that gets DPoP-bound tokens (RFC 9449 §5, §10).
+
+    Build it with :meth:`from_issuer` (discovery) or with explicit ``metadata``.
+
+    Args:
+        key: the default DPoP key (per-authorization keys: ``fresh_key=True``, C-19).
+        client_id: the registered client identifier.
+        metadata: the AS metadata (endpoints, supported DPoP algorithms).
+        client_secret: for ``client_secret_basic`` / ``client_secret_post``.
+        auth_method: the client authentication method (default: ``client_secret_basic``
+            with a secret, ``private_key_jwt`` with an assertion key, else ``none``).
+        assertion_key: the key that signs ``private_key_jwt`` assertions (RFC 7523).
+        assertion_kid: the ``kid`` put into assertions, if the AS needs one.
+        sender: the HTTP sender (``urllib`` by default).
+        nonces: the per-origin nonce cache (share it with the resource auth object).
+        clock: the time source.
+        allow_bearer_downgrade: accept ``token_type: Bearer`` although a proof was
+            sent (the token is then not DPoP-bound; off by default, C-7).
+        allow_insecure_http: allow ``http://`` endpoints (loopback tests only).
+
+    Raises:
+        ClientError: (CONFIGURATION) the key's ``alg`` is not in the AS's
+            ``dpop_signing_alg_values_supported`` (C-16).
+    """
+
+    def __init__(
+        self,
+        *,
+        key: DPoPKey,
+        client_id: str,
+        metadata: ServerMetadata,
+        client_secret: str | None = None,
+        auth_method: AuthMethod | None = None,
+        assertion_key: DPoPKey | None = None,
+        assertion_kid: str | None = None,
+        sender: Sender | None = None,
+        nonces: NonceCache | None = None,
+        clock: Clock = time.time,
+        allow_bearer_downgrade: bool = False,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        if auth_method is None:
+            if client_secret is not None:
+                auth_method = "client_secret_basic"
+            elif assertion_key is not None:
+                auth_method = "private_key_jwt"
+            else:
+                auth_method = "none"
+        if auth_method.startswith("client_secret") and not client_secret:
+            raise ValueError(f"{auth_method} needs client_secret")
+        if auth_method == "private_key_jwt" and assertion_key is None:
+            raise ValueError("private_key_jwt needs assertion_key")
+        self.client_id = client_id
+        self.metadata = metadata
+        self.client_secret = client_secret
+        self.auth_method: AuthMethod = auth_method
+        self.assertion_key = assertion_key
+        self.assertion_kid = assertion_kid
+        self.sender = sender if sender is not None else urllib_sender()
+        self.nonces = nonces if nonces is not None else NonceCache()
+        self.clock = clock
+        self.allow_bearer_downgrade = allow_bearer_downgrade
+        self.allow_insecure_http = allow_insecure_http
+        self.key = self.check_key(key)
+
+    def __repr__(self) -> str:
+        return f"TokenClient(issuer={self.metadata.issuer!r}, client_id={self.client_id!r})"
+
+    @classmethod
+    def from_issuer(
+        cls, issuer: str, *, key: DPoPKey, client_id: str, sender: Sender | None = None, **kw: Any
+    ) -> TokenClient:
+        """Discover ``issuer``'s metadata (:func:`discover`) and build a client."""
+        send = sender if sender is not None else urllib_sender()
+        return cls(
+            key=key, client_id=client_id, metadata=discover(issuer, sender=send), sender=send, **kw
+        )
+
+    def check_key(self, key: DPoPKey) -> DPoPKey:
+        """Return ``key`` (or its RFC 9864 twin) if the AS accepts its alg (C-16).
+
+        Raises:
+            ClientError: (CONFIGURATION) the AS lists DPoP algorithms without this one.
+        """
+        supported = self.metadata.dpop_signing_alg_values_supported
+        if supported is None or key.alg in supported:
+            return key
+        twin = _EQUIVALENT_ALGS.get(key.alg)
+        if twin is not None and twin in supported and key.is_exportable:
+            return key.with_alg(twin)
+        raise ClientError(
+            Reason.CONFIGURATION,
+            "the authorization server does not accept this key's algorithm",
+            detail={"alg": key.alg, "supported": list(supported)},
+        )
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _client_auth(self, form: dict[str, str], headers: list[tuple[str, str]]) -> None:
+        method = self.auth_method
+        if method == "client_secret_basic":
+            assert self.client_secret is not None
+            # RFC 6749 §2.3.1: form-urlencode id and secret, then Basic.
+            user = quote(self.client_id, safe="")
+            pwd = quote(self.client_secret, safe="")
+            cred = base64.b64encode(f"{user}:{pwd}".encode()).decode("ascii")
+            headers.append(("Authorization", f"Basic {cred}"))
+        elif method == "client_secret_post":
+            assert self.client_secret is not None
+            form["client_id"] = self.client_id
+            form["client_secret"] = self.client_secret
+        elif method == "private_key_jwt":
+            form["client_id"] = self.client_id
+            form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            form["client_assertion"] = self.client_assertion()
+        else:
+            form["client_id"] = self.client_id
+
+    def client_assertion(self) -> str:
+        """A ``private_key_jwt`` assertion (RFC 7523 §2.2, §3; OIDC Core §9).
+
+        ``iss`` = ``sub`` = client id, ``aud`` = the issuer, a fresh ``jti``, and a
+        60-second lifetime; signed with ``assertion_key`` by our JWS layer.
+        """
+        key = self.assertion_key
+        if key is None:
+            raise ValueError("no assertion_key")
+        header: dict[str, Any] = {"alg": key.alg, "typ": "JWT"}
+        if self.assertion_kid is not None:
+            header["kid"] = self.assertion_kid
+        now = int(self.clock())
+        payload = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": self.metadata.issuer,
+            "jti": secrets.token_urlsafe(16),
+            "iat": now,
+            "exp": now + 60,
+        }
+        signing_input = f"{b64url_encode(json_dumps(header))}.{b64url_encode(json_dumps(payload))}"
+        signature = key.sign(signing_input.encode("ascii"))
+        return f"{signing_input}.{b64url_encode(signature)}"
+
+    def _post(
+        self, url: str, form: dict[str, str], *, key: DPoPKey | None, authenticate: bool = True
+    ) -> tuple[ResponseView, bool]:
+        """POST a form with client auth and (when ``key``) a DPoP proof; nonce retry included."""
+        headers: list[tuple[str, str]] = [("Content-Type", _FORM), ("Accept", "application/json")]
+        if authenticate:
+            self._client_auth(form, headers)
+        body = urlencode(form).encode("ascii")
+        if key is None:
+            return self.sender(
+                RequestView(method="POST", url=url, headers=Headers(headers), body=body)
+            ), False
+        flow = DPoPFlow(
+            key=key,
+            nonces=self.nonces,
+            clock=self.clock,
+            allow_insecure_http=self.allow_insecure_http,
+        )
+        dpop = flow.prepare("POST", url)
+        while True:
+            request = RequestView(
+                method="POST", url=url, headers=Headers([*headers, *dpop.items()]), body=body
+            )
+            response = self.sender(request)
+            rheaders = Headers(response.headers)
+            action = flow.on_response(
+                response.status,
+                rheaders,
+                parse_json_body(response.body) if response.status == 400 else None,
+            )
+            if not isinstance(action, Retry):
+                return response, True
+            dpop = action.headers
+            if self.auth_method == "private_key_jwt":
+                self._client_auth(form, [])  # a fresh assertion (new jti) for the resend
+                body = urlencode(form).encode("ascii")
+
+    def _token_request(self, form: dict[str, str], key: DPoPKey, grant: str) -> TokenSet:
+        # RFC 9449 §5 (C-1): a proof for the token endpoint on every grant.
+        response, proof_sent = self._post(self.metadata.token_endpoint, form, key=key)
+        params = tuple((k, form[k]) for k in ("scope", "resource") if k in form)
+        return self._check_token_response(response, key, grant, params, proof_sent)
+
+    def _check_token_response(
+        self,
+        response: ResponseView,
+        key: DPoPKey,
+        grant: str,
+        params: tuple[tuple[str, str], ...],
+        proof_sent: bool,
+    ) -> TokenSet:
+        data = parse_json_body(response.body)
+        if response.status != 200:
+            raise _error_from(response, data)
+        if data is None:
+            raise TokenResponseError(Reason.TOKEN_RESPONSE, "the token response is not JSON")
+        access_token = data.get("access_token")
+        token_type = data.get("token_type")
+        if not isinstance(access_token, str) or not access_token:
+            raise TokenResponseError(Reason.TOKEN_RESPONSE, "no access_token in the response")
+        if not isinstance(token_type, str):
+            raise TokenResponseError(Reason.TOKEN_RESPONSE, "no token_type in the response")
+        # RFC 9449 §5 + RFC 6749 §5.1: token_type is case-insensitive; a Bearer answer to a
+        # DPoP request means the token is not bound (C-7, SEC-115).
+        if proof_sent and token_type.lower() != "dpop" and not self.allow_bearer_downgrade:
+            raise TokenResponseError(
+                Reason.TOKEN_RESPONSE,
+                "the authorization server did not bind the token (token_type is not DPoP)",
+                detail={"token_type": token_type},
+            )
+        expires_in = data.get("expires_in")
+        expires_at: float | None = None
+        if expires_in is not None:
+            if (
+                isinstance(expires_in, bool)
+                or not isinstance(expires_in, int | float)
+                or not math.isfinite(expires_in)
+                or expires_in < 0
+            ):
+                raise TokenResponseError(Reason.TOKEN_RESPONSE, "expires_in is not a number")
+            expires_at = self.clock() + float(expires_in)
+        refresh = data.get("refresh_token")
+        if refresh is not None and (not isinstance(refresh, str) or not refresh):
+            raise TokenResponseError(Reason.TOKEN_RESPONSE, "refresh_token is not a string")
+        scope = data.get("scope")
+        return TokenSet(
+            access_token=access_token,
+            token_type=token_type,
+            key=key,
+            expires_at=expires_at,
+            refresh_token=refresh,
+            scope=scope if isinstance(scope, str) else dict(params).get("scope"),
+            grant=grant,
+            params=params,
+            raw=data,
+        )
+
+    # -- grants ----------------------------------------------------------------------------------
+
+    def client_credentials(
+        self,
+        *,
+        scope: str | None = None,
+        resource: str | None = None,
+        key: DPoPKey | None = None,
+    ) -> TokenSet:
+        """Client credentials grant (RFC 6749 §4.4) with a DPoP proof (RFC 9449 §5)."""
+        form = {"grant_type": "client_credentials"}
+        if scope is not None:
+            form["scope"] = scope
+        if resource is not None:
+            form["resource"] = resource
+        use = self.check_key(key) if key is not None else self.key
+        return self._token_request(form, use, "client_credentials")
+
+    def refresh(self, tokens: TokenSet, *, scope: str | None = None) -> TokenSet:
+        """Refresh grant (RFC 6749 §6) with a proof from the key that got the tokens (C-8).
+
+        The refresh token is never sent without a proof. When the AS does not send
+        a new refresh token the old one is kept (RFC 6749 §6).
+
+        Raises:
+            ValueError: ``tokens`` has no refresh token.
+        """
+        if tokens.refresh_token is None:
+            raise ValueError("these tokens have no refresh token")
+        form = {"grant_type": "refresh_token", "refresh_token": tokens.refresh_token}
+        if scope is not None:
+            form["scope"] = scope
+        # RFC 9449 §5: the same key that obtained the refresh token (C-8).
+        new = self._token_request(form, tokens.key, "refresh_token")
+        if new.refresh_token is None:
+            new = _replace(new, refresh_token=tokens.refresh_token)
+        if tokens.grant and new.params == ():
+            new = _replace(new, grant=tokens.grant, params=tokens.params)
+        return new
+
+    def revoke(
+        self, token: str, *, hint: Literal["access_token", "refresh_token"] | None = None
+    ) -> None:
+        """Revoke a token (RFC 7009 §2.1) at the AS's ``revocation_endpoint``.
+
+        Raises:
+            ClientError: (CONFIGURATION) the AS has no revocation endpoint.
+            TokenResponseError / OAuthError subclasses: the AS refused.
+        """
+        endpoint = self.metadata.revocation_endpoint
+        if endpoint is None:
+            raise ClientError(Reason.CONFIGURATION, "the AS has no revocation endpoint")
+        form = {"token": token}
+        if hint is not None:
+            form["token_type_hint"] = hint
+        response, _ = self._post(endpoint, form, key=None)
+        if response.status != 200:
+            raise _error_from(response, parse_json_body(response.body))
+
+    def authorization_request(
+        self,
+        *,
+        redirect_uri: str,
+        scope: str | None = None,
+        resource: str | None = None,
+        fresh_key: bool = False,
+        use_par: bool | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> AuthorizationRequest:
+        """Start an authorization-code flow with PKCE S256 and ``dpop_jkt`` (RFC 9449 §10).
+
+        Args:
+            redirect_uri: the registered redirect URI.
+            scope: the requested scope.
+            resource: an RFC 8707 resource indicator.
+            fresh_key: generate a new DPoP key for this authorization (C-19); the
+                returned request (and the tokens) carry it.
+            use_par: push the request first (RFC 9126); None = when the AS offers it.
+            extra: more authorization parameters.
+
+        Raises:
+            ClientError: (CONFIGURATION) no authorization endpoint, or PAR required
+                but not offered.
+        """
+        meta = self.metadata
+        if meta.authorization_endpoint is None:
+            raise ClientError(Reason.CONFIGURATION, "the AS has no authorization endpoint")
+        key = self.check_key(DPoPKey.generate(self.key.alg)) if fresh_key else self.key
+        verifier, challenge = pkce_pair()
+        state = secrets.token_urlsafe(24)
+        params: dict[str, str] = {
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": redirect_uri,
+            "state": state,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "dpop_jkt": key.jkt,  # RFC 9449 §10 (C-18)
+        }
+        if scope is not None:
+            params["scope"] = scope
+        if resource is not None:
+            params["resource"] = resource
+        params.update(extra or {})
+        par_endpoint = meta.pushed_authorization_request_endpoint
+        if use_par is None:
+            use_par = par_endpoint is not None
+        if meta.require_pushed_authorization_requests and not use_par:
+            raise ClientError(Reason.CONFIGURATION, "the AS requires PAR")
+        if use_par:
+            if par_endpoint is None:
+                raise ClientError(Reason.CONFIGURATION, "the AS offers no PAR endpoint")
+            # RFC 9449 §10.1: dpop_jkt in the PAR body (C-20) and a proof on the request (C-21).
+            response, _ = self._post(par_endpoint, dict(params), key=key)
+            data = parse_json_body(response.body)
+            if response.status not in (200, 201):
+                raise _error_from(response, data)
+            request_uri = None if data is None else data.get("request_uri")
+            if not isinstance(request_uri, str) or not request_uri:
+                raise TokenResponseError(Reason.TOKEN_RESPONSE, "no request_uri in PAR response")
+            query = {"client_id": self.client_id, "request_uri": request_uri}
+        else:
+            query = params
+        url = _add_query(meta.authorization_endpoint, query)
+        return AuthorizationRequest(
+            url=url,
+            state=state,
+            code_verifier=verifier,
+            redirect_uri=redirect_uri,
+            key=key,
+            scope=scope,
+        )
+
+    def exchange_code(self, request: AuthorizationRequest, callback_url: str) -> TokenSet:
+        """Finish the flow: check the callback and redeem the code (RFC 6749 §4.1.2, §4.1.3).
+
+        The callback's ``state`` is compared in constant time; an ``iss`` parameter
+        (RFC 9207) must equal the issuer; the code is redeemed with the PKCE
+        verifier and a proof from the request's key (C-18).
+
+        Raises:
+            TokenResponseError: wrong ``state``/``iss``, no ``code``, or an error callback.
+        """
+        query = parse_qs(urlsplit(callback_url).query, keep_blank_values=True)
+
+        def one(name: str) -> str | None:
+            values = query.get(name)
+            if values is None:
+                return None
+            if len(values) != 1:
+                raise TokenResponseError(Reason.TOKEN_RESPONSE, f"{name} given twice")
+            return values[0]
+
+        state = one("state") or ""
+        if not hmac.compare_digest(state.encode(), request.state.encode()):
+            raise TokenResponseError(Reason.TOKEN_RESPONSE, "state does not match")
+        iss = one("iss")
+        if iss is not None and iss != self.metadata.issuer:  # RFC 9207 §2.4
+            raise TokenResponseError(Reason.TOKEN_RESPONSE, "iss does not match")
+        error = one("error")
+        if error is not None:
+            raise TokenResponseError(
+                Reason.TOKEN_RESPONSE, "the authorization was refused", detail={"error": error}
+            )
+        code = one("code")
+        if not code:
+            raise TokenResponseError(Reason.TOKEN_RESPONSE, "no code in the callback")
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": request.redirect_uri,
+            "code_verifier": request.code_verifier,
+        }
+        tokens = self._token_request(form, request.key, "authorization_code")
+        if request.scope is not None and tokens.scope is None:
+            tokens = _replace(tokens, scope=request.scope)
+        return tokens
+
+    def login_native(
+        self,
+        *,
+        scope: str | None = None,
+        resource: str | None = None,
+        fresh_key: bool = True,
+        open_browser: Callable[[str], object] = webbrowser.open,
+        timeout: float = 300.0,
+        path: str = "/callback",
+    ) -> TokenSet:
+        """Authorization code flow for native apps via a loopback redirect (RFC 8252 §7.3).
+
+        Starts a one-shot HTTP listener on ``127.0.0.1`` (a free port), opens the
+        browser on the authorization URL, waits for one callback on ``path``, then
+        redeems the code. A fresh DPoP key per authorization by default (C-19).
+
+        Raises:
+            TimeoutError: no callback within ``timeout`` seconds.
+            TokenResponseError: see :meth:`exchange_code`.
+        """
+        with _LoopbackListener(path) as listener:
+            request = self.authorization_request(
+                redirect_uri=listener.redirect_uri,
+                scope=scope,
+                resource=resource,
+                fresh_key=fresh_key,
+            )
+            open_browser(request.url)
+            callback = listener.wait(timeout)
+        return self.exchange_code(request, callback)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _replace(tokens: TokenSet, **changes: Any) -> TokenSet:
+    values = {name: getattr(tokens, name) for name in TokenSet.__dataclass_fields__}
+    values.update(changes)
+    return TokenSet(**values)
+
+
+def _add_query(url: str, params: Mapping[str, str]) -> str:
+    parts = urlsplit(url)
+    query = urlencode(list(params.items()))
+    joined = f"{parts.query}&{query}" if parts.query else query
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, joined, ""))
+
+
+def _error_from(response: ResponseView, data: Mapping[str, Any] | None) -> DPoPError:
+    """The typed error for an RFC 6749 §5.2 error response (or a non-JSON failure)."""
+    code = None if data is None else data.get("error")
+    detail = {"status": response.status, "error": code}
+    if isinstance(code, str) and code in _ERRORS:
+        return _ERRORS[code](None, "the authorization server refused the request", detail=detail)
+    return TokenResponseError(
+        Reason.TOKEN_RESPONSE, "the authorization server answered with an error", detail=detail
+    )
+
+
+class _LoopbackListener:
+    """A one-shot HTTP listener on 127.0.0.1 for the authorization callback (RFC 8252 §7.3)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.callback: str | None = None
+        self._done = threading.Event()
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if urlsplit(self.path).path != listener.path or listener._done.is_set():
+                    self.send_error(404)
+                    return
+                listener.callback = f"{listener.redirect_uri.split('?')[0]}?" + (
+                    urlsplit(self.path).query
+                )
+                page = html.escape("You can close this window and return to the application.")
+                body = f"<!doctype html><title>dpopkit</title><p>{page}</p>".encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+                listener._done.set()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None  # never log: the query holds the authorization code
+
+        self._server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.redirect_uri = f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _LoopbackListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def wait(self, timeout: float) -> str:
+        if not self._done.wait(timeout) or self.callback is None:
+            raise TimeoutError("no authorization callback arrived")
+        return self.callback

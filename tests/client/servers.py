@@ -1,0 +1,414 @@
+"""Small real test servers for the client: a DPoP authorization server and resource server.
+
+Starlette apps served by uvicorn in a thread on 127.0.0.1 (port 0). They check
+proofs with the core verifier (``verify_proof`` + replay cache + nonce issuer),
+require nonces at both AS and RS, and record what they saw so tests can assert
+on the wire. Some routes misbehave on purpose (nonce loops, missing nonces,
+Bearer downgrades) to test the client's loop protection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+import uvicorn
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from dpopkit import (
+    DPoPError,
+    Headers,
+    InvalidTokenError,
+    NonceIssuer,
+    ProofPolicy,
+    Reason,
+    extract_proof,
+    record_proof,
+    verify_proof,
+)
+from dpopkit.core.jws import b64url_encode
+from dpopkit.errors import InvalidClientError, InvalidGrantError, InvalidRequestError
+from dpopkit.storage.memory import MemoryReplayCache
+
+CLIENT_ID = "cli"
+CLIENT_SECRET = "s3cret/+ :x"
+PKJ_CLIENT = "pkj"
+
+
+@dataclass
+class Issued:
+    jkt: str | None
+    expires_at: float
+    scope: str | None = None
+
+
+@dataclass
+class State:
+    """What the servers remember and how they are told to behave."""
+
+    base: str = ""
+    tokens: dict[str, Issued] = field(default_factory=dict)
+    refresh_tokens: dict[str, Issued] = field(default_factory=dict)
+    codes: dict[str, dict[str, str]] = field(default_factory=dict)
+    par: dict[str, dict[str, str]] = field(default_factory=dict)
+    revoked: list[str] = field(default_factory=list)
+    token_requests: list[dict[str, Any]] = field(default_factory=list)
+    par_requests: list[dict[str, Any]] = field(default_factory=list)
+    rs_requests: list[dict[str, Any]] = field(default_factory=list)
+    refresh_count: int = 0
+    expires_in: int = 300
+    token_type: str = "DPoP"
+    require_par: bool = False
+    offer_par: bool = True
+    algs: list[str] | None = None
+    metadata_issuer: str | None = None
+    pkj_public_jwk: dict[str, str] | None = None
+    refresh_delay: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def issuer(self) -> str:
+        return self.base
+
+
+def _headers(request: Request) -> Headers:
+    return Headers(
+        [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+    )
+
+
+def _url(request: Request, state: State) -> str:
+    # The public URL is configuration (our own base), never the Host header.
+    return state.base + request.url.path
+
+
+def _err(exc: DPoPError, role: str) -> Response:
+    view = exc.as_response(role=role, algs=["ES256", "EdDSA", "Ed25519", "PS256", "RS256"])  # type: ignore[arg-type]
+    return Response(view.body, status_code=view.status, headers=dict(view.headers))
+
+
+class Servers:
+    def __init__(self) -> None:
+        self.state = State()
+        self.as_nonces = NonceIssuer([secrets.token_bytes(32)], context="as")
+        self.rs_nonces = NonceIssuer([secrets.token_bytes(32)], context="rs")
+        self.replay = MemoryReplayCache()
+        self.app = Starlette(
+            routes=[
+                Route("/.well-known/oauth-authorization-server", self.metadata),
+                Route("/token", self.token, methods=["POST"]),
+                Route("/par", self.par_endpoint, methods=["POST"]),
+                Route("/authorize", self.authorize),
+                Route("/revoke", self.revoke, methods=["POST"]),
+                Route("/api/{name:path}", self.api, methods=["GET", "POST", "PUT"]),
+                Route("/loop/new-nonce", self.loop_new_nonce, methods=["GET", "POST"]),
+                Route("/loop/same-nonce", self.loop_same_nonce, methods=["GET", "POST"]),
+                Route("/loop/no-nonce", self.loop_no_nonce, methods=["GET", "POST"]),
+                Route("/as-loop/no-nonce", self.as_no_nonce, methods=["POST"]),
+                Route("/stream", self.stream, methods=["GET"]),
+            ]
+        )
+
+    # -- AS ----------------------------------------------------------------------------------
+
+    async def metadata(self, request: Request) -> Response:
+        s = self.state
+        data: dict[str, Any] = {
+            "issuer": s.metadata_issuer or s.issuer,
+            "token_endpoint": s.base + "/token",
+            "authorization_endpoint": s.base + "/authorize",
+            "revocation_endpoint": s.base + "/revoke",
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+                "private_key_jwt",
+                "none",
+            ],
+        }
+        if s.offer_par:
+            data["pushed_authorization_request_endpoint"] = s.base + "/par"
+        if s.require_par:
+            data["require_pushed_authorization_requests"] = True
+        if s.algs is not None:
+            data["dpop_signing_alg_values_supported"] = s.algs
+        return JSONResponse(data)
+
+    def _client(self, request: Request, form: dict[str, str]) -> str:
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("basic "):
+            raw = base64.b64decode(auth[6:]).decode()
+            user, _, pwd = raw.partition(":")
+            if unquote(user) == CLIENT_ID and unquote(pwd) == CLIENT_SECRET:
+                return CLIENT_ID
+            raise InvalidClientError(challenge_scheme="Basic")
+        if "client_assertion" in form:
+            assert form.get("client_assertion_type") == (
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            )
+            assert self.state.pkj_public_jwk is not None
+            jwks: Any = {"keys": [self.state.pkj_public_jwk]}
+            keys = KeySet.import_key_set(jwks)
+            try:
+                token = jwt.decode(form["client_assertion"], keys)
+            except Exception:
+                raise InvalidClientError() from None
+            claims = token.claims
+            if (
+                claims.get("iss") != PKJ_CLIENT
+                or claims.get("sub") != PKJ_CLIENT
+                or claims.get("aud") != self.state.issuer
+                or claims.get("exp", 0) < time.time()
+            ):
+                raise InvalidClientError()
+            return PKJ_CLIENT
+        if form.get("client_secret") is not None:
+            if form.get("client_id") == CLIENT_ID and form["client_secret"] == CLIENT_SECRET:
+                return CLIENT_ID
+            raise InvalidClientError()
+        if form.get("client_id") == "public":
+            return "public"
+        raise InvalidClientError()
+
+    def _proof(self, request: Request, url: str) -> Any:
+        now = time.time()
+        proof = extract_proof(_headers(request))
+        # Nonce required at the AS (RFC 9449 §8).
+        checked = verify_proof(
+            proof,
+            htm=request.method,
+            htu=url,
+            policy=ProofPolicy(require_nonce=True),
+            nonce_check=self.as_nonces,
+            now=now,
+        )
+        record_proof(self.replay, checked, now=now)
+        return checked
+
+    async def _form(self, request: Request) -> dict[str, str]:
+        body = (await request.body()).decode()
+        return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+
+    async def token(self, request: Request) -> Response:
+        s = self.state
+        form = await self._form(request)
+        record: dict[str, Any] = {"form": form, "headers": dict(request.headers)}
+        s.token_requests.append(record)
+        try:
+            checked = self._proof(request, s.base + "/token")
+            record["jkt"] = checked.jkt
+            record["proof_claims"] = dict(checked.claims)
+            client = self._client(request, form)
+            grant = form.get("grant_type")
+            scope = form.get("scope")
+            if grant == "client_credentials":
+                pass
+            elif grant == "authorization_code":
+                code = s.codes.pop(form.get("code", ""), None)
+                if code is None or code["redirect_uri"] != form.get("redirect_uri"):
+                    raise InvalidGrantError()
+                challenge = b64url_encode(
+                    hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+                )
+                if challenge != code["code_challenge"]:
+                    raise InvalidGrantError()
+                if code.get("dpop_jkt") and code["dpop_jkt"] != checked.jkt:
+                    raise InvalidGrantError()
+                scope = code.get("scope")
+            elif grant == "refresh_token":
+                if s.refresh_delay:
+                    await asyncio.sleep(s.refresh_delay)
+                with s.lock:
+                    old = s.refresh_tokens.get(form.get("refresh_token", ""))
+                    if old is None or old.jkt != checked.jkt:
+                        raise InvalidGrantError()
+                    s.refresh_count += 1
+                scope = old.scope
+            else:
+                raise InvalidRequestError()
+        except DPoPError as exc:
+            return _err(exc, "as")
+        del client
+        at = secrets.token_urlsafe(24)
+        rt = secrets.token_urlsafe(24)
+        s.tokens[at] = Issued(checked.jkt, time.time() + s.expires_in, scope)
+        s.refresh_tokens[rt] = Issued(checked.jkt, time.time() + 3600, scope)
+        body: dict[str, Any] = {
+            "access_token": at,
+            "token_type": s.token_type,
+            "expires_in": s.expires_in,
+        }
+        if grant != "client_credentials":
+            body["refresh_token"] = rt
+        if scope:
+            body["scope"] = scope
+        headers = {"Cache-Control": "no-store"}
+        return JSONResponse(body, headers=headers)
+
+    async def par_endpoint(self, request: Request) -> Response:
+        s = self.state
+        form = await self._form(request)
+        record: dict[str, Any] = {"form": form}
+        s.par_requests.append(record)
+        try:
+            if "dpop" in request.headers:
+                checked = self._proof(request, s.base + "/par")
+                record["jkt"] = checked.jkt
+                if form.get("dpop_jkt") and form["dpop_jkt"] != checked.jkt:
+                    raise InvalidRequestError()
+            self._client(request, form)
+        except DPoPError as exc:
+            return _err(exc, "as")
+        uri = "urn:ietf:params:oauth:request_uri:" + secrets.token_urlsafe(12)
+        s.par[uri] = form
+        return JSONResponse({"request_uri": uri, "expires_in": 60}, status_code=201)
+
+    async def authorize(self, request: Request) -> Response:
+        s = self.state
+        params = dict(request.query_params)
+        if "request_uri" in params:
+            params = s.par.pop(params["request_uri"])
+        elif s.require_par:
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        code = secrets.token_urlsafe(16)
+        s.codes[code] = params
+        query = urlencode({"code": code, "state": params["state"], "iss": s.issuer})
+        return RedirectResponse(f"{params['redirect_uri']}?{query}", status_code=302)
+
+    async def revoke(self, request: Request) -> Response:
+        form = await self._form(request)
+        try:
+            self._client(request, form)
+        except DPoPError as exc:
+            return _err(exc, "as")
+        self.state.revoked.append(form["token"])
+        self.state.tokens.pop(form["token"], None)
+        self.state.refresh_tokens.pop(form["token"], None)
+        return Response(status_code=200)
+
+    async def as_no_nonce(self, request: Request) -> Response:
+        return JSONResponse({"error": "use_dpop_nonce"}, status_code=400)
+
+    # -- RS ----------------------------------------------------------------------------------
+
+    async def api(self, request: Request) -> Response:
+        s = self.state
+        now = time.time()
+        body = await request.body()
+        record: dict[str, Any] = {
+            "path": request.url.path,
+            "body": body,
+            "headers": dict(request.headers),
+        }
+        s.rs_requests.append(record)
+        try:
+            auth = request.headers.get("authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "dpop" or not token:
+                raise InvalidTokenError(Reason.MISSING_TOKEN)
+            checked = verify_proof(
+                extract_proof(_headers(request)),
+                htm=request.method,
+                htu=_url(request, s),
+                policy=ProofPolicy(require_nonce=True),
+                nonce_check=self.rs_nonces,
+                access_token=token,
+                now=now,
+            )
+            issued = s.tokens.get(token)
+            if issued is None or issued.expires_at < now:
+                raise InvalidTokenError(Reason.TOKEN_EXPIRED)
+            if issued.jkt != checked.jkt:
+                raise InvalidTokenError(Reason.JKT_MISMATCH)
+            record_proof(self.replay, checked, now=now)
+        except DPoPError as exc:
+            record["error"] = exc.error
+            return _err(exc, "rs")
+        record["jti"] = checked.jti
+        record["nonce"] = checked.nonce
+        headers = {}
+        if checked.nonce_info is not None and not checked.nonce_info.current:
+            headers["DPoP-Nonce"] = self.rs_nonces.issue(now=now)
+        return JSONResponse({"ok": True, "jti": checked.jti, "len": len(body)}, headers=headers)
+
+    def _challenge(self, nonce: str | None) -> Response:
+        headers = {"WWW-Authenticate": 'DPoP error="use_dpop_nonce", algs="ES256"'}
+        if nonce is not None:
+            headers["DPoP-Nonce"] = nonce
+        self.state.rs_requests.append({"path": "loop"})
+        return Response(b'{"error":"use_dpop_nonce"}', status_code=401, headers=headers)
+
+    async def loop_new_nonce(self, request: Request) -> Response:
+        await request.body()
+        return self._challenge(secrets.token_urlsafe(8))
+
+    async def loop_same_nonce(self, request: Request) -> Response:
+        await request.body()
+        return self._challenge("always-the-same")
+
+    async def loop_no_nonce(self, request: Request) -> Response:
+        await request.body()
+        return self._challenge(None)
+
+    async def stream(self, request: Request) -> Response:
+        return Response(b"x" * 100_000, headers={"DPoP-Nonce": "from-stream"})
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def running(servers: Servers) -> Iterator[Servers]:
+    """Serve ``servers.app`` with uvicorn on 127.0.0.1 (a free port) in a thread."""
+    sock = _free_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(servers.app, log_level="warning", lifespan="off", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    servers.state.base = f"http://127.0.0.1:{port}"
+    try:
+        yield servers
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def issue_token(servers: Servers, jkt: str, *, expires_in: int = 300) -> str:
+    """Put an access token bound to ``jkt`` straight into the server's store."""
+    at = secrets.token_urlsafe(24)
+    servers.state.tokens[at] = Issued(jkt, time.time() + expires_in)
+    return at
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value)
