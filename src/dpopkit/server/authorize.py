@@ -1,0 +1,431 @@
+"""The browser part of the authorization code flow, framework-free.
+
+``GET /authorize`` (RFC 6749 §4.1.1; or a PAR ``request_uri``, RFC 9126 §4)
+validates the request, then renders a server-side HTML login page; the login
+form posts back, then a consent page; approval redirects to the registered
+``redirect_uri`` with ``code``, ``state`` and ``iss`` (RFC 9207). No JavaScript.
+
+Safety: the ``redirect_uri`` must exactly match a registered one, and no error
+is ever redirected before the client and its ``redirect_uri`` are known (no open
+redirects, RFC 6749 §4.1.2.1). Forms carry a CSRF token bound to a browser
+cookie (``SameSite=Lax``, ``HttpOnly``); every value put into HTML is escaped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import re
+import secrets
+from collections.abc import Mapping
+from http.cookies import CookieError, SimpleCookie
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from dpopkit.core.http import RequestView, ResponseView
+from dpopkit.errors import (
+    DPoPError,
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuthError,
+    Reason,
+    UnauthorizedClientError,
+)
+from dpopkit.server.service import PAR_URN_PREFIX, Form, TokenService
+from dpopkit.storage.sql import (
+    ClientRecord,
+    CodeRecord,
+    InteractionRecord,
+    StoreError,
+    hash_secret,
+    sha256_hex,
+    verify_secret,
+)
+
+__all__ = [
+    "Authenticator",
+    "AuthorizationEndpoint",
+    "ConfigUsers",
+    "UnsupportedResponseTypeError",
+    "validate_authorization_request",
+]
+
+_B64URL_43 = re.compile(r"[A-Za-z0-9_-]{43}")
+_COOKIE = "dpopkit_ia"
+_DUMMY_HASH = hash_secret(secrets.token_urlsafe(16))
+
+
+class UnsupportedResponseTypeError(OAuthError):
+    """The ``response_type`` is not ``code`` (RFC 6749 §4.1.2.1)."""
+
+    error = "unsupported_response_type"
+    default_reason = Reason.INVALID_REQUEST
+
+
+class Authenticator(Protocol):
+    """Checks a user's credentials; the extension point for real user stores."""
+
+    def authenticate(self, username: str, password: str) -> str | None:
+        """Return the subject identifier of the user, or None when the login fails."""
+        ...
+
+
+class ConfigUsers:
+    """The built-in authenticator: users from configuration with scrypt password hashes.
+
+    Args:
+        users: username → :func:`~dpopkit.storage.sql.hash_secret` value.
+    """
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._users = dict(users)
+
+    def authenticate(self, username: str, password: str) -> str | None:
+        """Return ``username`` when the password matches (constant work for unknown users)."""
+        stored = self._users.get(username)
+        ok = verify_secret(password, stored if stored is not None else _DUMMY_HASH)
+        return username if ok and stored is not None else None
+
+
+def validate_authorization_request(
+    service: TokenService, client: ClientRecord, params: Mapping[str, Any]
+) -> None:
+    """Check an authorization request's parameters for ``client``.
+
+    RFC 6749 §4.1.1, RFC 7636 §4.3 (S256 only), RFC 9449 §10 (``dpop_jkt``), RFC 8707.
+
+    Raises:
+        InvalidRequestError: missing/unregistered ``redirect_uri``, PKCE missing or not
+            S256, malformed ``dpop_jkt`` (not a thumbprint), repeated parameters.
+        UnsupportedResponseTypeError / UnauthorizedClientError / InvalidScopeError.
+    """
+    redirect_uri = params.get("redirect_uri")
+    # RFC 6749 §3.1.2.3: exact string match against a registered redirect URI.
+    if not isinstance(redirect_uri, str) or redirect_uri not in client.redirect_uris:
+        raise InvalidRequestError(Reason.INVALID_REQUEST, "redirect_uri not registered")
+    if params.get("response_type") != "code":
+        raise UnsupportedResponseTypeError(Reason.INVALID_REQUEST, "response_type must be code")
+    if "authorization_code" not in client.grant_types:
+        raise UnauthorizedClientError(Reason.UNAUTHORIZED_CLIENT)
+    # RFC 7636 §4.3, RFC 9700 §2.1.1: PKCE with S256 only.
+    challenge = params.get("code_challenge")
+    if params.get("code_challenge_method") != "S256" or not isinstance(challenge, str):
+        raise InvalidRequestError(Reason.INVALID_REQUEST, "PKCE with S256 is required")
+    if not _B64URL_43.fullmatch(challenge):
+        raise InvalidRequestError(Reason.INVALID_REQUEST, "malformed code_challenge")
+    # RFC 9449 §10: dpop_jkt must be a SHA-256 JWK thumbprint (DESIGN: invalid_request).
+    jkt = params.get("dpop_jkt")
+    if jkt is not None and (not isinstance(jkt, str) or not _B64URL_43.fullmatch(jkt)):
+        raise InvalidRequestError(Reason.INVALID_REQUEST, "dpop_jkt is not a JWK thumbprint")
+    scope = params.get("scope")
+    if scope is not None:
+        service.resolve_scope(str(scope), allowed=client.scope)
+    resource = params.get("resource", [])
+    service.resolve_resource(resource if isinstance(resource, list) else [str(resource)])
+    state = params.get("state")
+    if state is not None and (not isinstance(state, str) or len(state) > 2048):
+        raise InvalidRequestError(Reason.INVALID_REQUEST, "state too long")
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
+label,input,button{{display:block;width:100%;margin:.4rem 0}}input,button{{padding:.5rem}}
+.error{{color:#a00}}.row{{display:flex;gap:.5rem}}</style></head>
+<body><h1>{title}</h1>{body}</body></html>
+"""
+
+
+def _page(status: int, title: str, body: str, *headers: tuple[str, str]) -> ResponseView:
+    text = _PAGE.format(title=html.escape(title), body=body)
+    return ResponseView(
+        status=status,
+        headers=(
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Cache-Control", "no-store"),
+            ("X-Frame-Options", "DENY"),
+            (
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'unsafe-inline'; "
+                "form-action 'self'; frame-ancestors 'none'",
+            ),
+            ("Referrer-Policy", "no-referrer"),
+            *headers,
+        ),
+        body=text.encode("utf-8"),
+    )
+
+
+def _redirect(url: str, *headers: tuple[str, str]) -> ResponseView:
+    return ResponseView(
+        status=303, headers=(("Location", url), ("Cache-Control", "no-store"), *headers)
+    )
+
+
+class AuthorizationEndpoint:
+    """``/authorize``: request validation, login and consent pages, code issuance.
+
+    Args:
+        service: the :class:`TokenService` (settings, store, clock).
+        authenticator: checks user credentials (:class:`ConfigUsers` built in).
+        csrf_secret: 32+ random bytes keying the CSRF tokens.
+    """
+
+    def __init__(
+        self,
+        service: TokenService,
+        authenticator: Authenticator,
+        *,
+        csrf_secret: bytes | None = None,
+    ) -> None:
+        self.service = service
+        self.authenticator = authenticator
+        self._csrf_secret = csrf_secret or secrets.token_bytes(32)
+        self._secure_cookie = service.settings.issuer.startswith("https:")
+
+    # -- entry points ---------------------------------------------------------------------
+
+    def handle(self, request: RequestView) -> ResponseView:
+        """Answer ``GET /authorize`` (start) or ``POST /authorize`` (login / consent forms)."""
+        try:
+            if request.method == "GET":
+                return self._start(request)
+            if request.method == "POST":
+                return self._submit(request)
+            return self._error_page(405, "Method not allowed")
+        except StoreError:
+            return self._error_page(503, "The service is temporarily unavailable")
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _error_page(self, status: int, message: str) -> ResponseView:
+        return _page(status, "Authorization failed", f'<p class="error">{html.escape(message)}</p>')
+
+    def _respond(self, params: Mapping[str, Any], **values: str) -> ResponseView:
+        """Redirect to the (validated) redirect_uri with ``values``, ``state`` and ``iss``."""
+        redirect_uri = str(params["redirect_uri"])
+        query = dict(values)
+        if params.get("state") is not None:
+            query["state"] = str(params["state"])
+        query["iss"] = self.service.settings.issuer  # RFC 9207 §2
+        sep = "&" if urlsplit(redirect_uri).query else "?"
+        return _redirect(redirect_uri + sep + urlencode(query))
+
+    def _csrf(self, interaction: str, browser: str) -> str:
+        mac = hmac.new(self._csrf_secret, f"{interaction}|{browser}".encode(), hashlib.sha256)
+        return mac.hexdigest()
+
+    @staticmethod
+    def _cookie(request: RequestView) -> str | None:
+        jar: SimpleCookie = SimpleCookie()
+        for value in request.headers.get_all("cookie"):
+            try:
+                jar.load(value)
+            except CookieError:
+                return None
+        morsel = jar.get(_COOKIE)
+        return None if morsel is None else morsel.value
+
+    def _start(self, request: RequestView) -> ResponseView:
+        svc, now = self.service, self.service.clock()
+        query = urlsplit(request.url).query
+        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=64)
+        form = Form(pairs)
+        try:
+            client_id = form.need("client_id")
+            client = svc.store.get_client(client_id)
+        except DPoPError:
+            return self._error_page(400, "The request is missing a valid client_id")
+        if client is None:
+            return self._error_page(400, "Unknown client")
+        try:
+            request_uri = form.one("request_uri")
+        except DPoPError:
+            return self._error_page(400, "Malformed request")
+        if request_uri is not None:
+            # RFC 9126 §4: a one-time request_uri bound to this client.
+            if not request_uri.startswith(PAR_URN_PREFIX):
+                return self._error_page(400, "Unsupported request_uri")
+            record = svc.store.consume_request(sha256_hex(request_uri), kind="par", now=now)
+            if record is None or record.client_id != client.client_id:
+                return self._error_page(400, "The request_uri is invalid, used or expired")
+            params: dict[str, Any] = dict(record.params)
+        else:
+            if (
+                client.require_pushed_authorization_requests
+                or svc.settings.require_pushed_authorization_requests
+            ):
+                return self._error_page(400, "This client must use pushed authorization requests")
+            try:
+                params = form.as_dict()
+                for name in {k for k, _ in pairs if k != "resource"}:
+                    form.one(name)  # RFC 6749 §3.1: no repeated parameters
+            except DPoPError:
+                return self._error_page(400, "Malformed request")
+            redirect_uri = params.get("redirect_uri")
+            if not isinstance(redirect_uri, str) or redirect_uri not in client.redirect_uris:
+                return self._error_page(400, "The redirect_uri is not registered for this client")
+        redirect_ok = params.get("redirect_uri") in client.redirect_uris
+        if not redirect_ok:
+            return self._error_page(400, "The redirect_uri is not registered for this client")
+        try:
+            if request_uri is None:
+                validate_authorization_request(svc, client, params)
+        except DPoPError as exc:
+            return self._respond(params, error=exc.error, error_description=exc.description)
+        if params.get("scope") is None and client.scope:
+            params["scope"] = client.scope
+        test_user = svc.settings.test_mode_user
+        if test_user is not None:
+            # Test mode (loopback only): log in the configured user, grant consent.
+            return self._issue_code(client, params, test_user, now)
+        interaction = secrets.token_urlsafe(32)
+        browser = secrets.token_urlsafe(32)
+        svc.store.put_request(
+            InteractionRecord(
+                id_hash=sha256_hex(interaction),
+                kind="interaction",
+                client_id=client.client_id,
+                params=params,
+                expires_at=now + svc.settings.interaction_lifetime,
+                browser_hash=sha256_hex(browser),
+            )
+        )
+        cookie = f"{_COOKIE}={browser}; Path=/authorize; HttpOnly; SameSite=Lax" + (
+            "; Secure" if self._secure_cookie else ""
+        )
+        return self._login_page(client, params, interaction, browser, None, ("Set-Cookie", cookie))
+
+    def _login_page(
+        self,
+        client: ClientRecord,
+        params: Mapping[str, Any],
+        interaction: str,
+        browser: str,
+        error: str | None,
+        *headers: tuple[str, str],
+    ) -> ResponseView:
+        esc = html.escape
+        name = client.client_name or client.client_id
+        err = f'<p class="error">{esc(error)}</p>' if error else ""
+        body = (
+            f"<p><strong>{esc(name)}</strong> asks to sign you in.</p>{err}"
+            '<form method="post" action="/authorize">'
+            f'<input type="hidden" name="interaction" value="{esc(interaction)}">'
+            f'<input type="hidden" name="csrf" value="{esc(self._csrf(interaction, browser))}">'
+            '<input type="hidden" name="step" value="login">'
+            '<label for="username">Username</label>'
+            '<input id="username" name="username" autocomplete="username" required>'
+            '<label for="password">Password</label>'
+            '<input id="password" name="password" type="password" '
+            'autocomplete="current-password" required>'
+            '<div class="row"><button type="submit" name="action" value="login">Sign in</button>'
+            '<button type="submit" name="action" value="deny" formnovalidate>Cancel</button>'
+            "</div></form>"
+        )
+        return _page(200 if error is None else 401, "Sign in", body, *headers)
+
+    def _consent_page(
+        self,
+        client: ClientRecord,
+        params: Mapping[str, Any],
+        interaction: str,
+        browser: str,
+        sub: str,
+    ) -> ResponseView:
+        esc = html.escape
+        name = client.client_name or client.client_id
+        scopes = str(params.get("scope") or "").split()
+        items = "".join(f"<li>{esc(s)}</li>" for s in scopes) or "<li>basic access</li>"
+        body = (
+            f"<p>Signed in as <strong>{esc(sub)}</strong>.</p>"
+            f"<p><strong>{esc(name)}</strong> would like:</p><ul>{items}</ul>"
+            '<form method="post" action="/authorize">'
+            f'<input type="hidden" name="interaction" value="{esc(interaction)}">'
+            f'<input type="hidden" name="csrf" value="{esc(self._csrf(interaction, browser))}">'
+            '<input type="hidden" name="step" value="consent">'
+            '<div class="row"><button type="submit" name="action" value="approve">Allow</button>'
+            '<button type="submit" name="action" value="deny">Deny</button></div></form>'
+        )
+        return _page(200, "Allow access?", body)
+
+    def _submit(self, request: RequestView) -> ResponseView:
+        svc, now = self.service, self.service.clock()
+        try:
+            form = Form.parse(request)
+            interaction = form.need("interaction")
+            csrf = form.need("csrf")
+            step = form.need("step")
+            action = form.one("action") or "login"
+        except DPoPError:
+            return self._error_page(400, "Malformed form")
+        record = svc.store.get_request(sha256_hex(interaction), kind="interaction", now=now)
+        if record is None:
+            return self._error_page(400, "This sign-in page has expired; start again")
+        browser = self._cookie(request)
+        # CSRF: the form token must be bound to this browser's cookie for this interaction.
+        if (
+            browser is None
+            or record.browser_hash is None
+            or not hmac.compare_digest(sha256_hex(browser), record.browser_hash)
+            or not hmac.compare_digest(csrf, self._csrf(interaction, browser))
+        ):
+            return self._error_page(403, "The form could not be verified; start again")
+        client = svc.store.get_client(record.client_id)
+        if client is None:
+            return self._error_page(400, "Unknown client")
+        params = record.params
+        if action == "deny":
+            if svc.store.consume_request(record.id_hash, kind="interaction", now=now) is None:
+                return self._error_page(400, "This sign-in page has expired; start again")
+            return self._respond(params, error="access_denied")
+        if step == "login":
+            try:
+                username = form.need("username")
+                password = form.need("password")
+            except DPoPError:
+                return self._login_page(
+                    client, params, interaction, browser, "Enter your username and password"
+                )
+            sub = self.authenticator.authenticate(username, password)
+            if sub is None:
+                return self._login_page(
+                    client, params, interaction, browser, "Wrong username or password"
+                )
+            svc.store.set_request_subject(record.id_hash, sub)
+            return self._consent_page(client, params, interaction, browser, sub)
+        if step == "consent" and action == "approve" and record.sub is not None:
+            if svc.store.consume_request(record.id_hash, kind="interaction", now=now) is None:
+                return self._error_page(400, "This sign-in page has expired; start again")
+            return self._issue_code(client, params, record.sub, now)
+        return self._error_page(400, "Unexpected form submission")
+
+    def _issue_code(
+        self, client: ClientRecord, params: Mapping[str, Any], sub: str, now: float
+    ) -> ResponseView:
+        svc = self.service
+        code = secrets.token_urlsafe(32)
+        resource = params.get("resource", [])
+        try:
+            scope = svc.resolve_scope(
+                None if params.get("scope") is None else str(params["scope"]), allowed=client.scope
+            )
+        except InvalidScopeError as exc:
+            return self._respond(params, error=exc.error)
+        svc.store.put_code(
+            CodeRecord(
+                code_hash=sha256_hex(code),
+                client_id=client.client_id,
+                sub=sub,
+                redirect_uri=str(params["redirect_uri"]),
+                scope=scope,
+                code_challenge=str(params["code_challenge"]),
+                dpop_jkt=None if params.get("dpop_jkt") is None else str(params["dpop_jkt"]),
+                resource=tuple(resource if isinstance(resource, list) else [str(resource)]),
+                expires_at=now + svc.settings.code_lifetime,
+            )
+        )
+        return self._respond(params, code=code)

@@ -1,0 +1,214 @@
+"""JWTs the authorization server makes and reads, on dpopkit's strict JWS layer.
+
+- :class:`KeyRing`: the AS signing keys, generated on first start, persisted in the
+  grant store, rotated, and published in JWKS until retired (RFC 7517 §5).
+- :func:`verify_jwt`: a strict compact-JWT check against a set of public JWKs, for
+  our own access tokens (introspection) and for RFC 7523 client assertions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dpopkit.core.algorithms import ALGORITHMS
+from dpopkit.core.jws import (
+    JWSError,
+    algorithm_spec,
+    b64url_decode,
+    b64url_encode,
+    check_crit,
+    json_dumps,
+    json_loads_object,
+    public_key_from_jwk,
+    split_compact,
+)
+from dpopkit.core.keys import DPoPKey
+from dpopkit.errors import Reason
+from dpopkit.storage.sql import SigningKeyRecord, SQLGrantStore
+
+__all__ = ["JWTError", "KeyRing", "SigningKey", "verify_jwt"]
+
+MAX_JWT_LENGTH = 16384
+
+
+class JWTError(Exception):
+    """A JWT failed a check; ``reason`` says which."""
+
+    def __init__(self, reason: Reason, description: str) -> None:
+        super().__init__(description)
+        self.reason = reason
+        self.description = description
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """One signing key: its ``kid`` and the key that signs."""
+
+    kid: str
+    key: DPoPKey
+
+    @property
+    def public_jwk(self) -> dict[str, str]:
+        """The JWKS entry (``kid``, ``alg``, ``use``)."""
+        return {**self.key.public_jwk, "kid": self.kid, "alg": self.key.alg, "use": "sig"}
+
+    def sign(self, claims: Mapping[str, Any], *, typ: str) -> str:
+        """Return a compact JWS of ``claims`` with header ``{alg, kid, typ}``."""
+        header = {"alg": self.key.alg, "kid": self.kid, "typ": typ}
+        signing_input = f"{b64url_encode(json_dumps(header))}.{b64url_encode(json_dumps(claims))}"
+        signature = self.key.sign(signing_input.encode("ascii"))
+        return f"{signing_input}.{b64url_encode(signature)}"
+
+
+class KeyRing:
+    """The AS signing keys, kept in the grant store.
+
+    The newest key signs. A key is rotated after ``rotate_after`` seconds; the
+    key it replaces stays in JWKS for ``retire_grace`` seconds (the longest token
+    lifetime) so tokens it signed still verify, then is deleted.
+
+    Args:
+        store: the grant store holding the keys.
+        alg: the signing algorithm (ES256 by default).
+        rotate_after: seconds a key signs before a new one is made.
+        retire_grace: seconds an old key stays published after it stopped signing.
+    """
+
+    def __init__(
+        self,
+        store: SQLGrantStore,
+        *,
+        alg: str = "ES256",
+        rotate_after: float = 30 * 86400,
+        retire_grace: float = 86400,
+    ) -> None:
+        if alg not in ALGORITHMS:
+            raise ValueError(f"unsupported signing algorithm {alg!r}")
+        self._store = store
+        self.alg = alg
+        self.rotate_after = rotate_after
+        self.retire_grace = retire_grace
+        self._keys: list[tuple[SigningKeyRecord, SigningKey]] = []
+        self._loaded_at = -math.inf
+
+    def _load(self) -> None:
+        loaded = []
+        for record in self._store.signing_keys():
+            loaded.append((record, SigningKey(record.kid, DPoPKey.from_jwk(record.private_jwk))))
+        self._keys = loaded
+
+    def refresh(self, *, now: float) -> None:
+        """Load the keys, creating the first one or rotating and retiring as due."""
+        self._load()
+        if not self._keys or now - self._keys[0][0].created_at >= self.rotate_after:
+            self.rotate(now=now)
+        retired = [r.kid for r, _ in self._keys if r.retire_at is not None and r.retire_at <= now]
+        if retired:
+            self._store.delete_signing_keys(retired)
+            self._load()
+        self._loaded_at = now
+
+    def rotate(self, *, now: float) -> SigningKey:
+        """Make a new signing key now; the previous ones retire after the grace period."""
+        key = DPoPKey.generate(self.alg)
+        record = SigningKeyRecord(
+            kid=key.jkt, alg=key.alg, private_jwk=key.private_jwk(), created_at=now
+        )
+        self._store.add_signing_key(record, retire_others_at=now + self.retire_grace)
+        self._load()
+        self._loaded_at = now
+        return SigningKey(record.kid, key)
+
+    def _ensure(self, now: float) -> None:
+        # Re-read at most once a minute (another process may have rotated).
+        if not self._keys or now - self._loaded_at > 60:
+            self.refresh(now=now)
+
+    def current(self, *, now: float) -> SigningKey:
+        """The key that signs now."""
+        self._ensure(now)
+        return self._keys[0][1]
+
+    def jwks(self, *, now: float) -> dict[str, list[dict[str, str]]]:
+        """The public JWK Set (RFC 7517 §5): the signing key and those not yet retired."""
+        self._ensure(now)
+        return {
+            "keys": [
+                key.public_jwk
+                for record, key in self._keys
+                if record.retire_at is None or record.retire_at > now
+            ]
+        }
+
+    def public_jwks(self, *, now: float) -> list[Mapping[str, Any]]:
+        """The published public JWKs."""
+        return list(self.jwks(now=now)["keys"])
+
+
+def verify_jwt(
+    token: str,
+    *,
+    jwks: Sequence[Mapping[str, Any]],
+    algorithms: Collection[str],
+    typ: str | None = None,
+    now: float,
+    leeway: float = 5.0,
+) -> dict[str, Any]:
+    """Check a compact JWT's signature and time claims; return its claims.
+
+    The key is picked by ``kid`` when the header has one, otherwise every key of
+    ``jwks`` fitting ``alg`` is tried. ``exp`` is required; ``nbf`` and ``iat``
+    are honoured when present (RFC 7519 §4.1).
+
+    Raises:
+        JWTError: MALFORMED, TOO_LARGE, BAD_TYP, UNSUPPORTED_ALG, BAD_SIGNATURE,
+            TOKEN_EXPIRED, BAD_CLAIM.
+    """
+    try:
+        parts = split_compact(token, max_length=MAX_JWT_LENGTH)
+        header = json_loads_object(b64url_decode(parts.header_b64))
+        spec = algorithm_spec(header.get("alg"), algorithms)
+        check_crit(header)
+        if typ is not None:
+            got = header.get("typ")
+            if not isinstance(got, str) or got.lower().removeprefix("application/") != typ:
+                raise JWSError(Reason.BAD_TYP, "unexpected typ")
+        kid = header.get("kid")
+        candidates = [
+            jwk
+            for jwk in jwks
+            if (kid is None or jwk.get("kid") == kid)
+            and jwk.get("kty") == spec.kty
+            and jwk.get("alg", spec.name) == spec.name
+        ]
+        signature = b64url_decode(parts.signature_b64)
+        for jwk in candidates:
+            try:
+                public = public_key_from_jwk(
+                    {k: v for k, v in jwk.items() if k not in ("kid", "alg", "use", "key_ops")},
+                    spec,
+                )
+            except JWSError:
+                continue
+            if spec.verify(public, signature, parts.signing_input):
+                break
+        else:
+            raise JWSError(Reason.BAD_SIGNATURE, "signature does not verify")
+        claims = json_loads_object(b64url_decode(parts.payload_b64))
+    except JWSError as exc:
+        raise JWTError(exc.reason, exc.description) from None
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        raise JWTError(Reason.BAD_CLAIM, "exp is required")
+    if now > exp + leeway:
+        raise JWTError(Reason.TOKEN_EXPIRED, "the JWT has expired")
+    nbf = claims.get("nbf")
+    if nbf is not None and (not isinstance(nbf, int | float) or now + leeway < nbf):
+        raise JWTError(Reason.BAD_CLAIM, "the JWT is not yet valid")
+    iat = claims.get("iat")
+    if iat is not None and (not isinstance(iat, int | float) or iat > now + leeway):
+        raise JWTError(Reason.BAD_CLAIM, "iat is in the future")
+    return claims

@@ -1,0 +1,927 @@
+"""The framework-free token service: RequestView in, ResponseView out.
+
+:class:`TokenService` answers the token endpoint (RFC 6749 §3.2), pushed
+authorization requests (RFC 9126), introspection (RFC 7662), revocation
+(RFC 7009), JWKS and metadata (RFC 8414), with DPoP (RFC 9449) on every endpoint
+that issues or binds. Grants are plain functions registered in a dict at
+construction (see :mod:`dpopkit.server.grants`); nothing is subclassed.
+
+The order at the token endpoint keeps one-time artifacts safe under retries
+(RFC 9449 §8, attacks SEC-99): client authentication (signature only) → every
+DPoP check including the nonce → replay record of the proof → replay record of
+the client assertion ``jti`` → the grant, which alone spends a code or rotates
+a refresh token. A ``use_dpop_nonce`` answer therefore never burns a code.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
+
+from dpopkit.core.algorithms import ALGORITHMS
+from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, RequestView, ResponseView
+from dpopkit.core.nonce import NonceIssuer
+from dpopkit.core.proof import ProofPolicy, VerifiedProof, extract_proof, verify_proof
+from dpopkit.core.replay import ReplayCache, record_proof
+from dpopkit.errors import (
+    DPoPError,
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidProofError,
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuthError,
+    Reason,
+    ReplayStoreError,
+    ServerConfigurationError,
+    TemporarilyUnavailableError,
+    UnauthorizedClientError,
+    UnsupportedGrantTypeError,
+)
+from dpopkit.server.jwt import JWTError, KeyRing, verify_jwt
+from dpopkit.storage.sql import (
+    AccessTokenRecord,
+    ClientRecord,
+    InteractionRecord,
+    SQLGrantStore,
+    StoreError,
+    sha256_hex,
+    verify_secret,
+)
+
+__all__ = [
+    "JWT_BEARER_ASSERTION",
+    "Form",
+    "Grant",
+    "GrantContext",
+    "InvalidTargetError",
+    "NoncePolicy",
+    "ServerSettings",
+    "TokenService",
+]
+
+JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+PAR_URN_PREFIX = "urn:ietf:params:oauth:request_uri:"
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+MAX_FORM_BYTES = 65536
+_UNRESERVED_VERIFIER = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+)
+
+NoncePolicy = Literal["off", "per_client", "always"]
+
+
+class InvalidTargetError(OAuthError):
+    """The ``resource`` parameter is not acceptable (RFC 8707 §2)."""
+
+    error = "invalid_target"
+    default_reason = Reason.INVALID_REQUEST
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSettings:
+    """Authorization-server settings. Frozen; invalid values raise at construction.
+
+    Attributes:
+        issuer: the issuer identifier (RFC 8414 §2); endpoint URLs derive from it.
+        access_token_lifetime: seconds (short: RFC 9449 §11.2, AS-26).
+        refresh_token_lifetime: seconds a refresh token lives.
+        code_lifetime: seconds an authorization code lives (RFC 6749 §4.1.2).
+        par_lifetime: seconds a ``request_uri`` lives (RFC 9126 §2.2).
+        interaction_lifetime: seconds a login page stays usable.
+        nonce_policy: ``off``, ``per_client`` (clients with ``dpop_nonce_required``) or
+            ``always`` (RFC 9449 §8).
+        proof_algorithms: accepted DPoP proof algorithms (published in metadata, AS-8).
+        proof_max_age: seconds a proof is acceptable after its ``iat``.
+        signing_alg: the access-token signing algorithm (ES256 by default).
+        key_rotation: seconds a signing key signs before a new one is made.
+        audience: default ``aud`` of access tokens (RFC 9068 §3) without ``resource``.
+        allowed_resources: accepted RFC 8707 ``resource`` values; empty accepts any
+            absolute URI without a fragment.
+        require_pushed_authorization_requests: every client must use PAR (RFC 9126 §5).
+        registration_enabled: open dynamic client registration (RFC 7591).
+        test_mode_user: auto-login this user and auto-consent (loopback only).
+    """
+
+    issuer: str
+    access_token_lifetime: int = 300
+    refresh_token_lifetime: int = 86400
+    code_lifetime: int = 60
+    par_lifetime: int = 60
+    interaction_lifetime: int = 600
+    nonce_policy: NoncePolicy = "off"
+    proof_algorithms: frozenset[str] = frozenset(ALGORITHMS)
+    proof_max_age: float = 60.0
+    signing_alg: str = "ES256"
+    key_rotation: int = 30 * 86400
+    audience: tuple[str, ...] = ()
+    allowed_resources: tuple[str, ...] = ()
+    require_pushed_authorization_requests: bool = False
+    registration_enabled: bool = False
+    test_mode_user: str | None = None
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.issuer)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query:
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "issuer must be an http(s) URL without query"
+            )
+        if parts.fragment or self.issuer.endswith("/"):
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "issuer must not end with / or have a fragment"
+            )
+        for name in ("access_token_lifetime", "refresh_token_lifetime", "code_lifetime"):
+            if getattr(self, name) < 1:
+                raise ServerConfigurationError(Reason.CONFIGURATION, f"{name} must be >= 1")
+        if self.code_lifetime > 600:
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "code_lifetime must be at most 600 s (RFC 6749 §4.1.2)"
+            )
+        if self.nonce_policy not in ("off", "per_client", "always"):
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "nonce_policy must be off, per_client or always"
+            )
+        if self.signing_alg not in ALGORITHMS:
+            raise ServerConfigurationError(Reason.CONFIGURATION, "unsupported signing_alg")
+        try:
+            ProofPolicy(algorithms=self.proof_algorithms, max_age=self.proof_max_age)
+        except ValueError as exc:
+            raise ServerConfigurationError(Reason.CONFIGURATION, str(exc)) from None
+
+    def url(self, path: str) -> str:
+        """The public URL of an endpoint path under the issuer."""
+        return self.issuer + path
+
+    @property
+    def token_endpoint(self) -> str:
+        """The public token endpoint URL (the ``htu`` proofs must name)."""
+        return self.url("/token")
+
+    @property
+    def par_endpoint(self) -> str:
+        """The public PAR endpoint URL (RFC 9126)."""
+        return self.url("/par")
+
+    @property
+    def aud(self) -> tuple[str, ...]:
+        """The default access-token audience."""
+        return self.audience or (self.issuer,)
+
+
+class Form:
+    """A parsed ``application/x-www-form-urlencoded`` body (RFC 6749 Appendix B).
+
+    Parameters may not repeat (RFC 6749 §3.1, §3.2) except those read with :meth:`all`.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
+        data: dict[str, list[str]] = {}
+        for name, value in pairs:
+            data.setdefault(name, []).append(value)
+        self._data = data
+
+    @classmethod
+    def parse(cls, request: RequestView) -> Form:
+        """Parse a request body, refusing other media types and oversized bodies.
+
+        Raises:
+            InvalidRequestError: wrong content type, too large, or not UTF-8.
+        """
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/x-www-form-urlencoded":
+            raise InvalidRequestError(
+                Reason.INVALID_REQUEST, "expected application/x-www-form-urlencoded"
+            )
+        body = request.body or b""
+        if len(body) > MAX_FORM_BYTES:
+            raise InvalidRequestError(Reason.INVALID_REQUEST, "request body too large")
+        try:
+            text = body.decode("utf-8")
+            pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=64)
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidRequestError(Reason.INVALID_REQUEST, "malformed form body") from None
+        return cls(pairs)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._data
+
+    def one(self, name: str, *, required: bool = False) -> str | None:
+        """The single value of ``name`` (empty counts as absent, RFC 6749 §3.1).
+
+        Raises:
+            InvalidRequestError: repeated, or missing when ``required``.
+        """
+        values = self._data.get(name, [])
+        if len(values) > 1:
+            raise InvalidRequestError(Reason.INVALID_REQUEST, f"{name} is repeated")
+        value = values[0] if values else ""
+        if not value:
+            if required:
+                raise InvalidRequestError(Reason.INVALID_REQUEST, f"{name} is required")
+            return None
+        return value
+
+    def need(self, name: str) -> str:
+        """The single required value of ``name``."""
+        value = self.one(name, required=True)
+        assert value is not None
+        return value
+
+    def all(self, name: str) -> list[str]:
+        """Every value of a repeatable parameter (``resource``, RFC 8707 §2)."""
+        return [v for v in self._data.get(name, []) if v]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Single values as strings, repeatable ones as lists (for storage)."""
+        return {k: (v if k == "resource" else v[0]) for k, v in self._data.items() if v}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrantContext:
+    """What a grant function sees: the authenticated client, the form and the checked proof.
+
+    ``proof`` passed every RFC 9449 §4.3 check and its ``jti`` is recorded.
+    """
+
+    service: TokenService
+    client: ClientRecord
+    form: Form
+    proof: VerifiedProof | None
+    now: float
+
+    @property
+    def jkt(self) -> str | None:
+        """The proof key thumbprint, or None without a proof."""
+        return None if self.proof is None else self.proof.jkt
+
+
+#: A grant: takes the context, returns the token response JSON members or raises.
+Grant = Callable[[GrantContext], dict[str, Any]]
+
+
+@dataclass(slots=True)
+class _ClientAuth:
+    client: ClientRecord
+    method: str
+    assertion_replay: tuple[str, float] | None = None
+
+
+@dataclass(slots=True)
+class _SecretCache:
+    """Successful scrypt checks, so a client's every request does not pay scrypt again."""
+
+    entries: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    maxsize: int = 1024
+
+    def check(self, client_id: str, stored: str, secret: str) -> bool:
+        probe = hashlib.sha256(secret.encode("utf-8")).digest()
+        known = self.entries.get((client_id, stored))
+        if known is not None:
+            return hmac.compare_digest(known, probe)
+        if not verify_secret(secret, stored):
+            return False
+        if len(self.entries) >= self.maxsize:
+            self.entries.clear()
+        self.entries[(client_id, stored)] = probe
+        return True
+
+
+def _json(status: int, body: Mapping[str, Any], *extra: tuple[str, str]) -> ResponseView:
+    return ResponseView(
+        status=status,
+        headers=(("Content-Type", "application/json"), ("Cache-Control", "no-store"), *extra),
+        body=json.dumps(body, separators=(",", ":")).encode(),
+    )
+
+
+class TokenService:
+    """The authorization server's token-side endpoints, framework-free.
+
+    Args:
+        settings: the :class:`ServerSettings`.
+        store: the grant store (SQLite or PostgreSQL).
+        replay: the replay cache for proof and client-assertion ``jti`` values.
+        nonces: the AS nonce issuer; required unless ``settings.nonce_policy == "off"``.
+        keyring: the signing keys; built from ``store`` when None.
+        grants: ``grant_type`` → grant function; :data:`~dpopkit.server.grants.DEFAULT_GRANTS`
+            when None.
+        clock: returns the current time (seconds since the epoch).
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        store: SQLGrantStore,
+        replay: ReplayCache,
+        nonces: NonceIssuer | None = None,
+        keyring: KeyRing | None = None,
+        grants: Mapping[str, Grant] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if settings.nonce_policy != "off" and nonces is None:
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "a nonce policy needs a NonceIssuer"
+            )
+        if grants is None:
+            from dpopkit.server.grants import DEFAULT_GRANTS
+
+            grants = DEFAULT_GRANTS
+        self.settings = settings
+        self.store = store
+        self.replay = replay
+        self.nonces = nonces if settings.nonce_policy != "off" else None
+        self.keyring = keyring or KeyRing(
+            store,
+            alg=settings.signing_alg,
+            rotate_after=settings.key_rotation,
+            retire_grace=max(settings.access_token_lifetime, settings.refresh_token_lifetime),
+        )
+        self.grants: dict[str, Grant] = dict(grants)
+        self.clock = clock
+        self._policy = ProofPolicy(
+            algorithms=settings.proof_algorithms, max_age=settings.proof_max_age
+        )
+        self._policy_nonce = ProofPolicy(
+            algorithms=settings.proof_algorithms,
+            max_age=settings.proof_max_age,
+            require_nonce=True,
+        )
+        self._secrets = _SecretCache()
+
+    # -- shared checks --------------------------------------------------------------------
+
+    def nonce_required(self, client: ClientRecord | None) -> bool:
+        """Whether proofs from ``client`` must carry a server nonce (RFC 9449 §8)."""
+        policy = self.settings.nonce_policy
+        return policy == "always" or (
+            policy == "per_client" and client is not None and client.dpop_nonce_required
+        )
+
+    def check_proof(
+        self, request: RequestView, client: ClientRecord | None, *, htu: str, now: float
+    ) -> VerifiedProof | None:
+        """Run every RFC 9449 §4.3 check on the request's proof, without recording it.
+
+        Returns None when there is no ``DPoP`` header and the client does not require one.
+
+        Raises:
+            InvalidProofError: a failed check, or MISSING_PROOF for a client with
+                ``dpop_bound_access_tokens`` (RFC 9449 §5.2, AS-9).
+            UseNonceError: a nonce is required and missing or stale (AS-12, AS-14).
+        """
+        if not request.headers.get_all(DPOP_HEADER):
+            if client is not None and client.dpop_bound_access_tokens:
+                # RFC 9449 §5.2: a dpop_bound_access_tokens client must send a proof.
+                raise InvalidProofError(Reason.MISSING_PROOF, "this client must use DPoP")
+            return None
+        # RFC 9449 §4.3 (1): exactly one DPoP header, a token68.
+        proof = extract_proof(request.headers)
+        required = self.nonce_required(client)
+        # RFC 9449 §4.3 (2)-(12) with htm=POST and htu = the endpoint's public URL (AS-1).
+        return verify_proof(
+            proof,
+            htm="POST",
+            htu=htu,
+            policy=self._policy_nonce if required else self._policy,
+            nonce_check=self.nonces,
+            now=now,
+        )
+
+    def _record(self, key: str, expires_at: float, now: float) -> bool:
+        try:
+            return self.replay.check_and_store(key, expires_at, now=now)
+        except ReplayStoreError:
+            raise
+        except Exception as exc:
+            raise ReplayStoreError(detail={"error": type(exc).__name__}) from exc
+
+    def authenticate_client(
+        self, request: RequestView, form: Form, *, endpoint: str, now: float
+    ) -> _ClientAuth:
+        """Identify and authenticate the client (RFC 6749 §2.3, RFC 7523 §3).
+
+        Methods: ``client_secret_basic``, ``client_secret_post``, ``private_key_jwt``
+        and ``none``; exactly one, and the one the client registered.
+
+        Raises:
+            InvalidClientError: unknown client, wrong method or bad credentials (401).
+            InvalidRequestError: several methods at once.
+
+        Does not check: the assertion ``jti`` replay (record it with
+        :meth:`record_assertion` after the DPoP checks, SEC-99).
+        """
+        authz = request.headers.get_all("Authorization")
+        basic: tuple[str, str] | None = None
+        if len(authz) > 1:
+            raise InvalidRequestError(Reason.MULTIPLE_AUTHORIZATION, "two Authorization fields")
+        if authz:
+            scheme, _, cred = authz[0].strip().partition(" ")
+            if scheme.lower() != "basic":
+                raise InvalidClientError(
+                    Reason.INVALID_CLIENT,
+                    "unsupported client authentication",
+                    challenge_scheme="Basic",
+                )
+            try:
+                decoded = binascii.a2b_base64(cred.strip(), strict_mode=True).decode("utf-8")
+                raw_id, sep, raw_secret = decoded.partition(":")
+                if not sep:
+                    raise ValueError
+            except (ValueError, binascii.Error, UnicodeDecodeError):
+                raise InvalidClientError(
+                    Reason.INVALID_CLIENT, "malformed Basic credentials", challenge_scheme="Basic"
+                ) from None
+            # RFC 6749 §2.3.1: id and secret are form-urlencoded inside Basic.
+            basic = (unquote_plus(raw_id), unquote_plus(raw_secret))
+        body_secret = form.one("client_secret")
+        assertion = form.one("client_assertion")
+        used = [m for m, on in (("basic", basic), ("post", body_secret), ("jwt", assertion)) if on]
+        if len(used) > 1:
+            raise InvalidRequestError(Reason.INVALID_REQUEST, "one client authentication method")
+        form_id = form.one("client_id")
+        challenge = "Basic" if basic is not None else None
+        if basic is not None:
+            client_id = basic[0]
+            if form_id is not None and form_id != client_id:
+                raise InvalidRequestError(Reason.INVALID_REQUEST, "client_id mismatch")
+            method = "client_secret_basic"
+        elif assertion is not None:
+            client_id = self._assertion_issuer(assertion) or ""
+            if form_id is not None and form_id != client_id:
+                raise InvalidClientError(Reason.INVALID_CLIENT, "client_id mismatch")
+            method = "private_key_jwt"
+        else:
+            client_id = form_id or ""
+            method = "client_secret_post" if body_secret is not None else "none"
+        client = self.store.get_client(client_id) if client_id else None
+        if client is None or client.token_endpoint_auth_method != method:
+            raise InvalidClientError(
+                Reason.INVALID_CLIENT, "client authentication failed", challenge_scheme=challenge
+            )
+        if method in ("client_secret_basic", "client_secret_post"):
+            secret = basic[1] if basic is not None else body_secret
+            if (
+                secret is None
+                or client.secret_hash is None
+                or not self._secrets.check(client.client_id, client.secret_hash, secret)
+            ):
+                raise InvalidClientError(
+                    Reason.INVALID_CLIENT,
+                    "client authentication failed",
+                    challenge_scheme=challenge,
+                )
+            return _ClientAuth(client, method)
+        if method == "private_key_jwt":
+            assert assertion is not None
+            replay = self._check_assertion(client, form, assertion, endpoint=endpoint, now=now)
+            return _ClientAuth(client, method, replay)
+        return _ClientAuth(client, method)
+
+    @staticmethod
+    def _assertion_issuer(assertion: str) -> str | None:
+        from dpopkit.core.jws import JWSError, b64url_decode, json_loads_object
+
+        try:
+            payload = json_loads_object(b64url_decode(assertion.split(".")[1]))
+        except (JWSError, IndexError, ValueError):
+            return None
+        sub = payload.get("sub")
+        return sub if isinstance(sub, str) else None
+
+    def _check_assertion(
+        self, client: ClientRecord, form: Form, assertion: str, *, endpoint: str, now: float
+    ) -> tuple[str, float]:
+        # RFC 7523 §2.2: the assertion type.
+        if form.one("client_assertion_type") != JWT_BEARER_ASSERTION:
+            raise InvalidClientError(Reason.INVALID_CLIENT, "unsupported client_assertion_type")
+        keys = (client.jwks or {}).get("keys")
+        if not isinstance(keys, list) or not keys:
+            raise InvalidClientError(Reason.INVALID_CLIENT, "client has no keys")
+        try:
+            claims = verify_jwt(
+                assertion,
+                jwks=[k for k in keys if isinstance(k, dict)],
+                algorithms=self.settings.proof_algorithms,
+                now=now,
+            )
+        except JWTError:
+            raise InvalidClientError(Reason.INVALID_CLIENT, "invalid client assertion") from None
+        # RFC 7523 §3 (1), (2): iss and sub are the client_id.
+        if claims.get("iss") != client.client_id or claims.get("sub") != client.client_id:
+            raise InvalidClientError(Reason.INVALID_CLIENT, "assertion iss/sub mismatch")
+        # RFC 7523 §3 (3): aud names this AS (issuer or the endpoint).
+        aud = claims.get("aud")
+        auds = aud if isinstance(aud, list) else [aud]
+        accepted = {self.settings.issuer, self.settings.token_endpoint, endpoint}
+        if not any(isinstance(a, str) and a in accepted for a in auds):
+            raise InvalidClientError(Reason.INVALID_CLIENT, "assertion aud mismatch")
+        # RFC 7523 §3 (4): a bounded lifetime; (7): jti for replay protection.
+        exp = float(claims["exp"])
+        if exp - now > 600:
+            raise InvalidClientError(Reason.INVALID_CLIENT, "assertion lives too long")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            raise InvalidClientError(Reason.INVALID_CLIENT, "assertion jti required")
+        digest = hashlib.sha256(f"{client.client_id}|{jti}".encode()).hexdigest()
+        return f"dpopkit:assertion:{digest}", exp + 5.0
+
+    def record_assertion(self, auth: _ClientAuth, *, now: float) -> None:
+        """Record a client assertion's ``jti`` (RFC 7523 §3 (7)); a repeat is refused.
+
+        Raises:
+            InvalidClientError: the assertion was already used.
+            ReplayStoreError: the replay store failed (503).
+        """
+        if auth.assertion_replay is None:
+            return
+        key, expires = auth.assertion_replay
+        if not self._record(key, expires, now):
+            raise InvalidClientError(Reason.INVALID_CLIENT, "client assertion replayed")
+
+    # -- token issuance helpers used by grants -------------------------------------------
+
+    def resolve_scope(self, requested: str | None, *, allowed: str) -> str:
+        """The granted scope: ``requested`` (must be within ``allowed``) or all of ``allowed``.
+
+        Raises:
+            InvalidScopeError: a requested scope is not allowed (RFC 6749 §5.2).
+        """
+        allowed_set = allowed.split()
+        if requested is None:
+            return " ".join(allowed_set)
+        wanted = requested.split()
+        if not set(wanted) <= set(allowed_set):
+            raise InvalidScopeError(Reason.INVALID_SCOPE, "scope not allowed")
+        return " ".join(dict.fromkeys(wanted))
+
+    def resolve_resource(self, values: Sequence[str]) -> tuple[str, ...]:
+        """Check RFC 8707 ``resource`` values: absolute URIs, no fragment, allowed.
+
+        Raises:
+            InvalidTargetError: a value is not acceptable.
+        """
+        for value in values:
+            parts = urlsplit(value)
+            if not parts.scheme or not parts.netloc or parts.fragment or "#" in value:
+                raise InvalidTargetError(Reason.INVALID_REQUEST, "resource must be absolute")
+            if self.settings.allowed_resources and value not in self.settings.allowed_resources:
+                raise InvalidTargetError(Reason.INVALID_REQUEST, "unknown resource")
+        return tuple(dict.fromkeys(values))
+
+    def mint_access_token(
+        self,
+        *,
+        client_id: str,
+        sub: str,
+        scope: str,
+        resource: Sequence[str],
+        jkt: str | None,
+        family_id: str | None,
+        now: float,
+    ) -> tuple[str, AccessTokenRecord]:
+        """Sign an RFC 9068 JWT access token and return it with its store record.
+
+        Claims: ``iss sub aud client_id scope jti iat exp`` and ``cnf.jkt`` when bound
+        (RFC 9449 §6.1, AS-2, AS-10); header ``typ: at+jwt`` (RFC 9068 §2.1).
+        """
+        jti = secrets.token_urlsafe(24)
+        aud = tuple(resource) or self.settings.aud
+        iat = int(now)
+        exp = iat + self.settings.access_token_lifetime
+        claims: dict[str, Any] = {
+            "iss": self.settings.issuer,
+            "sub": sub,
+            "aud": aud[0] if len(aud) == 1 else list(aud),
+            "client_id": client_id,
+            "jti": jti,
+            "iat": iat,
+            "exp": exp,
+        }
+        if scope:
+            claims["scope"] = scope
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}  # RFC 9449 §6.1
+        token = self.keyring.current(now=now).sign(claims, typ="at+jwt")
+        record = AccessTokenRecord(
+            jti=jti,
+            client_id=client_id,
+            sub=sub,
+            scope=scope,
+            aud=aud,
+            jkt=jkt,
+            issued_at=now,
+            expires_at=float(exp),
+            family_id=family_id,
+        )
+        return token, record
+
+    def token_response(
+        self, token: str, record: AccessTokenRecord, *, refresh_token: str | None = None
+    ) -> dict[str, Any]:
+        """The RFC 6749 §5.1 JSON; ``token_type`` DPoP for a bound token (RFC 9449 §5, AS-3)."""
+        body: dict[str, Any] = {
+            "access_token": token,
+            "token_type": "DPoP" if record.jkt is not None else "Bearer",
+            "expires_in": int(record.expires_at - record.issued_at),
+        }
+        if record.scope:
+            body["scope"] = record.scope
+        if refresh_token is not None:
+            body["refresh_token"] = refresh_token
+        return body
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        response: ResponseView,
+        client: ClientRecord | None,
+        proof: VerifiedProof | None,
+        now: float,
+    ) -> ResponseView:
+        headers = list(response.headers)
+        names = {name.lower() for name, _ in headers}
+        if "cache-control" not in names:
+            headers.append(("Cache-Control", "no-store"))  # RFC 6749 §5.1, AS-19
+        # RFC 9449 §8.2 (AS-18): a fresh nonce whenever the client's is not current,
+        # on success too; never a second DPoP-Nonce (AS-15).
+        if (
+            self.nonces is not None
+            and self.nonce_required(client)
+            and DPOP_NONCE_HEADER.lower() not in names
+            and (proof is None or proof.nonce_info is None or not proof.nonce_info.current)
+        ):
+            headers.append((DPOP_NONCE_HEADER, self.nonces.issue(now=now)))
+        return ResponseView(status=response.status, headers=tuple(headers), body=response.body)
+
+    def _fail(self, exc: DPoPError | StoreError) -> ResponseView:
+        if isinstance(exc, StoreError):
+            exc = TemporarilyUnavailableError(Reason.STORE_UNAVAILABLE, "storage unavailable")
+        return exc.as_response(role="as")
+
+    def handle_token(self, request: RequestView) -> ResponseView:
+        """Answer a token request (RFC 6749 §3.2, RFC 9449 §5).
+
+        Errors are RFC 6749 §5.2 JSON (400; 401 for ``invalid_client``; 503
+        ``temporarily_unavailable`` when a store fails), always ``Cache-Control: no-store``.
+        """
+        now = self.clock()
+        client: ClientRecord | None = None
+        proof: VerifiedProof | None = None
+        try:
+            if request.method != "POST":
+                raise InvalidRequestError(Reason.INVALID_REQUEST, "use POST")
+            form = Form.parse(request)
+            grant_type = form.need("grant_type")
+            grant = self.grants.get(grant_type)
+            if grant is None:
+                raise UnsupportedGrantTypeError(Reason.UNSUPPORTED_GRANT_TYPE)
+            auth = self.authenticate_client(
+                request, form, endpoint=self.settings.token_endpoint, now=now
+            )
+            client = auth.client
+            if grant_type not in client.grant_types:
+                raise UnauthorizedClientError(Reason.UNAUTHORIZED_CLIENT)
+            proof = self.check_proof(request, client, htu=self.settings.token_endpoint, now=now)
+            # RFC 9449 §11.1: record the proof only after every check passed; then the
+            # assertion jti; only then may the grant spend a code or rotate a token (SEC-99).
+            if proof is not None:
+                record_proof(self.replay, proof, now=now)
+            self.record_assertion(auth, now=now)
+            body = grant(GrantContext(service=self, client=client, form=form, proof=proof, now=now))
+            response = _json(200, body)
+        except (DPoPError, StoreError) as exc:
+            response = self._fail(exc)
+        return self._finish(response, client, proof, now)
+
+    def handle_par(self, request: RequestView) -> ResponseView:
+        """Answer a pushed authorization request (RFC 9126 §2, RFC 9449 §10.1).
+
+        A ``DPoP`` header is checked with ``htu`` = the PAR endpoint and sets
+        ``dpop_jkt`` (AS-23, AS-24); a ``dpop_jkt`` naming another key is refused (AS-25).
+        """
+        from dpopkit.server.authorize import validate_authorization_request
+
+        now = self.clock()
+        client: ClientRecord | None = None
+        proof: VerifiedProof | None = None
+        try:
+            if request.method != "POST":
+                raise InvalidRequestError(Reason.INVALID_REQUEST, "use POST")
+            form = Form.parse(request)
+            auth = self.authenticate_client(
+                request, form, endpoint=self.settings.par_endpoint, now=now
+            )
+            client = auth.client
+            # RFC 9126 §2.1: request_uri is not allowed in a pushed request.
+            if "request_uri" in form:
+                raise InvalidRequestError(Reason.INVALID_REQUEST, "request_uri not allowed")
+            params = form.as_dict()
+            for secret_param in ("client_secret", "client_assertion", "client_assertion_type"):
+                params.pop(secret_param, None)
+            params["client_id"] = client.client_id
+            proof = self.check_proof(request, client, htu=self.settings.par_endpoint, now=now)
+            if proof is not None:
+                jkt = params.get("dpop_jkt")
+                # RFC 9449 §10.1: dpop_jkt and the PAR proof must name the same key (AS-25).
+                if jkt is not None and not hmac.compare_digest(str(jkt), proof.jkt):
+                    raise InvalidRequestError(Reason.JKT_MISMATCH, "dpop_jkt does not match")
+                params["dpop_jkt"] = proof.jkt
+            validate_authorization_request(self, client, params)
+            if proof is not None:
+                record_proof(self.replay, proof, now=now)
+            self.record_assertion(auth, now=now)
+            request_uri = PAR_URN_PREFIX + secrets.token_urlsafe(32)
+            self.store.put_request(
+                InteractionRecord(
+                    id_hash=sha256_hex(request_uri),
+                    kind="par",
+                    client_id=client.client_id,
+                    params=params,
+                    expires_at=now + self.settings.par_lifetime,
+                )
+            )
+            response = _json(
+                201, {"request_uri": request_uri, "expires_in": self.settings.par_lifetime}
+            )
+        except (DPoPError, StoreError) as exc:
+            response = self._fail(exc)
+        return self._finish(response, client, proof, now)
+
+    def _introspection_client(self, request: RequestView, form: Form, now: float) -> ClientRecord:
+        auth = self.authenticate_client(
+            request, form, endpoint=self.settings.url("/introspect"), now=now
+        )
+        if auth.client.is_public:
+            raise InvalidClientError(Reason.INVALID_CLIENT, "client authentication required")
+        self.record_assertion(auth, now=now)
+        return auth.client
+
+    def lookup_access_token(self, token: str, *, now: float) -> AccessTokenRecord | None:
+        """Return the live record of one of our access tokens, or None (inactive)."""
+        try:
+            claims = verify_jwt(
+                token,
+                jwks=self.keyring.public_jwks(now=now),
+                algorithms=ALGORITHMS,
+                typ="at+jwt",
+                now=now,
+                leeway=0.0,
+            )
+        except JWTError:
+            return None
+        if claims.get("iss") != self.settings.issuer or not isinstance(claims.get("jti"), str):
+            return None
+        record = self.store.get_access_token(claims["jti"])
+        if record is None or record.revoked or record.expires_at <= now:
+            return None
+        return record
+
+    def handle_introspect(self, request: RequestView) -> ResponseView:
+        """Answer token introspection (RFC 7662 §2; RFC 9449 §6.2, AS-11).
+
+        Only authenticated confidential clients may introspect. A DPoP-bound token
+        reports ``token_type: DPoP`` and ``cnf.jkt``; an unknown, expired or revoked
+        token is ``{"active": false}`` and nothing else (X-17).
+        """
+        now = self.clock()
+        try:
+            if request.method != "POST":
+                raise InvalidRequestError(Reason.INVALID_REQUEST, "use POST")
+            form = Form.parse(request)
+            self._introspection_client(request, form, now)
+            token = form.need("token")
+            body: dict[str, Any] = {"active": False}
+            record = self.lookup_access_token(token, now=now)
+            if record is not None:
+                body = {
+                    "active": True,
+                    "iss": self.settings.issuer,
+                    "client_id": record.client_id,
+                    "sub": record.sub,
+                    "aud": record.aud[0] if len(record.aud) == 1 else list(record.aud),
+                    "jti": record.jti,
+                    "iat": int(record.issued_at),
+                    "exp": int(record.expires_at),
+                    "token_type": "DPoP" if record.jkt else "Bearer",
+                }
+                if record.scope:
+                    body["scope"] = record.scope
+                if record.jkt:
+                    body["cnf"] = {"jkt": record.jkt}
+            else:
+                rt = self.store.get_refresh(sha256_hex(token))
+                if rt is not None and not (rt.used or rt.revoked or rt.expires_at <= now):
+                    body = {
+                        "active": True,
+                        "client_id": rt.client_id,
+                        "sub": rt.sub,
+                        "scope": rt.scope,
+                        "exp": int(rt.expires_at),
+                        "token_type": "refresh_token",
+                    }
+                    if rt.jkt:
+                        body["cnf"] = {"jkt": rt.jkt}
+            response = _json(200, body)
+        except (DPoPError, StoreError) as exc:
+            response = self._fail(exc)
+        return self._finish(response, None, None, now)
+
+    def handle_revoke(self, request: RequestView) -> ResponseView:
+        """Answer token revocation (RFC 7009 §2): 200 whatever the token was.
+
+        A refresh token revokes its whole family; an access token only itself. A
+        client may revoke only its own tokens.
+        """
+        now = self.clock()
+        try:
+            if request.method != "POST":
+                raise InvalidRequestError(Reason.INVALID_REQUEST, "use POST")
+            form = Form.parse(request)
+            auth = self.authenticate_client(
+                request, form, endpoint=self.settings.url("/revoke"), now=now
+            )
+            self.record_assertion(auth, now=now)
+            token = form.need("token")
+            rt = self.store.get_refresh(sha256_hex(token))
+            if rt is not None:
+                if rt.client_id == auth.client.client_id:
+                    self.store.revoke_family(rt.family_id)
+            else:
+                record = self.lookup_access_token(token, now=now)
+                if record is not None and record.client_id == auth.client.client_id:
+                    self.store.revoke_access_token(record.jti)
+            response = ResponseView(status=200, headers=(("Cache-Control", "no-store"),))
+        except (DPoPError, StoreError) as exc:
+            response = self._fail(exc)
+        return self._finish(response, None, None, now)
+
+    def jwks(self) -> ResponseView:
+        """The JWK Set of the access-token signing keys (RFC 7517 §5)."""
+        return ResponseView(
+            status=200,
+            headers=(("Content-Type", "application/json"), ("Cache-Control", "max-age=60")),
+            body=json.dumps(self.keyring.jwks(now=self.clock())).encode(),
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """Authorization server metadata (RFC 8414 §2, RFC 9449 §5.1, RFC 9126 §5)."""
+        s = self.settings
+        data: dict[str, Any] = {
+            "issuer": s.issuer,
+            "authorization_endpoint": s.url("/authorize"),
+            "token_endpoint": s.token_endpoint,
+            "pushed_authorization_request_endpoint": s.par_endpoint,
+            "introspection_endpoint": s.url("/introspect"),
+            "revocation_endpoint": s.url("/revoke"),
+            "jwks_uri": s.url("/jwks"),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": sorted(self.grants),
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            "token_endpoint_auth_signing_alg_values_supported": [
+                a for a in ALGORITHMS if a in s.proof_algorithms
+            ],
+            "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS[:3]),
+            "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
+            # RFC 9449 §5.1 (AS-8): exactly the proof allow-list, asymmetric only.
+            "dpop_signing_alg_values_supported": [a for a in ALGORITHMS if a in s.proof_algorithms],
+            "authorization_response_iss_parameter_supported": True,
+            "require_pushed_authorization_requests": s.require_pushed_authorization_requests,
+        }
+        if s.registration_enabled:
+            data["registration_endpoint"] = s.url("/register")
+        return data
+
+
+def new_family_id() -> str:
+    """A random refresh-token family id."""
+    return secrets.token_hex(16)
+
+
+def check_code_verifier(verifier: str, challenge: str) -> None:
+    """Check a PKCE ``code_verifier`` against an S256 ``code_challenge`` (RFC 7636 §4.6).
+
+    Raises:
+        InvalidRequestError: the verifier is not 43-128 unreserved characters (§4.1).
+        InvalidGrantError: it does not match.
+    """
+    if not 43 <= len(verifier) <= 128 or not set(verifier) <= _UNRESERVED_VERIFIER:
+        raise InvalidRequestError(Reason.INVALID_REQUEST, "malformed code_verifier")
+    import base64
+
+    digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest())
+    if not hmac.compare_digest(digest.rstrip(b"=").decode("ascii"), challenge):
+        raise InvalidGrantError(Reason.INVALID_GRANT, "PKCE verification failed")

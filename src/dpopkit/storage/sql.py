@@ -1,0 +1,848 @@
+"""The authorization server's grant store: SQLAlchemy 2 Core over SQLite or PostgreSQL.
+
+One schema and one code path for both databases (DESIGN.md, "Authorization
+server storage"). The store keeps clients, authorization codes, refresh-token
+families, issued access tokens (by ``jti``, for introspection and revocation),
+pushed authorization requests and login interactions, and the AS signing keys.
+
+Every state change is one transaction. The one-time artifacts are spent with a
+conditional ``UPDATE ... WHERE used = false`` whose row count decides the single
+winner, in the same transaction that records what was issued for them, so a
+code is redeemed once and a refresh token rotated once, even under concurrency
+and across processes (RFC 6749 §4.1.2, §10.5; RFC 9700 §4.14.2).
+
+Secrets are never stored in the clear: codes, refresh tokens and request URIs
+are stored as their SHA-256 (they carry 256 random bits); client secrets and
+passwords are hashed with scrypt and a salt by :func:`hash_secret`.
+
+SQLite write transactions start with ``BEGIN IMMEDIATE`` (the write lock is
+taken up front, so two writers queue on ``busy_timeout`` instead of failing
+with a lock upgrade error); the file runs in WAL mode.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AccessTokenRecord",
+    "ClientRecord",
+    "CodeRecord",
+    "InteractionRecord",
+    "RefreshRecord",
+    "SQLGrantStore",
+    "SigningKeyRecord",
+    "StoreError",
+    "hash_secret",
+    "sha256_hex",
+    "verify_secret",
+]
+
+#: The schema version this code writes; a database with a newer one is refused.
+SCHEMA_VERSION = 1
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (unreachable, newer schema, corrupt record)."""
+
+
+def sha256_hex(value: str) -> str:
+    """Return the hex SHA-256 of a high-entropy secret (codes, refresh tokens, request URIs)."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def hash_secret(secret: str) -> str:
+    """Hash a client secret or password with scrypt and a random salt.
+
+    Returns:
+        ``scrypt$N$r$p$<salt b64>$<hash b64>``.
+    """
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        secret.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    enc = base64.b64encode
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${enc(salt).decode()}${enc(digest).decode()}"
+
+
+def verify_secret(secret: str, stored: str) -> bool:
+    """Check ``secret`` against a :func:`hash_secret` value in constant time."""
+    try:
+        scheme, n, r, p, salt_b64, hash_b64 = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        salt = base64.b64decode(salt_b64, validate=True)
+        expected = base64.b64decode(hash_b64, validate=True)
+        n_i, r_i, p_i = int(n), int(r), int(p)
+        if not (2**10 <= n_i <= 2**20 and 1 <= r_i <= 32 and 1 <= p_i <= 16):
+            return False
+        digest = hashlib.scrypt(
+            secret.encode("utf-8"),
+            salt=salt,
+            n=n_i,
+            r=r_i,
+            p=p_i,
+            dklen=len(expected),
+            maxmem=256 * 1024 * 1024,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(digest, expected)
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientRecord:
+    """A registered client, described with RFC 7591 §2 metadata names.
+
+    ``secret_hash`` is a :func:`hash_secret` value (never the secret).
+    ``dpop_bound_access_tokens`` is RFC 9449 §5.2; ``require_pushed_authorization_requests``
+    is RFC 9126 §6; ``dpop_nonce_required`` is dpopkit's per-client nonce switch.
+    """
+
+    client_id: str
+    token_endpoint_auth_method: str = "client_secret_basic"  # noqa: S105 - a method name
+    secret_hash: str | None = None
+    grant_types: tuple[str, ...] = ("client_credentials",)
+    redirect_uris: tuple[str, ...] = ()
+    scope: str = ""
+    jwks: Mapping[str, Any] | None = None
+    client_name: str | None = None
+    dpop_bound_access_tokens: bool = False
+    require_pushed_authorization_requests: bool = False
+    dpop_nonce_required: bool = False
+    created_at: float = 0.0
+
+    @property
+    def is_public(self) -> bool:
+        """True for a client that does not authenticate (``none``, RFC 6749 §2.1)."""
+        return self.token_endpoint_auth_method == "none"  # noqa: S105 - a method name
+
+    def metadata(self) -> dict[str, Any]:
+        """The RFC 7591 §3.2.1 view of this client (no secret)."""
+        data: dict[str, Any] = {
+            "client_id": self.client_id,
+            "token_endpoint_auth_method": self.token_endpoint_auth_method,
+            "grant_types": list(self.grant_types),
+            "dpop_bound_access_tokens": self.dpop_bound_access_tokens,
+            "require_pushed_authorization_requests": self.require_pushed_authorization_requests,
+            "client_id_issued_at": int(self.created_at),
+        }
+        if self.redirect_uris:
+            data["redirect_uris"] = list(self.redirect_uris)
+            data["response_types"] = ["code"]
+        if self.scope:
+            data["scope"] = self.scope
+        if self.jwks is not None:
+            data["jwks"] = dict(self.jwks)
+        if self.client_name:
+            data["client_name"] = self.client_name
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CodeRecord:
+    """An authorization code (stored by hash), with PKCE and ``dpop_jkt`` (RFC 9449 §10)."""
+
+    code_hash: str
+    client_id: str
+    sub: str
+    redirect_uri: str
+    scope: str
+    code_challenge: str
+    dpop_jkt: str | None
+    resource: tuple[str, ...]
+    expires_at: float
+    used: bool = False
+    family_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefreshRecord:
+    """One refresh token of a rotation family; ``jkt`` binds it (RFC 9449 §5, AS-5)."""
+
+    token_hash: str
+    family_id: str
+    client_id: str
+    sub: str
+    scope: str
+    resource: tuple[str, ...]
+    jkt: str | None
+    expires_at: float
+    issued_at: float
+    used: bool = False
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessTokenRecord:
+    """What was issued for an access token ``jti`` (RFC 7662 introspection, RFC 7009)."""
+
+    jti: str
+    client_id: str
+    sub: str
+    scope: str
+    aud: tuple[str, ...]
+    jkt: str | None
+    issued_at: float
+    expires_at: float
+    family_id: str | None = None
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InteractionRecord:
+    """A pushed authorization request (RFC 9126) or a login interaction in progress."""
+
+    id_hash: str
+    kind: str  # "par" or "interaction"
+    client_id: str
+    params: Mapping[str, Any]
+    expires_at: float
+    used: bool = False
+    sub: str | None = None
+    browser_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SigningKeyRecord:
+    """An AS signing key (private JWK), published until ``retire_at``."""
+
+    kid: str
+    alg: str
+    private_jwk: Mapping[str, Any] = field(repr=False)
+    created_at: float
+    retire_at: float | None = None
+
+
+# --- schema ----------------------------------------------------------------------------------
+
+
+def _tables(metadata: sa.MetaData, prefix: str) -> dict[str, sa.Table]:
+    t = prefix
+    text, real, boolean = sa.Text, sa.Float, sa.Boolean
+    return {
+        "meta": sa.Table(
+            f"{t}dpopkit_schema",
+            metadata,
+            sa.Column("name", sa.String(64), primary_key=True),
+            sa.Column("version", sa.Integer, nullable=False),
+        ),
+        "clients": sa.Table(
+            f"{t}dpopkit_clients",
+            metadata,
+            sa.Column("client_id", sa.String(255), primary_key=True),
+            sa.Column("metadata", text, nullable=False),
+            sa.Column("secret_hash", text),
+            sa.Column("created_at", real, nullable=False),
+        ),
+        "codes": sa.Table(
+            f"{t}dpopkit_codes",
+            metadata,
+            sa.Column("code_hash", sa.String(64), primary_key=True),
+            sa.Column("client_id", sa.String(255), nullable=False),
+            sa.Column("data", text, nullable=False),
+            sa.Column("expires_at", real, nullable=False, index=True),
+            sa.Column("used", boolean, nullable=False, default=False),
+            sa.Column("family_id", sa.String(64)),
+        ),
+        "refresh": sa.Table(
+            f"{t}dpopkit_refresh_tokens",
+            metadata,
+            sa.Column("token_hash", sa.String(64), primary_key=True),
+            sa.Column("family_id", sa.String(64), nullable=False, index=True),
+            sa.Column("client_id", sa.String(255), nullable=False),
+            sa.Column("data", text, nullable=False),
+            sa.Column("jkt", sa.String(64)),
+            sa.Column("issued_at", real, nullable=False),
+            sa.Column("expires_at", real, nullable=False, index=True),
+            sa.Column("used", boolean, nullable=False, default=False),
+            sa.Column("revoked", boolean, nullable=False, default=False),
+        ),
+        "families": sa.Table(
+            f"{t}dpopkit_refresh_families",
+            metadata,
+            sa.Column("family_id", sa.String(64), primary_key=True),
+            sa.Column("client_id", sa.String(255), nullable=False),
+            sa.Column("created_at", real, nullable=False),
+            sa.Column("revoked", boolean, nullable=False, default=False),
+        ),
+        "access": sa.Table(
+            f"{t}dpopkit_access_tokens",
+            metadata,
+            sa.Column("jti", sa.String(64), primary_key=True),
+            sa.Column("client_id", sa.String(255), nullable=False),
+            sa.Column("family_id", sa.String(64), index=True),
+            sa.Column("data", text, nullable=False),
+            sa.Column("jkt", sa.String(64)),
+            sa.Column("issued_at", real, nullable=False),
+            sa.Column("expires_at", real, nullable=False, index=True),
+            sa.Column("revoked", boolean, nullable=False, default=False),
+        ),
+        "requests": sa.Table(
+            f"{t}dpopkit_requests",
+            metadata,
+            sa.Column("id_hash", sa.String(64), primary_key=True),
+            sa.Column("kind", sa.String(16), nullable=False),
+            sa.Column("client_id", sa.String(255), nullable=False),
+            sa.Column("params", text, nullable=False),
+            sa.Column("expires_at", real, nullable=False, index=True),
+            sa.Column("used", boolean, nullable=False, default=False),
+            sa.Column("sub", sa.String(255)),
+            sa.Column("browser_hash", sa.String(64)),
+        ),
+        "keys": sa.Table(
+            f"{t}dpopkit_signing_keys",
+            metadata,
+            sa.Column("kid", sa.String(64), primary_key=True),
+            sa.Column("alg", sa.String(16), nullable=False),
+            sa.Column("private_jwk", text, nullable=False),
+            sa.Column("created_at", real, nullable=False),
+            sa.Column("retire_at", real),
+        ),
+    }
+
+
+def _client_from_row(row: Any) -> ClientRecord:
+    meta = json.loads(row.metadata)
+    return ClientRecord(
+        client_id=row.client_id,
+        secret_hash=row.secret_hash,
+        token_endpoint_auth_method=meta["token_endpoint_auth_method"],
+        grant_types=tuple(meta.get("grant_types", ())),
+        redirect_uris=tuple(meta.get("redirect_uris", ())),
+        scope=meta.get("scope", ""),
+        jwks=meta.get("jwks"),
+        client_name=meta.get("client_name"),
+        dpop_bound_access_tokens=bool(meta.get("dpop_bound_access_tokens", False)),
+        require_pushed_authorization_requests=bool(
+            meta.get("require_pushed_authorization_requests", False)
+        ),
+        dpop_nonce_required=bool(meta.get("dpop_nonce_required", False)),
+        created_at=row.created_at,
+    )
+
+
+class SQLGrantStore:
+    """The grant store over a SQLAlchemy URL (``sqlite:///file.db``, ``postgresql+psycopg://``).
+
+    Args:
+        url: the database URL. ``postgresql://`` is read as ``postgresql+psycopg://``.
+        table_prefix: prepended to every table name (several stores in one database).
+        create: create the schema (idempotent) and check its version now.
+
+    Raises:
+        StoreError: the database is unreachable or has a newer schema version.
+    """
+
+    def __init__(self, url: str, *, table_prefix: str = "", create: bool = True) -> None:
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._metadata = sa.MetaData()
+        self._t = _tables(self._metadata, table_prefix)
+        if self.is_sqlite:
+            if url in ("sqlite://", "sqlite:///:memory:"):
+                raise StoreError("use a SQLite file: an in-memory database is per connection")
+            self._read = self._sqlite_engine(url, immediate=False)
+            self._write = self._sqlite_engine(url, immediate=True)
+        else:
+            self._read = self._write = sa.create_engine(
+                url, pool_pre_ping=True, pool_size=10, max_overflow=20
+            )
+        if create:
+            self.create_schema()
+
+    @staticmethod
+    def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=8,
+            max_overflow=16,
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self._read.dispose()
+        if self._write is not self._read:
+            self._write.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self._write.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise StoreError("the grant store cannot be reached") from exc
+
+    @contextmanager
+    def _ro(self) -> Iterator[Connection]:
+        try:
+            with self._read.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise StoreError("the grant store cannot be reached") from exc
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create the tables if missing and record / check the schema version."""
+        meta = self._t["meta"]
+        try:
+            self._metadata.create_all(self._write, checkfirst=True)
+        except sa.exc.OperationalError as exc:
+            raise StoreError("the grant store cannot be reached") from exc
+        except sa.exc.IntegrityError:  # pragma: no cover - two processes created it at once
+            pass
+        with self._tx() as conn:
+            row = conn.execute(sa.select(meta.c.version).where(meta.c.name == "grants")).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(meta.insert().values(name="grants", version=SCHEMA_VERSION))
+                except sa.exc.IntegrityError:  # pragma: no cover - concurrent first start
+                    pass
+            elif row.version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database has schema version {row.version}; this dpopkit knows "
+                    f"{SCHEMA_VERSION}: upgrade dpopkit"
+                )
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        meta = self._t["meta"]
+        with self._ro() as conn:
+            version = conn.execute(
+                sa.select(meta.c.version).where(meta.c.name == "grants")
+            ).scalar_one()
+        return int(version)
+
+    def drop_schema(self) -> None:
+        """Drop every table of this store (tests and tear-down only)."""
+        self._metadata.drop_all(self._write, checkfirst=True)
+
+    # -- clients --------------------------------------------------------------------------
+
+    def put_client(self, client: ClientRecord) -> None:
+        """Insert or replace a client."""
+        t = self._t["clients"]
+        meta = client.metadata()
+        meta["dpop_nonce_required"] = client.dpop_nonce_required
+        values = {
+            "metadata": json.dumps(meta),
+            "secret_hash": client.secret_hash,
+            "created_at": client.created_at,
+        }
+        with self._tx() as conn:
+            done = conn.execute(
+                t.update().where(t.c.client_id == client.client_id).values(**values)
+            )
+            if done.rowcount == 0:
+                conn.execute(t.insert().values(client_id=client.client_id, **values))
+
+    def get_client(self, client_id: str) -> ClientRecord | None:
+        """Return a client, or None."""
+        t = self._t["clients"]
+        with self._ro() as conn:
+            row = conn.execute(sa.select(t).where(t.c.client_id == client_id)).first()
+        return None if row is None else _client_from_row(row)
+
+    # -- codes ----------------------------------------------------------------------------
+
+    def put_code(self, code: CodeRecord) -> None:
+        """Store a new authorization code."""
+        t = self._t["codes"]
+        data = {
+            "sub": code.sub,
+            "redirect_uri": code.redirect_uri,
+            "scope": code.scope,
+            "code_challenge": code.code_challenge,
+            "dpop_jkt": code.dpop_jkt,
+            "resource": list(code.resource),
+        }
+        with self._tx() as conn:
+            conn.execute(
+                t.insert().values(
+                    code_hash=code.code_hash,
+                    client_id=code.client_id,
+                    data=json.dumps(data),
+                    expires_at=code.expires_at,
+                    used=False,
+                )
+            )
+
+    def get_code(self, code_hash: str) -> CodeRecord | None:
+        """Return a code by hash (used or not), or None."""
+        t = self._t["codes"]
+        with self._ro() as conn:
+            row = conn.execute(sa.select(t).where(t.c.code_hash == code_hash)).first()
+        if row is None:
+            return None
+        data = json.loads(row.data)
+        return CodeRecord(
+            code_hash=row.code_hash,
+            client_id=row.client_id,
+            sub=data["sub"],
+            redirect_uri=data["redirect_uri"],
+            scope=data["scope"],
+            code_challenge=data["code_challenge"],
+            dpop_jkt=data["dpop_jkt"],
+            resource=tuple(data["resource"]),
+            expires_at=row.expires_at,
+            used=bool(row.used),
+            family_id=row.family_id,
+        )
+
+    def redeem_code(
+        self,
+        code_hash: str,
+        *,
+        now: float,
+        family_id: str,
+        access: AccessTokenRecord,
+        refresh: RefreshRecord | None,
+    ) -> bool:
+        """Spend a code and record what it was exchanged for, in one transaction.
+
+        Returns:
+            True for the single winner; False if the code was used, expired or missing
+            (nothing is then written).
+        """
+        codes = self._t["codes"]
+        with self._tx() as conn:
+            done = conn.execute(
+                codes.update()
+                .where(
+                    codes.c.code_hash == code_hash,
+                    codes.c.used == sa.false(),
+                    codes.c.expires_at > now,
+                )
+                .values(used=True, family_id=family_id)
+            )
+            if done.rowcount != 1:
+                return False
+            self._insert_family(conn, family_id, access.client_id, now)
+            self._insert_access(conn, access)
+            if refresh is not None:
+                self._insert_refresh(conn, refresh)
+        return True
+
+    # -- refresh tokens -------------------------------------------------------------------
+
+    def _insert_family(self, conn: Connection, family_id: str, client_id: str, now: float) -> None:
+        conn.execute(
+            self._t["families"]
+            .insert()
+            .values(family_id=family_id, client_id=client_id, created_at=now, revoked=False)
+        )
+
+    def _insert_refresh(self, conn: Connection, rt: RefreshRecord) -> None:
+        data = {"sub": rt.sub, "scope": rt.scope, "resource": list(rt.resource)}
+        conn.execute(
+            self._t["refresh"]
+            .insert()
+            .values(
+                token_hash=rt.token_hash,
+                family_id=rt.family_id,
+                client_id=rt.client_id,
+                data=json.dumps(data),
+                jkt=rt.jkt,
+                issued_at=rt.issued_at,
+                expires_at=rt.expires_at,
+                used=False,
+                revoked=False,
+            )
+        )
+
+    def get_refresh(self, token_hash: str) -> RefreshRecord | None:
+        """Return a refresh token by hash; ``revoked`` also reflects its family."""
+        t, fam = self._t["refresh"], self._t["families"]
+        with self._ro() as conn:
+            row = conn.execute(
+                sa.select(t, fam.c.revoked.label("family_revoked"))
+                .join(fam, fam.c.family_id == t.c.family_id)
+                .where(t.c.token_hash == token_hash)
+            ).first()
+        if row is None:
+            return None
+        data = json.loads(row.data)
+        return RefreshRecord(
+            token_hash=row.token_hash,
+            family_id=row.family_id,
+            client_id=row.client_id,
+            sub=data["sub"],
+            scope=data["scope"],
+            resource=tuple(data["resource"]),
+            jkt=row.jkt,
+            issued_at=row.issued_at,
+            expires_at=row.expires_at,
+            used=bool(row.used),
+            revoked=bool(row.revoked) or bool(row.family_revoked),
+        )
+
+    def rotate_refresh(
+        self,
+        token_hash: str,
+        *,
+        now: float,
+        access: AccessTokenRecord,
+        refresh: RefreshRecord,
+    ) -> bool:
+        """Spend a refresh token and store its successor and the new access token atomically.
+
+        Returns:
+            True for the single winner; False if it was already used, revoked or
+            expired (the caller then revokes the family: reuse detection).
+        """
+        t, fam = self._t["refresh"], self._t["families"]
+        live_family = (
+            sa.select(fam.c.family_id)
+            .where(fam.c.family_id == t.c.family_id, fam.c.revoked == sa.false())
+            .exists()
+        )
+        with self._tx() as conn:
+            done = conn.execute(
+                t.update()
+                .where(
+                    t.c.token_hash == token_hash,
+                    t.c.used == sa.false(),
+                    t.c.revoked == sa.false(),
+                    t.c.expires_at > now,
+                    live_family,
+                )
+                .values(used=True)
+            )
+            if done.rowcount != 1:
+                return False
+            self._insert_access(conn, access)
+            self._insert_refresh(conn, refresh)
+        return True
+
+    def revoke_family(self, family_id: str) -> None:
+        """Revoke a whole family: its refresh tokens and the access tokens issued from it."""
+        with self._tx() as conn:
+            conn.execute(
+                self._t["families"]
+                .update()
+                .where(self._t["families"].c.family_id == family_id)
+                .values(revoked=True)
+            )
+            conn.execute(
+                self._t["refresh"]
+                .update()
+                .where(self._t["refresh"].c.family_id == family_id)
+                .values(revoked=True)
+            )
+            conn.execute(
+                self._t["access"]
+                .update()
+                .where(self._t["access"].c.family_id == family_id)
+                .values(revoked=True)
+            )
+
+    # -- access tokens --------------------------------------------------------------------
+
+    def _insert_access(self, conn: Connection, at: AccessTokenRecord) -> None:
+        data = {"sub": at.sub, "scope": at.scope, "aud": list(at.aud)}
+        conn.execute(
+            self._t["access"]
+            .insert()
+            .values(
+                jti=at.jti,
+                client_id=at.client_id,
+                family_id=at.family_id,
+                data=json.dumps(data),
+                jkt=at.jkt,
+                issued_at=at.issued_at,
+                expires_at=at.expires_at,
+                revoked=False,
+            )
+        )
+
+    def put_access_token(self, access: AccessTokenRecord, *, family_id: str | None = None) -> None:
+        """Record an access token issued without a code or refresh token (client_credentials)."""
+        with self._tx() as conn:
+            self._insert_access(conn, access)
+
+    def get_access_token(self, jti: str) -> AccessTokenRecord | None:
+        """Return an issued access token by ``jti``, or None."""
+        t = self._t["access"]
+        with self._ro() as conn:
+            row = conn.execute(sa.select(t).where(t.c.jti == jti)).first()
+        if row is None:
+            return None
+        data = json.loads(row.data)
+        return AccessTokenRecord(
+            jti=row.jti,
+            client_id=row.client_id,
+            sub=data["sub"],
+            scope=data["scope"],
+            aud=tuple(data["aud"]),
+            jkt=row.jkt,
+            issued_at=row.issued_at,
+            expires_at=row.expires_at,
+            family_id=row.family_id,
+            revoked=bool(row.revoked),
+        )
+
+    def revoke_access_token(self, jti: str) -> None:
+        """Mark one access token revoked (RFC 7009)."""
+        t = self._t["access"]
+        with self._tx() as conn:
+            conn.execute(t.update().where(t.c.jti == jti).values(revoked=True))
+
+    def count_access_tokens(self) -> int:
+        """How many access tokens were recorded (tests and metrics)."""
+        t = self._t["access"]
+        with self._ro() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+
+    # -- pushed requests and interactions -------------------------------------------------
+
+    def put_request(self, record: InteractionRecord) -> None:
+        """Store a pushed authorization request or an interaction."""
+        t = self._t["requests"]
+        with self._tx() as conn:
+            conn.execute(
+                t.insert().values(
+                    id_hash=record.id_hash,
+                    kind=record.kind,
+                    client_id=record.client_id,
+                    params=json.dumps(dict(record.params)),
+                    expires_at=record.expires_at,
+                    used=False,
+                    sub=record.sub,
+                    browser_hash=record.browser_hash,
+                )
+            )
+
+    def get_request(self, id_hash: str, *, kind: str, now: float) -> InteractionRecord | None:
+        """Return a live (unused, unexpired) request of ``kind``, or None."""
+        t = self._t["requests"]
+        with self._ro() as conn:
+            row = conn.execute(
+                sa.select(t).where(
+                    t.c.id_hash == id_hash,
+                    t.c.kind == kind,
+                    t.c.used == sa.false(),
+                    t.c.expires_at > now,
+                )
+            ).first()
+        if row is None:
+            return None
+        return InteractionRecord(
+            id_hash=row.id_hash,
+            kind=row.kind,
+            client_id=row.client_id,
+            params=json.loads(row.params),
+            expires_at=row.expires_at,
+            used=bool(row.used),
+            sub=row.sub,
+            browser_hash=row.browser_hash,
+        )
+
+    def consume_request(self, id_hash: str, *, kind: str, now: float) -> InteractionRecord | None:
+        """Spend a live request once (RFC 9126 §2.2: ``request_uri`` is one-time use)."""
+        record = self.get_request(id_hash, kind=kind, now=now)
+        if record is None:
+            return None
+        t = self._t["requests"]
+        with self._tx() as conn:
+            done = conn.execute(
+                t.update()
+                .where(t.c.id_hash == id_hash, t.c.used == sa.false(), t.c.expires_at > now)
+                .values(used=True)
+            )
+        return record if done.rowcount == 1 else None
+
+    def set_request_subject(self, id_hash: str, sub: str) -> None:
+        """Record the authenticated user of an interaction."""
+        t = self._t["requests"]
+        with self._tx() as conn:
+            conn.execute(t.update().where(t.c.id_hash == id_hash).values(sub=sub))
+
+    # -- signing keys ---------------------------------------------------------------------
+
+    def signing_keys(self) -> list[SigningKeyRecord]:
+        """All stored signing keys, newest first."""
+        t = self._t["keys"]
+        with self._ro() as conn:
+            rows = conn.execute(sa.select(t).order_by(t.c.created_at.desc(), t.c.kid)).all()
+        return [
+            SigningKeyRecord(
+                kid=row.kid,
+                alg=row.alg,
+                private_jwk=json.loads(row.private_jwk),
+                created_at=row.created_at,
+                retire_at=row.retire_at,
+            )
+            for row in rows
+        ]
+
+    def add_signing_key(self, key: SigningKeyRecord, *, retire_others_at: float | None) -> None:
+        """Store a new signing key; older keys without a retirement time get one."""
+        t = self._t["keys"]
+        with self._tx() as conn:
+            if retire_others_at is not None:
+                conn.execute(
+                    t.update().where(t.c.retire_at.is_(None)).values(retire_at=retire_others_at)
+                )
+            conn.execute(
+                t.insert().values(
+                    kid=key.kid,
+                    alg=key.alg,
+                    private_jwk=json.dumps(dict(key.private_jwk)),
+                    created_at=key.created_at,
+                    retire_at=key.retire_at,
+                )
+            )
+
+    def delete_signing_keys(self, kids: Sequence[str]) -> None:
+        """Remove retired keys."""
+        if not kids:
+            return
+        t = self._t["keys"]
+        with self._tx() as conn:
+            conn.execute(t.delete().where(t.c.kid.in_(list(kids))))
+
+    def purge_expired(self, *, now: float) -> None:
+        """Delete expired codes, requests and access-token records (housekeeping)."""
+        with self._tx() as conn:
+            for name in ("codes", "requests"):
+                t = self._t[name]
+                conn.execute(t.delete().where(t.c.expires_at < now))
+            t = self._t["access"]
+            conn.execute(t.delete().where(t.c.expires_at < now))
