@@ -318,14 +318,16 @@ async def test_sec76_forward_jump_past_expiry_then_back(store: Store) -> None:
 
 @pytest.mark.anyio
 async def test_replay_50_concurrent_presenters_one_winner(store: Store) -> None:
-    """Attacks "Atomicity": 50 concurrent check_and_store of one key → exactly one True."""
-    t, key = store.t0(), _key()
+    """Attacks "Atomicity": 50 concurrent presenters of each of 10 keys → one True per key."""
+    t, keys = store.t0(), [_key() for _ in range(10)]
     n = 50
     if store.case.is_async:
-        results: list[bool] = []
+        won: list[str] = []
 
         async def one() -> None:
-            results.append(await store.cas(key, t + TTL, now=t))
+            for k in keys:
+                if await store.cas(k, t + TTL, now=t):
+                    won.append(k)
 
         async with anyio.create_task_group() as tg:
             for _ in range(n):
@@ -335,14 +337,70 @@ async def test_replay_50_concurrent_presenters_one_winner(store: Store) -> None:
         assert isinstance(cache, ReplayCache)
         barrier = threading.Barrier(n)
 
-        def run() -> bool:
+        def run() -> list[str]:
             barrier.wait(timeout=10)
-            return cache.check_and_store(key, t + TTL, now=t)
+            return [k for k in keys if cache.check_and_store(k, t + TTL, now=t)]
 
         with ThreadPoolExecutor(max_workers=n) as pool:
             futures = [pool.submit(run) for _ in range(n)]
-            results = [f.result(timeout=30) for f in futures]
-    assert len(results) == n
+            won = [k for f in futures for k in f.result(timeout=30)]
+    assert sorted(won) == sorted(keys)  # every key won exactly once
+
+
+@pytest.mark.postgres
+def test_replay_50_concurrent_presenters_over_10_postgres_connections(
+    pg_dsn: str, unique_prefix: str
+) -> None:
+    """Attacks "Atomicity": races decided by PostgreSQL itself (10 sessions, 50 threads, 20 keys).
+
+    One PostgresReplayCache serialises its callers on its connection; ten caches
+    make the database arbitrate between concurrent sessions.
+    """
+    caches = [PostgresReplayCache(pg_dsn, schema=unique_prefix) for _ in range(10)]
+    n, keys = 50, [_key() for _ in range(20)]
+    barrier = threading.Barrier(n)
+    try:
+        assert caches[0].check_and_store(_key(), NOW + TTL, now=NOW) is True  # DDL first
+
+        def run(i: int) -> list[str]:
+            cache = caches[i % len(caches)]
+            barrier.wait(timeout=10)
+            return [k for k in keys if cache.check_and_store(k, NOW + TTL, now=NOW)]
+
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            won = [f.result(timeout=30) for f in [pool.submit(run, i) for i in range(n)]]
+    finally:
+        for cache in caches:
+            cache.close()
+        _drop_schema(pg_dsn, unique_prefix)
+    assert sorted(k for w in won for k in w) == sorted(keys)  # one winner per key
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_replay_50_concurrent_tasks_over_5_async_postgres_connections(
+    pg_dsn: str, unique_prefix: str
+) -> None:
+    """Attacks "Atomicity": 50 tasks over five async sessions → exactly one True."""
+    caches = [AsyncPostgresReplayCache(pg_dsn, schema=unique_prefix) for _ in range(5)]
+    key = _key()
+    results: list[bool] = []
+    try:
+        assert await caches[0].check_and_store(_key(), NOW + TTL, now=NOW) is True
+
+        async def one(i: int) -> None:
+            cache = caches[i % len(caches)]
+            results.append(await cache.check_and_store(key, NOW + TTL, now=NOW))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(one, i)
+    finally:
+        for cache in caches:
+            await cache.aclose()
+        _drop_schema(pg_dsn, unique_prefix)
+    assert len(results) == 50
     assert results.count(True) == 1
 
 
@@ -658,6 +716,34 @@ async def test_redis_async_allkeys_policy_warns(throwaway_redis: Callable[[str],
             assert await cache.check_and_store(_key(), now + TTL, now=now) is True
     finally:
         await cache.aclose()
+
+
+@pytest.mark.redis
+def test_redis_noeviction_policy_no_warning_clock_skew_warns(redis_url: str) -> None:
+    """The shared test Redis runs noeviction (no warning: warnings are errors here); a
+    zero clock-skew tolerance makes the first-use clock check warn."""
+    quiet = RedisReplayCache.from_url(redis_url)
+    strict = RedisReplayCache(redis.Redis.from_url(redis_url), max_clock_skew=0.0)
+    try:
+        quiet.check_server()
+        with pytest.warns(SecurityWarning):
+            strict.check_server()
+    finally:
+        quiet.close()
+        strict.close()
+
+
+@pytest.mark.redis
+def test_redis_check_server_false_skips_policy_check(
+    throwaway_redis: Callable[[str], str],
+) -> None:
+    """``check_server=False`` (operator's choice) inspects nothing and warns about nothing."""
+    cache = RedisReplayCache.from_url(throwaway_redis("volatile-ttl"), check_server=False)
+    try:
+        now = time.time()
+        assert cache.check_and_store(_key(), now + TTL, now=now) is True
+    finally:
+        cache.close()
 
 
 @pytest.mark.redis
