@@ -223,7 +223,7 @@ class Routes:
 
 
 @contextmanager
-def http_server(routes: Routes) -> Iterator[str]:
+def http_server(routes: Routes, *, port: int = 0) -> Iterator[str]:
     """Serve ``routes`` on 127.0.0.1 (a free port) in a thread; yield the base URL."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -258,8 +258,8 @@ def http_server(routes: Routes) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -274,7 +274,7 @@ def wsgiref_server(issuer: Issuer) -> Iterator[tuple[str, ResourceGuard, Calls]]
     )
     app = DPoPWSGIMiddleware(wsgi_app(calls), guard=guard, public_origin=ORIGIN)
     server = make_server("127.0.0.1", 0, app, server_class=WSGIServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}", guard, calls
