@@ -80,6 +80,7 @@ class State:
     metadata_issuer: str | None = None
     pkj_public_jwk: dict[str, str] | None = None
     refresh_delay: float = 0.0
+    rs_reject_tokens: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -112,6 +113,7 @@ class Servers:
         self.app = Starlette(
             routes=[
                 Route("/.well-known/oauth-authorization-server", self.metadata),
+                Route("/oidc/.well-known/openid-configuration", self.oidc_metadata),
                 Route("/token", self.token, methods=["POST"]),
                 Route("/par", self.par_endpoint, methods=["POST"]),
                 Route("/authorize", self.authorize),
@@ -148,6 +150,10 @@ class Servers:
         if s.algs is not None:
             data["dpop_signing_alg_values_supported"] = s.algs
         return JSONResponse(data)
+
+    async def oidc_metadata(self, request: Request) -> Response:
+        s = self.state
+        return JSONResponse({"issuer": s.base + "/oidc", "token_endpoint": s.base + "/token"})
 
     def _client(self, request: Request, form: dict[str, str]) -> str:
         auth = request.headers.get("authorization", "")
@@ -331,7 +337,7 @@ class Servers:
                 now=now,
             )
             issued = s.tokens.get(token)
-            if issued is None or issued.expires_at < now:
+            if issued is None or issued.expires_at < now or s.rs_reject_tokens:
                 raise InvalidTokenError(Reason.TOKEN_EXPIRED)
             if issued.jkt != checked.jkt:
                 raise InvalidTokenError(Reason.JKT_MISMATCH)

@@ -1,0 +1,173 @@
+"""Auto-refresh: before exp, once after 401 invalid_token, one refresh for many waiters."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import anyio
+import httpx
+import pytest
+import requests
+
+from dpopkit import DPoPKey
+from dpopkit.client import httpx as dpop_httpx
+from dpopkit.client import requests as dpop_requests
+from dpopkit.client.tokens import RefreshingToken, StaticToken, TokenClient, TokenSet
+
+from .servers import CLIENT_SECRET, Servers
+
+
+def code_tokens(servers: Servers, key: DPoPKey) -> tuple[TokenClient, TokenSet]:
+    client = TokenClient.from_issuer(
+        servers.state.issuer,
+        key=key,
+        client_id="cli",
+        client_secret=CLIENT_SECRET,
+        allow_insecure_http=True,
+    )
+    request = client.authorization_request(redirect_uri="http://127.0.0.1/cb", scope="api")
+    callback = httpx.get(request.url).headers["location"]
+    return client, client.exchange_code(request, callback)
+
+
+def refresh_requests(servers: Servers) -> list[dict[str, object]]:
+    return [r for r in servers.state.token_requests if r["form"]["grant_type"] == "refresh_token"]
+
+
+def test_refresh_before_exp(servers: Servers, key: DPoPKey) -> None:
+    servers.state.expires_in = 10  # inside the 30 s margin: due for refresh at once
+    client, tokens = code_tokens(servers, key)
+    servers.state.expires_in = 300
+    source = RefreshingToken(client, tokens)
+    with httpx.Client(auth=dpop_httpx.DPoPAuth(key, token=source, allow_insecure_http=True)) as c:
+        assert c.get(servers.state.base + "/api/a").status_code == 200
+        assert c.get(servers.state.base + "/api/b").status_code == 200
+    assert source.refresh_count == 1
+    assert servers.state.refresh_count == 1
+    # The refresh request carried a proof by the same key (C-8): never a bare refresh token.
+    (refresh,) = refresh_requests(servers)
+    assert refresh["jkt"] == key.jkt
+    assert source.tokens.access_token != tokens.access_token
+
+
+def test_refresh_once_after_invalid_token(servers: Servers, key: DPoPKey) -> None:
+    """A 401 invalid_token → one refresh and one resend; a second rejection is final."""
+    client, tokens = code_tokens(servers, key)
+    servers.state.tokens.pop(tokens.access_token)  # the RS no longer knows the token
+    source = RefreshingToken(client, tokens)
+    auth = dpop_httpx.DPoPAuth(key, token=source, allow_insecure_http=True)
+    with httpx.Client(auth=auth) as c:
+        response = c.get(servers.state.base + "/api/a")
+        assert response.status_code == 200
+        assert source.refresh_count == 1
+        servers.state.rs_reject_tokens = True  # every token refused: refresh once, then give up
+        before = len(servers.state.rs_requests)
+        response = c.get(servers.state.base + "/api/a")
+        assert response.status_code == 401
+        assert len(servers.state.rs_requests) - before == 2
+    assert source.refresh_count == 2
+
+
+def test_requests_refresh_once_after_invalid_token(servers: Servers, key: DPoPKey) -> None:
+    client, tokens = code_tokens(servers, key)
+    servers.state.tokens.pop(tokens.access_token)
+    source = RefreshingToken(client, tokens)
+    auth = dpop_requests.DPoPAuth(key, token=source, allow_insecure_http=True)
+    response = requests.get(servers.state.base + "/api/a", auth=auth, timeout=10)
+    assert response.status_code == 200
+    assert source.refresh_count == 1
+    assert [r.status_code for r in response.history][-1] == 401
+
+
+def test_static_token_no_refresh_on_invalid_token(servers: Servers, key: DPoPKey) -> None:
+    auth = dpop_httpx.DPoPAuth(key, token=StaticToken("unknown"), allow_insecure_http=True)
+    with httpx.Client(auth=auth) as c:
+        assert c.get(servers.state.base + "/api/a").status_code == 401
+    assert len([r for r in servers.state.rs_requests if r.get("error") == "invalid_token"]) == 1
+
+
+def test_client_credentials_token_renewed_without_refresh_token(
+    servers: Servers, key: DPoPKey
+) -> None:
+    client = TokenClient.from_issuer(
+        servers.state.issuer,
+        key=key,
+        client_id="cli",
+        client_secret=CLIENT_SECRET,
+        allow_insecure_http=True,
+    )
+    servers.state.expires_in = 5
+    tokens = client.client_credentials(scope="s1", resource="https://api.example")
+    servers.state.expires_in = 300
+    source = RefreshingToken(client, tokens)
+    assert source.current() is None
+    fresh = source.get()
+    assert fresh != tokens.access_token
+    last = servers.state.token_requests[-1]["form"]
+    assert last["grant_type"] == "client_credentials"
+    assert last["scope"] == "s1"
+    assert last["resource"] == "https://api.example"
+    assert source.current() == fresh
+
+
+def test_threads_share_one_refresh(servers: Servers, key: DPoPKey) -> None:
+    servers.state.expires_in = 1
+    client, tokens = code_tokens(servers, key)
+    servers.state.expires_in = 300
+    servers.state.refresh_delay = 0.2
+    source = RefreshingToken(client, tokens)
+    auth = dpop_requests.DPoPAuth(key, token=source, allow_insecure_http=True)
+    statuses: list[int] = []
+    barrier = threading.Barrier(10)
+
+    def work() -> None:
+        barrier.wait()
+        statuses.append(
+            requests.get(servers.state.base + "/api/t", auth=auth, timeout=10).status_code
+        )
+
+    threads = [threading.Thread(target=work) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 10
+    assert servers.state.refresh_count == 1
+    assert source.refresh_count == 1
+
+
+@pytest.mark.anyio
+async def test_50_concurrent_async_requests_one_refresh_distinct_jti(
+    servers: Servers, key: DPoPKey
+) -> None:
+    """Issue 5: 50 concurrent requests through one AsyncClient with an expiring token →
+    exactly one refresh; every request carries a distinct jti."""
+    servers.state.expires_in = 1
+    client, tokens = await anyio.to_thread.run_sync(code_tokens, servers, key)
+    servers.state.expires_in = 300
+    servers.state.refresh_delay = 0.2
+    source = RefreshingToken(client, tokens)
+    auth = dpop_httpx.DPoPAuth(key, token=source, allow_insecure_http=True)
+    statuses: list[int] = []
+    limits = httpx.Limits(max_connections=60)
+    async with httpx.AsyncClient(auth=auth, limits=limits, timeout=30) as c:
+
+        async def one(i: int) -> None:
+            response = await c.get(f"{servers.state.base}/api/items/{i}")
+            statuses.append(response.status_code)
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(one, i)
+        assert time.monotonic() - started < 30
+    assert statuses == [200] * 50
+    assert servers.state.refresh_count == 1
+    assert source.refresh_count == 1
+    assert len(refresh_requests(servers)) == 1
+    ok = [r for r in servers.state.rs_requests if "jti" in r]
+    assert len(ok) == 50
+    sent_jtis = [r["jti"] for r in ok]
+    assert len(set(sent_jtis)) == 50
+    assert {r["headers"]["authorization"] for r in ok} == {f"DPoP {source.tokens.access_token}"}
