@@ -8,8 +8,8 @@ inside ``cryptography``; the conversion lives here and nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, TypeAlias, get_args
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias, cast, get_args
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -59,50 +59,59 @@ class AlgSpec:
     hash_alg: hashes.HashAlgorithm | None
     coord_size: int = 0  # EC: octets per coordinate (and per R, S)
     pss: bool = False
+    # Built once here instead of on every signature (the hot path of verify and create):
+    # ec.ECDSA(hash) for EC, the padding object for RSA.
+    _ecdsa: ec.ECDSA | None = field(init=False, repr=False, compare=False, default=None)
+    _padding: padding.AsymmetricPadding | None = field(
+        init=False, repr=False, compare=False, default=None
+    )
+
+    def __post_init__(self) -> None:
+        if self.kty == "EC" and self.hash_alg is not None:
+            object.__setattr__(self, "_ecdsa", ec.ECDSA(self.hash_alg))
+        elif self.kty == "RSA" and self.hash_alg is not None:
+            object.__setattr__(self, "_padding", self._rsa_padding())
 
     def verify(self, key: PublicKey, signature: bytes, data: bytes) -> bool:
         """Check ``signature`` over ``data``; return False (never raise) when it does not verify.
 
         The caller has already checked that ``key`` fits this algorithm.
         """
+        # No isinstance asserts here: the key was imported for this spec (hot path).
+        kty = self.kty
         try:
-            if self.kty == "EC":
+            if kty == "EC":
                 size = self.coord_size
                 if len(signature) != 2 * size:
                     return False
-                r = int.from_bytes(signature[:size], "big")
-                s = int.from_bytes(signature[size:], "big")
-                assert isinstance(key, ec.EllipticCurvePublicKey)
-                assert self.hash_alg is not None
-                key.verify(encode_dss_signature(r, s), data, ec.ECDSA(self.hash_alg))
-            elif self.kty == "OKP":
-                assert isinstance(key, ed25519.Ed25519PublicKey)
+                der = encode_dss_signature(
+                    int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
+                )
+                cast(ec.EllipticCurvePublicKey, key).verify(der, data, self._ecdsa)  # type: ignore[arg-type]
+            elif kty == "OKP":
                 if len(signature) != 64:
                     return False
-                key.verify(signature, data)
+                cast(ed25519.Ed25519PublicKey, key).verify(signature, data)
             else:
-                assert isinstance(key, rsa.RSAPublicKey)
-                assert self.hash_alg is not None
-                if len(signature) != (key.key_size + 7) // 8:
+                rsa_key = cast(rsa.RSAPublicKey, key)
+                if len(signature) != (rsa_key.key_size + 7) // 8:
                     return False
-                key.verify(signature, data, self._rsa_padding(), self.hash_alg)
+                rsa_key.verify(signature, data, self._padding, self.hash_alg)  # type: ignore[arg-type]
         except InvalidSignature:
             return False
         return True
 
     def sign(self, key: PrivateKey, data: bytes) -> bytes:
         """Sign ``data`` and return the JWS signature bytes (raw ``R‖S`` for ECDSA)."""
-        if self.kty == "EC":
-            assert isinstance(key, ec.EllipticCurvePrivateKey)
-            assert self.hash_alg is not None
-            r, s = decode_dss_signature(key.sign(data, ec.ECDSA(self.hash_alg)))
-            return r.to_bytes(self.coord_size, "big") + s.to_bytes(self.coord_size, "big")
-        if self.kty == "OKP":
-            assert isinstance(key, ed25519.Ed25519PrivateKey)
-            return key.sign(data)
-        assert isinstance(key, rsa.RSAPrivateKey)
-        assert self.hash_alg is not None
-        return key.sign(data, self._rsa_padding(), self.hash_alg)
+        kty = self.kty
+        if kty == "EC":
+            size = self.coord_size
+            der = cast(ec.EllipticCurvePrivateKey, key).sign(data, self._ecdsa)  # type: ignore[arg-type]
+            r, s = decode_dss_signature(der)
+            return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+        if kty == "OKP":
+            return cast(ed25519.Ed25519PrivateKey, key).sign(data)
+        return cast(rsa.RSAPrivateKey, key).sign(data, self._padding, self.hash_alg)  # type: ignore[arg-type]
 
     def _rsa_padding(self) -> padding.AsymmetricPadding:
         if self.pss:

@@ -35,6 +35,7 @@ __all__ = [
     "public_key_from_jwk",
     "sign_compact",
     "split_compact",
+    "split_segments",
 ]
 
 #: Members that make a JWK private (RFC 7518 §6.2.2, §6.3.2; RFC 8037 §2) or symmetric.
@@ -124,35 +125,47 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _DECODER = json.JSONDecoder(
     object_pairs_hook=_unique_object, parse_constant=_no_constant, parse_float=_finite_float
 )
+# The C scanner behind _DECODER.decode, called directly for a text that starts with "{"
+# (skips two regex whitespace matches and a Python frame per parse).
+_SCAN_ONCE = _DECODER.scan_once  # type: ignore[attr-defined]
+_JSON_WS = " \t\n\r"  # RFC 8259 §2 insignificant whitespace
+_MAX_DEPTH = 32
 
 
 def json_loads_object(data: bytes) -> dict[str, Any]:
     """Parse UTF-8 JSON that must be an object (RFC 7515 §5.2 steps 3, 8; RFC 7519 §7.2).
 
     Rejects duplicate member names, ``NaN``/``Infinity``, numbers that overflow
-    to infinity, invalid UTF-8 (including lone surrogates in escapes) and any
-    top-level value other than an object.
+    to infinity, invalid UTF-8 (including lone surrogates in escapes), nesting
+    deeper than 32 levels and any top-level value other than an object.
 
     Raises:
         JWSError: (MALFORMED).
     """
     try:
         text = data.decode("utf-8")
-        obj = _DECODER.decode(text)
+        if text[:1] == "{":
+            obj, end = _SCAN_ONCE(text, 0)
+            if end != len(text) and text[end:].strip(_JSON_WS):
+                raise ValueError("extra data after the JSON object")
+        else:
+            obj = _DECODER.decode(text)
         if not isinstance(obj, dict):
             raise JWSError(Reason.MALFORMED, "JSON value is not an object")
-        # Lone surrogates from \\ud800 escapes would break re-encoding later.
-        text.encode("utf-8")
-        _check_strings(obj)
+        # Strict UTF-8 decoding leaves no surrogates, so lone surrogates can only come
+        # from \\u escapes; with no escape and fewer brackets than the depth limit
+        # the walk below cannot fail and is skipped.
+        if "\\u" in text or text.count("{") + text.count("[") > _MAX_DEPTH:
+            _check_strings(obj)
     except JWSError:
         raise
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError, StopIteration):
         raise JWSError(Reason.MALFORMED, "invalid JSON") from None
     return obj
 
 
 def _check_strings(value: object, depth: int = 0) -> None:
-    if depth > 32:
+    if depth > _MAX_DEPTH:
         raise ValueError("too deeply nested")
     if isinstance(value, str):
         value.encode("utf-8")  # lone surrogates raise UnicodeEncodeError (a ValueError)
@@ -278,14 +291,24 @@ def split_compact(token: object, *, max_length: int) -> CompactJWS:
     Raises:
         JWSError: TOO_LARGE, or MALFORMED when it is not a string of three parts.
     """
+    header_b64, payload_b64, signature_b64 = split_segments(token, max_length=max_length)
+    return CompactJWS(header_b64, payload_b64, signature_b64)
+
+
+def split_segments(token: object, *, max_length: int) -> tuple[str, str, str]:
+    """:func:`split_compact` returning a plain tuple (the verify hot path).
+
+    Raises:
+        JWSError: TOO_LARGE, or MALFORMED when it is not a string of three parts.
+    """
     if not isinstance(token, str):
         raise JWSError(Reason.MALFORMED, "JWS is not a string")
     if len(token) > max_length:
         raise JWSError(Reason.TOO_LARGE, "JWS too large")
     parts = token.split(".")
-    if len(parts) != 3 or not all(parts):
+    if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2]:
         raise JWSError(Reason.MALFORMED, "not a compact JWS of three parts")
-    return CompactJWS(parts[0], parts[1], parts[2])
+    return parts[0], parts[1], parts[2]
 
 
 def check_crit(header: Mapping[str, Any], understood: Collection[str] = ()) -> None:

@@ -1,0 +1,794 @@
+"""Benchmark of dpopkit's core against the cryptography floor and two peers (not a test).
+
+Run: ``python bench/core.py [--quick] [--reps N] [--target-ms MS]``.
+
+For ES256, Ed25519 (emitted as ``EdDSA``) and RS256 it times, in one run and
+round-robin (see ``bench/_harness.py``):
+
+* the floor: bare ``cryptography`` sign, bare verify with a ready key, and key
+  import from the JWK members + verify (for ES256 with the raw R‖S → DER step);
+* ``dpopkit.create``: :func:`dpopkit.core.proof.create_proof` with ``ath``;
+* ``dpopkit.verify-cold``: :func:`verify_proof` + :func:`record_proof` into the
+  memory replay cache, every proof by a key never seen before (the header-key
+  cache is emptied before each repetition; RS256 reuses a few keys and empties
+  the cache before every verify, since 2048-bit keys are too slow to make by the
+  thousand);
+* ``dpopkit.verify-warm``: the same with a key seen before (header-key cache hit);
+* ``pyjwt.verify`` / ``joserfc.verify``: the same proofs verified the way a user of
+  that library would, with the RFC 9449 checks the library lacks added by one
+  shared stdlib helper (:func:`_rfc9449_checks`), so every verifier does the same job:
+  typ, public jwk, alg allowlist, signature, htm, htu (normalised), iat window,
+  ath, RFC 7638 thumbprint against the bound key, and jti replay.
+
+Scenario: ``POST https://rs.example.com/api/v1/orders/12345?expand=items&page=2``
+with an 835-character access token (so proofs carry ``ath``), no nonce.
+
+A correctness gate runs first: every verifier must accept a valid proof and
+reject the 12 bad proofs of ``shared/bench/README.md``; timing does not start
+otherwise. Then it prints µs/op per op and the ratios of the issue's
+"Performance bar" with PASS/FAIL against "must" and "goal".
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import platform
+import secrets
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import cryptography
+import joserfc
+import jwt as pyjwt
+from _harness import Op, Ratio, fmt_us, ratio, run_round_robin
+from cryptography.hazmat.backends.openssl.backend import backend as _openssl_backend
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from joserfc import jwk as joserfc_jwk
+from joserfc import jwt as joserfc_jwt
+from joserfc.errors import SecurityWarning
+from joserfc.jws import JWSRegistry
+from joserfc.jwt import JWTClaimsRegistry
+
+from dpopkit.core import proof as dpop_proof
+from dpopkit.core.keys import DPoPKey
+from dpopkit.core.proof import create_proof, verify_proof
+from dpopkit.core.replay import record_proof
+from dpopkit.errors import DPoPError
+from dpopkit.storage.memory import MemoryReplayCache
+
+# --- scenario -------------------------------------------------------------------------------
+
+HTM = "POST"
+REQUEST_URL = "https://rs.example.com/api/v1/orders/12345?expand=items&page=2"
+ACCESS_TOKEN = "eyJ" + "A" * 829 + "x.y"  # 835 characters
+assert len(ACCESS_TOKEN) == 835
+MAX_AGE = 60
+FUTURE_SKEW = 5
+ALGS = ("ES256", "EdDSA", "RS256")
+LABEL = {"ES256": "ES256", "EdDSA": "Ed25519", "RS256": "RS256"}
+RSA_KEYS = 8  # distinct RSA keys cycled through by the RS256 cold ops
+
+# Issue 2, "Performance bar" (ES256): (must, goal); "le" ratios must be at most, "ge" at least.
+BAR = {
+    "cold": (1.30, 1.15),
+    "warm": (1.25, 1.10),
+    "create": (1.60, 1.30),
+    "peer": (2.0, 2.5),
+}
+
+# joserfc warns on every use of "EdDSA" (deprecated by RFC 9864); dpopkit still emits it.
+warnings.filterwarnings("ignore", category=SecurityWarning)
+
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_SHA256 = hashes.SHA256()
+_PKCS1 = padding.PKCS1v15()
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64d(value: str) -> bytes:
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+# --- raw JWS maker (for the floor inputs and the bad proofs of the gate) ------------------
+
+
+@dataclass
+class KeyMaterial:
+    """A key pair with everything the floor and the peers need, prepared once."""
+
+    alg: str
+    dpop: DPoPKey
+    private: Any  # cryptography private key
+    public: Any  # cryptography public key
+    jwk: dict[str, str]
+    jkt: str
+
+
+def new_key(alg: str) -> KeyMaterial:
+    private: Any
+    if alg == "ES256":
+        private = ec.generate_private_key(ec.SECP256R1())
+    elif alg == "EdDSA":
+        private = ed25519.Ed25519PrivateKey.generate()
+    else:
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = DPoPKey.from_private_key(private, alg=alg)
+    return KeyMaterial(alg, key, private, private.public_key(), key.public_jwk, key.jkt)
+
+
+def raw_sign(alg: str, private: Any, data: bytes) -> bytes:
+    """JWS signature bytes (raw R‖S for ECDSA)."""
+    if alg == "ES256":
+        r, s = decode_dss_signature(private.sign(data, _ECDSA_SHA256))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    if alg == "EdDSA":
+        return bytes(private.sign(data))
+    return bytes(private.sign(data, _PKCS1, _SHA256))
+
+
+def make_jws(
+    header: Mapping[str, Any], payload: Mapping[str, Any], sign: Callable[[bytes], bytes]
+) -> str:
+    h = _b64e(json.dumps(header, separators=(",", ":")).encode())
+    p = _b64e(json.dumps(payload, separators=(",", ":")).encode())
+    signing_input = f"{h}.{p}"
+    return f"{signing_input}.{_b64e(sign(signing_input.encode('ascii')))}"
+
+
+def claims_for(now: float, **overrides: Any) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "jti": secrets.token_urlsafe(16),
+        "htm": HTM,
+        "htu": "https://rs.example.com/api/v1/orders/12345",
+        "iat": int(now),
+        "ath": _b64e(hashlib.sha256(ACCESS_TOKEN.encode()).digest()),
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+# --- the shared stdlib helper: RFC 9449 checks a peer library lacks -------------------------
+
+
+class RejectedError(Exception):
+    """A peer-based verifier refused a proof."""
+
+
+_PRIVATE = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+_REQUIRED = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}
+_DEFAULT_PORT = {"http": 80, "https": 443}
+
+
+def _normalize_htu(uri: str) -> str:
+    """Scheme/host lower-case, default port dropped, empty path → '/', no query/fragment."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    netloc = host if port is None or port == _DEFAULT_PORT.get(scheme) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path or '/'}"
+
+
+def _check_header(header: Mapping[str, Any]) -> Any:
+    """typ and a public jwk (RFC 9449 §4.3 (4), (7)); returns the jwk."""
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower().removeprefix("application/") != "dpop+jwt":
+        raise RejectedError("typ")
+    jwk = header.get("jwk")
+    if not isinstance(jwk, dict) or not _PRIVATE.isdisjoint(jwk):
+        raise RejectedError("jwk missing or private")
+    return jwk
+
+
+def _thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 with json.dumps(sort_keys=True)."""
+    required = _REQUIRED.get(jwk.get("kty"), ())  # type: ignore[arg-type]
+    if not required:
+        raise RejectedError("kty")
+    canonical = json.dumps({k: jwk[k] for k in required}, sort_keys=True, separators=(",", ":"))
+    return _b64e(hashlib.sha256(canonical.encode()).digest())
+
+
+def _rfc9449_checks(
+    claims: Mapping[str, Any],
+    *,
+    htm: bool = True,
+    htu: bool = True,
+    iat: bool = True,
+    ath: bool = True,
+    access_token: str,
+    now: float,
+) -> None:
+    """The claim checks a library may lack (RFC 9449 §4.3 (8), (9), (11), (12))."""
+    for name in ("jti", "htm", "htu"):
+        if not isinstance(claims.get(name), str) or not claims[name]:
+            raise RejectedError(name)
+    if htm and claims["htm"] != HTM:
+        raise RejectedError("htm")
+    if htu:
+        received = claims["htu"]
+        expected = "https://rs.example.com/api/v1/orders/12345"
+        if received != expected and _normalize_htu(received) != _normalize_htu(REQUEST_URL):
+            raise RejectedError("htu")
+    if iat:
+        value = claims.get("iat")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RejectedError("iat type")
+        if value < now - MAX_AGE or value > now + FUTURE_SKEW:
+            raise RejectedError("iat window")
+    if ath:
+        expected_ath = _b64e(hashlib.sha256(access_token.encode()).digest())
+        received_ath = claims.get("ath")
+        if not isinstance(received_ath, str) or not hmac.compare_digest(
+            received_ath.encode(), expected_ath.encode()
+        ):
+            raise RejectedError("ath")
+
+
+def _record_jti(replay: dict[str, float], jkt: str, jti: str, now: float) -> None:
+    """jti replay dict (RFC 9449 §11.1), after every other check."""
+    key = f"{jkt}|{jti}"
+    if key in replay:
+        raise RejectedError("replay")
+    replay[key] = now + MAX_AGE + FUTURE_SKEW
+
+
+# --- verifiers (one call = everything a server does for one request) ------------------------
+
+Verifier = Callable[[str, str, float], object]  # (proof, expected_jkt, now)
+
+
+def dpopkit_verifier(cache: MemoryReplayCache, *, clear_key_cache: bool = False) -> Verifier:
+    key_cache = dpop_proof._key_cache
+
+    def verify(proof: str, jkt: str, now: float) -> object:
+        if clear_key_cache:
+            key_cache.clear()
+        checked = verify_proof(
+            proof, htm=HTM, htu=REQUEST_URL, access_token=ACCESS_TOKEN, expected_jkt=jkt, now=now
+        )
+        record_proof(cache, checked, now=now)
+        return checked
+
+    return verify
+
+
+def pyjwt_verifier(alg: str, replay: dict[str, float]) -> Verifier:
+    algorithms = [alg]
+    options: Any = {"require": ["jti", "htm", "htu", "iat"], "verify_exp": True}
+
+    def verify(proof: str, jkt: str, now: float) -> object:
+        header = pyjwt.get_unverified_header(proof)
+        jwk = _check_header(header)
+        if header.get("alg") not in algorithms:
+            raise RejectedError("alg")
+        key = pyjwt.PyJWK(jwk, algorithm=header["alg"])
+        claims = pyjwt.decode(
+            proof, key=key.key, algorithms=algorithms, options=options, leeway=FUTURE_SKEW
+        )
+        _rfc9449_checks(claims, access_token=ACCESS_TOKEN, now=now)
+        thumbprint = _thumbprint(jwk)
+        if not hmac.compare_digest(thumbprint.encode(), jkt.encode()):
+            raise RejectedError("jkt")
+        _record_jti(replay, thumbprint, claims["jti"], now)
+        return claims
+
+    return verify
+
+
+def joserfc_verifier(alg: str, replay: dict[str, float]) -> Verifier:
+    jws_registry = JWSRegistry(algorithms=[alg])
+    jws_registry.max_header_length = 4096  # the default 512 bytes refuses RSA proof headers
+    expected_ath = _b64e(hashlib.sha256(ACCESS_TOKEN.encode()).digest())
+
+    def resolve_key(obj: Any) -> Any:
+        return joserfc_jwk.import_key(_check_header(obj.headers()))
+
+    def verify(proof: str, jkt: str, now: float) -> object:
+        keys: list[Any] = []
+
+        def key_callback(obj: Any) -> Any:
+            key = resolve_key(obj)
+            keys.append(key)
+            return key
+
+        token = joserfc_jwt.decode(proof, key_callback, registry=jws_registry)
+        claims_registry = JWTClaimsRegistry(
+            now=int(now),
+            leeway=FUTURE_SKEW,
+            jti={"essential": True},
+            htm={"essential": True, "value": HTM},
+            htu={"essential": True},
+            iat={"essential": True},
+            ath={"essential": True, "value": expected_ath},
+        )
+        claims_registry.validate(token.claims)
+        _rfc9449_checks(token.claims, htm=False, ath=False, access_token=ACCESS_TOKEN, now=now)
+        thumbprint = keys[0].thumbprint()
+        if not hmac.compare_digest(thumbprint.encode(), jkt.encode()):
+            raise RejectedError("jkt")
+        _record_jti(replay, thumbprint, token.claims["jti"], now)
+        return token
+
+    return verify
+
+
+# --- creators (for information: peers' create) ---------------------------------------------
+
+
+def pyjwt_creator(km: KeyMaterial) -> Callable[[], str]:
+    headers = {"typ": "dpop+jwt", "jwk": km.jwk}
+
+    def create() -> str:
+        claims = claims_for(time.time())
+        return pyjwt.encode(claims, km.private, algorithm=km.alg, headers=headers)
+
+    return create
+
+
+def joserfc_creator(km: KeyMaterial) -> Callable[[], str]:
+    key = joserfc_jwk.import_key(km.dpop.private_jwk())  # type: ignore[arg-type]
+    header = {"typ": "dpop+jwt", "alg": km.alg, "jwk": km.jwk}
+
+    def create() -> str:
+        claims = claims_for(time.time())
+        return joserfc_jwt.encode(header, claims, key, algorithms=[km.alg])
+
+    return create
+
+
+# --- correctness gate -----------------------------------------------------------------------
+
+
+def _gate_cases(alg: str) -> Iterator[tuple[str, str, str, bool]]:
+    """(case, proof, expected jkt, must accept); "replay" repeats the valid proof."""
+    km, other = new_key(alg), new_key(alg)
+    now = time.time()
+    header = {"typ": "dpop+jwt", "alg": alg, "jwk": km.jwk}
+
+    def signed(hdr: Mapping[str, Any] = header, **claims: Any) -> str:
+        return make_jws(hdr, claims_for(now, **claims), lambda d: raw_sign(alg, km.private, d))
+
+    valid = create_proof(km.dpop, htm=HTM, htu=REQUEST_URL, access_token=ACCESS_TOKEN, now=now)
+    yield "valid", valid, km.jkt, True
+    yield "replay", valid, km.jkt, False
+    a, b = signed(), signed()
+    yield "bad signature", a.rsplit(".", 1)[0] + "." + b.rsplit(".", 1)[1], km.jkt, False
+    yield "wrong htm", signed(htm="GET"), km.jkt, False
+    yield "wrong htu", signed(htu="https://rs.example.com/api/v1/orders/99999"), km.jkt, False
+    yield "stale iat", signed(iat=int(now) - 10 * MAX_AGE), km.jkt, False
+    yield "future iat", signed(iat=int(now) + 10 * MAX_AGE), km.jkt, False
+    yield "wrong ath", signed(ath=_b64e(hashlib.sha256(b"another token").digest())), km.jkt, False
+    yield "typ=JWT", signed({**header, "typ": "JWT"}), km.jkt, False
+    foreign = create_proof(other.dpop, htm=HTM, htu=REQUEST_URL, access_token=ACCESS_TOKEN)
+    yield "foreign key", foreign, km.jkt, False
+    yield "private jwk", signed({**header, "jwk": km.dpop.private_jwk()}), km.jkt, False
+    hs_header = {"typ": "dpop+jwt", "alg": "HS256", "jwk": km.jwk}
+    secret = json.dumps(km.jwk).encode()
+    hs = make_jws(hs_header, claims_for(now), lambda d: hmac.new(secret, d, "sha256").digest())
+    yield "alg=HS256", hs, km.jkt, False
+    yield "missing jti", signed(jti=None), km.jkt, False
+
+
+def correctness_gate(verbose: bool) -> bool:
+    ok = True
+    for alg in ALGS:
+        cases = list(_gate_cases(alg))
+        verifiers: dict[str, Verifier] = {
+            "dpopkit": dpopkit_verifier(MemoryReplayCache()),
+            "pyjwt": pyjwt_verifier(alg, {}),
+            "joserfc": joserfc_verifier(alg, {}),
+        }
+        for name, verify in verifiers.items():
+            results = []
+            for case, proof, jkt, accept in cases:
+                try:
+                    verify(proof, jkt, time.time())
+                    accepted, why = True, ""
+                except (
+                    DPoPError,
+                    RejectedError,
+                    pyjwt.PyJWTError,
+                    joserfc.errors.JoseError,
+                ) as exc:
+                    accepted, why = False, getattr(exc, "reason", type(exc).__name__)
+                    why = str(getattr(why, "value", why))
+                good = accepted == accept
+                ok &= good
+                results.append((case, good, why))
+            bad = [c for c, good, _ in results if not good]
+            status = "ok" if not bad else "FAILED: " + ", ".join(bad)
+            print(f"  gate {LABEL[alg]:7} {name:8} {len(results)} cases ({status})")
+            if verbose:
+                print("    " + "; ".join(f"{c}: {w or 'accepted'}" for c, _, w in results))
+    return ok
+
+
+# --- ops ------------------------------------------------------------------------------------
+
+
+class Pools:
+    """Fresh keys and proofs, built untimed before each repetition."""
+
+    def __init__(self, alg: str) -> None:
+        self.alg = alg
+        self.warm_key = new_key(alg)
+        self.rsa_keys = [new_key(alg) for _ in range(RSA_KEYS)] if alg == "RS256" else []
+
+    def cold_keys(self, n: int) -> list[KeyMaterial]:
+        if self.rsa_keys:
+            return [self.rsa_keys[i % RSA_KEYS] for i in range(n)]
+        return [new_key(self.alg) for _ in range(n)]
+
+    def cold_proofs(self, n: int) -> list[tuple[str, str]]:
+        now = time.time()
+        return [
+            (
+                create_proof(km.dpop, htm=HTM, htu=REQUEST_URL, access_token=ACCESS_TOKEN, now=now),
+                km.jkt,
+            )
+            for km in self.cold_keys(n)
+        ]
+
+    def warm_proofs(self, n: int) -> list[tuple[str, str]]:
+        km, now = self.warm_key, time.time()
+        return [
+            (
+                create_proof(km.dpop, htm=HTM, htu=REQUEST_URL, access_token=ACCESS_TOKEN, now=now),
+                km.jkt,
+            )
+            for _ in range(n)
+        ]
+
+
+def _verify_loop(pool: list[tuple[str, str]], verify: Verifier) -> Callable[[], None]:
+    def run() -> None:
+        clock = time.time
+        for proof, jkt in pool:
+            verify(proof, jkt, clock())
+
+    return run
+
+
+def build_ops(alg: str) -> dict[str, Op]:
+    label = LABEL[alg]
+    pools = Pools(alg)
+    ops: dict[str, Op] = {}
+
+    def add(kind: str, prepare: Callable[[int], Callable[[], object]], max_n: int = 20_000) -> None:
+        ops[kind] = Op(f"{kind}", prepare, max_n=max_n)
+
+    # A real signing input: what create_proof signs.
+    sample = create_proof(pools.warm_key.dpop, htm=HTM, htu=REQUEST_URL, access_token=ACCESS_TOKEN)
+    signing_input = sample.rsplit(".", 1)[0].encode()
+    private, public = pools.warm_key.private, pools.warm_key.public
+
+    # floor: bare sign (DER for ECDSA).
+    if alg == "ES256":
+
+        def bare_sign() -> bytes:
+            return bytes(private.sign(signing_input, _ECDSA_SHA256))
+    elif alg == "EdDSA":
+
+        def bare_sign() -> bytes:
+            return bytes(private.sign(signing_input))
+    else:
+
+        def bare_sign() -> bytes:
+            return bytes(private.sign(signing_input, _PKCS1, _SHA256))
+
+    def prep_sign(n: int) -> Callable[[], None]:
+        sign = bare_sign
+
+        def run() -> None:
+            for _ in range(n):
+                sign()
+
+        return run
+
+    add("floor.sign", prep_sign)
+
+    # floor: bare verify with a ready key, distinct signatures by that key.
+    def prep_verify(n: int) -> Callable[[], None]:
+        pool = []
+        for _ in range(n):
+            data = signing_input + secrets.token_bytes(8)
+            pool.append((bare_sign_for(alg, private, data), data))
+        if alg == "ES256":
+
+            def run() -> None:
+                verify, algo = public.verify, _ECDSA_SHA256
+                for sig, data in pool:
+                    verify(sig, data, algo)
+        elif alg == "EdDSA":
+
+            def run() -> None:
+                verify = public.verify
+                for sig, data in pool:
+                    verify(sig, data)
+        else:
+
+            def run() -> None:
+                verify, pad, hash_alg = public.verify, _PKCS1, _SHA256
+                for sig, data in pool:
+                    verify(sig, data, pad, hash_alg)
+
+        return run
+
+    add("floor.verify", prep_verify)
+
+    # floor: key import from the JWK members + verify (ES256: raw R‖S → DER too).
+    def prep_import_verify(n: int) -> Callable[[], None]:
+        pool = []
+        for km in pools.cold_keys(n):
+            data = signing_input + secrets.token_bytes(8)
+            pool.append((km.jwk, raw_sign(alg, km.private, data), data))
+        if alg == "ES256":
+            curve = ec.SECP256R1()
+
+            def run() -> None:
+                algo, from_point = _ECDSA_SHA256, ec.EllipticCurvePublicKey.from_encoded_point
+                for jwk, sig, data in pool:
+                    key = from_point(curve, b"\x04" + _b64d(jwk["x"]) + _b64d(jwk["y"]))
+                    der = encode_dss_signature(
+                        int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+                    )
+                    key.verify(der, data, algo)
+        elif alg == "EdDSA":
+
+            def run() -> None:
+                load = ed25519.Ed25519PublicKey.from_public_bytes
+                for jwk, sig, data in pool:
+                    load(_b64d(jwk["x"])).verify(sig, data)
+        else:
+
+            def run() -> None:
+                pad, hash_alg = _PKCS1, _SHA256
+                for jwk, sig, data in pool:
+                    numbers = rsa.RSAPublicNumbers(
+                        int.from_bytes(_b64d(jwk["e"]), "big"),
+                        int.from_bytes(_b64d(jwk["n"]), "big"),
+                    )
+                    numbers.public_key().verify(sig, data, pad, hash_alg)
+
+        return run
+
+    add("floor.import+verify", prep_import_verify, max_n=5_000)
+
+    # dpopkit create.
+    def prep_create(n: int) -> Callable[[], None]:
+        key = pools.warm_key.dpop
+
+        def run() -> None:
+            for _ in range(n):
+                create_proof(key, htm=HTM, htu=REQUEST_URL, access_token=ACCESS_TOKEN)
+
+        return run
+
+    add("dpopkit.create", prep_create)
+
+    def prep_cold(n: int) -> Callable[[], None]:
+        dpop_proof._key_cache.clear()
+        verify = dpopkit_verifier(MemoryReplayCache(), clear_key_cache=alg == "RS256")
+        return _verify_loop(pools.cold_proofs(n), verify)
+
+    add("dpopkit.verify-cold", prep_cold, max_n=5_000)
+
+    def prep_warm(n: int) -> Callable[[], None]:
+        dpop_proof._key_cache.clear()
+        verify = dpopkit_verifier(MemoryReplayCache())
+        warm_up = pools.warm_proofs(1)[0]
+        verify(warm_up[0], warm_up[1], time.time())  # the key is now "seen before"
+        return _verify_loop(pools.warm_proofs(n), verify)
+
+    add("dpopkit.verify-warm", prep_warm)
+
+    def prep_pyjwt(n: int) -> Callable[[], None]:
+        return _verify_loop(pools.cold_proofs(n), pyjwt_verifier(alg, {}))
+
+    add("pyjwt.verify", prep_pyjwt, max_n=5_000)
+
+    def prep_joserfc(n: int) -> Callable[[], None]:
+        return _verify_loop(pools.cold_proofs(n), joserfc_verifier(alg, {}))
+
+    add("joserfc.verify", prep_joserfc, max_n=5_000)
+
+    for peer, creator in (("pyjwt", pyjwt_creator), ("joserfc", joserfc_creator)):
+
+        def prep_peer_create(
+            n: int, make: Callable[[KeyMaterial], Callable[[], str]] = creator
+        ) -> Callable[[], None]:
+            create = make(pools.warm_key)
+
+            def run() -> None:
+                for _ in range(n):
+                    create()
+
+            return run
+
+        add(f"{peer}.create", prep_peer_create)
+
+    for op in ops.values():
+        op.name = f"{label}:{op.name}"
+    return ops
+
+
+def bare_sign_for(alg: str, private: Any, data: bytes) -> bytes:
+    if alg == "ES256":
+        return bytes(private.sign(data, _ECDSA_SHA256))
+    if alg == "EdDSA":
+        return bytes(private.sign(data))
+    return bytes(private.sign(data, _PKCS1, _SHA256))
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def _verdict(r: Ratio, must: float, goal: float, *, at_least: bool) -> str:
+    def ok(limit: float) -> bool:
+        return r.value >= limit if at_least else r.value <= limit
+
+    sign = "≥" if at_least else "≤"
+    return (
+        f"must {sign}{must:.2f}: {'PASS' if ok(must) else 'FAIL'}   "
+        f"goal {sign}{goal:.2f}: {'PASS' if ok(goal) else 'FAIL'}"
+    )
+
+
+def environment() -> str:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"CPU: {cpu} ({os.cpu_count()} logical CPUs), load {os.getloadavg()[0]:.2f}\n"
+        f"Python {platform.python_version()} ({platform.python_implementation()}), "
+        f"{platform.system()} {platform.release()}\n"
+        f"cryptography {cryptography.__version__} ({_openssl_backend.openssl_version_text()}), "
+        f"PyJWT {pyjwt.__version__}, joserfc {joserfc.__version__}"
+    )
+
+
+def report(all_ops: dict[str, dict[str, Op]], reps: int) -> bool:
+    print()
+    print(f"{'op':34} {'µs/op':>9} {'ns/op':>10} {'ops/s':>9} {'spread':>7}  (median of {reps})")
+    for ops in all_ops.values():
+        for op in ops.values():
+            med = op.median_ns
+            print(
+                f"{op.name:34} {fmt_us(med):>9} {med:>10.0f} {1e9 / med:>9.0f} "
+                f"{op.spread * 100:>6.1f}%"
+            )
+    print()
+    print("Ratios (median/median in this run; [min-max] of the per-repetition ratios):")
+    bar_ok = True
+    for alg, ops in all_ops.items():
+        label = LABEL[alg]
+        tag = "" if alg == "ES256" else "  (info: the bar is set for ES256)"
+        print(f"  {label}{tag}")
+        rows: list[tuple[str, Ratio, str, bool]] = [
+            (
+                "verify-cold ÷ floor import+verify",
+                ratio(ops["dpopkit.verify-cold"], ops["floor.import+verify"]),
+                "cold",
+                False,
+            ),
+            (
+                "verify-warm ÷ floor verify",
+                ratio(ops["dpopkit.verify-warm"], ops["floor.verify"]),
+                "warm",
+                False,
+            ),
+            (
+                "create ÷ floor sign",
+                ratio(ops["dpopkit.create"], ops["floor.sign"]),
+                "create",
+                False,
+            ),
+        ]
+        for peer in ("pyjwt", "joserfc"):
+            rows.append(
+                (
+                    f"{peer} verify ÷ dpopkit verify-cold",
+                    ratio(ops[f"{peer}.verify"], ops["dpopkit.verify-cold"]),
+                    "peer",
+                    True,
+                )
+            )
+            rows.append(
+                (
+                    f"{peer} verify ÷ dpopkit verify-warm",
+                    ratio(ops[f"{peer}.verify"], ops["dpopkit.verify-warm"]),
+                    "peer",
+                    True,
+                )
+            )
+        for text, r, kind, at_least in rows:
+            must, goal = BAR[kind]
+            verdict = _verdict(r, must, goal, at_least=at_least)
+            print(f"    {text:38} {r.value:5.2f}× [{r.low:.2f}-{r.high:.2f}]   {verdict}")
+            if alg == "ES256":
+                bar_ok &= (r.value >= must) if at_least else (r.value <= must)
+        extra = [
+            ("verify-cold ÷ floor verify", ratio(ops["dpopkit.verify-cold"], ops["floor.verify"])),
+            (
+                "import+verify ÷ floor verify",
+                ratio(ops["floor.import+verify"], ops["floor.verify"]),
+            ),
+            ("pyjwt create ÷ floor sign", ratio(ops["pyjwt.create"], ops["floor.sign"])),
+            ("joserfc create ÷ floor sign", ratio(ops["joserfc.create"], ops["floor.sign"])),
+        ]
+        for text, r in extra:
+            print(f"    {text:38} {r.value:5.2f}× [{r.low:.2f}-{r.high:.2f}]   (info)")
+        overhead = ops["dpopkit.verify-cold"].median_ns - ops["floor.import+verify"].median_ns
+        warm_over = ops["dpopkit.verify-warm"].median_ns - ops["floor.verify"].median_ns
+        create_over = ops["dpopkit.create"].median_ns - ops["floor.sign"].median_ns
+        print(
+            f"    Python overhead above the floor: cold {fmt_us(overhead)} µs, "
+            f"warm {fmt_us(warm_over)} µs, create {fmt_us(create_over)} µs"
+        )
+    print()
+    print(f"ES256 performance bar (all 'must' rows): {'PASS' if bar_ok else 'FAIL'}")
+    return bar_ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions (~30 s)")
+    parser.add_argument("--reps", type=int, help="repetitions (default 7, quick 3)")
+    parser.add_argument("--target-ms", type=float, help="ms per op per repetition")
+    parser.add_argument("--verbose", action="store_true", help="show each gate case's reason")
+    args = parser.parse_args(argv)
+    reps = args.reps or (3 if args.quick else 7)
+    target_ms = args.target_ms or (25.0 if args.quick else 80.0)
+    if reps < 1 or target_ms <= 0:
+        parser.error("--reps and --target-ms must be positive")
+
+    started = time.perf_counter()
+    print("dpopkit core benchmark (not a test)")
+    print(environment())
+    print(
+        f"scenario: {HTM} {REQUEST_URL}, access token {len(ACCESS_TOKEN)} chars (ath), no nonce; "
+        f"{reps} repetitions round-robin, ~{target_ms:.0f} ms per op each, GC off while timing"
+    )
+    print("correctness gate:")
+    if not correctness_gate(args.verbose):
+        print("correctness gate FAILED: not timing anything")
+        return 1
+    all_ops = {alg: build_ops(alg) for alg in ALGS}
+    flat = [op for ops in all_ops.values() for op in ops.values()]
+
+    def progress(message: str) -> None:
+        print(f"  {message} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    run_round_robin(flat, reps=reps, target_ms=target_ms, progress=progress)
+    passed = report(all_ops, reps)
+    print(f"total time {time.perf_counter() - started:.0f} s")
+    return 0 if passed else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
