@@ -1,0 +1,202 @@
+"""Client commands: ``token`` (client credentials) and ``request`` (one DPoP request).
+
+``dpopkit token`` discovers the authorization server (RFC 8414, then OIDC),
+gets a DPoP-bound token with the client-credentials grant (nonce round trip
+included) and prints the token response as JSON. ``dpopkit request`` sends one
+request with a proof and ``Authorization: DPoP <token>``, retrying once on
+``use_dpop_nonce``, and prints the status, the headers and the body; with
+``--verbose`` it first prints the claims of every proof it sent.
+
+Secrets can come from environment variables (``--client-secret-env``,
+``--token-env``, ``--password-env``) so that they stay out of shell history.
+Exit codes: 0 success, 1 the server refused (or a DPoP error), 2 usage or
+configuration errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from dpopkit.cli import CommandError, missing_extra
+from dpopkit.core.jws import b64url_decode
+from dpopkit.core.keys import DPoPKey
+from dpopkit.errors import DPoPError
+from dpopkit.keyfile import load_key
+
+__all__ = ["register"]
+
+
+def _secret(value: str | None, env: str | None, what: str) -> str | None:
+    if env is not None:
+        found = os.environ.get(env)
+        if not found:
+            raise CommandError(f"environment variable {env} (the {what}) is not set or empty")
+        return found
+    return value
+
+
+def _key(path: str, password_env: str | None) -> DPoPKey:
+    password = _secret(None, password_env, "key password")
+    try:
+        return load_key(path, password=password)
+    except OSError as exc:
+        raise CommandError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CommandError(f"cannot load key file {path}: {exc}") from None
+
+
+def _dpop_failure(exc: DPoPError) -> CommandError:
+    return CommandError(f"{exc.error} ({exc.reason.value}): {exc.description}", 1)
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from dpopkit.client.tokens import TokenClient
+
+    key = _key(args.key, args.password_env)
+    secret = _secret(args.client_secret, args.client_secret_env, "client secret")
+    try:
+        client = TokenClient.from_issuer(
+            args.issuer,
+            key=key,
+            client_id=args.client_id,
+            client_secret=secret,
+            allow_insecure_http=args.allow_insecure_http,
+        )
+        tokens = client.client_credentials(scope=args.scope, resource=args.resource)
+    except DPoPError as exc:
+        raise _dpop_failure(exc) from None
+    except OSError as exc:
+        raise CommandError(f"cannot reach {args.issuer}: {exc}", 1) from None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    print(json.dumps(dict(tokens.raw), indent=2))
+    return 0
+
+
+def _parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or name != name.strip():
+        raise CommandError(f"-H {text!r}: expected 'Name: value'")
+    if name.strip().lower() in ("dpop", "authorization"):
+        raise CommandError(f"-H {name}: this header is set by dpopkit")
+    return name.strip(), value.strip()
+
+
+def _claims(proof: str) -> dict[str, Any]:
+    payload: dict[str, Any] = json.loads(b64url_decode(proof.split(".")[1]))
+    return payload
+
+
+def _cmd_request(args: argparse.Namespace) -> int:
+    try:
+        import httpx
+
+        from dpopkit.client.httpx import DPoPAuth, dpop_error
+    except ImportError as exc:
+        raise missing_extra("httpx", exc) from None
+    if len(args.target) == 1:
+        method, url = ("POST" if args.data is not None else "GET"), args.target[0]
+    elif len(args.target) == 2:
+        method, url = args.target
+    else:
+        raise CommandError("expected [METHOD] URL")
+    key = _key(args.key, args.password_env)
+    token = _secret(args.token, args.token_env, "access token")
+    headers = [_parse_header(h) for h in args.header]
+    body: bytes | None = None
+    if args.data is not None:
+        if args.data.startswith("@"):
+            try:
+                with open(args.data[1:], "rb") as fh:
+                    body = fh.read()
+            except OSError as exc:
+                raise CommandError(f"cannot read {args.data[1:]}: {exc.strerror}") from None
+        else:
+            body = args.data.encode()
+        if not any(name.lower() == "content-type" for name, _ in headers):
+            headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+    try:
+        auth = DPoPAuth(key, token=token, allow_insecure_http=args.allow_insecure_http)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    sent: list[str] = []
+
+    def record(request: httpx.Request) -> None:
+        sent.append(request.headers["DPoP"])
+
+    try:
+        with httpx.Client(
+            auth=auth, timeout=args.timeout, event_hooks={"request": [record]}
+        ) as client:
+            response = client.request(method, url, headers=headers, content=body)
+    except DPoPError as exc:
+        raise _dpop_failure(exc) from None
+    except httpx.HTTPError as exc:
+        raise CommandError(f"request failed: {exc}", 1) from None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if args.verbose:
+        for number, proof in enumerate(sent, 1):
+            print(f"* proof {number}: {json.dumps(_claims(proof), sort_keys=True)}")
+    print(f"HTTP {response.status_code} {response.reason_phrase}")
+    for name, value in response.headers.multi_items():
+        print(f"{name}: {value}")
+    print()
+    sys.stdout.write(response.text)
+    if response.text and not response.text.endswith("\n"):
+        print()
+    sys.stdout.flush()
+    reason = dpop_error(response)
+    if reason is not None:
+        raise _dpop_failure(reason)
+    if response.status_code >= 400:
+        raise CommandError(f"the server answered {response.status_code}", 1)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``token`` and ``request``."""
+    p = subparsers.add_parser(
+        "token",
+        help="get a DPoP-bound token (client credentials)",
+        description="Discover the AS, get a DPoP-bound token with the client-credentials "
+        "grant and print the token response as JSON.",
+    )
+    p.set_defaults(func=_cmd_token)
+    p.add_argument("--issuer", required=True, metavar="URL", help="the AS issuer identifier")
+    p.add_argument("--client-id", required=True, metavar="ID")
+    p.add_argument("--client-secret", metavar="S", help="(client_secret_basic)")
+    p.add_argument("--client-secret-env", metavar="VAR", help="read the secret from VAR")
+    p.add_argument("--key", required=True, metavar="KEYFILE", help="the DPoP private key")
+    p.add_argument("--password-env", metavar="VAR", help="password of an encrypted PEM key")
+    p.add_argument("--scope", metavar="S")
+    p.add_argument("--resource", metavar="R", help="RFC 8707 resource indicator")
+    p.add_argument(
+        "--allow-insecure-http", action="store_true", help="allow http:// (loopback tests only)"
+    )
+
+    r = subparsers.add_parser(
+        "request",
+        help="send one request with DPoP (nonce retry included)",
+        description="Send one request with a DPoP proof and Authorization: DPoP <token>; "
+        "print the status, headers and body.",
+    )
+    r.set_defaults(func=_cmd_request)
+    r.add_argument("target", nargs="+", metavar="[METHOD] URL")
+    r.add_argument("--key", required=True, metavar="KEYFILE", help="the DPoP private key")
+    r.add_argument("--password-env", metavar="VAR", help="password of an encrypted PEM key")
+    r.add_argument("--token", metavar="TOKEN", help="the DPoP-bound access token")
+    r.add_argument("--token-env", metavar="VAR", help="read the access token from VAR")
+    r.add_argument("-d", "--data", metavar="DATA", help="request body (@FILE reads a file)")
+    r.add_argument(
+        "-H", "--header", action="append", default=[], metavar="'Name: value'", help="add a header"
+    )
+    r.add_argument("--verbose", "-v", action="store_true", help="print the proofs' claims")
+    r.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    r.add_argument(
+        "--allow-insecure-http", action="store_true", help="allow http:// (loopback tests only)"
+    )
