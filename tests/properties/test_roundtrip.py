@@ -1,0 +1,112 @@
+"""Round trip: every proof we create verifies and reports what was put in (STYLE.md B.7).
+
+Checklist P-1..P-13 from the producer side, V-1..V-12 accepting them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dpopkit import (
+    NonceIssuer,
+    ProofPolicy,
+    access_token_hash,
+    create_proof,
+    normalize_htu,
+    verify_proof,
+)
+
+from .strategies import ALL_ALGS, json_values, key_for, methods, nonces, tokens, urls
+
+T0 = 1_700_000_000
+RESERVED = {"jti", "htm", "htu", "iat", "ath", "nonce"}
+extra_claims = st.dictionaries(
+    st.text(min_size=1, max_size=10).filter(lambda s: s not in RESERVED and s.isprintable()),
+    json_values.filter(lambda v: v == v),  # NaN is not JSON; finite values only
+    max_size=3,
+)
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value == value and abs(value) != float("inf")
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        repr(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    alg=st.sampled_from(ALL_ALGS),
+    htm=methods,
+    url=urls,
+    access_token=st.none() | tokens,
+    nonce=st.none() | nonces,
+    delta=st.integers(-5, 60),
+    claims=extra_claims.filter(_finite).filter(_encodable),
+)
+def test_roundtrip_every_algorithm(
+    alg: str,
+    htm: str,
+    url: str,
+    access_token: str | None,
+    nonce: str | None,
+    delta: int,
+    claims: dict[str, Any],
+) -> None:
+    key = key_for(alg)
+    proof = create_proof(
+        key, htm=htm, htu=url, access_token=access_token, nonce=nonce, claims=claims, now=T0
+    )
+    # The server sees the same URL (query included) and verifies `delta` seconds later.
+    checked = verify_proof(proof, htm=htm, htu=url, access_token=access_token, now=T0 + delta)
+    assert checked.jkt == key.jkt
+    assert checked.alg == alg
+    assert checked.htm == htm
+    assert checked.htu == normalize_htu(url)
+    assert "?" not in checked.htu
+    assert checked.iat == T0
+    assert checked.nonce == nonce
+    assert checked.ath == (access_token_hash(access_token) if access_token else None)
+    assert len(checked.jti) >= 22  # 128 bits, base64url
+    for name, value in claims.items():
+        assert checked.claims[name] == value
+    assert checked.replay_expires_at >= T0 + delta
+
+
+@settings(max_examples=25, deadline=None)
+@given(alg=st.sampled_from(ALL_ALGS), htm=methods, url=urls, step_offset=st.integers(-1, 2))
+def test_roundtrip_with_server_nonce(alg: str, htm: str, url: str, step_offset: int) -> None:
+    issuer = NonceIssuer([b"k" * 32], context="rs")
+    nonce = issuer.issue(now=T0)
+    key = key_for(alg)
+    proof = create_proof(key, htm=htm, htu=url, nonce=nonce, now=T0)
+    policy = ProofPolicy(require_nonce=True)
+    when = T0 + step_offset * issuer.step
+    checked = verify_proof(proof, htm=htm, htu=url, policy=policy, nonce_check=issuer, now=when)
+    assert checked.nonce == nonce
+    assert checked.nonce_info is not None
+    assert checked.nonce_info.current is (step_offset <= 0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(alg=st.sampled_from(ALL_ALGS), url=urls)
+def test_two_proofs_never_share_a_jti_or_replay_key(alg: str, url: str) -> None:
+    key = key_for(alg)
+    first = verify_proof(create_proof(key, htm="GET", htu=url, now=T0), htm="GET", htu=url, now=T0)
+    second = verify_proof(create_proof(key, htm="GET", htu=url, now=T0), htm="GET", htu=url, now=T0)
+    assert first.jti != second.jti
+    assert first.replay_key != second.replay_key
