@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe must surface here, not at interpreter exit
     except CommandError as exc:
         print(f"dpopkit {args.command}: error: {exc}", file=sys.stderr)
         return exc.code
