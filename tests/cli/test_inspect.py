@@ -239,7 +239,7 @@ def test_v14_invalid_proof_reports_every_failure_and_agrees_with_verify_proof(
 def test_v6_valid_proof_every_check_passes(alg: str, capsys: pytest.CaptureFixture[str]) -> None:
     key = DPoPKey.generate(alg)
     proof = forge(key, payload={"ath": access_token_hash(TOKEN)})
-    result = inspect(capsys, proof, "--access-token", TOKEN, "--jkt", key.jkt)
+    result = inspect(capsys, proof, "--access-token", TOKEN, f"--jkt={key.jkt}")
     assert result.code == 0, result.out
     data = result.json()
     assert data["valid"] is True
@@ -474,3 +474,13 @@ def test_missing_proof_argument_exits_2(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as exc:
         run(capsys, "inspect")
     assert exc.value.code == 2
+
+
+def test_values_starting_with_dash_use_the_equals_form(
+    key: DPoPKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A jkt, token or nonce may start with "-" (base64url): ``--jkt=-...`` must work."""
+    proof = forge(key, payload={"ath": access_token_hash("-token")})
+    result = inspect(capsys, proof, "--jkt=-not-the-key", "--access-token=-token")
+    assert result.code == 1
+    assert failing(result.json()) == {"jkt_mismatch"}
