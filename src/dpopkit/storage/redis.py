@@ -29,6 +29,7 @@ The redis package is imported only by this module (``pip install dpopkit[redis]`
 from __future__ import annotations
 
 import math
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -116,6 +117,7 @@ class RedisReplayCache:
         self.prefix = prefix
         self.max_clock_skew = max_clock_skew
         self._checked = not check_server
+        self._check_lock = threading.Lock()
 
     @classmethod
     def from_url(
@@ -170,7 +172,9 @@ class RedisReplayCache:
             ReplayStoreError: Redis failed or timed out; the caller refuses the request.
         """
         if not self._checked:
-            self.check_server()
+            with self._check_lock:  # one check (and one warning) for concurrent first calls
+                if not self._checked:
+                    self.check_server()
         try:
             stored = self.client.set(self.prefix + key, b"1", nx=True, pxat=_expiry_ms(expires_at))
         except _REDIS_ERRORS as exc:
