@@ -185,6 +185,7 @@ class PostgresReplayCache:
             if self._schedule.due(now):
                 self._purge_locked(now)  # a store that cannot purge cannot answer either
             try:
+                # RFC 9449 §11.1: one atomic statement decides (attacks "Atomicity")
                 row = (
                     self._connection()
                     .execute(self._sql.upsert, (key, float(expires_at), float(now)))
@@ -284,6 +285,7 @@ class AsyncPostgresReplayCache:
             if self._schedule.due(now):
                 await self._purge_locked(now)
             try:
+                # RFC 9449 §11.1: one atomic statement decides (attacks "Atomicity")
                 conn = await self._connection()
                 cur = await conn.execute(self._sql.upsert, (key, float(expires_at), float(now)))
                 row = await cur.fetchone()

@@ -176,6 +176,7 @@ class RedisReplayCache:
                 if not self._checked:
                     self.check_server()
         try:
+            # RFC 9449 §11.1: SET NX decides atomically; PXAT is an absolute expiry
             stored = self.client.set(self.prefix + key, b"1", nx=True, pxat=_expiry_ms(expires_at))
         except _REDIS_ERRORS as exc:
             raise _store_error(exc) from exc
@@ -249,6 +250,7 @@ class AsyncRedisReplayCache:
         if not self._checked:
             await self.check_server()
         try:
+            # RFC 9449 §11.1: SET NX decides atomically; PXAT is an absolute expiry
             stored = await self.client.set(
                 self.prefix + key, b"1", nx=True, pxat=_expiry_ms(expires_at)
             )

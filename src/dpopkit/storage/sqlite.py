@@ -183,6 +183,7 @@ class SQLiteReplayCache:
             self.purge(now=now)  # a store that cannot purge cannot answer either
 
         def op(conn: sqlite3.Connection) -> bool:
+            # RFC 9449 §11.1: one atomic statement decides (attacks "Atomicity")
             cur = conn.execute(self._upsert, (key, float(expires_at), float(now)))
             return cur.rowcount == 1
 
