@@ -49,8 +49,10 @@ import pytest
 import redis
 from psycopg import sql
 
-from dpopkit.core.replay import AsyncReplayCache, ReplayCache
-from dpopkit.errors import Reason, ReplayStoreError, SecurityWarning
+from dpopkit import DPoPKey
+from dpopkit.core.proof import create_proof, verify_proof
+from dpopkit.core.replay import AsyncReplayCache, ReplayCache, arecord_proof, record_proof
+from dpopkit.errors import InvalidProofError, Reason, ReplayStoreError, SecurityWarning
 from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
 from dpopkit.storage.postgres import AsyncPostgresReplayCache, PostgresReplayCache
 from dpopkit.storage.redis import (
@@ -776,3 +778,31 @@ def test_sec80_redis_outage_then_recovery(throwaway_redis: Callable[[str], str])
             proc.wait(timeout=10)
     finally:
         cache.close()
+
+
+# -- through the core's record_proof --------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_rfc9449_11_1_verified_proof_replayed_through_every_backend(
+    store: Store, es256_key: DPoPKey
+) -> None:
+    """RFC 9449 §11.1: a verified proof recorded twice is REPLAYED_JTI on every backend."""
+    t = store.t0()
+    htu = "https://api.example/resource"
+    proof = create_proof(es256_key, htm="GET", htu=htu, now=t)
+    verified = verify_proof(proof, htm="GET", htu=htu, now=t)
+    assert verified.replay_expires_at > t
+    cache = store.cache
+    if store.case.is_async:
+        assert isinstance(cache, AsyncReplayCache)
+        await arecord_proof(cache, verified, now=t)
+        with pytest.raises(InvalidProofError) as info:
+            await arecord_proof(cache, verified, now=t + 1)
+    else:
+        assert isinstance(cache, ReplayCache)
+        record_proof(cache, verified, now=t)
+        with pytest.raises(InvalidProofError) as info:
+            record_proof(cache, verified, now=t + 1)
+    assert info.value.reason is Reason.REPLAYED_JTI
+    assert info.value.error == "invalid_dpop_proof"
