@@ -276,3 +276,22 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class KeyServer:
+    """Discovery + JWKS served over HTTP on 127.0.0.1, with rotation."""
+
+    def __init__(self) -> None:
+        self.routes = Routes()
+        self.keys = [Issuer(kid="k1")]
+        self.base = ""
+        self.routes.get["/jwks"] = lambda: (200, {"keys": [i.jwk() for i in self.keys]})
+
+    def publish_metadata(self, base: str) -> None:
+        self.base = base
+        document = {"issuer": base, "jwks_uri": f"{base}/jwks", "token_endpoint": f"{base}/t"}
+        self.routes.get["/.well-known/oauth-authorization-server"] = lambda: (200, document)
+
+    def issuer(self, kid: str = "k1") -> Issuer:
+        found = next(i for i in self.keys if i.kid == kid)
+        return Issuer(issuer=self.base, kid=kid, key=found.key, alg=found.alg)

@@ -17,6 +17,7 @@ from _rs_support import (
     ISSUER,
     NOW,
     Issuer,
+    KeyServer,
     Routes,
     dpop_headers,
     free_port,
@@ -219,25 +220,6 @@ def test_callable_tokens(issuer: Issuer) -> None:
 
 
 # --- JWKS over HTTP: discovery, rotation, rate limit, outage --------------------------------
-
-
-class KeyServer:
-    """Discovery + JWKS served over HTTP on 127.0.0.1, with rotation."""
-
-    def __init__(self) -> None:
-        self.routes = Routes()
-        self.keys = [Issuer(kid="k1")]
-        self.base = ""
-        self.routes.get["/jwks"] = lambda: (200, {"keys": [i.jwk() for i in self.keys]})
-
-    def publish_metadata(self, base: str) -> None:
-        self.base = base
-        document = {"issuer": base, "jwks_uri": f"{base}/jwks", "token_endpoint": f"{base}/t"}
-        self.routes.get["/.well-known/oauth-authorization-server"] = lambda: (200, document)
-
-    def issuer(self, kid: str = "k1") -> Issuer:
-        found = next(i for i in self.keys if i.kid == kid)
-        return Issuer(issuer=self.base, kid=kid, key=found.key)
 
 
 @pytest.fixture

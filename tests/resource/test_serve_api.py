@@ -1,0 +1,320 @@
+"""``dpopkit serve-api`` under uvicorn on 127.0.0.1, Redis sharing across processes, outages.
+
+Real processes and a real Redis (``redis_url`` fixture: skipped loudly locally
+without one, failing under CI=true). Times are the wall clock: Redis expires
+replay keys on its own clock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from _rs_support import (
+    AUDIENCE,
+    Calls,
+    Issuer,
+    KeyServer,
+    asgi_app,
+    free_port,
+    http_server,
+    wsgi_app,
+)
+
+from dpopkit import DPoPKey, create_proof
+from dpopkit.resource.asgi import DPoPMiddleware
+from dpopkit.resource.demo import create_whoami_app
+from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
+from dpopkit.resource.tokens import JWTAccessTokens
+from dpopkit.resource.wsgi import DPoPWSGIMiddleware
+
+PUBLIC = "https://api.example"
+
+
+@pytest.fixture
+def key_server() -> Iterator[KeyServer]:
+    server = KeyServer()
+    with http_server(server.routes) as base:
+        server.publish_metadata(base)
+        yield server
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, limit: float = 20) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited: {proc.stderr.read() if proc.stderr else b''!r}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@contextmanager
+def serve_api(*args: str) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpopkit", "serve-api", "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        wait_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def headers_for(
+    key: DPoPKey, token: str, url: str, method: str = "GET", **kw: Any
+) -> dict[str, str]:
+    proof = create_proof(
+        key,
+        htm=method,
+        htu=url,
+        access_token=token,
+        now=time.time(),
+        allow_insecure_http=True,
+        **kw,
+    )
+    return {"Authorization": f"DPoP {token}", "DPoP": proof}
+
+
+def test_serve_api_whoami_end_to_end(key_server: KeyServer) -> None:
+    """dpopkit serve-api: discovery at start, GET/POST whoami, replay refused, 401 challenge."""
+    key = DPoPKey.generate("ES256")
+    issuer = key_server.issuer()
+    with serve_api(
+        "--issuer",
+        key_server.base,
+        "--public-origin",
+        PUBLIC,
+        "--audience",
+        PUBLIC,
+        "--allow-insecure-http",
+    ) as base:
+        token = issuer.token(jkt=key.jkt, now=time.time(), aud=PUBLIC, scope="read")
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert client.get("/api/whoami").status_code == 401
+            headers = headers_for(key, token, f"{PUBLIC}/api/whoami")
+            ok = client.get("/api/whoami", headers=headers)
+            assert ok.status_code == 200
+            assert ok.json() == {
+                "sub": "alice",
+                "client_id": "client-1",
+                "scope": "read",
+                "jkt": key.jkt,
+            }
+            assert client.get("/api/whoami", headers=headers).status_code == 401  # replay
+            post = client.post(
+                "/api/whoami", headers=headers_for(key, token, f"{PUBLIC}/api/whoami", "POST")
+            )
+            assert post.status_code == 200
+            meta = client.get("/.well-known/oauth-protected-resource").json()
+            assert meta["authorization_servers"] == [key_server.base]
+            assert (
+                'dpopkit_rs_rejected_total{reason="replayed_jti"} 1' in client.get("/metrics").text
+            )
+
+
+def test_serve_api_bad_configuration_exits_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dpopkit", "serve-api", "--issuer", "http://as.example"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert b"Traceback" not in result.stderr
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_two_rs_processes_share_redis_replay(
+    key_server: KeyServer, redis_url: str, unique_prefix: str
+) -> None:
+    """SEC-75: a proof accepted by one RS process is refused by the other; 50 parallel
+    copies of one request across both -> exactly one 200."""
+    key = DPoPKey.generate("ES256")
+    token = key_server.issuer().token(jkt=key.jkt, now=time.time(), aud=PUBLIC)
+    common = (
+        "--issuer",
+        key_server.base,
+        "--public-origin",
+        PUBLIC,
+        "--allow-insecure-http",
+        "--replay",
+        redis_url,
+        "--replay-prefix",
+        f"{unique_prefix}:",
+    )
+    with serve_api(*common) as a, serve_api(*common) as b:
+        url = f"{PUBLIC}/api/whoami"
+        headers = headers_for(key, token, url)
+        with httpx.Client(timeout=10) as client:
+            assert client.get(f"{a}/api/whoami", headers=headers).status_code == 200
+            assert client.get(f"{b}/api/whoami", headers=headers).status_code == 401
+        copies = headers_for(key, token, url)
+        statuses: list[int] = []
+
+        async def main() -> None:
+            async with httpx.AsyncClient(timeout=20) as client:
+
+                async def one(base: str) -> None:
+                    response = await client.get(f"{base}/api/whoami", headers=copies)
+                    statuses.append(response.status_code)
+
+                async with anyio.create_task_group() as tg:
+                    for index in range(50):
+                        tg.start_soon(one, a if index % 2 else b)
+
+        anyio.run(main)
+        assert sorted(statuses) == [200] + [401] * 49
+    import redis
+
+    store = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(store.scan_iter(f"{unique_prefix}:*"))
+        assert len(keys) == 2
+        store.delete(*keys)
+    finally:
+        store.close()
+
+
+# --- replay store outage: fail closed, bounded, recover without restart ------------------
+
+
+@contextmanager
+def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("!!! SKIPPED: redis-server binary not found; outage tests need one !!!")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _outage_setup(issuer: Issuer) -> tuple[JWTAccessTokens, DPoPKey, str, int]:
+    port = free_port()
+    tokens = JWTAccessTokens(issuer=issuer.issuer, audience=AUDIENCE, jwks=issuer.jwks())
+    key = DPoPKey.generate("ES256")
+    return tokens, key, issuer.token(jkt=key.jkt, now=time.time()), port
+
+
+@pytest.mark.redis
+def test_sec80_redis_down_is_503_within_timeout_then_recovers_asgi(issuer: Issuer) -> None:
+    """SEC-80: Redis unreachable (closed port) -> 503 within the time-out, the handler never
+    runs; service resumes without a restart when Redis is back (ASGI, asyncio)."""
+    from dpopkit.storage.redis import AsyncRedisReplayCache
+
+    tokens, key, token, port = _outage_setup(issuer)
+    calls = Calls()
+    replay = AsyncRedisReplayCache.from_url(f"redis://127.0.0.1:{port}/0", check_server=False)
+    guard = AsyncResourceGuard(tokens=tokens, replay=replay)
+    app = DPoPMiddleware(asgi_app(calls), guard=guard, public_origin=PUBLIC)
+    timings: list[tuple[int, float]] = []
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC) as client:
+
+            async def call() -> None:
+                started = time.monotonic()
+                headers = headers_for(key, token, f"{PUBLIC}/hello")
+                status = (await client.get("/hello", headers=headers)).status_code
+                timings.append((status, time.monotonic() - started))
+
+            await call()
+            with redis_server(port):
+                await call()
+            await call()
+            with redis_server(port):
+                await call()
+        await replay.aclose()
+
+    anyio.run(main)
+    assert [status for status, _ in timings] == [503, 200, 503, 200]
+    assert all(elapsed < 2.0 for _, elapsed in timings)
+    assert calls.count == 2
+    assert guard.metrics.snapshot()["rejected"] == {"store_unavailable": 2}
+
+
+@pytest.mark.redis
+def test_sec80_redis_down_is_503_within_timeout_then_recovers_wsgi(issuer: Issuer) -> None:
+    """SEC-80 through the WSGI adapter and the synchronous Redis cache."""
+    from dpopkit.storage.redis import RedisReplayCache
+
+    tokens, key, token, port = _outage_setup(issuer)
+    calls = Calls()
+    replay = RedisReplayCache.from_url(f"redis://127.0.0.1:{port}/0", check_server=False)
+    guard = ResourceGuard(tokens=tokens, replay=replay)
+    app = DPoPWSGIMiddleware(wsgi_app(calls), guard=guard, public_origin=PUBLIC)
+    statuses: list[int] = []
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url=PUBLIC) as client:
+
+        def call() -> None:
+            started = time.monotonic()
+            headers = headers_for(key, token, f"{PUBLIC}/hello")
+            statuses.append(client.get("/hello", headers=headers).status_code)
+            assert time.monotonic() - started < 2.0
+
+        call()
+        with redis_server(port):
+            call()
+        call()
+        with redis_server(port):
+            call()
+    replay.close()
+    assert statuses == [503, 200, 503, 200]
+    assert calls.count == 2
+
+
+def test_whoami_app_in_process_with_given_validator(issuer: Issuer) -> None:
+    """create_whoami_app with the AS's own validator (how `dpopkit serve` mounts it)."""
+    tokens = JWTAccessTokens(issuer=issuer.issuer, audience=PUBLIC, jwks=issuer.jwks())
+    app = create_whoami_app(
+        issuer=issuer.issuer, public_origin=PUBLIC, tokens=tokens, require_nonce=True
+    )
+    key = DPoPKey.generate("EdDSA")
+    token = issuer.token(jkt=key.jkt, now=time.time(), aud=PUBLIC)
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC) as client:
+            url = f"{PUBLIC}/api/whoami"
+            first = await client.get("/api/whoami", headers=headers_for(key, token, url))
+            nonce = first.headers["dpop-nonce"]
+            second = await client.get(
+                "/api/whoami", headers=headers_for(key, token, url, nonce=nonce)
+            )
+            return [first.status_code, second.status_code]
+
+    assert anyio.run(main, backend="trio") == [401, 200]
