@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from dpopkit import DPoPError, DPoPKey, NonceIssuer, access_token_hash, verify_proof
+from dpopkit.cli.offline import CHECKS, inspect_proof
 from dpopkit.core.jws import b64url_encode
 from dpopkit.errors import Reason
 
-from .helpers import HTU, NOW, TOKEN, Run, forge, run
+from .helpers import HTU, NOW, TOKEN, Run, assert_one_line_error, forge, run
 
 CHECK_IDS = [
     "single",
@@ -222,7 +223,7 @@ def test_v14_invalid_proof_reports_every_failure_and_agrees_with_verify_proof(
     data = result.json()
     assert data["valid"] is False
     assert failing(data) == case.reasons
-    assert [c["id"] for c in data["checks"]] == CHECK_IDS
+    assert [c["id"] for c in data["checks"]] == CHECK_IDS == list(CHECKS)
     # The verdict agrees with the core, whose (first) reason is among those reported.
     jkt = case.args[1] if case.args[:1] == ("--jkt",) else None
     with pytest.raises(DPoPError) as exc:
@@ -393,8 +394,6 @@ def test_v11_stale_iat_and_bad_nonce_both_reported(
 
 def test_v14_any_tampered_character_agrees_with_verify_proof(key: DPoPKey) -> None:
     """Flip characters all over a proof: the inspector and verify_proof always agree."""
-    from dpopkit.cli.offline import inspect_proof
-
     proof = forge(key, payload={"ath": access_token_hash(TOKEN)})
     for index in range(0, len(proof), 3):
         if proof[index] == ".":
@@ -457,16 +456,12 @@ def test_usage_errors_exit_2(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from .helpers import assert_one_line_error
-
     monkeypatch.delenv("DPOPKIT_TEST_UNSET_VARIABLE", raising=False)
     monkeypatch.setenv("DPOPKIT_TEST_SHORT_SECRET", "short")
     assert_one_line_error(run(capsys, "inspect", forge(key), *argv), "inspect")
 
 
 def test_empty_proof_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    from .helpers import assert_one_line_error
-
     assert_one_line_error(run(capsys, "inspect", "  "), "inspect")
 
 

@@ -54,7 +54,7 @@ from dpopkit.core.thumbprint import access_token_hash, jwk_thumbprint
 from dpopkit.errors import DPoPError, Reason
 from dpopkit.keyfile import load_key, load_public_jwk, save_key
 
-__all__ = ["Check", "Inspection", "inspect_proof", "register"]
+__all__ = ["CHECKS", "Check", "Inspection", "inspect_proof", "register"]
 
 Status = Literal["pass", "fail", "skipped"]
 
@@ -67,7 +67,17 @@ _MAX_INPUT = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """The outcome of one check of RFC 9449 §4.3."""
+    """The outcome of one check of RFC 9449 §4.3.
+
+    Attributes:
+        id: a stable short name (``htu``, ``signature``...).
+        step: the RFC 9449 §4.3 step, e.g. ``(9)``.
+        name: what the check ensures.
+        status: ``pass``, ``fail`` or ``skipped`` (its input was not given, or a
+            part it needs could not be decoded).
+        reason: the :class:`~dpopkit.Reason` value when it failed, else None.
+        explanation: what was found and, on failure, how to fix it.
+    """
 
     id: str
     step: str
@@ -131,38 +141,154 @@ class Inspection:
         }
 
 
-class _Recorder:
-    def __init__(self) -> None:
-        self.checks: list[Check] = []
+#: id -> (RFC 9449 §4.3 step, what the check ensures), in the order they run and print.
+CHECKS: dict[str, tuple[str, str]] = {
+    "single": ("(1)", "one DPoP header value (token68)"),
+    "jws": ("(2)", "well-formed JWT (compact JWS, base64url, JSON objects)"),
+    "crit": ("(2)", "no crit extension that is not understood (RFC 7515 §4.1.11)"),
+    "claims": ("(3)", "required claims jti, htm, htu, iat present and typed"),
+    "typ": ("(4)", "typ is dpop+jwt"),
+    "alg": ("(5)", "alg is an allowed asymmetric algorithm"),
+    "jwk": ("(5)", "jwk is a valid key that fits alg"),
+    "signature": ("(6)", "signature verifies with the jwk"),
+    "public_jwk": ("(7)", "jwk is a public key (no private members)"),
+    "htm": ("(8)", "htm matches the request method"),
+    "htu": ("(9)", "htu matches the request URL"),
+    "nonce": ("(10)", "nonce is a valid server nonce"),
+    "iat": ("(11)", "iat is recent"),
+    "ath": ("(12)", "ath matches the access token"),
+    "jkt": ("(12)", "proof key matches the bound jkt"),
+}
 
-    def add(
-        self,
-        id_: str,
-        step: str,
-        name: str,
-        status: Status,
-        explanation: str,
-        reason: Reason | None = None,
-    ) -> None:
-        code = reason.value if reason is not None and status == "fail" else None
-        self.checks.append(Check(id_, step, name, status, code, explanation))
+_NO_HEADER = "not checked: the header could not be decoded"
+_NO_PAYLOAD = "not checked: the payload could not be decoded"
 
-    def ok(self, id_: str, step: str, name: str, explanation: str) -> None:
-        self.add(id_, step, name, "pass", explanation)
 
-    def fail(self, id_: str, step: str, name: str, reason: Reason, explanation: str) -> None:
-        self.add(id_, step, name, "fail", explanation, reason)
+def _check(check_id: str, status: Status, explanation: str, reason: Reason | None = None) -> Check:
+    step, name = CHECKS[check_id]
+    code = reason.value if reason is not None and status == "fail" else None
+    return Check(check_id, step, name, status, code, explanation)
 
-    def skip(self, id_: str, step: str, name: str, explanation: str) -> None:
-        self.add(id_, step, name, "skipped", explanation)
+
+def _ok(check_id: str, explanation: str) -> Check:
+    return _check(check_id, "pass", explanation)
+
+
+def _fail(check_id: str, reason: Reason, explanation: str) -> Check:
+    return _check(check_id, "fail", explanation, reason)
+
+
+def _skip(check_id: str, explanation: str) -> Check:
+    return _check(check_id, "skipped", explanation)
+
+
+@dataclass(slots=True)
+class _Subject:
+    """The proof, the request facts given, and what earlier checks learned."""
+
+    proof: str
+    htm: str | None
+    htu: str | None  # normalised
+    access_token: str | None
+    expected_jkt: str | None
+    nonce_issuer: NonceIssuer | None
+    now: float
+    policy: ProofPolicy
+    result: Inspection
+    parts: CompactJWS | None = None
+    signature: bytes | None = None
+    spec: AlgSpec | None = None
+    key: PublicKey | None = None
+    iat: float | None = None
+    usable_claims: set[str] = field(default_factory=set)
+    nonce_info: NonceInfo | None = None
+
+    @property
+    def header(self) -> dict[str, Any] | None:
+        return self.result.header
+
+    @property
+    def payload(self) -> dict[str, Any] | None:
+        return self.result.payload
 
 
 def _iso(ts: float) -> str:
     try:
         when = datetime.fromtimestamp(ts, UTC)
-        return when.isoformat(timespec="seconds").replace("+00:00", "Z")
     except (OverflowError, OSError, ValueError):
         return "out of range"
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+_SINGLE_HELP = {
+    Reason.MULTIPLE_PROOFS: "a comma in the value means two DPoP fields were joined; send one",
+    Reason.MALFORMED: "the value has characters a token68 cannot hold (spaces, quotes...)",
+    Reason.MISSING_PROOF: "the value is empty",
+}
+
+
+def _check_single(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (1): one DPoP field whose value is a token68.
+    try:
+        extract_proof(Headers([(DPOP_HEADER, s.proof)]))
+    except DPoPError as exc:
+        return _fail("single", exc.reason, _SINGLE_HELP.get(exc.reason, "not a token68"))
+    return _ok("single", "one value with token68 syntax")
+
+
+def _check_jws(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (2): a well-formed compact JWS, sizes checked before decoding.
+    pol = s.policy
+    problems: list[tuple[Reason, str]] = []
+    try:
+        s.parts = split_compact(s.proof, max_length=pol.max_proof_length)
+    except JWSError as exc:
+        if exc.reason is Reason.TOO_LARGE:
+            return _fail(
+                "jws", exc.reason, f"the proof is longer than {pol.max_proof_length} chars"
+            )
+        return _fail("jws", exc.reason, "a compact JWS has three non-empty parts joined by '.'")
+    if len(s.parts.header_b64) > pol.max_header_length:
+        problems.append(
+            (Reason.TOO_LARGE, f"the header is longer than {pol.max_header_length} chars")
+        )
+    for label, segment in (("header", s.parts.header_b64), ("payload", s.parts.payload_b64)):
+        try:
+            obj = json_loads_object(b64url_decode(segment))
+        except JWSError:
+            problems.append(
+                (
+                    Reason.MALFORMED,
+                    f"the {label} is not unpadded base64url of a JSON object "
+                    "(no duplicate names, no NaN)",
+                )
+            )
+            continue
+        if label == "header":
+            s.result.header = obj
+        else:
+            s.result.payload = obj
+    try:
+        s.signature = b64url_decode(s.parts.signature_b64)
+    except JWSError:
+        problems.append((Reason.MALFORMED, "the signature is not unpadded base64url"))
+    if problems:
+        return _fail("jws", problems[0][0], "; ".join(text for _, text in problems))
+    return _ok("jws", "three base64url parts; header and payload are JSON objects")
+
+
+def _check_crit(s: _Subject) -> Check:
+    # RFC 7515 §4.1.11: crit may list only extensions the recipient understands (none here).
+    if s.header is None:
+        return _skip("crit", _NO_HEADER)
+    try:
+        check_crit(s.header)
+    except JWSError as exc:
+        crit = json.dumps(s.header.get("crit"))
+        return _fail(
+            "crit", exc.reason, f"crit is {crit}; DPoP proofs use no JWS extension: remove crit"
+        )
+    return _ok("crit", "no crit header")
 
 
 def _claim_problem(payload: dict[str, Any], name: str) -> tuple[Reason, str] | None:
@@ -178,6 +304,7 @@ def _iat_value(payload: dict[str, Any]) -> tuple[float | None, tuple[Reason, str
     iat = payload.get("iat")
     if iat is None:
         return None, (Reason.MISSING_CLAIM, "iat is missing")
+    # bool is an int in Python; NaN/Infinity were refused by the JSON parser.
     if isinstance(iat, bool) or not isinstance(iat, int | float) or not math.isfinite(iat):
         return None, (Reason.BAD_CLAIM, f"iat must be a number (seconds), got {json.dumps(iat)}")
     try:
@@ -186,20 +313,303 @@ def _iat_value(payload: dict[str, Any]) -> tuple[float | None, tuple[Reason, str
         return None, (Reason.BAD_CLAIM, "iat is out of range")
 
 
+def _check_claims(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (3): the claims of §4.2 present and typed.
+    payload = s.payload
+    if payload is None:
+        return _skip("claims", _NO_PAYLOAD)
+    found: list[tuple[Reason, str]] = []
+    for claim in ("jti", "htm", "htu"):
+        problem = _claim_problem(payload, claim)
+        if problem is not None:
+            found.append(problem)
+            continue
+        s.usable_claims.add(claim)
+        if claim == "jti" and len(payload["jti"]) > s.policy.max_jti_length:
+            found.append((Reason.BAD_CLAIM, f"jti is longer than {s.policy.max_jti_length} chars"))
+    s.iat, iat_problem = _iat_value(payload)
+    if iat_problem is not None:
+        found.append(iat_problem)
+    nonce = payload.get("nonce")
+    if nonce is not None and (not isinstance(nonce, str) or not nonce):
+        found.append((Reason.BAD_CLAIM, "nonce, when present, must be a non-empty string"))
+    if found:
+        texts = "; ".join(text for _, text in found)
+        return _fail("claims", found[0][0], f"{texts} (RFC 9449 §4.2)")
+    return _ok("claims", "jti, htm, htu and iat are present and well typed")
+
+
+def _check_typ(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (4): typ; "application/" prefix allowed, case-insensitive (RFC 7515 §4.1.9).
+    if s.header is None:
+        return _skip("typ", _NO_HEADER)
+    typ = s.header.get("typ")
+    if isinstance(typ, str) and typ.lower().removeprefix("application/") == PROOF_TYP:
+        return _ok("typ", f"typ is {typ!r}")
+    got = "missing" if typ is None else json.dumps(typ)
+    return _fail("typ", Reason.BAD_TYP, f'typ is {got}; a DPoP proof has typ "dpop+jwt"')
+
+
+def _check_alg(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (5): an asymmetric alg allowed by policy (never none or HS*).
+    if s.header is None:
+        return _skip("alg", _NO_HEADER)
+    alg = s.header.get("alg")
+    try:
+        s.spec = algorithm_spec(alg, s.policy.algorithms)
+    except JWSError as exc:
+        allowed = ", ".join(a for a in ALGORITHMS if a in s.policy.algorithms)
+        return _fail("alg", exc.reason, f"alg is {json.dumps(alg)}; allowed: {allowed}")
+    return _ok("alg", f"alg is {s.spec.name}")
+
+
+def _check_jwk(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (5), (6): the jwk header is a valid public key that fits alg.
+    if s.header is None:
+        return _skip("jwk", _NO_HEADER)
+    jwk = s.header.get("jwk")
+    if not isinstance(jwk, dict):
+        got = "missing" if jwk is None else "not a JSON object"
+        return _fail("jwk", Reason.BAD_JWK, f"the jwk header is {got}; put the public key there")
+    if s.spec is None:
+        return _skip("jwk", "not checked: alg is not usable")
+    # Private members are the business of check (7); judge the rest of the key here.
+    public_part = {k: v for k, v in jwk.items() if k not in PRIVATE_JWK_MEMBERS}
+    try:
+        s.key = public_key_from_jwk(
+            public_part,
+            s.spec,
+            min_rsa_bits=s.policy.min_rsa_bits,
+            max_rsa_bits=s.policy.max_rsa_bits,
+        )
+        s.result.jkt = jwk_thumbprint(jwk)
+    except JWSError as exc:
+        s.key = None
+        return _fail("jwk", exc.reason, f"{exc.description} (alg {s.spec.name})")
+    except ValueError as exc:
+        s.key = None
+        return _fail("jwk", Reason.BAD_JWK, f"no RFC 7638 thumbprint: {exc}")
+    return _ok("jwk", f"a valid {jwk['kty']} key for {s.spec.name}")
+
+
+def _check_signature(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (6): the signature verifies with the key in jwk (and no other).
+    if s.spec is None or s.key is None or s.parts is None or s.signature is None:
+        return _skip("signature", "not checked: no usable alg, key or signature")
+    if s.spec.verify(s.key, s.signature, s.parts.signing_input):
+        return _ok("signature", f"valid {s.spec.name} signature")
+    return _fail(
+        "signature",
+        Reason.BAD_SIGNATURE,
+        "the signature does not verify with the key in the jwk header: the proof was changed "
+        "after signing or signed by another key (ECDSA signatures are raw R||S, not DER)",
+    )
+
+
+def _check_public_jwk(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (7): the jwk holds no private key.
+    jwk = s.header.get("jwk") if s.header is not None else None
+    if not isinstance(jwk, dict):
+        return _skip("public_jwk", "not checked: no jwk object")
+    private = sorted(PRIVATE_JWK_MEMBERS.intersection(jwk))
+    if private:
+        return _fail(
+            "public_jwk",
+            Reason.PRIVATE_JWK,
+            f"the jwk contains private members {', '.join(private)}: the private key leaked "
+            "into the proof; send only the public key (and replace this key)",
+        )
+    return _ok("public_jwk", "no private key members")
+
+
+def _check_htm(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (8): htm, case-sensitive (RFC 9110 §9.1).
+    if s.payload is None:
+        return _skip("htm", _NO_PAYLOAD)
+    if "htm" not in s.usable_claims:
+        return _skip("htm", "not checked: no usable htm claim (see claims)")
+    claim = s.payload["htm"]
+    if s.htm is None:
+        return _skip("htm", f"htm is {claim!r}; pass --method to compare")
+    if claim == s.htm:
+        return _ok("htm", f"htm is {claim!r}")
+    return _fail(
+        "htm",
+        Reason.HTM_MISMATCH,
+        f"the proof says htm={claim!r} but the request method is {s.htm!r} (case-sensitive); "
+        f"create the proof with --method {s.htm}",
+    )
+
+
 def _htu_difference(expected: str, received: str) -> str:
     def parts(url: str) -> tuple[str, str, str]:
         scheme, _, rest = url.partition("://")
         slash = rest.find("/")
         return scheme, rest[:slash], rest[slash:]
 
-    exp, rec = parts(expected), parts(received)
     labels = ("scheme", "host and port", "path")
     diffs = [
         f"{label}: proof {r!r}, request {e!r}"
-        for label, e, r in zip(labels, exp, rec, strict=True)
+        for label, e, r in zip(labels, parts(expected), parts(received), strict=True)
         if e != r
     ]
     return "; ".join(diffs) if diffs else "they differ"
+
+
+def _check_htu(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (9): htu, both sides normalised (RFC 3986 §6.2.2-6.2.3).
+    if s.payload is None:
+        return _skip("htu", _NO_PAYLOAD)
+    if "htu" not in s.usable_claims:
+        return _skip("htu", "not checked: no usable htu claim (see claims)")
+    claim = s.payload["htu"]
+    try:
+        received = normalize_htu(claim)
+    except ValueError as exc:
+        return _fail(
+            "htu",
+            Reason.HTU_MISMATCH,
+            f"htu {claim!r} is not a valid http(s) URL ({exc}); it can never match",
+        )
+    if s.htu is None:
+        return _skip("htu", f"htu is {received} (normalised); pass --url to compare")
+    if received == s.htu:
+        return _ok("htu", f"both normalise to {received}")
+    return _fail(
+        "htu",
+        Reason.HTU_MISMATCH,
+        f"the proof is for {received} but the request URL is {s.htu} (both normalised; query "
+        f"and fragment ignored): {_htu_difference(s.htu, received)}; "
+        f"create the proof with --url {s.htu}",
+    )
+
+
+def _check_nonce(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (10): the server nonce.
+    if s.payload is None:
+        return _skip("nonce", _NO_PAYLOAD)
+    nonce = s.payload.get("nonce")
+    if s.nonce_issuer is None:
+        found = f"nonce is {nonce!r}; " if nonce is not None else "no nonce claim; "
+        return _skip("nonce", found + "pass --nonce-secret-env to check it")
+    if nonce is None:
+        return _fail(
+            "nonce",
+            Reason.NONCE_REQUIRED,
+            "the proof has no nonce; the server answers use_dpop_nonce with a DPoP-Nonce "
+            "header: create the proof again with --nonce <that value>",
+        )
+    if not isinstance(nonce, str) or not nonce:
+        return _skip("nonce", "not checked: nonce is not a string (see claims)")
+    try:
+        s.nonce_info = s.nonce_issuer.verify(nonce, now=s.now)
+    except DPoPError as exc:
+        return _fail(
+            "nonce",
+            exc.reason,
+            "the nonce was not issued with this secret and context, or it expired; "
+            "use the latest DPoP-Nonce the server sent",
+        )
+    info = s.nonce_info
+    state = "current" if info.current else "still accepted but not current"
+    return _ok(
+        "nonce", f"issued {_iso(info.issued_at)}, accepted until {_iso(info.expires_at)} ({state})"
+    )
+
+
+def _check_iat(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (11), §11.1: iat within the window, or freshness from a valid nonce.
+    if s.payload is None:
+        return _skip("iat", _NO_PAYLOAD)
+    iat, now, pol = s.iat, s.now, s.policy
+    if iat is None:
+        return _skip("iat", "not checked: no usable iat claim (see claims)")
+    window = (
+        f"accepted from {pol.max_age:g} s before now to {pol.future_skew:g} s after; "
+        f"iat {_iso(iat)}, now {_iso(now)}"
+    )
+    too_old = iat < now - pol.max_age
+    too_new = iat > now + pol.future_skew
+    if not (too_old or too_new):
+        return _ok("iat", window)
+    if s.nonce_info is not None and pol.nonce_carries_freshness:
+        return _ok("iat", f"outside the window ({window}), but the valid nonce vouches for it")
+    if too_old:
+        return _fail(
+            "iat",
+            Reason.IAT_TOO_OLD,
+            f"the proof was created {now - iat:.0f} s ago ({window}); "
+            "create a fresh proof for each request",
+        )
+    return _fail(
+        "iat",
+        Reason.IAT_IN_FUTURE,
+        f"iat lies {iat - now:.0f} s in the future ({window}); fix the client's clock",
+    )
+
+
+def _check_ath(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (12): ath binds the proof to the access token sent with it.
+    if s.payload is None:
+        return _skip("ath", _NO_PAYLOAD)
+    ath = s.payload.get("ath")
+    if s.access_token is None:
+        if ath is not None and not isinstance(ath, str):
+            return _fail("ath", Reason.BAD_CLAIM, "ath, when present, must be a string")
+        return _skip("ath", "pass --access-token to check ath")
+    expected = access_token_hash(s.access_token)
+    if ath is None:
+        return _fail(
+            "ath",
+            Reason.MISSING_CLAIM,
+            f"the proof has no ath; with this access token it needs ath={expected}: "
+            "create the proof with --access-token",
+        )
+    if isinstance(ath, str) and ath.isascii() and hmac.compare_digest(ath, expected):
+        return _ok("ath", "ath is the SHA-256 of the access token")
+    return _fail(
+        "ath",
+        Reason.ATH_MISMATCH,
+        f"ath is {json.dumps(ath)} but the token's hash is {expected}: the proof was made for "
+        "another token (hash the token exactly as sent, without the 'DPoP ' prefix)",
+    )
+
+
+def _check_jkt(s: _Subject) -> Check:
+    # RFC 9449 §4.3 (12), §6.1: the key the access token is bound to (cnf.jkt).
+    jkt = s.result.jkt
+    if s.expected_jkt is None:
+        return _skip("jkt", "pass --jkt (the token's cnf.jkt) to check the key binding")
+    if jkt is None:
+        return _skip("jkt", "not checked: the jwk has no usable thumbprint")
+    if hmac.compare_digest(jkt.encode(), s.expected_jkt.encode("utf-8", "replace")):
+        return _ok("jkt", f"jkt is {jkt}")
+    return _fail(
+        "jkt",
+        Reason.JKT_MISMATCH,
+        f"the proof key's thumbprint is {jkt} but the token is bound to {s.expected_jkt}: "
+        "sign with the key the token was issued for",
+    )
+
+
+# In CHECKS order, which also satisfies their dependencies (jwk before signature, nonce before iat).
+_RUNNERS: tuple[Callable[[_Subject], Check], ...] = (
+    _check_single,
+    _check_jws,
+    _check_crit,
+    _check_claims,
+    _check_typ,
+    _check_alg,
+    _check_jwk,
+    _check_signature,
+    _check_public_jwk,
+    _check_htm,
+    _check_htu,
+    _check_nonce,
+    _check_iat,
+    _check_ath,
+    _check_jkt,
+)
 
 
 def inspect_proof(
@@ -215,488 +625,69 @@ def inspect_proof(
 ) -> Inspection:
     """Run every check of RFC 9449 §4.3 on ``proof`` and report each one.
 
-    A check whose input was not given (``htm`` for (8), ``htu`` for (9), the
-    access token for ``ath``, ``expected_jkt``, a nonce issuer for (10)) is
-    ``skipped``; checks that need a part that could not be decoded are skipped
-    too. The verdict is cross-checked with :func:`verify_proof` under the same
-    policy (``require_nonce`` when a nonce issuer is given).
+    Unlike :func:`verify_proof`, which stops at the first failure, every check
+    runs. A check whose input was not given (``htm`` for (8), ``htu`` for (9),
+    the access token for ``ath``, ``expected_jkt``, a nonce issuer for (10)) is
+    ``skipped``, and so is a check that needs a part that could not be decoded.
+    The verdict is cross-checked with :func:`verify_proof` under the same
+    policy; :attr:`Inspection.valid` needs both to accept.
 
     Args:
         proof: the compact proof (the ``DPoP`` header value).
         htm: the request method.
-        htu: the request URL (must be a valid http(s) URL).
+        htu: the request URL.
         access_token: the access token sent with the request.
         expected_jkt: the thumbprint the token is bound to (``cnf.jkt``).
-        nonce_issuer: the server's nonce issuer, to check the ``nonce`` claim.
+        nonce_issuer: the server's nonce issuer; nonces are then required.
         now: the current time (seconds since the epoch).
-        policy: the policy; :class:`ProofPolicy` defaults otherwise.
+        policy: what is accepted; by default :class:`ProofPolicy` defaults, with
+            ``require_nonce`` when ``nonce_issuer`` is given.
 
     Returns:
-        An :class:`Inspection` listing every check.
+        An :class:`Inspection` listing every check in the order of :data:`CHECKS`.
 
     Raises:
         ValueError: ``htu`` is not a valid http(s) URL.
     """
     pol = policy if policy is not None else ProofPolicy(require_nonce=nonce_issuer is not None)
-    expected_htu = normalize_htu(htu) if htu is not None else None
-    rec = _Recorder()
-    result = Inspection()
-
-    # RFC 9449 §4.3 (1): one DPoP field whose value is a token68.
-    name = "one DPoP header value (token68)"
-    try:
-        extract_proof(Headers([(DPOP_HEADER, proof)]))
-        rec.ok("single", "(1)", name, "one value with token68 syntax")
-    except DPoPError as exc:
-        rec.fail("single", "(1)", name, exc.reason, _SINGLE_HELP.get(exc.reason, "bad value"))
-
-    # RFC 9449 §4.3 (2): a well-formed compact JWS, sizes checked before decoding.
-    name = "well-formed JWT (compact JWS, base64url, JSON objects)"
-    parts: CompactJWS | None = None
-    signature: bytes | None = None
-    problems: list[tuple[Reason, str]] = []
-    try:
-        parts = split_compact(proof, max_length=pol.max_proof_length)
-    except JWSError as exc:
-        if exc.reason is Reason.TOO_LARGE:
-            problems.append((exc.reason, f"the proof is longer than {pol.max_proof_length} chars"))
-        else:
-            problems.append((exc.reason, "a compact JWS has three non-empty parts joined by '.'"))
-    if parts is not None:
-        if len(parts.header_b64) > pol.max_header_length:
-            problems.append(
-                (Reason.TOO_LARGE, f"the header is longer than {pol.max_header_length} chars")
-            )
-        for label, segment in (("header", parts.header_b64), ("payload", parts.payload_b64)):
-            try:
-                obj = json_loads_object(b64url_decode(segment))
-            except JWSError:
-                problems.append(
-                    (
-                        Reason.MALFORMED,
-                        f"the {label} is not unpadded base64url of a JSON object "
-                        "(no duplicate names, no NaN)",
-                    )
-                )
-                continue
-            if label == "header":
-                result.header = obj
-            else:
-                result.payload = obj
-        try:
-            signature = b64url_decode(parts.signature_b64)
-        except JWSError:
-            problems.append((Reason.MALFORMED, "the signature is not unpadded base64url"))
-    if problems:
-        rec.fail("jws", "(2)", name, problems[0][0], "; ".join(text for _, text in problems))
-    else:
-        rec.ok("jws", "(2)", name, "three base64url parts; header and payload are JSON objects")
-
-    header, payload = result.header, result.payload
-    no_header = "not checked: the header could not be decoded"
-    no_payload = "not checked: the payload could not be decoded"
-
-    # RFC 9449 §4.3 (3): required claims present and typed (RFC 9449 §4.2).
-    name = "required claims jti, htm, htu, iat"
-    iat: float | None = None
-    claim_ok: dict[str, bool] = {}
-    if payload is None:
-        rec.skip("claims", "(3)", name, no_payload)
-    else:
-        found: list[tuple[Reason, str]] = []
-        for claim in ("jti", "htm", "htu"):
-            problem = _claim_problem(payload, claim)
-            claim_ok[claim] = problem is None
-            if problem is not None:
-                found.append(problem)
-            elif claim == "jti" and len(payload["jti"]) > pol.max_jti_length:
-                found.append((Reason.BAD_CLAIM, f"jti is longer than {pol.max_jti_length} chars"))
-        iat, iat_problem = _iat_value(payload)
-        if iat_problem is not None:
-            found.append(iat_problem)
-        nonce_value = payload.get("nonce")
-        if nonce_value is not None and (not isinstance(nonce_value, str) or not nonce_value):
-            found.append((Reason.BAD_CLAIM, "nonce, when present, must be a non-empty string"))
-        if found:
-            texts = "; ".join(text for _, text in found)
-            rec.fail("claims", "(3)", name, found[0][0], f"{texts} (RFC 9449 §4.2)")
-        else:
-            rec.ok("claims", "(3)", name, "jti, htm, htu and iat are present and well typed")
-
-    # RFC 9449 §4.3 (4): typ.
-    name = "typ is dpop+jwt"
-    if header is None:
-        rec.skip("typ", "(4)", name, no_header)
-    else:
-        typ = header.get("typ")
-        if isinstance(typ, str) and typ.lower().removeprefix("application/") == PROOF_TYP:
-            rec.ok("typ", "(4)", name, f"typ is {typ!r}")
-        else:
-            got = "missing" if typ is None else json.dumps(typ)
-            rec.fail(
-                "typ",
-                "(4)",
-                name,
-                Reason.BAD_TYP,
-                f'typ is {got}; a DPoP proof must have typ "dpop+jwt" in its header',
-            )
-
-    # RFC 7515 §4.1.11: crit lists only understood extensions (none for DPoP).
-    name = "no crit extensions that are not understood"
-    if header is None:
-        rec.skip("crit", "(2)", name, no_header)
-    else:
-        try:
-            check_crit(header)
-            rec.ok("crit", "(2)", name, "no crit header" if "crit" not in header else "ok")
-        except JWSError as exc:
-            rec.fail(
-                "crit",
-                "(2)",
-                name,
-                exc.reason,
-                f"crit is {json.dumps(header.get('crit'))}; dpopkit understands no JWS "
-                "extension, remove crit",
-            )
-
-    # RFC 9449 §4.3 (5): an asymmetric alg allowed by policy.
-    name = "alg is an allowed asymmetric algorithm"
-    spec: AlgSpec | None = None
-    if header is None:
-        rec.skip("alg", "(5)", name, no_header)
-    else:
-        alg = header.get("alg")
-        try:
-            spec = algorithm_spec(alg, pol.algorithms)
-            rec.ok("alg", "(5)", name, f"alg is {spec.name}")
-        except JWSError as exc:
-            allowed = ", ".join(a for a in ALGORITHMS if a in pol.algorithms)
-            rec.fail(
-                "alg",
-                "(5)",
-                name,
-                exc.reason,
-                f"alg is {json.dumps(alg)}; allowed: {allowed} (never none or HS*)",
-            )
-
-    # RFC 9449 §4.3 (5), (6): the jwk header is a valid public key that fits alg.
-    name = "jwk is a valid key that fits alg"
-    jwk = header.get("jwk") if header is not None else None
-    key: PublicKey | None = None
-    if header is None:
-        rec.skip("jwk", "(5)", name, no_header)
-    elif not isinstance(jwk, dict):
-        got = "missing" if jwk is None else "not a JSON object"
-        rec.fail(
-            "jwk",
-            "(5)",
-            name,
-            Reason.BAD_JWK,
-            f"the jwk header is {got}; the proof must carry its public key as a JWK",
-        )
-    elif spec is None:
-        rec.skip("jwk", "(5)", name, "not checked: alg is not usable")
-    else:
-        public_part = {k: v for k, v in jwk.items() if k not in PRIVATE_JWK_MEMBERS}
-        try:
-            key = public_key_from_jwk(
-                public_part, spec, min_rsa_bits=pol.min_rsa_bits, max_rsa_bits=pol.max_rsa_bits
-            )
-            result.jkt = jwk_thumbprint(jwk)
-            rec.ok("jwk", "(5)", name, f"a valid {jwk['kty']} key for {spec.name}")
-        except JWSError as exc:
-            key = None
-            rec.fail("jwk", "(5)", name, exc.reason, f"{exc.description} ({spec.name} key)")
-        except ValueError as exc:
-            key = None
-            rec.fail("jwk", "(5)", name, Reason.BAD_JWK, f"no RFC 7638 thumbprint: {exc}")
-
-    # RFC 9449 §4.3 (7): the jwk holds no private key.
-    name = "jwk is a public key (no private members)"
-    if not isinstance(jwk, dict):
-        rec.skip("public_jwk", "(7)", name, "not checked: no jwk object")
-    else:
-        private = sorted(PRIVATE_JWK_MEMBERS.intersection(jwk))
-        if private:
-            rec.fail(
-                "public_jwk",
-                "(7)",
-                name,
-                Reason.PRIVATE_JWK,
-                f"the jwk contains private members {', '.join(private)}: the private key "
-                "leaked into the proof; put only the public key in the header (and replace "
-                "this key)",
-            )
-        else:
-            rec.ok("public_jwk", "(7)", name, "no private key members")
-
-    # RFC 9449 §4.3 (6): the signature verifies with the jwk.
-    name = "signature verifies with the jwk"
-    if spec is None or key is None or parts is None or signature is None:
-        rec.skip("signature", "(6)", name, "not checked: no usable key, alg or signature")
-    elif spec.verify(key, signature, parts.signing_input):
-        rec.ok("signature", "(6)", name, f"valid {spec.name} signature")
-    else:
-        rec.fail(
-            "signature",
-            "(6)",
-            name,
-            Reason.BAD_SIGNATURE,
-            "the signature does not verify with the key in the jwk header: the proof was "
-            "changed after signing or signed by another key (ECDSA signatures must be raw "
-            "R||S, not DER)",
-        )
-
-    # RFC 9449 §4.3 (8): htm, case-sensitive (RFC 9110 §9.1).
-    name = "htm matches the request method"
-    if payload is None:
-        rec.skip("htm", "(8)", name, no_payload)
-    elif not claim_ok.get("htm"):
-        rec.skip("htm", "(8)", name, "not checked: no usable htm claim (see claims)")
-    elif htm is None:
-        rec.skip("htm", "(8)", name, f"htm is {payload['htm']!r}; pass --method to compare")
-    elif payload["htm"] == htm:
-        rec.ok("htm", "(8)", name, f"htm is {htm!r}")
-    else:
-        rec.fail(
-            "htm",
-            "(8)",
-            name,
-            Reason.HTM_MISMATCH,
-            f"the proof says htm={payload['htm']!r} but the request method is {htm!r} "
-            f"(case-sensitive); create the proof with --method {htm}",
-        )
-
-    # RFC 9449 §4.3 (9): htu, both sides normalised (RFC 3986 §6.2.2-6.2.3).
-    name = "htu matches the request URL"
-    if payload is None:
-        rec.skip("htu", "(9)", name, no_payload)
-    elif not claim_ok.get("htu"):
-        rec.skip("htu", "(9)", name, "not checked: no usable htu claim (see claims)")
-    else:
-        claim_htu = payload["htu"]
-        try:
-            received_htu = normalize_htu(claim_htu)
-        except ValueError as exc:
-            rec.fail(
-                "htu",
-                "(9)",
-                name,
-                Reason.HTU_MISMATCH,
-                f"htu {claim_htu!r} is not a valid http(s) URL ({exc}); it can never match",
-            )
-        else:
-            if expected_htu is None:
-                rec.skip(
-                    "htu", "(9)", name, f"htu is {received_htu} (normalised); pass --url to compare"
-                )
-            elif received_htu == expected_htu:
-                rec.ok("htu", "(9)", name, f"both normalise to {expected_htu}")
-            else:
-                rec.fail(
-                    "htu",
-                    "(9)",
-                    name,
-                    Reason.HTU_MISMATCH,
-                    f"the proof is for {received_htu} but the request URL is {expected_htu} "
-                    f"(both normalised; query and fragment ignored): "
-                    f"{_htu_difference(expected_htu, received_htu)}; "
-                    f"create the proof with --url {expected_htu}",
-                )
-
-    # RFC 9449 §4.3 (10): the server nonce.
-    name = "nonce is a valid server nonce"
-    nonce_info: NonceInfo | None = None
-    nonce_claim = payload.get("nonce") if payload is not None else None
-    if payload is None:
-        rec.skip("nonce", "(10)", name, no_payload)
-    elif nonce_issuer is None:
-        has = f"nonce is {nonce_claim!r}; " if nonce_claim is not None else "no nonce claim; "
-        rec.skip("nonce", "(10)", name, has + "pass --nonce-secret-env to check it")
-    elif nonce_claim is None:
-        rec.fail(
-            "nonce",
-            "(10)",
-            name,
-            Reason.NONCE_REQUIRED,
-            "the proof has no nonce claim; the server answers use_dpop_nonce with a "
-            "DPoP-Nonce header: retry with --nonce <that value>",
-        )
-    elif not isinstance(nonce_claim, str) or not nonce_claim:
-        rec.skip("nonce", "(10)", name, "not checked: nonce is not a string (see claims)")
-    else:
-        try:
-            nonce_info = nonce_issuer.verify(nonce_claim, now=now)
-        except DPoPError as exc:
-            rec.fail(
-                "nonce",
-                "(10)",
-                name,
-                exc.reason,
-                "the nonce was not issued with this secret and context, or it expired; "
-                "use the latest DPoP-Nonce the server sent",
-            )
-        else:
-            state = "current" if nonce_info.current else "still accepted but not current"
-            rec.ok(
-                "nonce",
-                "(10)",
-                name,
-                f"issued {_iso(nonce_info.issued_at)}, accepted until "
-                f"{_iso(nonce_info.expires_at)} ({state})",
-            )
-
-    # RFC 9449 §4.3 (11), §11.1: iat within the window, or freshness from a valid nonce.
-    name = "iat is recent"
-    if payload is None:
-        rec.skip("iat", "(11)", name, no_payload)
-    elif iat is None:
-        rec.skip("iat", "(11)", name, "not checked: no usable iat claim (see claims)")
-    else:
-        too_old = iat < now - pol.max_age
-        too_new = iat > now + pol.future_skew
-        window = (
-            f"accepted from {pol.max_age:g} s before now to {pol.future_skew:g} s after; "
-            f"iat {_iso(iat)}, now {_iso(now)}"
-        )
-        if not (too_old or too_new):
-            rec.ok("iat", "(11)", name, window)
-        elif nonce_info is not None and pol.nonce_carries_freshness:
-            rec.ok(
-                "iat",
-                "(11)",
-                name,
-                f"outside the window ({window}) but the valid nonce vouches for freshness",
-            )
-        elif too_old:
-            rec.fail(
-                "iat",
-                "(11)",
-                name,
-                Reason.IAT_TOO_OLD,
-                f"the proof was created {now - iat:.0f} s ago ({window}); create a fresh "
-                "proof for each request",
-            )
-        else:
-            rec.fail(
-                "iat",
-                "(11)",
-                name,
-                Reason.IAT_IN_FUTURE,
-                f"iat lies {iat - now:.0f} s in the future ({window}); fix the client's clock",
-            )
-
-    # RFC 9449 §4.3 (12): ath binds the proof to the access token.
-    name = "ath matches the access token"
-    ath = payload.get("ath") if payload is not None else None
-    if payload is None:
-        rec.skip("ath", "(12)", name, no_payload)
-    elif access_token is None:
-        if ath is not None and not isinstance(ath, str):
-            rec.fail("ath", "(12)", name, Reason.BAD_CLAIM, "ath, when present, must be a string")
-        else:
-            rec.skip("ath", "(12)", name, "pass --access-token to check ath")
-    else:
-        expected_ath = access_token_hash(access_token)
-        if ath is None:
-            rec.fail(
-                "ath",
-                "(12)",
-                name,
-                Reason.MISSING_CLAIM,
-                f"the proof has no ath; a proof sent with an access token needs "
-                f"ath={expected_ath}: create it with --access-token",
-            )
-        elif isinstance(ath, str) and ath.isascii() and hmac.compare_digest(ath, expected_ath):
-            rec.ok("ath", "(12)", name, "ath is the SHA-256 of the access token")
-        else:
-            rec.fail(
-                "ath",
-                "(12)",
-                name,
-                Reason.ATH_MISMATCH,
-                f"ath is {json.dumps(ath)} but the token's hash is {expected_ath}: the proof was "
-                "made for another token (hash the token exactly as sent, without 'DPoP ')",
-            )
-
-    # RFC 9449 §4.3 (12), §6.1: the key the token is bound to (cnf.jkt).
-    name = "proof key matches the bound jkt"
-    if expected_jkt is None:
-        rec.skip("jkt", "(12)", name, "pass --jkt (the token's cnf.jkt) to check the binding")
-    elif result.jkt is None:
-        rec.skip("jkt", "(12)", name, "not checked: the jwk has no usable thumbprint")
-    elif hmac.compare_digest(result.jkt.encode(), expected_jkt.encode("utf-8", "replace")):
-        rec.ok("jkt", "(12)", name, f"jkt is {result.jkt}")
-    else:
-        rec.fail(
-            "jkt",
-            "(12)",
-            name,
-            Reason.JKT_MISMATCH,
-            f"the proof key's thumbprint is {result.jkt} but the token is bound to "
-            f"{expected_jkt}: sign with the key the token was issued for",
-        )
-
-    result.checks = sorted(rec.checks, key=lambda c: _ORDER.index(c.id))
-    _cross_check(result, proof, htm, htu, access_token, expected_jkt, nonce_issuer, now, pol)
+    subject = _Subject(
+        proof=proof,
+        htm=htm,
+        htu=normalize_htu(htu) if htu is not None else None,
+        access_token=access_token,
+        expected_jkt=expected_jkt,
+        nonce_issuer=nonce_issuer,
+        now=now,
+        policy=pol,
+        result=Inspection(),
+    )
+    result = subject.result
+    result.checks = [run(subject) for run in _RUNNERS]
+    _cross_check(subject, htu)
     return result
 
 
-def _cross_check(
-    result: Inspection,
-    proof: str,
-    htm: str | None,
-    htu: str | None,
-    access_token: str | None,
-    expected_jkt: str | None,
-    nonce_issuer: NonceIssuer | None,
-    now: float,
-    policy: ProofPolicy,
-) -> None:
-    payload = result.payload or {}
-    # For a check that was skipped, hand the core the claim's own value so it passes there.
+def _cross_check(s: _Subject, htu: str | None) -> None:
+    # V-14: whatever order the checks run in, the verdict must be the core's.
+    payload = s.payload or {}
+    # For an input that was not given, hand the core the claim itself so that it passes there.
     claim_htm, claim_htu = payload.get("htm"), payload.get("htu")
+    result = s.result
     try:
         verify_proof(
-            proof,
-            htm=htm if htm is not None else (claim_htm if isinstance(claim_htm, str) else "GET"),
+            s.proof,
+            htm=s.htm if s.htm is not None else (claim_htm if isinstance(claim_htm, str) else "-"),
             htu=htu if htu is not None else (claim_htu if isinstance(claim_htu, str) else ""),
-            policy=policy,
-            access_token=access_token,
-            expected_jkt=expected_jkt,
-            nonce_check=nonce_issuer,
-            now=now,
+            policy=s.policy,
+            access_token=s.access_token,
+            expected_jkt=s.expected_jkt,
+            nonce_check=s.nonce_issuer,
+            now=s.now,
         )
     except DPoPError as exc:
         result.core_valid, result.core_reason = False, exc.reason.value
     else:
         result.core_valid, result.core_reason = True, None
-
-
-#: The order checks are listed in (RFC 9449 §4.3 step order; crit belongs to (2)).
-_ORDER = (
-    "single",
-    "jws",
-    "crit",
-    "claims",
-    "typ",
-    "alg",
-    "jwk",
-    "signature",
-    "public_jwk",
-    "htm",
-    "htu",
-    "nonce",
-    "iat",
-    "ath",
-    "jkt",
-)
-
-_SINGLE_HELP = {
-    Reason.MULTIPLE_PROOFS: "a comma in the value means two DPoP fields were joined; send one",
-    Reason.MALFORMED: "the value has characters a token68 cannot hold (spaces, quotes...)",
-    Reason.MISSING_PROOF: "the value is empty",
-}
 
 
 # --- rendering ------------------------------------------------------------------------------
