@@ -421,6 +421,63 @@ def test_v7_private_jwk_rejected(any_key: DPoPKey, now: float) -> None:
     reject(Reason.PRIVATE_JWK, sign(any_key, claims(now), header), now=now)
 
 
+# Edwards25519 arithmetic (RFC 8032 §5.1), only to derive the small-order points independently.
+_P = 2**255 - 19
+_D = -121665 * pow(121666, -1, _P) % _P
+
+
+def _ed_add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    (x1, y1), (x2, y2) = a, b
+    t = _D * x1 * x2 * y1 * y2 % _P
+    x3 = (x1 * y2 + x2 * y1) * pow(1 + t, -1, _P) % _P
+    y3 = (y1 * y2 + x1 * x2) * pow(1 - t, -1, _P) % _P
+    return x3, y3
+
+
+def _ed_sqrt(a: int) -> int:
+    x = pow(a, (_P + 3) // 8, _P)
+    if (x * x - a) % _P:
+        x = x * pow(2, (_P - 1) // 4, _P) % _P
+    assert (x * x - a) % _P == 0
+    return x
+
+
+def _small_order_points() -> set[tuple[int, int]]:
+    """The 8-torsion of edwards25519: y² of an order-8 point solves d·y⁴ + 2y² − 1 = 0."""
+    y2 = (-1 - _ed_sqrt(1 + _D)) * pow(_D, -1, _P) % _P
+    y = _ed_sqrt(y2)
+    x = _ed_sqrt((y * y - 1) * pow(_D * y * y + 1, -1, _P) % _P)
+    points, point = set(), (0, 1)
+    for _ in range(8):
+        point = _ed_add(point, (x, y))
+        points.add(point)
+    assert point == (0, 1)  # 8·P is the identity
+    return points
+
+
+def test_v7_small_order_ed25519_keys_rejected(now: float) -> None:
+    """V-5/V-6: Ed25519 jwk values of small order (all 8, both sign bits, and non-canonical
+    y >= p) are refused: for them a signature can be forged without any private key."""
+    key = DPoPKey.generate("EdDSA")
+    points = _small_order_points()
+    assert len(points) == 8
+    encodings = set()
+    for y in {y for _, y in points}:
+        for y_enc in (y, y + _P):  # canonical, and non-canonical when it fits in 255 bits
+            if y_enc < 1 << 255:
+                encodings.add(y_enc.to_bytes(32, "little"))
+                encodings.add((y_enc | 1 << 255).to_bytes(32, "little"))
+    for raw in encodings:
+        jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
+        proof = sign(key, claims(now), header_of(key, jwk=jwk))
+        reject(Reason.BAD_JWK, proof, now=now)
+    # The identity key "signs" anything with R = identity, S = 0; it never gets that far.
+    identity = b"\x01" + bytes(31)
+    header = header_of(key, jwk={"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(identity)})
+    signing_input = f"{b64url_encode(json_dumps(header))}.{b64url_encode(json_dumps(claims(now)))}"
+    reject(Reason.BAD_JWK, f"{signing_input}.{b64url_encode(identity + bytes(32))}", now=now)
+
+
 # --- V-8: htm ------------------------------------------------------------------------------
 
 
@@ -613,9 +670,10 @@ def test_v11_iat_30_seconds_old_accepted(es256_key: DPoPKey, now: float) -> None
     assert verify_proof(proof, htm="POST", htu=HTU, now=now).iat == now - 30
 
 
-@pytest.mark.parametrize("iat", ["1700000000", True, False, [1700000000], {"t": 1}])
+@pytest.mark.parametrize("iat", ["1700000000", True, False, [1700000000], {"t": 1}, 10**400])
 def test_v11_iat_not_a_number_rejected(es256_key: DPoPKey, now: float, iat: object) -> None:
-    """V-11: iat as a string or JSON true/false (bool is an int in Python) → BAD_CLAIM."""
+    """V-11: iat as a string, JSON true/false (bool is an int in Python) or an integer too
+    large for a float (SEC-52) → BAD_CLAIM."""
     reject(Reason.BAD_CLAIM, sign(es256_key, claims(now, iat=iat)), now=now)
 
 
