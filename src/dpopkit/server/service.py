@@ -665,7 +665,8 @@ class TokenService:
             headers.append((DPOP_NONCE_HEADER, self.nonces.issue(now=now)))
         return ResponseView(status=response.status, headers=tuple(headers), body=response.body)
 
-    def _fail(self, exc: DPoPError | StoreError) -> ResponseView:
+    def error_response(self, exc: DPoPError | StoreError) -> ResponseView:
+        """Render an error as RFC 6749 §5.2 JSON; a store failure becomes 503."""
         if isinstance(exc, StoreError):
             exc = TemporarilyUnavailableError(Reason.STORE_UNAVAILABLE, "storage unavailable")
         return exc.as_response(role="as")
@@ -702,7 +703,7 @@ class TokenService:
             body = grant(GrantContext(service=self, client=client, form=form, proof=proof, now=now))
             response = _json(200, body)
         except (DPoPError, StoreError) as exc:
-            response = self._fail(exc)
+            response = self.error_response(exc)
         return self._finish(response, client, proof, now)
 
     def handle_par(self, request: RequestView) -> ResponseView:
@@ -756,7 +757,7 @@ class TokenService:
                 201, {"request_uri": request_uri, "expires_in": self.settings.par_lifetime}
             )
         except (DPoPError, StoreError) as exc:
-            response = self._fail(exc)
+            response = self.error_response(exc)
         return self._finish(response, client, proof, now)
 
     def _introspection_client(self, request: RequestView, form: Form, now: float) -> ClientRecord:
@@ -835,7 +836,7 @@ class TokenService:
                         body["cnf"] = {"jkt": rt.jkt}
             response = _json(200, body)
         except (DPoPError, StoreError) as exc:
-            response = self._fail(exc)
+            response = self.error_response(exc)
         return self._finish(response, None, None, now)
 
     def handle_revoke(self, request: RequestView) -> ResponseView:
@@ -864,7 +865,7 @@ class TokenService:
                     self.store.revoke_access_token(record.jti)
             response = ResponseView(status=200, headers=(("Cache-Control", "no-store"),))
         except (DPoPError, StoreError) as exc:
-            response = self._fail(exc)
+            response = self.error_response(exc)
         return self._finish(response, None, None, now)
 
     def jwks(self) -> ResponseView:

@@ -800,7 +800,11 @@ class SQLGrantStore:
         """All stored signing keys, newest first."""
         t = self._t["keys"]
         with self._ro() as conn:
-            rows = conn.execute(sa.select(t).order_by(t.c.created_at.desc(), t.c.kid)).all()
+            # The signing key is the one without a retirement time; then newest first.
+            current_first = sa.case((t.c.retire_at.is_(None), 0), else_=1)
+            rows = conn.execute(
+                sa.select(t).order_by(current_first, t.c.created_at.desc(), t.c.kid)
+            ).all()
         return [
             SigningKeyRecord(
                 kid=row.kid,

@@ -1,0 +1,115 @@
+"""``dpopkit serve``: run the authorization server (and the demo protected API) under uvicorn.
+
+Without ``--config`` it starts a demo AS on 127.0.0.1 with a demo client and
+user (printed at start), keeping its database, signing keys and secrets in
+``--data-dir``. A bad configuration prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dpopkit.cli import CommandError, missing_extra
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the authorization server (demo defaults without --config)",
+        description="Run the dpopkit authorization server under uvicorn.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--host", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (default 8000)")
+    parser.add_argument("--data-dir", type=Path, help="database, keys and secrets directory")
+    parser.add_argument(
+        "--no-api", action="store_true", help="do not mount the demo API at /api/whoami"
+    )
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.set_defaults(func=run)
+
+
+def _whoami_mounts(service: Any, issuer: str) -> list[tuple[str, Any]]:
+    """The demo protected API, validating this AS's tokens against its own store."""
+    try:
+        from dpopkit.resource.demo import WHOAMI_PATH, create_whoami_app
+        from dpopkit.resource.tokens import TokenInfo
+    except ImportError:
+        return []
+    from starlette.concurrency import run_in_threadpool
+
+    from dpopkit.errors import InvalidTokenError, Reason
+
+    class _OwnTokens:
+        """Accept live tokens of this AS whose audience is the issuer (the demo API)."""
+
+        async def validate(self, token: str, *, now: float) -> TokenInfo:
+            record = await run_in_threadpool(service.lookup_access_token, token, now=now)
+            if record is None or issuer not in record.aud:
+                raise InvalidTokenError(Reason.TOKEN_INVALID, "invalid access token")
+            claims: dict[str, Any] = {
+                "iss": issuer,
+                "sub": record.sub,
+                "aud": list(record.aud),
+                "client_id": record.client_id,
+                "scope": record.scope,
+                "jti": record.jti,
+                "iat": int(record.issued_at),
+                "exp": int(record.expires_at),
+            }
+            if record.jkt:
+                claims["cnf"] = {"jkt": record.jkt}
+            return TokenInfo(
+                claims=claims,
+                jkt=record.jkt,
+                scopes=frozenset(record.scope.split()),
+                sub=record.sub,
+                client_id=record.client_id,
+                exp=record.expires_at,
+            )
+
+    app = create_whoami_app(
+        issuer=issuer,
+        public_origin=issuer,
+        tokens=_OwnTokens(),
+        allow_insecure_http=issuer.startswith("http:"),
+    )
+    return [(WHOAMI_PATH, app), ("/.well-known/oauth-protected-resource", app)]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from dpopkit.server.config import ConfigError, build_server, describe, load_config
+    except ImportError as exc:
+        raise missing_extra("server", exc) from None
+    try:
+        config = load_config(
+            args.config, host=args.host, port=args.port, data_dir=args.data_dir, now=time.time()
+        )
+        app, service = build_server(
+            config,
+            mounts=None if args.no_api else (lambda svc: _whoami_mounts(svc, config.issuer)),
+        )
+    except ConfigError as exc:
+        raise CommandError(str(exc), 2) from None
+    if args.check:
+        print(describe(config))
+        return 0
+    for line in config.demo_notes:
+        print(line, file=sys.stderr)
+    print(f"dpopkit AS: issuer {config.issuer}", file=sys.stderr)
+    if service.settings.test_mode_user is not None:
+        print(
+            f"TEST MODE: /authorize logs in {service.settings.test_mode_user!r} without a password",
+            file=sys.stderr,
+        )
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    return 0

@@ -1,0 +1,230 @@
+"""The authorization server as a Starlette (ASGI) application.
+
+Endpoints are thin ASGI adapters: read the request once into a
+:class:`~dpopkit.RequestView`, call the framework-free service in a worker
+thread (the grant store is synchronous SQLAlchemy), and copy the
+:class:`~dpopkit.ResponseView` out. No DPoP logic lives here.
+
+Routes: ``/token``, ``/par``, ``/introspect``, ``/revoke``, ``/jwks``,
+``/.well-known/oauth-authorization-server`` (RFC 8414), ``/authorize`` and, when
+enabled, ``/register`` (RFC 7591). Browser-facing API endpoints answer CORS with
+``Access-Control-Expose-Headers: DPoP-Nonce`` (RFC 9449 §8, AS-20).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from ipaddress import ip_address
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dpopkit.core.http import Headers, RequestView, ResponseView
+from dpopkit.errors import Reason, ServerConfigurationError
+from dpopkit.server.authorize import Authenticator, AuthorizationEndpoint
+from dpopkit.server.registration import handle_register
+from dpopkit.server.service import TokenService
+
+__all__ = ["create_app", "is_loopback_host"]
+
+MAX_BODY = 65536
+_CORS_ALLOW_HEADERS = "Authorization, Content-Type, DPoP"
+_CORS_EXPOSE_HEADERS = "DPoP-Nonce, WWW-Authenticate"
+
+Handler = Callable[[RequestView], ResponseView]
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (test mode binds only there)."""
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def _send(send: Send, view: ResponseView, extra: Sequence[tuple[str, str]] = ()) -> None:
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in view.headers]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra]
+    headers.append((b"content-length", str(len(view.body)).encode()))
+    await send({"type": "http.response.start", "status": view.status, "headers": headers})
+    await send({"type": "http.response.body", "body": view.body})
+
+
+def _plain(status: int, text: str) -> ResponseView:
+    return ResponseView(
+        status=status,
+        headers=(("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")),
+        body=text.encode(),
+    )
+
+
+class _Endpoint:
+    """A pure ASGI endpoint around a framework-free handler."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        issuer: str,
+        path: str,
+        cors_origins: Sequence[str] = (),
+        loopback_only: bool = False,
+    ) -> None:
+        self.handler = handler
+        self.base_url = issuer + path
+        self.cors_origins = tuple(cors_origins)
+        self.loopback_only = loopback_only
+
+    def _cors(self, headers: Headers) -> list[tuple[str, str]]:
+        origin = headers.get("origin")
+        if origin is None or not self.cors_origins:
+            return []
+        if "*" in self.cors_origins:
+            allow = "*"
+        elif origin in self.cors_origins:
+            allow = origin
+        else:
+            return []
+        out = [
+            ("Access-Control-Allow-Origin", allow),
+            ("Access-Control-Expose-Headers", _CORS_EXPOSE_HEADERS),  # AS-20
+        ]
+        if allow != "*":
+            out.append(("Vary", "Origin"))
+        return out
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        headers = Headers(
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])
+        )
+        if self.loopback_only:
+            client = scope.get("client")
+            if client is None or not is_loopback_host(str(client[0])):
+                await _send(send, _plain(403, "test mode answers loopback clients only"))
+                return
+        cors = self._cors(headers)
+        method = scope["method"]
+        if method == "OPTIONS":
+            preflight = [
+                *cors,
+                ("Access-Control-Allow-Methods", "GET, POST"),
+                ("Access-Control-Allow-Headers", _CORS_ALLOW_HEADERS),
+                ("Access-Control-Max-Age", "600"),
+            ]
+            await _send(send, ResponseView(status=204), preflight if cors else ())
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:
+                await _send(send, _plain(413, "request body too large"))
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        query = scope.get("query_string", b"").decode("latin-1")
+        view = RequestView(
+            method=method,
+            url=self.base_url + (f"?{query}" if query else ""),
+            headers=headers,
+            body=b"".join(chunks),
+        )
+        response = await run_in_threadpool(self.handler, view)
+        await _send(send, response, cors)
+
+
+def _json_view(data: Any, *, cache: str = "no-store") -> ResponseView:
+    return ResponseView(
+        status=200,
+        headers=(("Content-Type", "application/json"), ("Cache-Control", cache)),
+        body=json.dumps(data).encode(),
+    )
+
+
+def create_app(
+    service: TokenService,
+    *,
+    authenticator: Authenticator,
+    cors_origins: Sequence[str] = ("*",),
+    csrf_secret: bytes | None = None,
+    mounts: Sequence[tuple[str, ASGIApp]] = (),
+) -> Starlette:
+    """Build the authorization server's ASGI application.
+
+    Args:
+        service: the :class:`TokenService`.
+        authenticator: checks user credentials on the login page.
+        cors_origins: origins allowed to call the token-side endpoints from a browser
+            (``"*"`` for any; the endpoints use no cookies). ``/authorize`` has no CORS.
+        csrf_secret: key for the login form CSRF tokens (random when None).
+        mounts: extra ``(path, app)`` pairs served as they are (the scope is untouched),
+            e.g. the demo protected API at ``/api/whoami``.
+
+    Raises:
+        ServerConfigurationError: test mode with a non-loopback issuer.
+    """
+    settings = service.settings
+    if settings.test_mode_user is not None:
+        host = urlsplit(settings.issuer).hostname or ""
+        if not is_loopback_host(host):
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "test mode runs on a loopback issuer only"
+            )
+    authorize = AuthorizationEndpoint(service, authenticator, csrf_secret=csrf_secret)
+    issuer = settings.issuer
+
+    def metadata(_: RequestView) -> ResponseView:
+        return _json_view(service.metadata(), cache="max-age=300")
+
+    def jwks(_: RequestView) -> ResponseView:
+        return service.jwks()
+
+    def endpoint(handler: Handler, path: str, *, cors: bool = True) -> _Endpoint:
+        return _Endpoint(
+            handler,
+            issuer=issuer,
+            path=path,
+            cors_origins=cors_origins if cors else (),
+            loopback_only=path == "/authorize" and settings.test_mode_user is not None,
+        )
+
+    api = ["POST", "OPTIONS"]
+    routes: list[BaseRoute] = [
+        Route("/token", endpoint(service.handle_token, "/token"), methods=api),
+        Route("/par", endpoint(service.handle_par, "/par"), methods=api),
+        Route("/introspect", endpoint(service.handle_introspect, "/introspect"), methods=api),
+        Route("/revoke", endpoint(service.handle_revoke, "/revoke"), methods=api),
+        Route("/jwks", endpoint(jwks, "/jwks"), methods=["GET", "OPTIONS"]),
+        Route(
+            "/authorize",
+            endpoint(authorize.handle, "/authorize", cors=False),
+            methods=["GET", "POST"],
+        ),
+    ]
+    well_known = "/.well-known/oauth-authorization-server"
+    issuer_path = urlsplit(issuer).path
+    for path in dict.fromkeys([well_known, well_known + issuer_path]):
+        routes.append(Route(path, endpoint(metadata, path), methods=["GET", "OPTIONS"]))
+    if settings.registration_enabled:
+
+        def register(view: RequestView) -> ResponseView:
+            return handle_register(service, view)
+
+        routes.append(Route("/register", endpoint(register, "/register"), methods=api))
+    for path, app in mounts:
+        # A plain route keeps the scope (path, root_path) exactly as the mounted app expects.
+        routes.append(Route(path, app))
+    return Starlette(routes=routes)
