@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import quote, urlsplit
 
-from dpopkit.core.http import Headers, ResponseView
+from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.errors import InvalidRequestError, Reason, SecurityWarning, ServerConfigurationError
 
 __all__ = ["ProtectedResourceMetadata", "ProxyTrust", "Site", "reason_phrase"]
@@ -243,4 +244,67 @@ class Site:
             self.metadata is not None
             and method in ("GET", "HEAD")
             and route == (self.metadata.path)
+        )
+
+    # -- ASGI and WSGI request views (shared by the middleware and framework adapters) ----
+
+    @staticmethod
+    def asgi_route(scope: Mapping[str, Any]) -> str:
+        """The app-relative path of an ASGI scope (``path`` without ``root_path``)."""
+        root: str = scope.get("root_path", "")
+        path: str = scope["path"]
+        return path[len(root) :] if root and path.startswith(root) else path
+
+    def asgi_view(self, scope: Mapping[str, Any]) -> RequestView:
+        """Build the request view of an ASGI HTTP scope (headers read once).
+
+        Raises:
+            InvalidRequestError: the URL cannot be determined (missing proxy headers).
+        """
+        headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
+        raw = scope.get("raw_path")
+        raw_path = raw.decode("latin-1").partition("?")[0] if raw else ""
+        if not raw_path.startswith("/"):
+            raw_path = self.quote_path(scope["path"], "utf-8")
+        url = self.url(
+            scheme=scope.get("scheme", "http"),
+            headers=headers,
+            root_path=self.quote_path(scope.get("root_path", ""), "utf-8"),
+            path=raw_path,
+            query=scope.get("query_string", b"").decode("latin-1"),
+        )
+        return RequestView(method=scope["method"], url=url, headers=headers)
+
+    @staticmethod
+    def wsgi_route(environ: Mapping[str, Any]) -> str:
+        """The app-relative path of a WSGI request (``PATH_INFO``)."""
+        return str(environ.get("PATH_INFO", "")) or "/"
+
+    def wsgi_view(self, environ: MutableMapping[str, Any]) -> RequestView:
+        """Build the request view of a WSGI environ (``SCRIPT_NAME`` + ``PATH_INFO``).
+
+        Repeated fields arrive comma-folded; the guard counts a comma in ``DPoP`` or
+        ``Authorization`` as two fields.
+
+        Raises:
+            InvalidRequestError: the URL cannot be determined (missing proxy headers).
+        """
+        pairs = [
+            (key[5:].replace("_", "-"), str(value))
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        ]
+        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(key):
+                pairs.append((key.replace("_", "-"), str(environ[key])))
+        headers = Headers(pairs)
+        url = self.url(
+            scheme=str(environ.get("wsgi.url_scheme", "http")),
+            headers=headers,
+            root_path=self.quote_path(str(environ.get("SCRIPT_NAME", "")), "latin-1"),
+            path=self.quote_path(self.wsgi_route(environ), "latin-1"),
+            query=str(environ.get("QUERY_STRING", "")),
+        )
+        return RequestView(
+            method=str(environ.get("REQUEST_METHOD", "GET")), url=url, headers=headers
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping
 from typing import Any
 
-from dpopkit.core.http import Headers, RequestView, ResponseView
+from dpopkit.core.http import ResponseView
 from dpopkit.errors import DPoPError
 from dpopkit.resource._site import ProtectedResourceMetadata, ProxyTrust, Site
 from dpopkit.resource.guard import AsyncResourceGuard
@@ -78,9 +78,7 @@ class DPoPMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        root_path: str = scope.get("root_path", "")
-        path: str = scope["path"]
-        route = path[len(root_path) :] if root_path and path.startswith(root_path) else path
+        route = Site.asgi_route(scope)
         method: str = scope["method"]
         site = self.site
         if site.is_metadata(method, route):
@@ -94,22 +92,9 @@ class DPoPMiddleware:
         if site.excluded(route):
             await self.app(scope, receive, send)
             return
-        headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
-        raw = scope.get("raw_path")
-        raw_path = raw.decode("latin-1").partition("?")[0] if raw else ""
-        if not raw_path.startswith("/"):
-            raw_path = site.quote_path(path, "utf-8")
         try:
-            url = site.url(
-                scheme=scope.get("scheme", "http"),
-                headers=headers,
-                root_path=site.quote_path(root_path, "utf-8"),
-                path=raw_path,
-                query=scope.get("query_string", b"").decode("latin-1"),
-            )
             principal = await self.guard.authenticate(
-                RequestView(method=method, url=url, headers=headers),
-                required_scopes=site.scopes_for(route),
+                site.asgi_view(scope), required_scopes=site.scopes_for(route)
             )
         except DPoPError as error:
             view = self.guard.error_response(error)

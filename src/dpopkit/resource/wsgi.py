@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dpopkit.core.http import Headers, RequestView, ResponseView
+from dpopkit.core.http import ResponseView
 from dpopkit.errors import DPoPError
 from dpopkit.resource._site import ProtectedResourceMetadata, ProxyTrust, Site, reason_phrase
 from dpopkit.resource.guard import ResourceGuard
@@ -24,18 +24,6 @@ __all__ = ["PRINCIPAL_KEY", "DPoPWSGIMiddleware", "ProtectedResourceMetadata", "
 #: Where the principal goes in the WSGI environ.
 PRINCIPAL_KEY = "dpopkit.principal"
 OnError = Callable[[DPoPError, ResponseView], ResponseView]
-
-
-def _headers(environ: WSGIEnvironment) -> Headers:
-    pairs = [
-        (key[5:].replace("_", "-"), str(value))
-        for key, value in environ.items()
-        if key.startswith("HTTP_")
-    ]
-    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        if environ.get(key):
-            pairs.append((key.replace("_", "-"), str(environ[key])))
-    return Headers(pairs)
 
 
 def _respond(start_response: StartResponse, view: ResponseView, head: bool) -> list[bytes]:
@@ -81,7 +69,7 @@ class DPoPWSGIMiddleware:
         """Handle one WSGI request."""
         site = self.site
         method = str(environ.get("REQUEST_METHOD", "GET"))
-        route = str(environ.get("PATH_INFO", "")) or "/"
+        route = Site.wsgi_route(environ)
         if site.is_metadata(method, route):
             assert site.metadata is not None
             view = site.metadata.render(
@@ -91,18 +79,9 @@ class DPoPWSGIMiddleware:
             return _respond(start_response, view, method == "HEAD")
         if site.excluded(route):
             return self.app(environ, start_response)
-        headers = _headers(environ)
         try:
-            url = site.url(
-                scheme=str(environ.get("wsgi.url_scheme", "http")),
-                headers=headers,
-                root_path=site.quote_path(str(environ.get("SCRIPT_NAME", "")), "latin-1"),
-                path=site.quote_path(route, "latin-1"),
-                query=str(environ.get("QUERY_STRING", "")),
-            )
             principal = self.guard.authenticate(
-                RequestView(method=method, url=url, headers=headers),
-                required_scopes=site.scopes_for(route),
+                site.wsgi_view(environ), required_scopes=site.scopes_for(route)
             )
         except DPoPError as error:
             view = self.guard.error_response(error)
