@@ -29,6 +29,8 @@ def key() -> DPoPKey:
     return DPoPKey.generate("ES256")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Async client tests run on asyncio and on trio (httpx supports both through anyio)."""
+    backend: str = request.param
+    return backend

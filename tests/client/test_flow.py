@@ -14,7 +14,15 @@ from dpopkit import (
     Reason,
     access_token_hash,
 )
-from dpopkit.client.flow import DONE, DPoPFlow, NonceCache, Retry, origin_of, wants_body
+from dpopkit.client.flow import (
+    DONE,
+    DPoPFlow,
+    NonceCache,
+    Retry,
+    origin_of,
+    parse_json_body,
+    wants_body,
+)
 
 from .helpers import claims_of, header_of, http_date, verified
 
@@ -495,3 +503,28 @@ def test_invalid_token_is_reported_for_refresh(key: DPoPKey) -> None:
     assert retry.reason == "token"
     assert retry.headers["Authorization"] == "DPoP new"
     assert claims_of(retry.headers["DPoP"])["ath"] == access_token_hash("new")
+
+
+def test_misuse_raises_at_construction(key: DPoPKey) -> None:
+    with pytest.raises(TypeError):
+        DPoPFlow(key="not a key")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"."):
+        make_flow(key, skew_threshold=0)
+    with pytest.raises(ValueError, match=r"."):
+        make_flow(key, skew_threshold=100, max_clock_offset=10)
+
+
+def test_parse_json_body_never_raises() -> None:
+    assert parse_json_body(b'{"error": "use_dpop_nonce"}') == {"error": "use_dpop_nonce"}
+    assert parse_json_body(b"not json") is None
+    assert parse_json_body(b"\xff\xfe") is None
+    assert parse_json_body(b"[1, 2]") is None
+    assert parse_json_body(b"[" * 100_000) is None
+    assert parse_json_body(b'{"a": "' + b"x" * 70_000 + b'"}') is None
+
+
+def test_401_without_challenge_is_final(key: DPoPKey) -> None:
+    flow = make_flow(key)
+    flow.prepare("GET", RS_URL, "AT")
+    assert flow.on_response(401, {"DPoP-Nonce": "n"}) is DONE
+    assert flow.last_error is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -255,3 +255,29 @@ async def test_async_streaming_upload_not_resent(servers: Servers, key: DPoPKey)
     error = dpop_error(response)
     assert error is not None
     assert error.reason is Reason.BODY_NOT_REPLAYABLE
+
+
+@pytest.mark.anyio
+async def test_async_streaming_upload_buffered_on_request(servers: Servers, key: DPoPKey) -> None:
+    at = issue_token(servers, key.jkt)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"chunk"
+
+    auth = make_auth(key, at, buffer_request_body=True)
+    async with httpx.AsyncClient(auth=auth) as client:
+        response = await client.post(servers.state.base + "/api/upload", content=chunks())
+    assert response.status_code == 200
+    assert response.json()["len"] == 5
+
+
+@pytest.mark.anyio
+async def test_async_as_400_use_dpop_nonce(servers: Servers, key: DPoPKey) -> None:
+    """C-10 at an AS through AsyncClient: the 400 JSON body is read and the request resent."""
+    auth = make_auth(key, None)
+    form = {"grant_type": "client_credentials", "client_id": "public"}
+    async with httpx.AsyncClient(auth=auth) as client:
+        response = await client.post(servers.state.base + "/token", data=form)
+    assert response.status_code == 200
+    assert response.json()["token_type"] == "DPoP"
+    assert [r.status_code for r in response.history] == [400]

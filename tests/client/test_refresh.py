@@ -171,3 +171,16 @@ async def test_50_concurrent_async_requests_one_refresh_distinct_jti(
     sent_jtis = [r["jti"] for r in ok]
     assert len(set(sent_jtis)) == 50
     assert {r["headers"]["authorization"] for r in ok} == {f"DPoP {source.tokens.access_token}"}
+
+
+@pytest.mark.anyio
+async def test_async_refresh_once_after_invalid_token(servers: Servers, key: DPoPKey) -> None:
+    client, tokens = await anyio.to_thread.run_sync(code_tokens, servers, key)
+    servers.state.tokens.pop(tokens.access_token)
+    source = RefreshingToken(client, tokens)
+    auth = dpop_httpx.DPoPAuth(key, token=source, allow_insecure_http=True)
+    async with httpx.AsyncClient(auth=auth) as c:
+        response = await c.get(servers.state.base + "/api/a")
+    assert response.status_code == 200
+    assert source.refresh_count == 1
+    assert [r.status_code for r in response.history][-1] == 401
