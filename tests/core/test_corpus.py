@@ -21,7 +21,8 @@ Recipe operations, applied in this order:
 ``payload_fill``          as ``header_fill`` for the payload.
 ``iat_offset``            ``iat`` = now + offset.
 ``nonce_edit``            ``truncate``, ``append_pad`` or ``flip`` the (expanded) nonce.
-``header_raw``            replace the header JSON text (placeholders ``$JWK $ALG``).
+``header_raw``            replace the header JSON text (placeholders ``$JWK $ALG``, and
+                          ``$JWK_RFC_ORDER``: the jwk members ordered kty, x, y, crv).
 ``payload_raw``           replace the payload JSON text (``$JTI $HTM $HTU $IAT``).
 ``header_encoding`` /
 ``payload_encoding``      how the JSON text becomes bytes (default ``utf-8``).
@@ -295,6 +296,8 @@ def build_proof(
         }[recipe["nonce_edit"]]
 
     header_text = recipe.get("header_raw") or _encode_json(header)
+    rfc_order: dict[str, Any] = {n: key.jwk[n] for n in ("kty", "x", "y", "crv") if n in key.jwk}
+    header_text = header_text.replace("$JWK_RFC_ORDER", _encode_json(rfc_order))
     header_text = header_text.replace("$JWK", _encode_json(key.jwk))
     header_text = header_text.replace("$ALG", json.dumps(key.alg))
     payload_text = recipe.get("payload_raw") or _encode_json(payload)
