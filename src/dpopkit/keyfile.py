@@ -109,12 +109,23 @@ def _write_private_file(target: Path, data: bytes, *, overwrite: bool) -> None:
             os.replace(tmp, target)
         else:
             _link_no_clobber(tmp, target)
+        _fsync_directory(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # after os.link the temporary name remains
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Make the new name durable too (POSIX); not possible everywhere, and not required.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _link_no_clobber(tmp: Path, target: Path) -> None:
@@ -222,8 +233,11 @@ def load_public_jwk(
 
 def _checked_public_jwk(jwk: dict[str, Any]) -> dict[str, str]:
     kty = jwk.get("kty")
-    if kty == "RSA":
-        alg: str | None = "RS256"
+    declared = jwk.get("alg")
+    if spec_for(declared) is not None:
+        alg: object = declared  # e.g. PS256 or Ed25519: the key must fit it
+    elif kty == "RSA":
+        alg = "RS256"
     else:
         crv = jwk.get("crv")
         alg = _CHECK_ALG.get(crv) if isinstance(crv, str) else None

@@ -213,3 +213,14 @@ def test_load_public_jwk_validates_the_key(tmp_path: Path) -> None:
     path.write_text(json.dumps({"kty": "oct", "k": "c2VjcmV0"}))
     with pytest.raises(ValueError, match="unsupported key"):
         load_public_jwk(path)
+
+
+@pytest.mark.parametrize("alg", ["PS256", "Ed25519", "ES384"])
+def test_public_jwk_with_its_alg_member(alg: str, tmp_path: Path) -> None:
+    key = DPoPKey.generate(alg)
+    path = tmp_path / "pub.json"
+    path.write_text(json.dumps({**key.public_jwk, "alg": alg}))
+    assert jwk_thumbprint(load_public_jwk(path)) == key.jkt
+    path.write_text(json.dumps({**key.public_jwk, "alg": "HS256"}))
+    with pytest.raises(ValueError, match="invalid public JWK"):
+        load_public_jwk(path)
