@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 __all__ = ["Challenge", "ChallengeSyntaxError", "build_challenge", "parse_challenges"]
 
@@ -201,22 +202,14 @@ def _parse_one_field(text: str) -> list[Challenge]:
 
 
 def _parse_params(scanner: _Scanner, params: dict[str, str]) -> None:
+    # Entered only where _is_param_start() holds, so each auth-param starts with
+    # ``token BWS "=" BWS`` and a value that is a quoted-string or a token.
     while True:
-        name = scanner.match(_TOKEN_RE)
-        if name is None:
-            raise ChallengeSyntaxError("expected a parameter name")
+        name = cast(str, scanner.match(_TOKEN_RE))
         scanner.skip_ws()
-        if scanner.peek() != "=":
-            raise ChallengeSyntaxError("expected '='")
-        scanner.pos += 1
+        scanner.pos += 1  # the "="
         scanner.skip_ws()
-        if scanner.peek() == '"':
-            value = scanner.quoted()
-        else:
-            token = scanner.match(_TOKEN_RE)
-            if token is None:
-                raise ChallengeSyntaxError("expected a parameter value")
-            value = token
+        value = scanner.quoted() if scanner.peek() == '"' else cast(str, scanner.match(_TOKEN_RE))
         lname = name.lower()
         if lname in params:
             raise ChallengeSyntaxError("parameter given twice")

@@ -264,7 +264,7 @@ def public_key_from_jwk(
         raise JWSError(Reason.BAD_JWK, "RSA exponent or modulus invalid")
     try:
         return rsa.RSAPublicNumbers(e, n).public_key()
-    except ValueError:
+    except ValueError:  # pragma: no cover - cryptography's checks (odd e >= 3, e < n) made above
         raise JWSError(Reason.BAD_JWK, "invalid RSA key") from None
 
 
