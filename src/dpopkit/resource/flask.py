@@ -1,0 +1,95 @@
+"""Flask: an extension with a ``required(*scopes)`` decorator (sync guard; no DPoP logic here).
+
+The principal of an accepted request is ``flask.g.dpop``; a fresh ``DPoP-Nonce``
+is added to the response by an ``after_request`` hook.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from flask import Flask, Response, g, request
+
+from dpopkit.core.http import ResponseView
+from dpopkit.errors import DPoPError
+from dpopkit.resource._site import ProxyTrust, Site
+from dpopkit.resource.guard import DPoPPrincipal, ResourceGuard
+
+__all__ = ["DPoP", "current_principal"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _response(view: ResponseView) -> Response:
+    return Response(view.body, status=view.status, headers=list(view.headers))
+
+
+def current_principal() -> DPoPPrincipal:
+    """The principal of the current (accepted) request."""
+    return cast(DPoPPrincipal, g.dpop)
+
+
+class DPoP:
+    """The Flask extension (RFC 9449 §7).
+
+    Args:
+        app: the Flask app (or call :meth:`init_app` later).
+        guard: the :class:`~dpopkit.resource.guard.ResourceGuard`.
+        public_origin: the origin clients use (``htu`` = origin + SCRIPT_NAME + path).
+        trusted_proxies: a :class:`~dpopkit.resource.ProxyTrust` for forwarding headers.
+        trust_host_header: take the origin from ``Host`` (emits ``SecurityWarning``).
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        guard: ResourceGuard,
+        public_origin: str | None = None,
+        trusted_proxies: ProxyTrust | None = None,
+        trust_host_header: bool = False,
+    ) -> None:
+        self.guard = guard
+        self.site = Site(
+            public_origin=public_origin,
+            trusted_proxies=trusted_proxies,
+            trust_host_header=trust_host_header,
+            exclude_paths=(),
+            route_scopes=None,
+            metadata=None,
+        )
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register the extension and its ``after_request`` hook."""
+        app.extensions["dpopkit"] = self
+        app.after_request(self._add_headers)
+
+    def required(self, *scopes: str) -> Callable[[F], F]:
+        """Decorate a view: authenticate with DPoP and require ``scopes``."""
+
+        def decorator(view: F) -> F:
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    g.dpop = self.guard.authenticate(
+                        self.site.wsgi_view(request.environ), required_scopes=scopes
+                    )
+                except DPoPError as error:
+                    return _response(self.guard.error_response(error))
+                return view(*args, **kwargs)
+
+            return cast(F, wrapper)
+
+        return decorator
+
+    @staticmethod
+    def _add_headers(response: Response) -> Response:
+        principal = g.get("dpop")
+        if isinstance(principal, DPoPPrincipal):
+            for name, value in principal.response_headers:
+                response.headers[name] = value
+        return response
