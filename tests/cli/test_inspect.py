@@ -125,11 +125,18 @@ CASES = [
         lambda k, o: forge(k, header={"crit": ["exp"], "exp": 1}),
         {"unsupported_crit"},
     ),
+    Case(
+        "v2_signature_not_base64url", lambda k, o: forge(k).rsplit(".", 1)[0] + ".a", {"malformed"}
+    ),
     # V-3: required claims, typed.
     Case("v3_missing_jti", lambda k, o: forge(k, drop=("jti",)), {"missing_claim"}),
     Case("v3_missing_iat", lambda k, o: forge(k, drop=("iat",)), {"missing_claim"}),
     Case("v3_iat_string", lambda k, o: forge(k, payload={"iat": str(NOW)}), {"bad_claim"}),
     Case("v11_iat_boolean", lambda k, o: forge(k, payload={"iat": True}), {"bad_claim"}),
+    Case("v3_htm_number", lambda k, o: forge(k, payload={"htm": 5}), {"bad_claim"}),
+    Case(
+        "v11_iat_overflows_a_float", lambda k, o: forge(k, payload={"iat": 10**400}), {"bad_claim"}
+    ),
     Case("v3_jti_too_long", lambda k, o: forge(k, payload={"jti": "j" * 300}), {"bad_claim"}),
     Case("v3_nonce_not_string", lambda k, o: forge(k, payload={"nonce": 7}), {"bad_claim"}),
     # V-4: typ.
@@ -172,6 +179,7 @@ CASES = [
     Case("v9_htu_not_a_url", lambda k, o: forge(k, payload={"htu": "items"}), {"htu_mismatch"}),
     # V-11: iat window (60 s old, 5 s ahead by default).
     Case("v11_iat_61s_old", lambda k, o: forge(k, payload={"iat": NOW - 61}), {"iat_too_old"}),
+    Case("v11_iat_year_3e12", lambda k, o: forge(k, payload={"iat": 10**20}), {"iat_in_future"}),
     Case("v11_iat_6s_ahead", lambda k, o: forge(k, payload={"iat": NOW + 6}), {"iat_in_future"}),
     # V-12: ath and key binding.
     Case(
@@ -182,6 +190,12 @@ CASES = [
     ),
     Case("v12_ath_missing", lambda k, o: forge(k), {"missing_claim"}, token=TOKEN),
     Case("v12_ath_not_string", lambda k, o: forge(k, payload={"ath": 5}), {"bad_claim"}),
+    Case(
+        "v12_jkt_with_unusable_jwk",
+        lambda k, o: forge(k, header={"alg": "ES384"}),
+        {"bad_jwk"},
+        args=("--jkt", "x"),
+    ),
     Case("v12_jkt_mismatch", lambda k, o: forge(k), {"jkt_mismatch"}, args=("--jkt", "other")),
     # Several failures at once: all of them are reported.
     Case(
@@ -479,3 +493,30 @@ def test_values_starting_with_dash_use_the_equals_form(
     result = inspect(capsys, proof, "--jkt=-not-the-key", "--access-token=-token")
     assert result.code == 1
     assert failing(result.json()) == {"jkt_mismatch"}
+
+
+def test_v3_nonce_not_string_with_nonce_check(
+    key: DPoPKey, nonce_env: NonceIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = inspect(capsys, forge(key, payload={"nonce": 7}), *_nonce_args()).json()
+    assert failing(data) == {"bad_claim"}
+    assert status(data, "nonce") == "skipped"
+    assert data["verify_proof"]["agrees"] is True
+
+
+def test_v11_now_naive_iso_is_utc(key: DPoPKey, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "inspect", forge(key), "--now", "2023-11-14T22:13:20").code == 0
+
+
+def test_text_output_of_undecodable_proof(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run(capsys, "inspect", "abc.def.ghi", "--now", str(NOW))
+    assert result.code == 1
+    assert "header:" not in result.out
+    assert "[malformed]" in result.out
+
+
+def test_stdin_too_large_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("a" * (1024 * 1024 + 1)))
+    assert_one_line_error(run(capsys, "inspect", "-"), "inspect")
