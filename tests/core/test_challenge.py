@@ -195,3 +195,20 @@ def test_a_comma_can_end_a_challenge_and_start_the_next() -> None:
     parsed = parse_challenges('DPoP algs="ES256",Bearer realm="x",, Basic')
     assert [c.scheme for c in parsed] == ["DPoP", "Bearer", "Basic"]
     assert parsed[1].params == {"realm": "x"}
+
+
+ABNF = vector("rfc9449-abnf-cases.json")["cases"]
+TOKEN68_CASES = [c for c in ABNF if c["rule"] == "token68"]
+
+
+@pytest.mark.parametrize("case", TOKEN68_CASES, ids=[c["why"] for c in TOKEN68_CASES])
+def test_token68_abnf_vector_cases(case: dict[str, Any]) -> None:
+    # RFC 9449 Figure 3 / RFC 9110 §11.2: token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" /
+    # "~" / "+" / "/" ) *"="
+    if case["valid"]:
+        built = build_challenge("DPoP", token68=case["value"])
+        (parsed,) = parse_challenges(built)
+        assert parsed.token68 == case["value"]
+    else:
+        with pytest.raises(ValueError):
+            build_challenge("DPoP", token68=case["value"])

@@ -105,6 +105,12 @@ def test_b64url_canonical_trailing_bits() -> None:
 # -- strict JSON -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("data", [b'{"a":1}', b' {"a":1}', b'{"a":1} \n', b'\t\r\n{"a" : 1 }\r\n'])
+def test_json_insignificant_whitespace_is_allowed(data: bytes) -> None:
+    # RFC 8259 §2: whitespace around the object and its tokens.
+    assert json_loads_object(data) == {"a": 1}
+
+
 def test_json_object_parses() -> None:
     assert json_loads_object(b'{"a":1,"b":[1.5,"x",null,true],"c":{"d":"\xc3\xa9"}}') == {
         "a": 1,
@@ -130,6 +136,11 @@ def test_json_object_parses() -> None:
         pytest.param(b"null", id="null"),
         pytest.param(b"", id="empty"),
         pytest.param(b'{"a":1', id="truncated"),
+        pytest.param(b"{", id="open-brace"),
+        pytest.param(b'{"a"', id="no-colon"),
+        pytest.param(b"{}{}", id="two-objects"),
+        pytest.param(b'{"a":1}\x00', id="trailing-nul"),
+        pytest.param(b'{"a":1}\xc2\xa0', id="trailing-nbsp"),
         pytest.param(b'{"a":1} x', id="trailing-junk"),
         pytest.param(b'{"a":"\xff"}', id="invalid-utf8"),
         pytest.param(b'\xef\xbb\xbf{"a":1}', id="bom"),

@@ -7,14 +7,26 @@ RS-23 (an AS nonce is not an RS nonce).
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import secrets
+from pathlib import Path
 
 import pytest
 
-from dpopkit import NonceInfo, NonceIssuer, Reason, UseNonceError
+from dpopkit import (
+    DPoPKey,
+    NonceInfo,
+    NonceIssuer,
+    Reason,
+    UseNonceError,
+    create_proof,
+    verify_proof,
+)
 from dpopkit.core.jws import b64url_decode, b64url_encode
 
+VECTORS = Path(__file__).parent.parent / "vectors"
+HTU = "https://server.example.com/token"
 STEP = 60
 NOW = 1_700_000_040.0  # inside a step, not at its start
 STEP_START = (NOW // STEP) * STEP
@@ -227,3 +239,25 @@ def test_duplicate_secrets_count_once_and_repr_hides_them() -> None:
     assert SECRET_A.decode() not in text
     nonce = nonces.issue(now=NOW)
     assert issuer(SECRET_A).verify(nonce, now=NOW).current
+
+
+ABNF_NONCE_CASES = [
+    c
+    for c in json.loads((VECTORS / "rfc9449-abnf-cases.json").read_text(encoding="utf-8"))["cases"]
+    if c["rule"] == "nonce"
+]
+
+
+@pytest.mark.parametrize("case", ABNF_NONCE_CASES, ids=[c["why"] for c in ABNF_NONCE_CASES])
+def test_as17_x13_nonce_abnf_vector_cases(case: dict[str, object]) -> None:
+    # RFC 9449 Figure 22: nonce = 1*NQCHAR. The producer accepts exactly these values.
+    value = case["value"]
+    assert isinstance(value, str)
+    assert bool(NQCHAR_RE.fullmatch(value)) is case["valid"]
+    key = DPoPKey.generate("ES256")
+    if case["valid"]:
+        proof = create_proof(key, htm="POST", htu=HTU, nonce=value, now=NOW)
+        assert verify_proof(proof, htm="POST", htu=HTU, now=NOW).nonce == value
+    else:
+        with pytest.raises(ValueError):
+            create_proof(key, htm="POST", htu=HTU, nonce=value, now=NOW)
