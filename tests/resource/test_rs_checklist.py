@@ -300,6 +300,7 @@ def test_rs22_stale_nonce_gets_fresh_nonce_on_success(
     response = rs.request("GET", "/hello", dpop_headers(key, token, nonce=old, now=clock.now))
     assert response.status_code == 200
     assert response.headers["dpop-nonce"] == nonces.issue(now=clock.now)
+    assert response.headers["cache-control"] == "no-store"  # AS-19 / RS-22
 
 
 def test_rs22_missing_nonce_after_challenge_is_refused(

@@ -214,6 +214,17 @@ def test_interop_pyjwt_and_joserfc_tokens_accepted(issuer: Issuer) -> None:
         assert static(issuer).validate(token, now=NOW).sub == "bob"
 
 
+def test_validated_token_cache_respects_exp(issuer: Issuer) -> None:
+    """A cached validation never outlives exp (+ leeway)."""
+    tokens = static(issuer, leeway=0)
+    token = issuer.token(lifetime=10)
+    tokens.validate(token, now=NOW)
+    tokens.validate(token, now=NOW + 9)
+    with pytest.raises(InvalidTokenError) as exc:
+        tokens.validate(token, now=NOW + 10)
+    assert exc.value.reason is Reason.TOKEN_EXPIRED
+
+
 def test_callable_tokens(issuer: Issuer) -> None:
     tokens = CallableTokens(lambda token: TokenInfo(jkt=JKT, sub=token))
     assert tokens.validate("abc", now=NOW).sub == "abc"
@@ -316,7 +327,8 @@ def test_jwks_outage_keeps_known_keys(key_server: KeyServer) -> None:
     token = key_server.issuer("k1").token()
     tokens.validate(token, now=NOW)
     key_server.routes.get["/jwks"] = lambda: (500, {"error": "down"})
-    assert tokens.validate(token, now=NOW + 120).sub == "alice"  # stale keys still serve
+    fresh = key_server.issuer("k1").token(scope="other")  # not in the validated-token cache
+    assert tokens.validate(fresh, now=NOW + 120).sub == "alice"  # stale keys still serve
     assert key_server.routes.hits["/jwks"] == 2
 
 

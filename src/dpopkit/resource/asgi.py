@@ -110,10 +110,12 @@ class DPoPMiddleware:
         if not extra:
             await self.app(scope, receive, send)
             return
+        names = {name for name, _ in extra}
 
         async def send_with_nonce(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                kept = [h for h in message.get("headers", ()) if h[0].lower() not in names]
+                message = {**message, "headers": [*kept, *extra]}
             await send(message)
 
         await self.app(scope, receive, send_with_nonce)

@@ -100,10 +100,13 @@ class DPoPPrincipal:
 
     @property
     def response_headers(self) -> tuple[tuple[str, str], ...]:
-        """Headers the adapter adds to the application's response."""
+        """Headers the adapter sets on the application's response (replacing same-named ones).
+
+        A fresh ``DPoP-Nonce`` comes with ``Cache-Control: no-store`` (RFC 9449 §8.2, AS-19).
+        """
         if self.dpop_nonce is None:
             return ()
-        return ((DPOP_NONCE_HEADER, self.dpop_nonce),)
+        return ((DPOP_NONCE_HEADER, self.dpop_nonce), ("Cache-Control", "no-store"))
 
 
 # --- metrics ------------------------------------------------------------------------------

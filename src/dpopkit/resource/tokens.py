@@ -384,6 +384,7 @@ class _JWTBase:
         cache_ttl: float = 3600.0,
         min_refresh_interval: float = 30.0,
         timeout: float = 5.0,
+        cache_size: int = 4096,
         allow_insecure_http: bool = False,
     ) -> None:
         self._rules = _JWTRules(
@@ -413,6 +414,11 @@ class _JWTBase:
         self._timeout = timeout
         #: how many times keys were fetched (for operators and tests)
         self.fetch_count = 0
+        if cache_size < 0:
+            raise ValueError("cache_size must be >= 0")
+        self._cache_size = cache_size
+        self._validated: dict[bytes, TokenInfo] = {}
+        self._cache_lock = threading.Lock()
 
     @property
     def issuer(self) -> str:
@@ -448,14 +454,40 @@ class _JWTBase:
         except ValueError:
             raise _unavailable("jwks") from None
         self.fetch_count += 1
+        with self._cache_lock:
+            self._validated.clear()  # a key may have been withdrawn: verify again
 
-    def _check(self, parts: CompactJWS, spec: AlgSpec, kid: str | None, now: float) -> TokenInfo:
+    def _cached(self, token: str, now: float) -> tuple[bytes, TokenInfo | None]:
+        """A token whose signature and claims were already verified, while unexpired."""
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        info = self._validated.get(digest)
+        if info is None:
+            return digest, None
+        if info.exp is None or now >= info.exp + self._rules.leeway:
+            with self._cache_lock:
+                self._validated.pop(digest, None)
+            return digest, None
+        return digest, info
+
+    def _remember(self, digest: bytes, info: TokenInfo) -> None:
+        if not self._cache_size or info.exp is None:
+            return
+        with self._cache_lock:
+            while len(self._validated) >= self._cache_size:
+                del self._validated[next(iter(self._validated))]
+            self._validated[digest] = info
+
+    def _check(
+        self, parts: CompactJWS, spec: AlgSpec, kid: str | None, now: float, digest: bytes
+    ) -> TokenInfo:
         if not self._keys.jwks:
             raise _unavailable("jwks")
         keys = self._keys.candidates(kid, spec)
         if not keys:
             raise _invalid(kid_unknown=True)
-        return self._rules.claims(self._rules.verify(parts, spec, keys), now=now)
+        info = self._rules.claims(self._rules.verify(parts, spec, keys), now=now)
+        self._remember(digest, info)
+        return info
 
 
 class JWTAccessTokens(_JWTBase):
@@ -477,6 +509,8 @@ class JWTAccessTokens(_JWTBase):
         accept_typ: accepted ``typ`` values (``application/`` prefix optional); add
             ``"jwt"`` or None for issuers that do not follow RFC 9068 §2.1.
         cache_ttl: seconds before fetched keys are refreshed.
+        cache_size: validated tokens remembered until their ``exp`` (0 turns it off);
+            the cache is emptied whenever keys are fetched.
         min_refresh_interval: at most one fetch per this many seconds, however many
             unknown ``kid`` values arrive.
         timeout: seconds for each HTTP exchange.
@@ -530,6 +564,9 @@ class JWTAccessTokens(_JWTBase):
 
     def validate(self, token: str, *, now: float) -> TokenInfo:
         """Validate ``token`` (RFC 9068 §4) and return its :class:`TokenInfo`."""
+        digest, hit = self._cached(token, now)
+        if hit is not None:
+            return hit
         header, spec, parts = self._rules.parse_header(token)
         kid = _str_or_none(header.get("kid"))
         if self._needs_fetch(kid, now):
@@ -541,7 +578,7 @@ class JWTAccessTokens(_JWTBase):
                         if not self._keys.jwks:
                             raise
                         # Keep serving the keys we have; the outage shows in fetch metrics.
-        return self._check(parts, spec, kid, now)
+        return self._check(parts, spec, kid, now, digest)
 
 
 class AsyncJWTAccessTokens(_JWTBase):
@@ -608,6 +645,12 @@ class AsyncJWTAccessTokens(_JWTBase):
 
     async def validate(self, token: str, *, now: float) -> TokenInfo:
         """Validate ``token`` (RFC 9068 §4) and return its :class:`TokenInfo`."""
+        digest, hit = self._cached(token, now)
+        if hit is not None:
+            return hit
+        digest, hit = self._cached(token, now)
+        if hit is not None:
+            return hit
         header, spec, parts = self._rules.parse_header(token)
         kid = _str_or_none(header.get("kid"))
         if self._inflight is not None or self._needs_fetch(kid, now):
@@ -616,7 +659,7 @@ class AsyncJWTAccessTokens(_JWTBase):
             except TemporarilyUnavailableError:
                 if not self._keys.jwks:
                     raise
-        return self._check(parts, spec, kid, now)
+        return self._check(parts, spec, kid, now, digest)
 
 
 # --- introspection (RFC 7662) -------------------------------------------------------------

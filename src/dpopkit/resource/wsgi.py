@@ -92,8 +92,10 @@ class DPoPWSGIMiddleware:
         extra = list(principal.response_headers)
         if not extra:
             return self.app(environ, start_response)
+        names = {name.lower() for name, _ in extra}
 
         def start_with_nonce(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
-            return start_response(status, [*headers, *extra], *args)
+            kept = [h for h in headers if h[0].lower() not in names]
+            return start_response(status, [*kept, *extra], *args)
 
         return self.app(environ, start_with_nonce)
