@@ -49,6 +49,7 @@ from dpopkit.storage.memory import MemoryReplayCache
 CLIENT_ID = "cli"
 CLIENT_SECRET = "s3cret/+ :x"
 PKJ_CLIENT = "pkj"
+DOCS_CLIENT_ID = "my-app"  # the client id the docs' snippets use
 
 
 @dataclass
@@ -160,8 +161,8 @@ class Servers:
         if auth.lower().startswith("basic "):
             raw = base64.b64decode(auth[6:]).decode()
             user, _, pwd = raw.partition(":")
-            if unquote(user) == CLIENT_ID and unquote(pwd) == CLIENT_SECRET:
-                return CLIENT_ID
+            if unquote(user) in (CLIENT_ID, DOCS_CLIENT_ID) and unquote(pwd) == CLIENT_SECRET:
+                return unquote(user)
             raise InvalidClientError(challenge_scheme="Basic")
         if "client_assertion" in form:
             assert form.get("client_assertion_type") == (
@@ -339,6 +340,8 @@ class Servers:
             issued = s.tokens.get(token)
             if issued is None or issued.expires_at < now or s.rs_reject_tokens:
                 raise InvalidTokenError(Reason.TOKEN_EXPIRED)
+            if issued.jkt is None:
+                issued.jkt = checked.jkt  # test facility: an unbound token binds at first use
             if issued.jkt != checked.jkt:
                 raise InvalidTokenError(Reason.JKT_MISMATCH)
             record_proof(self.replay, checked, now=now)
@@ -383,11 +386,23 @@ def _free_socket() -> socket.socket:
 
 
 @contextmanager
-def running(servers: Servers) -> Iterator[Servers]:
-    """Serve ``servers.app`` with uvicorn on 127.0.0.1 (a free port) in a thread."""
+def running(
+    servers: Servers, *, certfile: str | None = None, keyfile: str | None = None
+) -> Iterator[Servers]:
+    """Serve ``servers.app`` with uvicorn on 127.0.0.1 (a free port) in a thread.
+
+    With ``certfile``/``keyfile`` it serves https (a test certificate for 127.0.0.1).
+    """
     sock = _free_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(servers.app, log_level="warning", lifespan="off", access_log=False)
+    config = uvicorn.Config(
+        servers.app,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -396,7 +411,8 @@ def running(servers: Servers) -> Iterator[Servers]:
         if time.monotonic() > deadline:
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
-    servers.state.base = f"http://127.0.0.1:{port}"
+    scheme = "https" if certfile else "http"
+    servers.state.base = f"{scheme}://127.0.0.1:{port}"
     try:
         yield servers
     finally:
@@ -405,7 +421,7 @@ def running(servers: Servers) -> Iterator[Servers]:
         sock.close()
 
 
-def issue_token(servers: Servers, jkt: str, *, expires_in: int = 300) -> str:
+def issue_token(servers: Servers, jkt: str | None, *, expires_in: int = 300) -> str:
     """Put an access token bound to ``jkt`` straight into the server's store."""
     at = secrets.token_urlsafe(24)
     servers.state.tokens[at] = Issued(jkt, time.time() + expires_in)
