@@ -100,3 +100,22 @@ def test_docs_snippets_run_as_written(
     # The requests snippet's session made a real call with a DPoP proof and nonce retry.
     api_calls = [r for r in servers.state.rs_requests if r.get("path") == "/api/orders"]
     assert len([r for r in api_calls if "jti" in r]) == 2
+
+
+def test_readme_httpx_snippet_runs_as_written(
+    tls_servers: tuple[Servers, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 5 "Done when": the README calls a DPoP API with httpx in five lines."""
+    servers, certfile = tls_servers
+    monkeypatch.setenv("SSL_CERT_FILE", certfile)
+    readme = DOC.parents[1] / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.DOTALL)
+    (block,) = [b for b in blocks if "dpopkit.client.httpx" in b]
+    assert len([line for line in block.splitlines() if line.strip()]) <= 5
+    namespace: dict[str, Any] = {
+        "access_token": issue_token(servers, None),
+        "api_url": servers.state.base + "/api/readme",
+    }
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["response"].status_code == 200
+    assert len(namespace["response"].history) == 1  # the RS nonce round trip
