@@ -405,3 +405,32 @@ def test_metrics_counters_and_prometheus_text(
     text = rs.guard.metrics.prometheus_text()
     assert 'dpopkit_rs_rejected_total{reason="jkt_mismatch"} 1' in text
     assert 'dpopkit_rs_proof_iat_offset_seconds_bucket{le="5.0"} 1' in text
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_offloaded_verification_same_decisions(backend: str, issuer: Issuer, key: DPoPKey) -> None:
+    """offload_verification=True verifies in a worker thread with the same outcomes."""
+    calls = Calls()
+    guard = AsyncResourceGuard(
+        tokens=JWTAccessTokens(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks()),
+        replay=AsyncMemoryReplayCache(),
+        clock=Clock(),
+        offload_verification=True,
+    )
+    app = DPoPMiddleware(asgi_app(calls), guard=guard, public_origin=ORIGIN)
+    token = issuer.token(jkt=key.jkt)
+    good = dpop_headers(key, token)
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
+            return [
+                (await client.get("/hello", headers=good)).status_code,
+                (await client.get("/hello", headers=good)).status_code,
+                (
+                    await client.get("/hello", headers=dpop_headers(key, token, method="PUT"))
+                ).status_code,
+            ]
+
+    assert anyio.run(main, backend=backend) == [200, 401, 401]
+    assert guard.metrics.snapshot()["rejected"] == {"replayed_jti": 1, "htm_mismatch": 1}

@@ -23,6 +23,7 @@ a token or a proof) and counted in :class:`GuardMetrics`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import inspect
@@ -532,7 +533,9 @@ class AsyncResourceGuard(_GuardBase):
 
     Takes an :class:`~dpopkit.core.replay.AsyncReplayCache` and an async or sync
     token validator (a static JWKS needs no I/O). Arguments as for
-    :class:`ResourceGuard`.
+    :class:`ResourceGuard`, plus ``offload_verification``: verify the proof in a
+    worker thread (``anyio.to_thread``) instead of on the event loop;
+    ``cryptography`` releases the GIL while it verifies (see ``bench/rs.py``).
     """
 
     def __init__(
@@ -547,6 +550,7 @@ class AsyncResourceGuard(_GuardBase):
         realm: str | None = None,
         clock: Callable[[], float] = time.time,
         metrics: GuardMetrics | None = None,
+        offload_verification: bool = False,
     ) -> None:
         super().__init__(
             policy=policy,
@@ -558,6 +562,7 @@ class AsyncResourceGuard(_GuardBase):
             metrics=metrics,
             replay=replay,
         )
+        self.offload_verification = offload_verification
         if not inspect.iscoroutinefunction(getattr(replay, "check_and_store", None)):
             raise TypeError("AsyncResourceGuard needs an AsyncReplayCache")
         self.tokens = tokens
@@ -582,7 +587,13 @@ class AsyncResourceGuard(_GuardBase):
         try:
             self._parse_authorization(request, attempt)
             if attempt.scheme == "DPoP":
-                self._verify_proof(request, attempt, now)
+                if self.offload_verification:
+                    import anyio.to_thread
+
+                    verify = functools.partial(self._verify_proof, request, attempt, now)
+                    await anyio.to_thread.run_sync(verify)
+                else:
+                    self._verify_proof(request, attempt, now)
             info = await self._validate(attempt.token, now)
             self._check_binding(attempt, info, frozenset(required_scopes or ()))
             if attempt.proof is not None:
