@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from dpopkit import DPoPKey, Headers, Reason, ReplayStoreError, RequestView, create_proof
+from dpopkit.core.jws import b64url_encode
 from dpopkit.server.authorize import AuthorizationEndpoint, ConfigUsers
 from dpopkit.server.jwt import SigningKey
 from dpopkit.server.service import JWT_BEARER_ASSERTION
@@ -765,3 +766,63 @@ def test_signing_keys_persist_across_restarts(as_: AS) -> None:
     first = as_.service.keyring.current(now=as_.clock.now).kid
     again = make_service(as_.store, as_.clock)
     assert again.keyring.current(now=as_.clock.now).kid == first
+
+
+# --- attack families A-F at the token endpoint (the core is tested exhaustively elsewhere) ---
+
+
+def _raw_proof(header: dict[str, Any], claims: dict[str, Any], key: DPoPKey) -> str:
+    head = b64url_encode(json.dumps(header).encode())
+    body = b64url_encode(json.dumps(claims).encode())
+    return f"{head}.{body}.{b64url_encode(key.sign(f'{head}.{body}'.encode()))}"
+
+
+def _claims(now: float, **extra: Any) -> dict[str, Any]:
+    return {"jti": "j-" + str(now), "htm": "POST", "htu": TOKEN_URL, "iat": int(now), **extra}
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["alg_none", "hs256", "private_jwk", "typ_jwt", "no_jti", "iat_string", "no_jwk", "crit"],
+)
+def test_families_b_to_f_bad_proofs_at_token(as_: AS, case: str) -> None:
+    """Families B-F (SEC-26/28 and kin): each malformed proof → 400 invalid_dpop_proof."""
+    key = as_.key
+    header: dict[str, Any] = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.public_jwk}
+    claims = _claims(as_.clock.now)
+    if case == "alg_none":
+        header["alg"] = "none"
+    elif case == "hs256":
+        header["alg"] = "HS256"
+    elif case == "private_jwk":
+        header["jwk"] = key.private_jwk()
+    elif case == "typ_jwt":
+        header["typ"] = "JWT"
+    elif case == "no_jti":
+        del claims["jti"]
+    elif case == "iat_string":
+        claims["iat"] = str(claims["iat"])
+    elif case == "no_jwk":
+        del header["jwk"]
+    elif case == "crit":
+        header["crit"] = ["x-unknown"]
+        header["x-unknown"] = 1
+    resp = as_.token(CC, proof=_raw_proof(header, claims, key))
+    assert error_of(resp) == "invalid_dpop_proof"
+    assert as_.store.count_access_tokens() == 0
+
+
+def test_family_a_comma_folded_and_oversized_proofs(as_: AS) -> None:
+    """Family A / SEC-01/02, SEC-107: a comma-folded DPoP field or a huge proof → rejected."""
+    folded = as_.proof() + ", " + as_.proof()
+    assert error_of(as_.token(CC, proof=folded)) == "invalid_dpop_proof"
+    huge = as_.proof(claims={"pad": "x" * 9000})
+    assert error_of(as_.token(CC, proof=huge)) == "invalid_dpop_proof"
+
+
+def test_family_h_htu_query_and_case_normalised(as_: AS) -> None:
+    """Family H: htu compared after RFC 3986 normalisation (query dropped, host case)."""
+    upper = as_.proof(url="HTTP://AS.TEST/token?x=1")
+    assert as_.token(CC, proof=upper).status == 200
+    slash = as_.proof(url=TOKEN_URL + "/")
+    assert error_of(as_.token(CC, proof=slash)) == "invalid_dpop_proof"

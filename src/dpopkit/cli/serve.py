@@ -15,7 +15,7 @@ from typing import Any
 
 from dpopkit.cli import CommandError, missing_extra
 
-__all__ = ["register"]
+__all__ = ["register", "whoami_mounts"]
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _whoami_mounts(service: Any, issuer: str) -> list[tuple[str, Any]]:
+def whoami_mounts(service: Any, issuer: str) -> list[tuple[str, Any]]:
     """The demo protected API, validating this AS's tokens against its own store."""
     try:
         from dpopkit.resource.demo import WHOAMI_PATH, create_whoami_app
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         )
         app, service = build_server(
             config,
-            mounts=None if args.no_api else (lambda svc: _whoami_mounts(svc, config.issuer)),
+            mounts=None if args.no_api else (lambda svc: whoami_mounts(svc, config.issuer)),
         )
     except ConfigError as exc:
         raise CommandError(str(exc), 2) from None
