@@ -28,7 +28,7 @@ from dpopkit import DPoPKey, InvalidGrantError, NonceIssuer, ProofPolicy
 from dpopkit.cli import main
 from dpopkit.client import httpx as dpop_httpx
 from dpopkit.client import requests as dpop_requests
-from dpopkit.client.tokens import RefreshingToken, TokenClient, TokenSet
+from dpopkit.client.tokens import RefreshingToken, TokenClient, TokenSet, register_client
 from dpopkit.keyfile import save_key
 from dpopkit.resource.asgi import DPoPMiddleware
 from dpopkit.resource.guard import AsyncResourceGuard
@@ -64,7 +64,11 @@ class Ours:
         self.issuer = issuer
         self.store = SQLGrantStore(db)
         settings = ServerSettings(
-            issuer=issuer, nonce_policy="always", test_mode_user="alice", access_token_lifetime=300
+            issuer=issuer,
+            nonce_policy="always",
+            test_mode_user="alice",
+            access_token_lifetime=300,
+            registration_enabled=True,
         )
         self.service = TokenService(
             settings,
@@ -240,3 +244,34 @@ def test_e2e_cli_token_and_request(
     proofs = [line for line in out.splitlines() if line.startswith("* proof")]
     assert len(proofs) == 2  # RS use_dpop_nonce, then 200
     assert "nonce" in json.loads(proofs[1].split(": ", 1)[1])
+
+
+def test_c22_registered_dpop_client_always_sends_proofs(ours: Ours) -> None:
+    """C-22: a client registered with dpop_bound_access_tokens=true (RFC 9449 §5.2) gets
+    DPoP-bound tokens, and our AS refuses its token requests without a proof."""
+    key = DPoPKey.generate()
+    meta = client_for(ours, key).metadata
+    registered = register_client(
+        meta,
+        {
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["client_credentials"],
+        },
+    )
+    assert registered["dpop_bound_access_tokens"] is True
+    client = TokenClient(
+        key=key,
+        client_id=registered["client_id"],
+        client_secret=registered["client_secret"],
+        metadata=meta,
+        allow_insecure_http=True,
+    )
+    assert client.client_credentials().is_dpop
+    # Without a proof (a plain form POST) the AS refuses this client.
+    response = httpx.post(
+        meta.token_endpoint,
+        data={"grant_type": "client_credentials"},
+        auth=(registered["client_id"], registered["client_secret"]),
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_dpop_proof"

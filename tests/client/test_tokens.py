@@ -27,6 +27,7 @@ from dpopkit.client.tokens import (
     TokenSet,
     discover,
     pkce_pair,
+    register_client,
 )
 
 from .helpers import claims_of
@@ -425,3 +426,10 @@ def test_c23_reprs_hold_no_secrets(servers: Servers, key: DPoPKey) -> None:
     assert tokens.refresh_token not in text
     assert CLIENT_SECRET not in text
     assert key.private_jwk()["d"] not in text
+
+
+def test_c22_register_client_needs_endpoint(servers: Servers, key: DPoPKey) -> None:
+    meta = discover(servers.state.issuer)
+    with pytest.raises(ClientError) as info:
+        register_client(meta, {"redirect_uris": ["https://app.example/cb"]})
+    assert info.value.reason is Reason.CONFIGURATION

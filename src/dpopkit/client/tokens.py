@@ -29,6 +29,7 @@ import base64
 import hashlib
 import hmac
 import html
+import json
 import math
 import secrets
 import threading
@@ -72,6 +73,7 @@ __all__ = [
     "TokenSource",
     "discover",
     "pkce_pair",
+    "register_client",
     "urllib_sender",
 ]
 
@@ -149,6 +151,7 @@ class ServerMetadata:
     pushed_authorization_request_endpoint: str | None = None
     require_pushed_authorization_requests: bool = False
     revocation_endpoint: str | None = None
+    registration_endpoint: str | None = None
     dpop_signing_alg_values_supported: tuple[str, ...] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -185,6 +188,7 @@ class ServerMetadata:
             require_pushed_authorization_requests=data.get("require_pushed_authorization_requests")
             is True,
             revocation_endpoint=text("revocation_endpoint"),
+            registration_endpoint=text("registration_endpoint"),
             dpop_signing_alg_values_supported=None if algs is None else tuple(algs),
             raw=dict(data),
         )
@@ -231,6 +235,58 @@ def discover(issuer: str, *, sender: Sender | None = None) -> ServerMetadata:
 
 def _accept_json() -> Headers:
     return Headers([("Accept", "application/json")])
+
+
+def register_client(
+    metadata: ServerMetadata,
+    client_metadata: Mapping[str, Any],
+    *,
+    initial_access_token: str | None = None,
+    sender: Sender | None = None,
+) -> dict[str, Any]:
+    """Register a client dynamically (RFC 7591 §3) as a DPoP client (RFC 9449 §5.2).
+
+    ``dpop_bound_access_tokens`` is set to ``true`` (checklist C-22): the AS then
+    refuses token requests from this client without a proof, and
+    :class:`TokenClient` always sends one.
+
+    Args:
+        metadata: the AS metadata (its ``registration_endpoint`` is used).
+        client_metadata: RFC 7591 §2 client metadata (``redirect_uris``,
+            ``token_endpoint_auth_method``, ``grant_types``, ...).
+        initial_access_token: a bearer token for protected registration endpoints.
+        sender: the HTTP sender (``urllib`` by default).
+
+    Returns:
+        The registration response (``client_id``, ``client_secret`` when issued, ...).
+
+    Raises:
+        ClientError: (CONFIGURATION) the AS has no registration endpoint.
+        TokenResponseError / OAuthError subclasses: the AS refused.
+    """
+    endpoint = metadata.registration_endpoint
+    if endpoint is None:
+        raise ClientError(Reason.CONFIGURATION, "the AS has no registration endpoint")
+    body = {**client_metadata, "dpop_bound_access_tokens": True}
+    headers = [("Content-Type", "application/json"), ("Accept", "application/json")]
+    if initial_access_token is not None:
+        headers.append(("Authorization", f"Bearer {initial_access_token}"))
+    send = sender if sender is not None else urllib_sender()
+    response = send(
+        RequestView(
+            method="POST",
+            url=endpoint,
+            headers=Headers(headers),
+            body=json.dumps(body).encode("utf-8"),
+        )
+    )
+    data = parse_json_body(response.body)
+    if response.status not in (200, 201) or data is None:
+        raise _error_from(response, data)
+    client_id = data.get("client_id")
+    if not isinstance(client_id, str) or not client_id:
+        raise TokenResponseError(Reason.TOKEN_RESPONSE, "no client_id in the registration")
+    return dict(data)
 
 
 # -- tokens ----------------------------------------------------------------------------------------
