@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from dpopkit import (
+    ChallengeError,
     DPoPKey,
     Headers,
     MissingNonceError,
@@ -528,3 +529,24 @@ def test_401_without_challenge_is_final(key: DPoPKey) -> None:
     flow.prepare("GET", RS_URL, "AT")
     assert flow.on_response(401, {"DPoP-Nonce": "n"}) is DONE
     assert flow.last_error is None
+
+
+def test_c16_rs_algs_without_our_alg_raises(key: DPoPKey) -> None:
+    """C-16: a 401 DPoP challenge whose algs leaves out our alg → ChallengeError, no retry."""
+    flow = make_flow(key)
+    flow.prepare("GET", RS_URL, "AT")
+    value = 'DPoP error="use_dpop_nonce", algs="PS256 RS256"'
+    with pytest.raises(ChallengeError) as info:
+        flow.on_response(401, {"WWW-Authenticate": value, "DPoP-Nonce": "n"})
+    assert info.value.reason is Reason.UNSUPPORTED_ALG
+
+
+def test_c16_rs_algs_with_rfc9864_twin_accepted() -> None:
+    eddsa = DPoPKey.generate("EdDSA")
+    flow = make_flow(eddsa)
+    flow.prepare("GET", RS_URL, "AT")
+    value = 'DPoP error="use_dpop_nonce", algs="Ed25519 ES256"'
+    assert isinstance(flow.on_response(401, {"WWW-Authenticate": value, "DPoP-Nonce": "n"}), Retry)
+    flow.prepare("GET", RS_URL, "AT")
+    bad = 'DPoP error="use_dpop_nonce", algs="Ed25519 ES256", x="'
+    assert flow.on_response(401, {"WWW-Authenticate": bad, "DPoP-Nonce": "n2"}) is DONE

@@ -46,7 +46,7 @@ from dpopkit.core.http import AUTH_SCHEME, DPOP_HEADER, DPOP_NONCE_HEADER, Heade
 from dpopkit.core.htu import normalize_htu
 from dpopkit.core.keys import DPoPKey
 from dpopkit.core.proof import create_proof
-from dpopkit.errors import MissingNonceError, NonceRetryExhaustedError, Reason
+from dpopkit.errors import ChallengeError, MissingNonceError, NonceRetryExhaustedError, Reason
 
 __all__ = [
     "DONE",
@@ -69,6 +69,7 @@ INVALID_TOKEN: Final = "invalid_token"  # noqa: S105 - an OAuth error code
 MAX_NONCE_LENGTH: Final = 1024
 #: Largest error body (bytes) the adapters parse to find ``use_dpop_nonce``.
 MAX_ERROR_BODY: Final = 64 * 1024
+_EQUIVALENT_ALGS = {"EdDSA": "Ed25519", "Ed25519": "EdDSA"}  # RFC 9864 names
 _NQCHAR_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 9449 §8.1, RFC 6749 App. A
 
 
@@ -375,6 +376,8 @@ class DPoPFlow:
             the budget (C-10), else :data:`DONE`.
 
         Raises:
+            ChallengeError: (UNSUPPORTED_ALG) a 401 ``DPoP`` challenge whose ``algs``
+                leaves out this key's algorithm (C-16): no retry can succeed.
             MissingNonceError: ``use_dpop_nonce`` without a usable ``DPoP-Nonce``.
             NonceRetryExhaustedError: the server asked again once the budget was
                 spent, or repeated the nonce that was just sent (loop protection).
@@ -387,6 +390,8 @@ class DPoPFlow:
         if fresh is not None:
             self.nonces.put(self._origin, fresh)
         error = self._error = self.error_code(status, view, body)
+        if status == 401:
+            self._check_algs(view)
         if error is None or error not in (USE_DPOP_NONCE, INVALID_DPOP_PROOF):
             return DONE
         learned = self._learn_skew(view)
@@ -437,6 +442,23 @@ class DPoPFlow:
             if wanted in codes:
                 return wanted
         return next((c for c in codes if c is not None), None)
+
+    def _check_algs(self, headers: Headers) -> None:
+        """Refuse to go on when the RS's ``algs`` excludes our key's algorithm (C-16)."""
+        try:
+            challenges = parse_challenges(headers.get_all("www-authenticate"))
+        except ChallengeSyntaxError:
+            return
+        mine = {self.key.alg, _EQUIVALENT_ALGS.get(self.key.alg, self.key.alg)}
+        for challenge in challenges:
+            algs = challenge.params.get("algs") if challenge.is_scheme(AUTH_SCHEME) else None
+            # RFC 9449 §7.1: algs lists the proof algorithms the RS accepts.
+            if algs is not None and algs.split() and mine.isdisjoint(algs.split()):
+                raise ChallengeError(
+                    Reason.UNSUPPORTED_ALG,
+                    "the resource server does not accept this key's algorithm",
+                    detail={"alg": self.key.alg, "algs": algs, "origin": self._origin},
+                )
 
     def _learn_skew(self, headers: Headers) -> bool:
         """Learn this origin's clock offset from ``Date``; return whether it changed."""
