@@ -358,6 +358,9 @@ class TokenService:
             require_nonce=True,
         )
         self._secrets = _SecretCache()
+        self._clients: dict[str, tuple[ClientRecord, float]] = {}
+        #: Seconds a client record is reused before it is read again (0 disables the cache).
+        self.client_cache_ttl = 5.0
 
     # -- shared checks --------------------------------------------------------------------
 
@@ -397,6 +400,18 @@ class TokenService:
             nonce_check=self.nonces,
             now=now,
         )
+
+    def get_client(self, client_id: str, *, now: float) -> ClientRecord | None:
+        """A registered client, from a short-lived cache (``client_cache_ttl`` seconds)."""
+        hit = self._clients.get(client_id)
+        if hit is not None and now - hit[1] < self.client_cache_ttl:
+            return hit[0]
+        client = self.store.get_client(client_id)
+        if client is not None:
+            if len(self._clients) >= 4096:
+                self._clients.clear()
+            self._clients[client_id] = (client, now)
+        return client
 
     def _record(self, key: str, expires_at: float, now: float) -> bool:
         try:
@@ -464,7 +479,7 @@ class TokenService:
         else:
             client_id = form_id or ""
             method = "client_secret_post" if body_secret is not None else "none"
-        client = self.store.get_client(client_id) if client_id else None
+        client = self.get_client(client_id, now=now) if client_id else None
         if client is None or client.token_endpoint_auth_method != method:
             raise InvalidClientError(
                 Reason.INVALID_CLIENT, "client authentication failed", challenge_scheme=challenge

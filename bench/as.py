@@ -1,0 +1,281 @@
+"""Benchmark of the authorization server's token endpoint (not a test).
+
+Run: ``python bench/as.py [--quick] [--reps N] [--target-ms MS] [--requests N] [--seconds S]``.
+
+Scenario: ``client_credentials`` with ``client_secret_basic``, an ES256 DPoP proof
+(no nonce) and an ES256 JWT access token, on the default stack of ``dpopkit
+serve``: SQLite grant store, SQLite replay cache.
+
+1. **Breakdown** (in process, thread CPU clock, round-robin, medians; see
+   ``bench/_harness.py``): the parts of one token request, and the whole
+   ``TokenService.handle_token`` call. ``floor.ES256.verify``/``sign`` are the bare
+   ``cryptography`` operations every request needs at least once each.
+2. **End to end** (wall clock): ``dpopkit serve`` in a subprocess (one uvicorn
+   worker on 127.0.0.1), driven by httpx clients in this process, sequentially and
+   with 8 concurrent clients. Client and server share the machine, so the client's
+   proof creation and HTTP work are counted against the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Op, fmt_us, ratio, run_round_robin
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from dpopkit import DPoPKey, Headers, RequestView, create_proof, verify_proof
+from dpopkit.core.replay import record_proof
+from dpopkit.server.service import Form, ServerSettings, TokenService
+from dpopkit.storage.sql import ClientRecord, SQLGrantStore, hash_secret
+from dpopkit.storage.sqlite import SQLiteReplayCache
+
+ISSUER = "https://as.bench"
+TOKEN_URL = ISSUER + "/token"
+SECRET = "bench-secret-value"
+BASIC = "Basic " + base64.b64encode(f"bench:{SECRET}".encode()).decode()
+BODY = b"grant_type=client_credentials"
+
+
+def _service(tmp: Path) -> TokenService:
+    store = SQLGrantStore(f"sqlite:///{tmp / 'grants.db'}")
+    store.put_client(
+        ClientRecord(
+            client_id="bench",
+            secret_hash=hash_secret(SECRET),
+            grant_types=("client_credentials",),
+            scope="read",
+            dpop_bound_access_tokens=True,
+        )
+    )
+    return TokenService(
+        ServerSettings(issuer=ISSUER),
+        store=store,
+        replay=SQLiteReplayCache(tmp / "replay.db"),
+    )
+
+
+def _request(proof: str) -> RequestView:
+    return RequestView(
+        method="POST",
+        url=TOKEN_URL,
+        headers=Headers(
+            [
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Authorization", BASIC),
+                ("DPoP", proof),
+            ]
+        ),
+        body=BODY,
+    )
+
+
+def breakdown(tmp: Path, reps: int, target_ms: float) -> None:
+    svc = _service(tmp)
+    key = DPoPKey.generate("ES256")
+    raw = ec.generate_private_key(ec.SECP256R1())
+    pub = raw.public_key()
+    data = b"x" * 300
+    der = raw.sign(data, ec.ECDSA(hashes.SHA256()))
+    now = time.time()
+    svc.handle_token(_request(create_proof(key, htm="POST", htu=TOKEN_URL)))  # warm caches
+
+    def proofs(n: int) -> list[str]:
+        return [create_proof(key, htm="POST", htu=TOKEN_URL) for _ in range(n)]
+
+    def floor_verify(n: int) -> Any:
+        return lambda: [pub.verify(der, data, ec.ECDSA(hashes.SHA256())) for _ in range(n)]
+
+    def floor_sign(n: int) -> Any:
+        return lambda: [raw.sign(data, ec.ECDSA(hashes.SHA256())) for _ in range(n)]
+
+    def proof_check(n: int) -> Any:
+        pool = proofs(n)
+        return lambda: [verify_proof(p, htm="POST", htu=TOKEN_URL, now=now) for p in pool]
+
+    def replay(n: int) -> Any:
+        checked = [verify_proof(p, htm="POST", htu=TOKEN_URL, now=now) for p in proofs(n)]
+        return lambda: [record_proof(svc.replay, c, now=now) for c in checked]
+
+    def client_auth(n: int) -> Any:
+        view = _request("x")
+        form = Form.parse(view)
+        return lambda: [
+            svc.authenticate_client(view, form, endpoint=TOKEN_URL, now=now) for _ in range(n)
+        ]
+
+    def signing(n: int) -> Any:
+        signer = svc.keyring.current(now=now)
+        claims = {
+            "iss": ISSUER,
+            "sub": "bench",
+            "aud": ISSUER,
+            "client_id": "bench",
+            "scope": "read",
+            "jti": "j" * 32,
+            "iat": int(now),
+            "exp": int(now) + 300,
+            "cnf": {"jkt": key.jkt},
+        }
+        return lambda: [signer.sign(claims, typ="at+jwt") for _ in range(n)]
+
+    def storage(n: int) -> Any:
+        records = [
+            svc.mint_access_token(
+                client_id="bench",
+                sub="bench",
+                scope="read",
+                resource=(),
+                jkt=key.jkt,
+                family_id=None,
+                now=now,
+            )[1]
+            for _ in range(n)
+        ]
+        return lambda: [svc.store.put_access_token(r) for r in records]
+
+    def whole(n: int) -> Any:
+        pool = [_request(p) for p in proofs(n)]
+
+        def run() -> None:
+            for view in pool:
+                resp = svc.handle_token(view)
+                assert resp.status == 200, resp.body
+
+        return run
+
+    ops = [
+        Op("floor.ES256.verify", floor_verify),
+        Op("floor.ES256.sign", floor_sign),
+        Op("proof check (verify_proof)", proof_check),
+        Op("replay record (SQLite)", replay, max_n=3000),
+        Op("client auth (Basic, cached)", client_auth),
+        Op("signing (at+jwt ES256)", signing),
+        Op("storage (SQLite insert)", storage, max_n=3000),
+        Op("handle_token (whole)", whole, max_n=3000),
+    ]
+    run_round_robin(ops, reps=reps, target_ms=target_ms, progress=lambda m: print("  " + m))
+    floor = ops[0]
+    print("\nbreakdown (thread CPU time per request, median)")
+    for op in ops:
+        r = ratio(op, floor)
+        print(f"  {op.name:30s} {fmt_us(op.median_ns):>8s} µs  {r.value:5.2f}× verify floor")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def end_to_end(tmp: Path, requests_n: int, seconds: float) -> None:
+    import httpx
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = tmp / "as.toml"
+    config.write_text(
+        f'issuer = "{base}"\nport = {port}\ndata_dir = "{tmp / "data"}"\n'
+        '[[clients]]\nclient_id = "bench"\n'
+        f'client_secret = "{SECRET}"\ngrant_types = ["client_credentials"]\n'
+        "dpop_bound_access_tokens = true\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpopkit", "serve", "--config", str(config), "--no-api"],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(base + "/jwks", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("server did not start") from None
+                time.sleep(0.1)
+
+        def one(http: httpx.Client, key: DPoPKey) -> None:
+            proof = create_proof(key, htm="POST", htu=base + "/token", allow_insecure_http=True)
+            resp = http.post(
+                base + "/token",
+                content=BODY,
+                headers={
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Authorization": BASIC,
+                    "DPoP": proof,
+                },
+            )
+            assert resp.status_code == 200, resp.text
+
+        key = DPoPKey.generate("ES256")
+        with httpx.Client() as http:
+            for _ in range(20):
+                one(http, key)
+            start = time.perf_counter()
+            for _ in range(requests_n):
+                one(http, key)
+            elapsed = time.perf_counter() - start
+        print(
+            f"\nend to end, sequential: {requests_n / elapsed:8.0f} tokens/s "
+            f"({elapsed / requests_n * 1e3:.2f} ms per request)"
+        )
+
+        counts = [0] * 8
+        stop = threading.Event()
+
+        def worker(i: int) -> None:
+            k = DPoPKey.generate("ES256")
+            with httpx.Client() as http:
+                while not stop.is_set():
+                    one(http, k)
+                    counts[i] += 1
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - start
+        print(f"end to end, 8 clients:  {sum(counts) / elapsed:8.0f} tokens/s")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, shorter runs")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--target-ms", type=float, default=100.0)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    if args.quick:
+        args.reps, args.target_ms, args.requests, args.seconds = 3, 30.0, 200, 2.0
+    print(f"dpopkit AS benchmark · Python {platform.python_version()} · {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory() as tmp:
+        breakdown(Path(tmp), args.reps, args.target_ms)
+    with tempfile.TemporaryDirectory() as tmp:
+        end_to_end(Path(tmp), args.requests, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
