@@ -32,6 +32,7 @@ text. ``description`` is safe to send to the peer: it never echoes an expected
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import ClassVar, Literal
@@ -128,6 +129,14 @@ class SecurityWarning(UserWarning):
 
 Role = Literal["as", "rs"]
 
+# RFC 6750 §3: error_description and scope use only %x20-21 / %x23-5B / %x5D-7E.
+_NOT_RFC6750 = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def _challenge_safe(text: str) -> str:
+    """Replace what RFC 6750 §3 forbids in a challenge (a description may quote input)."""
+    return _NOT_RFC6750.sub("?", text)
+
 
 class DPoPError(Exception):
     """Base of every error dpopkit raises on bad input from a peer.
@@ -182,9 +191,12 @@ class DPoPError(Exception):
         dpop_params: list[tuple[str, str]] = []
         if realm is not None:
             dpop_params.append(("realm", realm))
-        err_params = [("error", self.error), ("error_description", self.description)]
+        err_params = [
+            ("error", self.error),
+            ("error_description", _challenge_safe(self.description)),
+        ]
         if isinstance(self, InsufficientScopeError) and self.scope:
-            err_params.append(("scope", self.scope))
+            err_params.append(("scope", _challenge_safe(self.scope)))
         alg_list = " ".join(algs)
         challenges: list[str] = []
         if bearer:

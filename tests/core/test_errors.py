@@ -8,6 +8,7 @@ Checklist §3.1 (AS 400 JSON, RS 401 challenge), RS-12 (``algs``), RS-17..RS-20
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ VECTORS = Path(__file__).parent.parent / "vectors"
 NOW = 1_700_000_000.0
 HTU = "https://api.example/resource"
 NONCE = "eyJ7S_zG.eyJH0-Z.HX4w-7v"
+RFC6750_CHARS = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 
 
 def vector(name: str) -> dict[str, Any]:
@@ -310,3 +312,22 @@ def test_error_module_docstring_draws_the_tree() -> None:
     doc = errors_module.__doc__ or ""
     for cls in all_error_classes():
         assert cls.__name__ in doc
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['bad "token"', "back\\slash", "café", "two\nlines", "tab\there", "\x00", "\u20ac"],
+)
+def test_x9_any_description_renders_a_valid_challenge(text: str) -> None:
+    # A description may quote peer input (a parameter name, a library's message): the
+    # RS challenge must still render, within RFC 6750's character set, never a 500.
+    for err in (InvalidTokenError(description=text), InsufficientScopeError(scope=text)):
+        response = err.as_response(role="rs", algs=["ES256"], bearer=True, bearer_error=True)
+        assert response.status in (401, 403)
+        challenges = parse_challenges(response.header("WWW-Authenticate") or "")
+        for challenge in challenges:
+            for name in ("error_description", "scope"):
+                if name in challenge.params:
+                    assert RFC6750_CHARS.fullmatch(challenge.params[name])
+        # The JSON body keeps the text as it is (JSON can carry any character).
+        assert json.loads(response.body)["error_description"] == err.description
