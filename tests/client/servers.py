@@ -125,6 +125,8 @@ class Servers:
                 Route("/loop/no-nonce", self.loop_no_nonce, methods=["GET", "POST"]),
                 Route("/as-loop/no-nonce", self.as_no_nonce, methods=["POST"]),
                 Route("/stream", self.stream, methods=["GET"]),
+                Route("/redirect/{code:int}", self.redirect, methods=["GET", "POST"]),
+                Route("/redirect-away", self.redirect_away, methods=["GET"]),
             ]
         )
 
@@ -373,6 +375,17 @@ class Servers:
     async def loop_no_nonce(self, request: Request) -> Response:
         await request.body()
         return self._challenge(None)
+
+    async def redirect(self, request: Request) -> Response:
+        await request.body()
+        self.state.rs_requests.append({"path": "/redirect", "headers": dict(request.headers)})
+        code = request.path_params["code"]
+        return RedirectResponse(self.state.base + "/api/landed?from=redirect", status_code=code)
+
+    async def redirect_away(self, request: Request) -> Response:
+        self.state.rs_requests.append({"path": "/redirect-away", "headers": dict(request.headers)})
+        target = request.query_params["to"]
+        return RedirectResponse(target, status_code=302)
 
     async def stream(self, request: Request) -> Response:
         return Response(b"x" * 100_000, headers={"DPoP-Nonce": "from-stream"})

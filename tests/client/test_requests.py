@@ -122,3 +122,43 @@ def test_proof_htu_has_no_query(servers: Servers, key: DPoPKey) -> None:
     )
     assert response.status_code == 200
     assert claims_of(response.request.headers["DPoP"])["htu"] == servers.state.base + "/api/items"
+
+
+@pytest.mark.parametrize(
+    ("code", "method", "landed_method"),
+    [(302, "POST", "GET"), (307, "POST", "POST"), (303, "GET", "GET"), (301, "POST", "GET")],
+)
+def test_same_origin_redirect_gets_its_own_proof(
+    servers: Servers, key: DPoPKey, code: int, method: str, landed_method: str
+) -> None:
+    """A proof is bound to one URL: a followed redirect carries a new proof (new jti, htu)."""
+    at = issue_token(servers, key.jkt)
+    with requests.Session() as session:
+        session.auth = make_auth(key, at)
+        session.get(servers.state.base + "/api/warm", timeout=10)  # learn the RS nonce
+        response = session.request(
+            method, servers.state.base + f"/redirect/{code}", data=b"x", timeout=10
+        )
+    assert response.status_code == 200
+    landed = servers.state.rs_requests[-1]
+    assert landed["path"] == "/api/landed"
+    proof = landed["headers"]["dpop"]
+    claims = claims_of(proof)
+    assert claims["htu"] == servers.state.base + "/api/landed"
+    assert claims["htm"] == landed_method
+    (first,) = [r for r in servers.state.rs_requests if r["path"] == "/redirect"]
+    assert claims["jti"] != claims_of(first["headers"]["dpop"])["jti"]
+
+
+def test_cross_origin_redirect_drops_proof_and_token(servers: Servers, key: DPoPKey) -> None:
+    """Neither the token nor the proof follows a redirect to another origin."""
+    at = issue_token(servers, key.jkt)
+    other = servers.state.base.replace("127.0.0.1", "localhost")
+    with requests.Session() as session:
+        session.auth = make_auth(key, at)
+        response = session.get(
+            servers.state.base + "/redirect-away", params={"to": other + "/stream"}, timeout=10
+        )
+    assert response.status_code == 200
+    assert "dpop" not in {k.lower() for k in response.request.headers}
+    assert "authorization" not in {k.lower() for k in response.request.headers}

@@ -13,7 +13,9 @@ drains and closes the first response before a retry, rewinds a seekable body,
 resends through the same connection adapter, and appends the first response to
 ``history``. All per-request state lives in a closure made for that request, so
 one instance is safe to share across threads. A body that cannot be rewound (a
-generator) is never resent; :func:`dpop_error` then says why.
+generator) is never resent; :func:`dpop_error` then says why. When requests follows
+a redirect on the same origin the redirected request gets a proof of its own; to
+another origin neither the proof nor the token follows.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import urljoin
 
 import requests
 from requests.cookies import extract_cookies_to_jar
@@ -31,6 +34,7 @@ from dpopkit.client.flow import (
     DPoPFlow,
     NonceCache,
     Retry,
+    origin_of,
     parse_json_body,
     wants_body,
 )
@@ -145,6 +149,8 @@ class _RequestState:
         while True:
             action = self._decide(r)
             if action is None:
+                if r.is_redirect:
+                    self._prepare_redirect(r)
                 return r
             prep = r.request.copy()
             if not self._replayable(prep.body):
@@ -172,6 +178,33 @@ class _RequestState:
             new.history.append(r)
             new.request = prep
             r = new
+
+    def _prepare_redirect(self, r: requests.Response) -> None:
+        """Give the request that requests will copy for a redirect a proof of its own.
+
+        A proof is bound to one method and URL (RFC 9449 §4.2), and requests copies
+        the headers when it follows a redirect: on the same origin the copy gets a
+        fresh proof (new ``jti``, the redirect's ``htm``/``htu``); to another origin
+        neither the proof nor the token follows.
+        """
+        request = r.request
+        location = r.headers["location"].encode("latin-1").decode("utf-8", "replace")
+        target = urljoin(r.url, location)
+        method = request.method or "GET"
+        if (r.status_code in (302, 303) and method != "HEAD") or (
+            r.status_code == 301 and method == "POST"
+        ):
+            method = "GET"  # as Session.rebuild_method does
+        try:
+            same_origin = origin_of(target) == self.flow.origin
+        except ValueError:
+            same_origin = False
+        if not same_origin:
+            request.headers.pop("DPoP", None)
+            request.headers.pop("Authorization", None)
+            return
+        self.flow = self.auth.new_flow()
+        request.headers.update(self.flow.prepare(method, target, self.token))
 
     def _decide(self, r: requests.Response) -> Retry | None:
         body: Mapping[str, Any] | None = None
