@@ -358,6 +358,7 @@ class SQLGrantStore:
         self.is_sqlite = url.startswith("sqlite")
         self._metadata = sa.MetaData()
         self._t = _tables(self._metadata, table_prefix)
+        self._insert = {name: table.insert() for name, table in self._t.items()}
         if self.is_sqlite:
             if url in ("sqlite://", "sqlite:///:memory:"):
                 raise StoreError("use a SQLite file: an in-memory database is per connection")
@@ -564,27 +565,25 @@ class SQLGrantStore:
 
     def _insert_family(self, conn: Connection, family_id: str, client_id: str, now: float) -> None:
         conn.execute(
-            self._t["families"]
-            .insert()
-            .values(family_id=family_id, client_id=client_id, created_at=now, revoked=False)
+            self._insert["families"],
+            {"family_id": family_id, "client_id": client_id, "created_at": now, "revoked": False},
         )
 
     def _insert_refresh(self, conn: Connection, rt: RefreshRecord) -> None:
         data = {"sub": rt.sub, "scope": rt.scope, "resource": list(rt.resource)}
         conn.execute(
-            self._t["refresh"]
-            .insert()
-            .values(
-                token_hash=rt.token_hash,
-                family_id=rt.family_id,
-                client_id=rt.client_id,
-                data=json.dumps(data),
-                jkt=rt.jkt,
-                issued_at=rt.issued_at,
-                expires_at=rt.expires_at,
-                used=False,
-                revoked=False,
-            )
+            self._insert["refresh"],
+            {
+                "token_hash": rt.token_hash,
+                "family_id": rt.family_id,
+                "client_id": rt.client_id,
+                "data": json.dumps(data),
+                "jkt": rt.jkt,
+                "issued_at": rt.issued_at,
+                "expires_at": rt.expires_at,
+                "used": False,
+                "revoked": False,
+            },
         )
 
     def get_refresh(self, token_hash: str) -> RefreshRecord | None:
@@ -677,19 +676,19 @@ class SQLGrantStore:
 
     def _insert_access(self, conn: Connection, at: AccessTokenRecord) -> None:
         data = {"sub": at.sub, "scope": at.scope, "aud": list(at.aud)}
+        # A parameter dict on a prebuilt statement keeps SQLAlchemy's compiled cache hot.
         conn.execute(
-            self._t["access"]
-            .insert()
-            .values(
-                jti=at.jti,
-                client_id=at.client_id,
-                family_id=at.family_id,
-                data=json.dumps(data),
-                jkt=at.jkt,
-                issued_at=at.issued_at,
-                expires_at=at.expires_at,
-                revoked=False,
-            )
+            self._insert["access"],
+            {
+                "jti": at.jti,
+                "client_id": at.client_id,
+                "family_id": at.family_id,
+                "data": json.dumps(data),
+                "jkt": at.jkt,
+                "issued_at": at.issued_at,
+                "expires_at": at.expires_at,
+                "revoked": False,
+            },
         )
 
     def put_access_token(self, access: AccessTokenRecord, *, family_id: str | None = None) -> None:
