@@ -7,14 +7,17 @@ Method (see docs/performance.md):
   returns a closure that performs exactly ``n`` iterations;
 * each op is calibrated once so that one repetition takes about ``target_ms``;
 * repetitions run round-robin across all ops, so a noisy phase of the shared
-  machine hits every op alike;
+  machine hits every op alike; repetitions are short and many, so that most of
+  them fall between two disturbances;
 * timing uses the thread's CPU clock (``time.thread_time_ns``) by default, so
   that time the scheduler gives to other processes on a shared machine is not
   counted (``clock="wall"`` uses ``time.perf_counter_ns``); the cyclic GC is
   disabled (and collected just before), and the figure kept is the median over
   the repetitions;
-* ratios are taken between medians of the same run, and the spread of the
-  per-repetition ratios is reported as the noise.
+* a ratio between two ops is the median of their per-repetition ratios (each
+  pair measured seconds apart at most, so slow drifts cancel), reported with the
+  ratio of the medians and the interquartile range of the per-repetition ratios
+  as the noise.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ class Op:
         return statistics.median(self.samples_ns)
 
     @property
+    def min_ns(self) -> float:
+        """The least-disturbed repetition (noise on a shared machine only adds time)."""
+        return min(self.samples_ns)
+
+    @property
     def spread(self) -> float:
         """(max - min) / median of the per-repetition figures."""
         if len(self.samples_ns) < 2:
@@ -57,10 +65,13 @@ CLOCKS: dict[str, Callable[[], int]] = {
 }
 
 
-def time_once(op: Op, n: int, clock: Callable[[], int] = time.thread_time_ns) -> float:
+def time_once(
+    op: Op, n: int, clock: Callable[[], int] = time.thread_time_ns, *, collect: bool = True
+) -> float:
     """Prepare ``n`` iterations untimed, then time them; return ns per iteration."""
     run = op.prepare(n)
-    gc.collect()
+    if collect:
+        gc.collect()
     gc.disable()
     try:
         start = clock()
@@ -94,25 +105,31 @@ def run_round_robin(
     for op in ops:
         calibrate(op, target_ms, read)
     for rep in range(reps):
-        if progress is not None:
+        if progress is not None and (rep + 1) % max(1, reps // 5) == 0:
             progress(f"repetition {rep + 1}/{reps}")
+        gc.collect()
         for op in ops:
-            op.samples_ns.append(time_once(op, op.n, read))
+            op.samples_ns.append(time_once(op, op.n, read, collect=False))
 
 
 @dataclass(frozen=True)
 class Ratio:
     """A ratio between two ops measured in the same run."""
 
-    value: float  # median(op) / median(reference)
-    low: float  # smallest per-repetition ratio
-    high: float  # largest per-repetition ratio
+    value: float  # median of the per-repetition ratios op/reference
+    of_medians: float  # median(op) / median(reference)
+    q1: float  # first quartile of the per-repetition ratios
+    q3: float  # third quartile
 
 
 def ratio(op: Op, reference: Op) -> Ratio:
-    """``op`` over ``reference``: ratio of medians, and the range of per-repetition ratios."""
+    """``op`` over ``reference``: median of per-repetition ratios, ratio of medians, quartiles."""
     per_rep = [a / b for a, b in zip(op.samples_ns, reference.samples_ns, strict=True)]
-    return Ratio(op.median_ns / reference.median_ns, min(per_rep), max(per_rep))
+    if len(per_rep) >= 2:
+        q1, _, q3 = statistics.quantiles(per_rep, n=4)
+    else:
+        q1 = q3 = per_rep[0]
+    return Ratio(statistics.median(per_rep), op.median_ns / reference.median_ns, q1, q3)
 
 
 def fmt_us(ns: float) -> str:
