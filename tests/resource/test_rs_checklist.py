@@ -422,3 +422,20 @@ def test_proof_for_rfc_example_names(build: Build, issuer: Issuer, key: DPoPKey)
         proof = create_proof(key, htm="GET", htu=f"{ORIGIN}/hello", access_token=token, now=NOW)
         response = rs.request("GET", "/hello", [("Authorization", f"DPoP {token}"), (name, proof)])
         assert response.status_code == 200
+
+
+def test_rs11_error_description_within_rfc6750_charset(
+    build: Build, issuer: Issuer, key: DPoPKey
+) -> None:
+    """RS-11 / X-9: error_description present, only %x20-21 / %x23-5B / %x5D-7E."""
+    import re
+
+    rs = build()
+    token = issuer.token(jkt=key.jkt)
+    for headers in (
+        dpop_headers(DPoPKey.generate("ES256"), token),
+        dpop_headers(key, token, url=f"{ORIGIN}/x"),
+        [("Authorization", "DPoP")],
+    ):
+        params = dpop_challenge(rs.request("GET", "/hello", headers)).params
+        assert re.fullmatch(r"[\x20\x21\x23-\x5b\x5d-\x7e]+", params["error_description"])

@@ -226,3 +226,42 @@ def test_django_protect_all_with_exempt(issuer: Issuer, key: DPoPKey) -> None:
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url=ORIGIN) as client:
         assert client.get("/plain").status_code == 401
         assert client.get("/health").status_code == 200
+
+
+def test_rs15_cors_exposes_challenge_and_nonce(issuer: Issuer, key: DPoPKey) -> None:
+    """RS-15: with a CORS middleware outside the DPoP middleware, browsers can read
+    WWW-Authenticate and DPoP-Nonce (documented configuration)."""
+    from _rs_support import Calls, asgi_app
+    from starlette.middleware.cors import CORSMiddleware
+
+    from dpopkit.resource.asgi import DPoPMiddleware
+
+    guard = AsyncResourceGuard(
+        tokens=_tokens(issuer),
+        replay=AsyncMemoryReplayCache(),
+        clock=Clock(),
+        nonces=NonceIssuer([SECRET]),
+        policy=ProofPolicy(require_nonce=True),
+    )
+    app = CORSMiddleware(
+        DPoPMiddleware(asgi_app(Calls()), guard=guard, public_origin=ORIGIN),
+        allow_origins=["https://app.example"],
+        expose_headers=["WWW-Authenticate", "DPoP-Nonce"],
+    )
+
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
+            headers = [
+                *dpop_headers(key, issuer.token(jkt=key.jkt)),
+                ("Origin", "https://app.example"),
+            ]
+            return await client.get("/hello", headers=headers)
+
+    response = anyio.run(main)
+    assert response.status_code == 401
+    exposed = {
+        h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")
+    }
+    assert {"www-authenticate", "dpop-nonce"} <= exposed
+    assert "dpop-nonce" in response.headers

@@ -318,3 +318,95 @@ def test_whoami_app_in_process_with_given_validator(issuer: Issuer) -> None:
             return [first.status_code, second.status_code]
 
     assert anyio.run(main, backend="trio") == [401, 200]
+
+
+@contextmanager
+def blackhole() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (a hung Redis)."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sec80_hung_redis_bounded_latency_then_503(issuer: Issuer, backend: str) -> None:
+    """Attacks "Redis returns slowly": a store that never answers -> 503 within the time-out.
+    On trio the synchronous Redis cache runs in a worker thread."""
+    from dpopkit.storage.redis import AsyncRedisReplayCache, RedisReplayCache
+
+    tokens, key, token, _ = _outage_setup(issuer)
+    with blackhole() as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        replay: Any = (
+            AsyncRedisReplayCache.from_url(url, check_server=False, timeout=0.3)
+            if backend == "asyncio"
+            else RedisReplayCache.from_url(url, check_server=False, timeout=0.3)
+        )
+        calls = Calls()
+        guard = AsyncResourceGuard(tokens=tokens, replay=replay)
+        app = DPoPMiddleware(asgi_app(calls), guard=guard, public_origin=PUBLIC)
+
+        async def main() -> tuple[int, float]:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url=PUBLIC) as client:
+                started = time.monotonic()
+                headers = headers_for(key, token, f"{PUBLIC}/hello")
+                status = (await client.get("/hello", headers=headers)).status_code
+                return status, time.monotonic() - started
+
+        status, elapsed = anyio.run(main, backend=backend)
+    assert status == 503
+    assert elapsed < 1.5
+    assert calls.count == 0
+
+
+@pytest.mark.redis
+def test_trio_app_with_sync_redis_cache_in_thread(
+    issuer: Issuer, redis_url: str, unique_prefix: str
+) -> None:
+    """AsyncResourceGuard on trio with the synchronous Redis cache: accept once, then replay."""
+    from dpopkit.storage.redis import RedisReplayCache
+
+    tokens, key, token, _ = _outage_setup(issuer)
+    replay = RedisReplayCache.from_url(redis_url, prefix=f"{unique_prefix}:", check_server=False)
+    guard = AsyncResourceGuard(tokens=tokens, replay=replay)
+    calls = Calls()
+    app = DPoPMiddleware(asgi_app(calls), guard=guard, public_origin=PUBLIC)
+    headers = headers_for(key, token, f"{PUBLIC}/hello")
+
+    async def main() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC) as client:
+            return [(await client.get("/hello", headers=headers)).status_code for _ in range(2)]
+
+    try:
+        assert anyio.run(main, backend="trio") == [200, 401]
+    finally:
+        for stored in replay.client.scan_iter(f"{unique_prefix}:*"):
+            replay.client.delete(stored)
+        replay.close()

@@ -361,10 +361,12 @@ class Introspector:
         self.routes = Routes()
         self.answers: dict[str, dict[str, Any]] = {}
         self.auth: list[str] = []
+        self.header_names: list[set[str]] = []
         self.routes.post["/introspect"] = self.handle
 
     def handle(self, body: bytes, headers: Any) -> tuple[int, Any]:
         self.auth.append(headers.get("Authorization", ""))
+        self.header_names.append({name.lower() for name in headers})
         expected = "Basic " + base64.b64encode(b"rs%3A1:s%26cret").decode()
         if headers.get("Authorization") != expected:
             return 401, {"error": "invalid_client"}
@@ -452,3 +454,25 @@ def test_introspection_async_on_trio(introspector: Any) -> None:
     )
     info = anyio.run(functools.partial(tokens.validate, "t2", now=NOW), backend="trio")
     assert info.jkt == JKT
+
+
+def test_rs24_binding_enforced_locally_through_the_guard(introspector: Any) -> None:
+    """RS-24: introspection supplies cnf.jkt; the RS checks the proof key itself."""
+    from _rs_support import ORIGIN, Calls, Clock, wsgi_app
+
+    from dpopkit.resource.guard import ResourceGuard
+    from dpopkit.resource.wsgi import DPoPWSGIMiddleware
+    from dpopkit.storage.memory import MemoryReplayCache
+
+    server, base = introspector
+    key = DPoPKey.generate("ES256")
+    server.answers["opaque-1"] = {"active": True, "token_type": "DPoP", "cnf": {"jkt": key.jkt}}
+    guard = ResourceGuard(tokens=_introspection(base), replay=MemoryReplayCache(), clock=Clock())
+    app = DPoPWSGIMiddleware(wsgi_app(Calls()), guard=guard, public_origin=ORIGIN)
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url=ORIGIN) as client:
+        other = client.get("/hello", headers=dpop_headers(DPoPKey.generate("ES256"), "opaque-1"))
+        assert other.status_code == 401
+        assert guard.metrics.snapshot()["rejected"] == {"jkt_mismatch": 1}
+        assert client.get("/hello", headers=dpop_headers(key, "opaque-1")).status_code == 200
+    assert server.header_names
+    assert all("dpop" not in names for names in server.header_names)  # no proof sent to the AS

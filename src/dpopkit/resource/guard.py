@@ -535,8 +535,9 @@ class ResourceGuard(_GuardBase):
 class AsyncResourceGuard(_GuardBase):
     """The asynchronous :class:`ResourceGuard` (for ASGI; asyncio and trio).
 
-    Takes an :class:`~dpopkit.core.replay.AsyncReplayCache` and an async or sync
-    token validator (a static JWKS needs no I/O). Arguments as for
+    Takes an :class:`~dpopkit.core.replay.AsyncReplayCache` (or a synchronous
+    cache, run in a worker thread: how Redis or PostgreSQL serve trio apps) and an
+    async or sync token validator (a static JWKS needs no I/O). Arguments as for
     :class:`ResourceGuard`, plus ``offload_verification``: verify the proof in a
     worker thread (``anyio.to_thread``) instead of on the event loop;
     ``cryptography`` releases the GIL while it verifies (see ``bench/rs.py``).
@@ -546,7 +547,7 @@ class AsyncResourceGuard(_GuardBase):
         self,
         *,
         tokens: AsyncTokenValidator | TokenValidator | Callable[[str], TokenInfo],
-        replay: AsyncReplayCache,
+        replay: AsyncReplayCache | ReplayCache,
         policy: ProofPolicy | None = None,
         nonces: NonceIssuer | None = None,
         accept_bearer: bool = False,
@@ -567,8 +568,11 @@ class AsyncResourceGuard(_GuardBase):
             replay=replay,
         )
         self.offload_verification = offload_verification
-        if not inspect.iscoroutinefunction(getattr(replay, "check_and_store", None)):
-            raise TypeError("AsyncResourceGuard needs an AsyncReplayCache")
+        store = getattr(replay, "check_and_store", None)
+        if store is None:
+            raise TypeError("AsyncResourceGuard needs a replay cache")
+        # A synchronous cache (e.g. Redis under trio) runs in a worker thread.
+        self._replay_in_thread = not inspect.iscoroutinefunction(store)
         self.tokens = tokens
         self.replay = replay
         validate = getattr(tokens, "validate", None)
@@ -576,6 +580,15 @@ class AsyncResourceGuard(_GuardBase):
         self._validate_fn: Callable[..., Any] = (
             validate if validate is not None else (lambda token, now: tokens(token))  # type: ignore[operator]
         )
+
+    async def _record(self, proof: VerifiedProof, now: float) -> None:
+        if self._replay_in_thread:
+            import anyio.to_thread
+
+            record = functools.partial(record_proof, cast(ReplayCache, self.replay), proof, now=now)
+            await anyio.to_thread.run_sync(record)
+        else:
+            await arecord_proof(cast(AsyncReplayCache, self.replay), proof, now=now)
 
     async def _validate(self, token: str, now: float) -> TokenInfo:
         result = self._validate_fn(token, now=now)
@@ -603,7 +616,7 @@ class AsyncResourceGuard(_GuardBase):
             self._check_binding(attempt, info, frozenset(required_scopes or ()))
             if attempt.proof is not None:
                 # RFC 9449 §11.1: the replay record, last, atomic.
-                await arecord_proof(self.replay, attempt.proof, now=now)
+                await self._record(attempt.proof, now)
         except DPoPError as error:
             self._reject(error, attempt, request)
             raise
