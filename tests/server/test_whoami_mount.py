@@ -90,3 +90,25 @@ def test_whoami_rejects_revoked_token(issuer: str) -> None:
     proof = create_proof(key, htm="GET", htu=url, access_token=token, allow_insecure_http=True)
     resp = httpx.get(url, headers={"Authorization": f"DPoP {token}", "DPoP": proof})
     assert resp.status_code == 401
+
+
+def test_dpopkit_client_gets_token_and_calls_api(issuer: str) -> None:
+    """dpopkit's own client (the docs' Python example): token, then the protected API."""
+    from dpopkit.client.httpx import DPoPAuth
+    from dpopkit.client.tokens import TokenClient
+
+    key = DPoPKey.generate("ES256")
+    client = TokenClient.from_issuer(
+        issuer,
+        key=key,
+        client_id="svc",
+        client_secret="svc-secret-value",
+        allow_insecure_http=True,
+    )
+    tokens = client.client_credentials(scope="read")
+    assert tokens.token_type == "DPoP"
+    auth = DPoPAuth(key, token=tokens.access_token, allow_insecure_http=True)
+    with httpx.Client(auth=auth) as http:
+        resp = http.get(issuer + "/api/whoami")
+    assert resp.status_code == 200
+    assert resp.json()["jkt"] == key.jkt

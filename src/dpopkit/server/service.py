@@ -635,7 +635,7 @@ class TokenService:
             scope=scope,
             aud=aud,
             jkt=jkt,
-            issued_at=now,
+            issued_at=float(iat),
             expires_at=float(exp),
             family_id=family_id,
         )
