@@ -434,3 +434,18 @@ def test_offloaded_verification_same_decisions(backend: str, issuer: Issuer, key
 
     assert anyio.run(main, backend=backend) == [200, 401, 401]
     assert guard.metrics.snapshot()["rejected"] == {"replayed_jti": 1, "htm_mismatch": 1}
+
+
+def test_metrics_through_prometheus_client(build: Build, issuer: Issuer, key: DPoPKey) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    rs = build()
+    registry = CollectorRegistry()
+    rs.guard.metrics.register_prometheus(registry)
+    token = issuer.token(jkt=key.jkt)
+    rs.request("GET", "/hello", dpop_headers(key, token))
+    rs.request("GET", "/hello", dpop_headers(key, token, method="POST"))
+    text = generate_latest(registry).decode()
+    assert 'dpopkit_rs_accepted_total{scheme="DPoP"} 1.0' in text
+    assert 'dpopkit_rs_rejected_total{reason="htm_mismatch"} 1.0' in text
+    assert 'dpopkit_rs_proof_iat_offset_seconds_bucket{le="+Inf"} 1.0' in text

@@ -177,6 +177,52 @@ class GuardMetrics:
         lines.append(f"{p}_proof_iat_offset_seconds_count {snap['iat_offset_count']}")
         return "\n".join(lines) + "\n"
 
+    def register_prometheus(self, registry: Any = None) -> Any:
+        """Expose these counters through ``prometheus_client`` (when it is installed).
+
+        Args:
+            registry: a ``prometheus_client`` ``CollectorRegistry``; the default one when None.
+
+        Returns:
+            The registered collector (pass it to ``registry.unregister`` to remove it).
+
+        Raises:
+            ImportError: ``prometheus_client`` is not installed.
+        """
+        from prometheus_client import REGISTRY
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        metrics, p = self, self.prefix
+
+        class _Collector:
+            def collect(self) -> Iterable[Any]:
+                snap = metrics.snapshot()
+                accepted = CounterMetricFamily(
+                    f"{p}_accepted", "Accepted requests by scheme", labels=["scheme"]
+                )
+                for scheme, count in snap["accepted"].items():
+                    accepted.add_metric([scheme], count)
+                rejected = CounterMetricFamily(
+                    f"{p}_rejected", "Rejected requests by reason", labels=["reason"]
+                )
+                for reason, count in snap["rejected"].items():
+                    rejected.add_metric([reason], count)
+                running, buckets = 0, []
+                for bound, count in snap["iat_offset_buckets"].items():
+                    running += count
+                    buckets.append(("+Inf" if bound == math.inf else repr(bound), running))
+                histogram = HistogramMetricFamily(
+                    f"{p}_proof_iat_offset_seconds",
+                    "now - iat of accepted proofs",
+                    buckets=buckets,
+                    sum_value=snap["iat_offset_sum"],
+                )
+                return [accepted, rejected, histogram]
+
+        collector = _Collector()
+        (registry if registry is not None else REGISTRY).register(collector)
+        return collector
+
 
 # --- helpers ------------------------------------------------------------------------------
 
