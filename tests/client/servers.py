@@ -82,6 +82,7 @@ class State:
     pkj_public_jwk: dict[str, str] | None = None
     refresh_delay: float = 0.0
     rs_reject_tokens: bool = False
+    token_body_override: bytes | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -253,6 +254,8 @@ class Servers:
         except DPoPError as exc:
             return _err(exc, "as")
         del client
+        if s.token_body_override is not None:
+            return Response(s.token_body_override, headers={"Content-Type": "application/json"})
         at = secrets.token_urlsafe(24)
         rt = secrets.token_urlsafe(24)
         s.tokens[at] = Issued(checked.jkt, time.time() + s.expires_in, scope)

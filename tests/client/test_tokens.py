@@ -433,3 +433,62 @@ def test_c22_register_client_needs_endpoint(servers: Servers, key: DPoPKey) -> N
     with pytest.raises(ClientError) as info:
         register_client(meta, {"redirect_uris": ["https://app.example/cb"]})
     assert info.value.reason is Reason.CONFIGURATION
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"token_type": "DPoP"}',
+        b'{"access_token": "", "token_type": "DPoP"}',
+        b'{"access_token": "a"}',
+        b'{"access_token": "a", "token_type": "DPoP", "expires_in": "300"}',
+        b'{"access_token": "a", "token_type": "DPoP", "expires_in": true}',
+        b'{"access_token": "a", "token_type": "DPoP", "expires_in": -1}',
+        b'{"access_token": "a", "token_type": "DPoP", "refresh_token": 5}',
+    ],
+)
+def test_malformed_token_responses_refused(servers: Servers, key: DPoPKey, body: bytes) -> None:
+    servers.state.token_body_override = body
+    with pytest.raises(TokenResponseError) as info:
+        make_client(servers, key).client_credentials()
+    assert info.value.reason is Reason.TOKEN_RESPONSE
+
+
+def test_token_response_optional_members(servers: Servers, key: DPoPKey) -> None:
+    servers.state.token_body_override = b'{"access_token": "a.b", "token_type": "DpOp"}'
+    tokens = make_client(servers, key).client_credentials()
+    assert tokens.is_dpop
+    assert tokens.expires_at is None
+    assert not tokens.expired(now=1e12)
+    assert tokens.refresh_token is None
+
+
+def test_unknown_error_code_is_token_response_error(servers: Servers, key: DPoPKey) -> None:
+    meta = ServerMetadata(
+        issuer=servers.state.issuer, token_endpoint=servers.state.base + "/nowhere"
+    )
+    client = TokenClient(key=key, client_id="public", metadata=meta, allow_insecure_http=True)
+    with pytest.raises(TokenResponseError) as info:
+        client.client_credentials()
+    assert info.value.detail["status"] in (404, 405)
+
+
+def test_revocation_without_endpoint(servers: Servers, key: DPoPKey) -> None:
+    meta = ServerMetadata(issuer=servers.state.issuer, token_endpoint=servers.state.base + "/token")
+    client = TokenClient(key=key, client_id="public", metadata=meta, allow_insecure_http=True)
+    with pytest.raises(ClientError) as info:
+        client.revoke("t")
+    assert info.value.reason is Reason.CONFIGURATION
+    with pytest.raises(ClientError):
+        client.authorization_request(redirect_uri="http://127.0.0.1/cb")
+
+
+def test_requests_sender(servers: Servers, key: DPoPKey) -> None:
+    import requests
+
+    from dpopkit.client.requests import requests_sender
+
+    with requests.Session() as session:
+        client = make_client(servers, key, sender=requests_sender(session))
+        assert client.client_credentials().is_dpop
