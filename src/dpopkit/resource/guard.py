@@ -38,7 +38,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, urlsplit
 
@@ -282,7 +282,6 @@ class _Attempt:
     raw_proof: str | None = None
     proof: VerifiedProof | None = None
     info: TokenInfo | None = None
-    scopes: frozenset[str] = field(default_factory=frozenset)
 
 
 class _GuardBase:
