@@ -53,8 +53,6 @@ PROOF_TYP: Final = "dpop+jwt"
 _RESERVED_CLAIMS = frozenset({"jti", "htm", "htu", "iat", "ath", "nonce"})
 _METHOD_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §9.1 token
 _NQCHAR_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 App. A, RFC 9449 §8.1
-# Characters json.dumps(ensure_ascii=False) would escape (RFC 8259 §7).
-_NEEDS_JSON_ESCAPE = re.compile(r'["\\\x00-\x1f]')
 _TOKEN68_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 9110 §11.2, RFC 9449 §4.1 Fig. 3
 
 
@@ -266,22 +264,22 @@ def create_proof(
         nonce_value: object = nonce
         if not isinstance(nonce_value, str) or not _NQCHAR_RE.fullmatch(nonce_value):
             raise ValueError("nonce must be 1*NQCHAR (RFC 9449 §8.1)")
-    if claims or _NEEDS_JSON_ESCAPE.search(target):
+    if claims:
         payload: dict[str, Any] = {"jti": jti, "htm": htm, "htu": target, "iat": iat}
         if ath is not None:
             payload["ath"] = ath
         if nonce is not None:
             payload["nonce"] = nonce
-        if claims:
-            clash = _RESERVED_CLAIMS.intersection(claims)
-            if clash:
-                raise ValueError(f"claims may not override {sorted(clash)}")
-            payload.update(claims)
+        clash = _RESERVED_CLAIMS.intersection(claims)
+        if clash:
+            raise ValueError(f"claims may not override {sorted(clash)}")
+        payload.update(claims)
         body = json_dumps(payload)
     else:
         # The same bytes json_dumps would produce, without building a dict: jti and ath
         # are base64url, htm an RFC 9110 token and nonce NQCHAR (neither allows '"' or
-        # '\\'), iat an int, and the normalised htu was checked for escapes above.
+        # '\\'), iat an int, and a normalised htu holds only URI characters (RFC 3986 §2),
+        # none of which JSON escapes (RFC 8259 §7; tests/properties/test_htu.py).
         text = f'{{"jti":"{jti}","htm":"{htm}","htu":"{target}","iat":{iat}'
         if ath is not None:
             text += f',"ath":"{ath}"'
@@ -313,17 +311,15 @@ def extract_proof(headers: Headers) -> str:
     return value
 
 
-def _claim_str(payload: Mapping[str, Any], name: str) -> str:
-    value = payload.get(name)
-    if value is None:
-        raise InvalidProofError(
+def _claim_error(payload: Mapping[str, Any], name: str) -> InvalidProofError:
+    """The precise error for a string claim that is missing, or not a non-empty string."""
+    if payload.get(name) is None:
+        return InvalidProofError(
             Reason.MISSING_CLAIM, f"missing {name} claim", detail={"claim": name}
         )
-    if not isinstance(value, str) or not value:
-        raise InvalidProofError(
-            Reason.BAD_CLAIM, f"{name} claim must be a non-empty string", detail={"claim": name}
-        )
-    return value
+    return InvalidProofError(
+        Reason.BAD_CLAIM, f"{name} claim must be a non-empty string", detail={"claim": name}
+    )
 
 
 def _header_facts(header_b64: str, policy: ProofPolicy) -> _HeaderFacts:
@@ -493,15 +489,15 @@ def _verify(
     get = payload.get
     jti = get("jti")
     if not isinstance(jti, str) or not jti:
-        jti = _claim_str(payload, "jti")  # raises the precise error
+        raise _claim_error(payload, "jti")
     if len(jti) > policy.max_jti_length:
         raise InvalidProofError(Reason.BAD_CLAIM, "jti too long", detail={"claim": "jti"})
     htm_claim = get("htm")
     if not isinstance(htm_claim, str) or not htm_claim:
-        htm_claim = _claim_str(payload, "htm")
+        raise _claim_error(payload, "htm")
     htu_claim = get("htu")
     if not isinstance(htu_claim, str) or not htu_claim:
-        htu_claim = _claim_str(payload, "htu")
+        raise _claim_error(payload, "htu")
     iat = _claim_iat(get("iat"))
     nonce = get("nonce")
     if nonce is not None and (not isinstance(nonce, str) or not nonce):
