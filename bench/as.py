@@ -104,12 +104,13 @@ def breakdown(tmp: Path, reps: int, target_ms: float) -> None:
         return lambda: [raw.sign(data, ec.ECDSA(hashes.SHA256())) for _ in range(n)]
 
     def proof_check(n: int) -> Any:
-        pool = proofs(n)
-        return lambda: [verify_proof(p, htm="POST", htu=TOKEN_URL, now=now) for p in pool]
+        pool, t = proofs(n), time.time()
+        return lambda: [verify_proof(p, htm="POST", htu=TOKEN_URL, now=t) for p in pool]
 
     def replay(n: int) -> Any:
-        checked = [verify_proof(p, htm="POST", htu=TOKEN_URL, now=now) for p in proofs(n)]
-        return lambda: [record_proof(svc.replay, c, now=now) for c in checked]
+        t = time.time()
+        checked = [verify_proof(p, htm="POST", htu=TOKEN_URL, now=t) for p in proofs(n)]
+        return lambda: [record_proof(svc.replay, c, now=t) for c in checked]
 
     def client_auth(n: int) -> Any:
         view = _request("x")

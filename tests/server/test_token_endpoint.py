@@ -826,3 +826,13 @@ def test_family_h_htu_query_and_case_normalised(as_: AS) -> None:
     assert as_.token(CC, proof=upper).status == 200
     slash = as_.proof(url=TOKEN_URL + "/")
     assert error_of(as_.token(CC, proof=slash)) == "invalid_dpop_proof"
+
+
+def test_housekeeping_purges_expired_rows(as_: AS) -> None:
+    """Expired access tokens are deleted after purge_interval; live ones stay."""
+    old = body_of(as_.token(CC))["access_token"]
+    as_.clock.now += as_.service.purge_interval + 400
+    fresh = body_of(as_.token(CC))["access_token"]
+    assert as_.store.count_access_tokens() == 1
+    assert as_.service.lookup_access_token(fresh, now=as_.clock.now) is not None
+    assert as_.service.lookup_access_token(old, now=as_.clock.now) is None

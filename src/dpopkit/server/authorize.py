@@ -294,7 +294,8 @@ class AuthorizationEndpoint:
                 browser_hash=sha256_hex(browser),
             )
         )
-        cookie = f"{_COOKIE}={browser}; Path=/authorize; HttpOnly; SameSite=Lax" + (
+        path = urlsplit(svc.settings.issuer).path + "/authorize"
+        cookie = f"{_COOKIE}={browser}; Path={path}; HttpOnly; SameSite=Lax" + (
             "; Secure" if self._secure_cookie else ""
         )
         return self._login_page(client, params, interaction, browser, None, ("Set-Cookie", cookie))

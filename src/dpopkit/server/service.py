@@ -361,6 +361,9 @@ class TokenService:
         self._clients: dict[str, tuple[ClientRecord, float]] = {}
         #: Seconds a client record is reused before it is read again (0 disables the cache).
         self.client_cache_ttl = 5.0
+        #: Seconds between deletions of expired codes, requests and tokens.
+        self.purge_interval = 300.0
+        self._last_purge = clock()
 
     # -- shared checks --------------------------------------------------------------------
 
@@ -680,6 +683,13 @@ class TokenService:
             headers.append((DPOP_NONCE_HEADER, self.nonces.issue(now=now)))
         return ResponseView(status=response.status, headers=tuple(headers), body=response.body)
 
+    def _housekeeping(self, now: float) -> None:
+        # Expired rows go every purge_interval seconds; a minute of grace past expiry.
+        if now - self._last_purge < self.purge_interval:
+            return
+        self._last_purge = now
+        self.store.purge_expired(now=now - 60)
+
     def error_response(self, exc: DPoPError | StoreError) -> ResponseView:
         """Render an error as RFC 6749 §5.2 JSON; a store failure becomes 503."""
         if isinstance(exc, StoreError):
@@ -717,6 +727,7 @@ class TokenService:
             self.record_assertion(auth, now=now)
             body = grant(GrantContext(service=self, client=client, form=form, proof=proof, now=now))
             response = _json(200, body)
+            self._housekeeping(now)
         except (DPoPError, StoreError) as exc:
             response = self.error_response(exc)
         return self._finish(response, client, proof, now)

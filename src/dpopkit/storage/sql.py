@@ -841,11 +841,15 @@ class SQLGrantStore:
         with self._tx() as conn:
             conn.execute(t.delete().where(t.c.kid.in_(list(kids))))
 
-    def purge_expired(self, *, now: float) -> None:
-        """Delete expired codes, requests and access-token records (housekeeping)."""
+    def purge_expired(self, *, now: float) -> int:
+        """Delete codes, requests, access and refresh tokens that expired before ``now``.
+
+        Returns:
+            The number of rows deleted.
+        """
+        deleted = 0
         with self._tx() as conn:
-            for name in ("codes", "requests"):
+            for name in ("codes", "requests", "access", "refresh"):
                 t = self._t[name]
-                conn.execute(t.delete().where(t.c.expires_at < now))
-            t = self._t["access"]
-            conn.execute(t.delete().where(t.c.expires_at < now))
+                deleted += conn.execute(t.delete().where(t.c.expires_at < now)).rowcount
+        return deleted
