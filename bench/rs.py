@@ -114,8 +114,8 @@ def _pyjwt_app(config: dict[str, Any]) -> Any:
 
     as_key = jwt.PyJWK(config["jwks"]["keys"][0]).key
     replay: dict[str, float] = {}
-    required = {"require": ["jti", "htm", "htu", "iat"]}
-    at_required = {"require": ["iss", "exp", "aud", "sub", "client_id", "iat", "jti"]}
+    required: Any = {"require": ["jti", "htm", "htu", "iat"]}
+    at_required: Any = {"require": ["iss", "exp", "aud", "sub", "client_id", "iat", "jti"]}
 
     async def deny(send: Any) -> None:
         await send(
