@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -184,3 +185,39 @@ async def test_async_refresh_once_after_invalid_token(servers: Servers, key: DPo
     assert response.status_code == 200
     assert source.refresh_count == 1
     assert [r.status_code for r in response.history][-1] == 401
+
+
+def test_invalidate_by_many_waiters_refreshes_once(servers: Servers, key: DPoPKey) -> None:
+    """Many requests rejected with the same token: the first renews, the rest reuse it."""
+    client, tokens = code_tokens(servers, key)
+    source = RefreshingToken(client, tokens)
+    first = source.invalidate(tokens.access_token)
+    second = source.invalidate(tokens.access_token)
+    assert first is not None
+    assert first == second != tokens.access_token
+    assert source.refresh_count == 1
+    assert first not in repr(source)
+
+
+def test_unrenewable_token_is_not_retried(servers: Servers, key: DPoPKey) -> None:
+    client, tokens = code_tokens(servers, key)
+    bare = dataclasses.replace(tokens, refresh_token=None, grant="authorization_code")
+    source = RefreshingToken(client, bare)
+    assert source.invalidate(bare.access_token) is None
+    expired = RefreshingToken(client, dataclasses.replace(bare, expires_at=0.0))
+    assert expired.current() == bare.access_token  # nothing to renew with: used as is
+    assert expired.get() == bare.access_token
+    with pytest.raises(ValueError, match=r"."):
+        StaticToken("")
+    assert "tok" not in repr(StaticToken("tok"))
+
+
+def test_urllib_sender_does_not_follow_redirects(servers: Servers) -> None:
+    from dpopkit import RequestView
+    from dpopkit.client.tokens import urllib_sender
+
+    send = urllib_sender(timeout=5)
+    response = send(RequestView(method="GET", url=servers.state.base + "/redirect/302"))
+    assert response.status == 302
+    with pytest.raises(ValueError, match=r"."):
+        send(RequestView(method="GET", url="file:///etc/passwd"))
