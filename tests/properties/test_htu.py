@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +24,9 @@ def test_normalize_is_total_and_idempotent(uri: str) -> None:
     assert htu_matches(uri, normal)
     assert "?" not in normal
     assert "#" not in normal
+    # create_proof writes the normalised htu into JSON without escaping it (proof.py).
+    assert json.dumps(normal, ensure_ascii=False) == f'"{normal}"'
+    assert normal.isascii()
 
 
 def _spell(draw: st.DrawFn, text: str) -> str:
