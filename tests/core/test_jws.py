@@ -111,6 +111,20 @@ def test_json_insignificant_whitespace_is_allowed(data: bytes) -> None:
     assert json_loads_object(data) == {"a": 1}
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"{}", {}),
+        (b'{"a":"x,y"}', {"a": "x,y"}),
+        (b'{"a":"x,y","b":"{[,"}', {"a": "x,y", "b": "{[,"}),
+        (b'{"a":1,"b":2,"c":3}', {"a": 1, "b": 2, "c": 3}),
+        (b'{"a":"\\u00e9"}', {"a": "é"}),
+    ],
+)
+def test_json_objects_with_commas_and_brackets_in_strings(data: bytes, expected: object) -> None:
+    assert json_loads_object(data) == expected
+
+
 def test_json_object_parses() -> None:
     assert json_loads_object(b'{"a":1,"b":[1.5,"x",null,true],"c":{"d":"\xc3\xa9"}}') == {
         "a": 1,
@@ -124,6 +138,11 @@ def test_json_object_parses() -> None:
     [
         pytest.param(b'{"a":1,"a":2}', id="duplicate-member"),
         pytest.param(b'{"a":{"b":1,"b":1}}', id="nested-duplicate"),
+        pytest.param(b'{"a":"x,y","a":1}', id="duplicate-with-comma-in-string"),
+        pytest.param(b'{"a":"x,y,z","b":2,"a":3}', id="duplicate-hidden-by-commas"),
+        pytest.param(b'{"a":"{","a":1}', id="duplicate-with-brace-in-string"),
+        pytest.param(b'{"a":"[","a":1}', id="duplicate-with-bracket-in-string"),
+        pytest.param(b'{"a":1,"\\u0061":2}', id="duplicate-via-escape"),
         pytest.param(b'{"a":[{"b":1,"b":1}]}', id="duplicate-in-array"),
         pytest.param(b'{"a":NaN}', id="nan"),
         pytest.param(b'{"a":Infinity}', id="infinity"),
