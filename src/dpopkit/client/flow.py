@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from dpopkit.core.challenge import ChallengeSyntaxError, parse_challenges
 from dpopkit.core.http import AUTH_SCHEME, DPOP_HEADER, DPOP_NONCE_HEADER, Headers
@@ -170,7 +170,7 @@ class Retry:
     """
 
     headers: dict[str, str]
-    reason: str = "nonce"
+    reason: Literal["nonce", "token"] = "nonce"
 
 
 @dataclass(frozen=True, slots=True)
