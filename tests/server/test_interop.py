@@ -14,8 +14,15 @@ import pytest
 import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from requests_oauth2client import ClientSecretBasic, DPoPToken, InvalidGrant, OAuth2Client
+from requests_oauth2client import (
+    ClientSecretBasic,
+    DPoPToken,
+    InvalidGrant,
+    OAuth2Client,
+    PrivateKeyJwt,
+)
 
+from dpopkit import DPoPKey
 from dpopkit.server.config import build_server, load_config
 
 from .conftest import hidden_fields
@@ -56,13 +63,27 @@ require_pushed_authorization_requests = true
 """
 
 
+JWT_KEY = DPoPKey.generate("ES256")
+
+
+def _jwt_client_block() -> str:
+    pub = JWT_KEY.public_jwk
+    members = ", ".join(f'{k} = "{v}"' for k, v in {**pub, "kid": "k1"}.items())
+    return (
+        '\n[[clients]]\nclient_id = "jwt-rp"\ntoken_endpoint_auth_method = "private_key_jwt"\n'
+        'grant_types = ["client_credentials"]\nscope = "read"\n'
+        f"jwks = {{ keys = [{{ {members} }}] }}\n"
+    )
+
+
 @pytest.fixture(scope="module")
 def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("as")
 
     def build(base: str) -> Any:
         path = data / "as.toml"
-        path.write_text(CONFIG.format(issuer=base, password=PASSWORD, callback=CALLBACK))
+        text = CONFIG.format(issuer=base, password=PASSWORD, callback=CALLBACK)
+        path.write_text(text + _jwt_client_block())
         config = load_config(path, data_dir=data)
         app, _ = build_server(config)
         return app
@@ -174,3 +195,18 @@ def test_interop_metadata_is_consistent(issuer: str) -> None:
     assert meta["issuer"] == issuer
     assert "ES256" in meta["dpop_signing_alg_values_supported"]
     assert "none" not in meta["dpop_signing_alg_values_supported"]
+
+
+def test_interop_private_key_jwt(issuer: str) -> None:
+    """RFC 7523: requests-oauth2client's private_key_jwt assertions authenticate the client."""
+    private = {**JWT_KEY.private_jwk(), "kid": "k1"}
+    client = OAuth2Client.from_discovery_endpoint(
+        issuer + "/.well-known/oauth-authorization-server",
+        issuer=issuer,
+        auth=PrivateKeyJwt("jwt-rp", private),
+        testing=True,
+    )
+    first = client.client_credentials(scope="read", dpop=True)
+    second = client.client_credentials(scope="read", dpop=True)  # a new assertion jti each time
+    assert isinstance(first, DPoPToken)
+    assert _verify_with_joserfc(issuer, second.access_token)["client_id"] == "jwt-rp"

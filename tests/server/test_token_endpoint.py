@@ -836,3 +836,22 @@ def test_housekeeping_purges_expired_rows(as_: AS) -> None:
     assert as_.store.count_access_tokens() == 1
     assert as_.service.lookup_access_token(fresh, now=as_.clock.now) is not None
     assert as_.service.lookup_access_token(old, now=as_.clock.now) is None
+
+
+def test_grant_store_down_fails_closed(clock: Any) -> None:
+    """SEC-80 for the grant store: an unreachable database → 503 temporarily_unavailable."""
+    from dpopkit.server.service import ServerSettings, TokenService
+    from dpopkit.storage.memory import MemoryReplayCache
+    from dpopkit.storage.sql import SQLGrantStore
+
+    dead = SQLGrantStore("postgresql://postgres@127.0.0.1:1/none", create=False)
+    svc = TokenService(
+        ServerSettings(issuer=ISSUER),
+        store=dead,
+        replay=MemoryReplayCache(single_process=True),
+        clock=clock,
+    )
+    resp = AS(svc, dead, clock).token(CC)
+    assert resp.status == 503
+    assert error_of(resp) == "temporarily_unavailable"
+    assert resp.header("Retry-After") is not None

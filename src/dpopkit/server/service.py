@@ -15,6 +15,7 @@ a refresh token. A ``use_dpop_nonce`` answer therefore never burns a code.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import hmac
@@ -28,6 +29,7 @@ from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from dpopkit.core.algorithms import ALGORITHMS
 from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, RequestView, ResponseView
+from dpopkit.core.jws import JWSError, b64url_decode, json_loads_object
 from dpopkit.core.nonce import NonceIssuer
 from dpopkit.core.proof import ProofPolicy, VerifiedProof, extract_proof, verify_proof
 from dpopkit.core.replay import ReplayCache, record_proof
@@ -508,8 +510,7 @@ class TokenService:
 
     @staticmethod
     def _assertion_issuer(assertion: str) -> str | None:
-        from dpopkit.core.jws import JWSError, b64url_decode, json_loads_object
-
+        # Only picks the client record; the assertion is verified with its keys afterwards.
         try:
             payload = json_loads_object(b64url_decode(assertion.split(".")[1]))
         except (JWSError, IndexError, ValueError):
@@ -947,8 +948,6 @@ def check_code_verifier(verifier: str, challenge: str) -> None:
     """
     if not 43 <= len(verifier) <= 128 or not set(verifier) <= _UNRESERVED_VERIFIER:
         raise InvalidRequestError(Reason.INVALID_REQUEST, "malformed code_verifier")
-    import base64
-
     digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest())
     if not hmac.compare_digest(digest.rstrip(b"=").decode("ascii"), challenge):
         raise InvalidGrantError(Reason.INVALID_GRANT, "PKCE verification failed")
