@@ -30,6 +30,13 @@ from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
 GUARD_OPTIONS = {"policy", "nonces", "accept_bearer", "required_scopes", "realm", "metrics"}
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run ``@pytest.mark.anyio`` tests on both asyncio and trio."""
+    backend: str = request.param
+    return backend
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
