@@ -1,6 +1,9 @@
 """Benchmark of the authorization server's token endpoint (not a test).
 
-Run: ``python bench/as.py [--quick] [--reps N] [--target-ms MS] [--requests N] [--seconds S]``.
+Run: ``python bench/as.py [--quick] [--reps N] [--target-ms MS] [--requests N] [--seconds S]
+[--node]``. ``--node`` adds node-oidc-provider side by side (``npm install --prefix bench/node``
+first; ``bench/node/server.mjs`` configures it like our server: client_credentials,
+client_secret_basic, DPoP required, ES256 JWT access tokens; its storage is in memory).
 
 Scenario: ``client_credentials`` with ``client_secret_basic``, an ES256 DPoP proof
 (no nonce) and an ES256 JWT access token, on the default stack of ``dpopkit
@@ -183,10 +186,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def end_to_end(tmp: Path, requests_n: int, seconds: float) -> None:
-    import httpx
-
-    port = _free_port()
+def _dpopkit_server(tmp: Path, port: int) -> list[str]:
     base = f"http://127.0.0.1:{port}"
     config = tmp / "as.toml"
     config.write_text(
@@ -195,19 +195,28 @@ def end_to_end(tmp: Path, requests_n: int, seconds: float) -> None:
         f'client_secret = "{SECRET}"\ngrant_types = ["client_credentials"]\n'
         "dpop_bound_access_tokens = true\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dpopkit", "serve", "--config", str(config), "--no-api"],
-        stderr=subprocess.DEVNULL,
-    )
+    return [sys.executable, "-m", "dpopkit", "serve", "--config", str(config), "--no-api"]
+
+
+def _node_server(port: int) -> list[str]:
+    script = Path(__file__).resolve().parent / "node" / "server.mjs"
+    return ["node", str(script), str(port)]
+
+
+def end_to_end(name: str, cmd: list[str], port: int, requests_n: int, seconds: float) -> None:
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(base + "/jwks", timeout=1)
+                httpx.get(base + "/.well-known/openid-configuration", timeout=1)
                 break
             except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("server did not start") from None
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"{name} did not start") from None
                 time.sleep(0.1)
 
         def one(http: httpx.Client, key: DPoPKey) -> None:
@@ -222,6 +231,9 @@ def end_to_end(tmp: Path, requests_n: int, seconds: float) -> None:
                 },
             )
             assert resp.status_code == 200, resp.text
+            body = resp.json()
+            assert body["token_type"] == "DPoP", resp.text
+            assert body["access_token"].count(".") == 2, "expected a JWT access token"
 
         key = DPoPKey.generate("ES256")
         with httpx.Client() as http:
@@ -231,10 +243,7 @@ def end_to_end(tmp: Path, requests_n: int, seconds: float) -> None:
             for _ in range(requests_n):
                 one(http, key)
             elapsed = time.perf_counter() - start
-        print(
-            f"\nend to end, sequential: {requests_n / elapsed:8.0f} tokens/s "
-            f"({elapsed / requests_n * 1e3:.2f} ms per request)"
-        )
+        seq = requests_n / elapsed
 
         counts = [0] * 8
         stop = threading.Event()
@@ -254,8 +263,8 @@ def end_to_end(tmp: Path, requests_n: int, seconds: float) -> None:
         stop.set()
         for t in threads:
             t.join()
-        elapsed = time.perf_counter() - start
-        print(f"end to end, 8 clients:  {sum(counts) / elapsed:8.0f} tokens/s")
+        conc = sum(counts) / (time.perf_counter() - start)
+        print(f"  {name:22s} sequential {seq:7.0f} tokens/s   8 clients {conc:7.0f} tokens/s")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -268,14 +277,27 @@ def main() -> None:
     parser.add_argument("--target-ms", type=float, default=100.0)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--node",
+        action="store_true",
+        help="also run node-oidc-provider (npm install --prefix bench/node first)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.reps, args.target_ms, args.requests, args.seconds = 3, 30.0, 200, 2.0
     print(f"dpopkit AS benchmark · Python {platform.python_version()} · {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
         breakdown(Path(tmp), args.reps, args.target_ms)
-    with tempfile.TemporaryDirectory() as tmp:
-        end_to_end(Path(tmp), args.requests, args.seconds)
+    print("\nend to end (wall clock; client and server share the machine)")
+    rounds = 2 if args.node else 1
+    for _ in range(rounds):  # alternate servers so a noisy phase hits both
+        with tempfile.TemporaryDirectory() as tmp:
+            port = _free_port()
+            cmd = _dpopkit_server(Path(tmp), port)
+            end_to_end("dpopkit serve", cmd, port, args.requests, args.seconds)
+        if args.node:
+            port = _free_port()
+            end_to_end("node-oidc-provider", _node_server(port), port, args.requests, args.seconds)
 
 
 if __name__ == "__main__":
