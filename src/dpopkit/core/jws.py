@@ -128,6 +128,8 @@ _DECODER = json.JSONDecoder(
 # The C scanner behind _DECODER.decode, called directly for a text that starts with "{"
 # (skips two regex whitespace matches and a Python frame per parse).
 _SCAN_ONCE = _DECODER.scan_once  # type: ignore[attr-defined]
+# The same scanner without the duplicate-detecting hook, for flat objects (see below).
+_FLAT_SCAN_ONCE = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float).scan_once  # type: ignore[attr-defined]
 _JSON_WS = " \t\n\r"  # RFC 8259 §2 insignificant whitespace
 _MAX_DEPTH = 32
 
@@ -144,18 +146,29 @@ def json_loads_object(data: bytes) -> dict[str, Any]:
     """
     try:
         text = data.decode("utf-8")
-        if text[:1] == "{":
-            obj, end = _SCAN_ONCE(text, 0)
-            if end != len(text) and text[end:].strip(_JSON_WS):
-                raise ValueError("extra data after the JSON object")
-        else:
+        flat = False
+        if text[:1] != "{":
             obj = _DECODER.decode(text)
+            end = len(text)
+        elif text.count("{") == 1 and "[" not in text:
+            flat = True
+            # A flat object (a DPoP payload): parsed without the hook. Each member but
+            # the first adds one ',' and a ',' inside a string only adds more, so
+            # len(obj) == count(',') + 1 proves there was no duplicate member name;
+            # otherwise the hook decides.
+            obj, end = _FLAT_SCAN_ONCE(text, 0)
+            if len(obj) != text.count(",") + 1:
+                obj, end = _SCAN_ONCE(text, 0)
+        else:
+            obj, end = _SCAN_ONCE(text, 0)
+        if end != len(text) and text[end:].strip(_JSON_WS):
+            raise ValueError("extra data after the JSON object")
         if not isinstance(obj, dict):
             raise JWSError(Reason.MALFORMED, "JSON value is not an object")
         # Strict UTF-8 decoding leaves no surrogates, so lone surrogates can only come
         # from \\u escapes; with no escape and fewer brackets than the depth limit
         # the walk below cannot fail and is skipped.
-        if "\\u" in text or text.count("{") + text.count("[") > _MAX_DEPTH:
+        if "\\u" in text or (not flat and text.count("{") + text.count("[") > _MAX_DEPTH):
             _check_strings(obj)
     except JWSError:
         raise

@@ -540,8 +540,9 @@ def _verify(
     elif ath is not None and not isinstance(ath, str):
         raise InvalidProofError(Reason.BAD_CLAIM, "ath must be a string", detail={"claim": "ath"})
     # RFC 9449 §4.3 (12) / §10: the key the token or code is bound to.
-    if expected_jkt is not None and not compare_digest(
-        facts.jkt.encode(), expected_jkt.encode("utf-8", "replace")
+    # (a thumbprint is ASCII: a non-ASCII expected value can never match it)
+    if expected_jkt is not None and not (
+        expected_jkt.isascii() and compare_digest(facts.jkt, expected_jkt)
     ):
         raise InvalidProofError(Reason.JKT_MISMATCH, "proof key does not match the bound key")
 
