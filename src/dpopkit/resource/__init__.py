@@ -9,6 +9,7 @@ Django adapters import their framework and are imported explicitly.
 from __future__ import annotations
 
 from dpopkit.resource._site import ProtectedResourceMetadata, ProxyTrust
+from dpopkit.resource.asgi import DPoPMiddleware
 from dpopkit.resource.guard import AsyncResourceGuard, DPoPPrincipal, GuardMetrics, ResourceGuard
 from dpopkit.resource.tokens import (
     AsyncIntrospectionTokens,
@@ -20,6 +21,7 @@ from dpopkit.resource.tokens import (
     TokenInfo,
     TokenValidator,
 )
+from dpopkit.resource.wsgi import DPoPWSGIMiddleware
 
 __all__ = [
     "AsyncIntrospectionTokens",
@@ -27,7 +29,9 @@ __all__ = [
     "AsyncResourceGuard",
     "AsyncTokenValidator",
     "CallableTokens",
+    "DPoPMiddleware",
     "DPoPPrincipal",
+    "DPoPWSGIMiddleware",
     "GuardMetrics",
     "IntrospectionTokens",
     "JWTAccessTokens",
