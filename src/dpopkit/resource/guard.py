@@ -6,7 +6,9 @@ comes last, so a rejected request never burns a ``jti``):
 1. ``Authorization``: exactly one field (RS-21), scheme compared
    case-insensitively (RS-6), ``DPoP`` and, only when configured, ``Bearer``;
    one or more spaces, then a ``token68``. A token also sent in the query is
-   ``invalid_request`` (RFC 6750 §2, Fig. 19).
+   ``invalid_request`` (RFC 6750 §2, Fig. 19); no credentials, or only an
+   unsupported method (Bearer when not accepted, a query token), get the bare
+   challenge without error information (RFC 6750 §3.1, RS-18).
 2. ``DPoP`` scheme: exactly one ``DPoP`` header (§4.3 (1); a comma-folded value
    counts as two), the proof checked against the request (htm, htu from the
    adapter's configuration, ``ath`` of the presented token, the server nonce).
