@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         r = ratio(by[f"{prefix}requests.roc"], by[f"{prefix}requests.dpopkit"])
         print(
             f"{prefix}requests: requests-oauth2client / dpopkit per request = {r.value:.2f}× "
-            f"(range {r.low:.2f}–{r.high:.2f})"
+            f"(quartiles {r.q1:.2f}–{r.q3:.2f})"
         )
     return 0 if verdict else 1
 
