@@ -32,7 +32,7 @@ from dpopkit.core.jws import (
     json_dumps,
     public_key_from_jwk,
 )
-from dpopkit.core.thumbprint import jwk_thumbprint
+from dpopkit.core.thumbprint import access_token_hash, jwk_thumbprint
 from dpopkit.errors import Reason
 
 __all__ = ["DPoPKey", "Signer"]
@@ -131,7 +131,7 @@ class DPoPKey:
     emits ``EdDSA`` unless it was created with ``alg="Ed25519"`` (RFC 9864).
     """
 
-    __slots__ = ("_header_b64", "_jkt", "_private", "_public_jwk", "_signer", "_spec")
+    __slots__ = ("_ath_memo", "_header_b64", "_jkt", "_private", "_public_jwk", "_signer", "_spec")
 
     def __init__(
         self,
@@ -149,6 +149,9 @@ class DPoPKey:
         header = {"typ": "dpop+jwt", "alg": _spec.name, "jwk": _public_jwk}
         # The protected header is the same for every proof: encode it once.
         self._header_b64 = b64url_encode(json_dumps(header))
+        # The last access token this key made a proof for, and its ath: a client sends
+        # many proofs with one token, so ath is computed once per token, not per proof.
+        self._ath_memo: tuple[str, str] = ("", "")
 
     # -- construction --------------------------------------------------------------------
 
@@ -283,6 +286,15 @@ class DPoPKey:
     def proof_header_b64(self) -> str:
         """The encoded protected header ``{typ, alg, jwk}`` shared by all proofs."""
         return self._header_b64
+
+    def _access_token_hash(self, access_token: str) -> str:
+        """``ath`` of ``access_token`` (RFC 9449 §4.2), remembered for the last token."""
+        memo = self._ath_memo
+        if memo[0] == access_token:
+            return memo[1]
+        ath = access_token_hash(access_token)
+        self._ath_memo = (access_token, ath)  # one tuple: atomic under concurrent use
+        return ath
 
     def sign(self, data: bytes) -> bytes:
         """Sign ``data`` and return JWS signature bytes."""

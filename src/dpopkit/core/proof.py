@@ -259,7 +259,7 @@ def create_proof(
         token: object = access_token
         if not isinstance(token, str) or not token:
             raise ValueError("access_token must be a non-empty string")
-        ath = access_token_hash(token)
+        ath = key._access_token_hash(token)
     if nonce is not None:
         nonce_value: object = nonce
         if not isinstance(nonce_value, str) or not _NQCHAR_RE.fullmatch(nonce_value):
