@@ -31,7 +31,7 @@ from _rs_support import (
     wsgi_app,
 )
 
-from dpopkit import DPoPKey, create_proof
+from dpopkit import DPoPKey, create_proof, parse_challenges
 from dpopkit.resource.asgi import DPoPMiddleware
 from dpopkit.resource.demo import create_whoami_app
 from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
@@ -63,9 +63,9 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, limit: flo
 
 
 @contextmanager
-def serve_api(*args: str) -> Iterator[str]:
+def serve_api(*args: str, env_extra: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dpopkit", "serve-api", "--port", str(port), *args],
         stdout=subprocess.DEVNULL,
@@ -136,6 +136,49 @@ def test_serve_api_whoami_end_to_end(key_server: KeyServer) -> None:
             assert (
                 'dpopkit_rs_rejected_total{reason="replayed_jti"} 1' in client.get("/metrics").text
             )
+
+
+@pytest.mark.slow
+def test_nonce_secret_shared_between_instances(key_server: KeyServer) -> None:
+    """Attacks "nonce secret rotation across instances": instances sharing the secret accept
+    each other's nonces; with different secrets the client gets use_dpop_nonce, never a 500."""
+    key = DPoPKey.generate("ES256")
+    token = key_server.issuer().token(jkt=key.jkt, now=time.time(), aud=PUBLIC)
+    url = f"{PUBLIC}/api/whoami"
+    common = (
+        "--issuer",
+        key_server.base,
+        "--public-origin",
+        PUBLIC,
+        "--allow-insecure-http",
+        "--require-nonce",
+        "--nonce-secret-env",
+        "RS_NONCE_SECRET",
+    )
+    same = {"RS_NONCE_SECRET": "11" * 32}
+    other = {"RS_NONCE_SECRET": "22" * 32}
+    with (
+        serve_api(*common, env_extra=same) as a,
+        serve_api(*common, env_extra=same) as b,
+        serve_api(*common, env_extra=other) as c,
+        httpx.Client(timeout=10) as client,
+    ):
+        first = client.get(f"{a}/api/whoami", headers=headers_for(key, token, url))
+        assert first.status_code == 401
+        nonce = first.headers["dpop-nonce"]
+        assert (
+            client.get(
+                f"{b}/api/whoami", headers=headers_for(key, token, url, nonce=nonce)
+            ).status_code
+            == 200
+        )
+        refused = client.get(f"{c}/api/whoami", headers=headers_for(key, token, url, nonce=nonce))
+        assert refused.status_code == 401
+        assert (
+            parse_challenges(refused.headers["www-authenticate"])[0].params["error"]
+            == "use_dpop_nonce"
+        )
+        assert refused.headers["dpop-nonce"] != nonce
 
 
 def test_serve_api_bad_configuration_exits_2() -> None:
