@@ -181,6 +181,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     r = subparsers.add_parser(
         "request",
+        usage="dpopkit request [METHOD] URL --key KEYFILE [--token TOKEN | --token-env VAR] "
+        "[-d DATA] [-H 'Name: value'] [--verbose]",
         help="send one request with DPoP (nonce retry included)",
         description="Send one request with a DPoP proof and Authorization: DPoP <token>; "
         "print the status, headers and body.",
