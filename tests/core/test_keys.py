@@ -466,3 +466,16 @@ def test_rsa_private_numbers_survive_the_round_trip() -> None:
     exported = key.private_jwk()
     assert {"n", "e", "d", "p", "q", "dp", "dq", "qi"} <= exported.keys()
     assert DPoPKey.from_jwk(exported).private_jwk() == exported
+
+
+def test_repr_never_shows_an_access_token_the_key_was_used_with() -> None:
+    key = DPoPKey.generate("ES256")
+    token = "secret-access-token-4f2a"
+    proof = create_proof(key, htm="GET", htu=HTU, access_token=token, now=NOW)
+    assert verify(proof, htm="GET", htu=HTU, access_token=token, now=NOW).jkt == key.jkt
+    assert token not in repr(key)
+    # A proof for another token carries that token's ath, not the previous one's.
+    other = create_proof(key, htm="GET", htu=HTU, access_token="other-token", now=NOW)
+    with pytest.raises(InvalidProofError) as info:
+        verify(other, htm="GET", htu=HTU, access_token=token, now=NOW)
+    assert info.value.reason is Reason.ATH_MISMATCH
