@@ -208,3 +208,53 @@ def test_kill_9_under_load_keeps_every_issued_token(tmp_path: Path) -> None:
             assert info["cnf"] == {"jkt": jkt}
             assert info["exp"] == claims["exp"]
             assert info["client_id"] == "loader"
+
+
+def test_serve_workers_refuse_memory_replay(tmp_path: Path) -> None:
+    """--workers > 1 with a per-process replay cache is refused (exit 2)."""
+    path = tmp_path / "as.toml"
+    path.write_text('replay_url = "memory"\n')
+    assert (
+        main(["serve", "--config", str(path), "--workers", "2", "--data-dir", str(tmp_path)]) == 2
+    )
+
+
+@pytest.mark.slow
+def test_serve_two_workers_share_keys_and_replay(tmp_path: Path) -> None:
+    """--workers 2: tokens from either worker verify everywhere; a proof is accepted once."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = tmp_path / "as.toml"
+    config.write_text(CONFIG.format(port=port, data=tmp_path / "data"))
+    cmd = [sys.executable, "-m", "dpopkit", "serve", "--config", str(config), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(base + "/jwks", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                assert proc.poll() is None
+                time.sleep(0.1)
+        key = DPoPKey.generate("ES256")
+        with httpx.Client(timeout=5) as http:  # new connections land on either worker
+            for _ in range(6):
+                proof = create_proof(key, htm="POST", htu=base + "/token", allow_insecure_http=True)
+                form = {"grant_type": "client_credentials"}
+                auth = ("loader", "loader-secret-value")
+                first = http.post(base + "/token", data=form, headers={"DPoP": proof}, auth=auth)
+                assert first.status_code == 200
+                replay = httpx.post(base + "/token", data=form, headers={"DPoP": proof}, auth=auth)
+                assert replay.json()["error"] == "invalid_dpop_proof"
+                token = first.json()["access_token"]
+                url = base + "/api/whoami"
+                api_proof = create_proof(
+                    key, htm="GET", htu=url, access_token=token, allow_insecure_http=True
+                )
+                api = httpx.get(url, headers={"Authorization": f"DPoP {token}", "DPoP": api_proof})
+                assert api.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(15)

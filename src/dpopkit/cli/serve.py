@@ -8,6 +8,8 @@ user (printed at start), keeping its database, signing keys and secrets in
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 from dpopkit.cli import CommandError, missing_extra
 
-__all__ = ["register", "whoami_mounts"]
+__all__ = ["register", "whoami_mounts", "worker_app"]
 
 
 def register(subparsers: Any) -> None:
@@ -31,12 +33,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--no-api", action="store_true", help="do not mount the demo API at /api/whoami"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes (needs a shared replay cache: sqlite or redis)",
+    )
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
     parser.set_defaults(func=run)
 
 
-def whoami_mounts(service: Any, issuer: str) -> list[tuple[str, Any]]:
-    """The demo protected API, validating this AS's tokens against its own store."""
+def whoami_mounts(service: Any, issuer: str, data_dir: Path | None = None) -> list[tuple[str, Any]]:
+    """The demo protected API, validating this AS's tokens against its own store.
+
+    With ``data_dir`` its replay cache is a SQLite file there (shared by workers).
+    """
     try:
         from dpopkit.resource.demo import WHOAMI_PATH, create_whoami_app
         from dpopkit.resource.tokens import TokenInfo
@@ -74,32 +85,74 @@ def whoami_mounts(service: Any, issuer: str) -> list[tuple[str, Any]]:
                 exp=record.expires_at,
             )
 
+    replay: Any = None
+    if data_dir is not None:
+        from dpopkit.storage.sqlite import AsyncSQLiteReplayCache
+
+        replay = AsyncSQLiteReplayCache(data_dir / "rs-replay.db")
     app = create_whoami_app(
         issuer=issuer,
         public_origin=issuer,
         tokens=_OwnTokens(),
+        replay=replay,
         allow_insecure_http=issuer.startswith("http:"),
     )
     return [(WHOAMI_PATH, app), ("/.well-known/oauth-protected-resource", app)]
+
+
+_ENV = "DPOPKIT_SERVE_ARGS"
+
+
+def _build(args: dict[str, Any]) -> tuple[Any, Any, Any]:
+    from dpopkit.server.config import build_server, load_config
+
+    path = args["config"]
+    config = load_config(
+        None if path is None else Path(path),
+        host=args["host"],
+        port=args["port"],
+        data_dir=None if args["data_dir"] is None else Path(args["data_dir"]),
+        now=time.time(),
+    )
+    mounts = None
+    if not args["no_api"]:
+
+        def mounts(svc: Any) -> list[tuple[str, Any]]:
+            return whoami_mounts(svc, config.issuer, config.data_dir)
+
+    app, service = build_server(config, mounts=mounts)
+    return config, app, service
+
+
+def worker_app() -> Any:
+    """The app of one uvicorn worker process (``--workers N``), built from the parent's args."""
+    return _build(json.loads(os.environ[_ENV]))[1]
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from dpopkit.server.config import ConfigError, build_server, describe, load_config
+        from dpopkit.server.config import ConfigError, describe
     except ImportError as exc:
         raise missing_extra("server", exc) from None
+    spec = {
+        "config": None if args.config is None else str(args.config.resolve()),
+        "host": args.host,
+        "port": args.port,
+        "data_dir": None if args.data_dir is None else str(args.data_dir.resolve()),
+        "no_api": args.no_api,
+    }
+    if args.workers < 1:
+        raise CommandError("--workers must be >= 1", 2)
     try:
-        config = load_config(
-            args.config, host=args.host, port=args.port, data_dir=args.data_dir, now=time.time()
-        )
-        app, service = build_server(
-            config,
-            mounts=None if args.no_api else (lambda svc: whoami_mounts(svc, config.issuer)),
-        )
+        # Built once here even with workers: it validates everything and creates the
+        # schema, the signing key and the secrets before any worker starts.
+        config, app, service = _build(spec)
     except ConfigError as exc:
         raise CommandError(str(exc), 2) from None
+    if args.workers > 1 and config.replay_url == "memory":
+        raise CommandError("replay_url = memory cannot be shared by several workers", 2)
     if args.check:
         print(describe(config))
         return 0
@@ -111,5 +164,15 @@ def run(args: argparse.Namespace) -> int:
             f"TEST MODE: /authorize logs in {service.settings.test_mode_user!r} without a password",
             file=sys.stderr,
         )
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    common: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "log_level": "warning",
+        "access_log": False,
+    }
+    if args.workers > 1:
+        os.environ[_ENV] = json.dumps(spec)
+        uvicorn.run("dpopkit.cli.serve:worker_app", factory=True, workers=args.workers, **common)
+    else:
+        uvicorn.run(app, **common)
     return 0
