@@ -5,9 +5,14 @@ from __future__ import annotations
 import string
 from functools import cache
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from dpopkit import ALGORITHMS, DPoPKey
+
+#: Base settings of every property: no per-example deadline (RSA signing, a loaded CI
+#: machine) and no "too slow" health check; each test sets its own ``max_examples``.
+PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 #: Every supported algorithm; RSA keys are generated once per session (slow).
 ALL_ALGS: tuple[str, ...] = ALGORITHMS

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from dpopkit import build_challenge, parse_challenges
 from dpopkit.core.challenge import ChallengeSyntaxError
 
-from .strategies import TOKEN_CHARS
+from .strategies import PROPERTY, TOKEN_CHARS
 
 VISIBLE = "\t" + "".join(chr(c) for c in range(0x20, 0x7F))
 schemes = st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=10)
@@ -36,7 +36,7 @@ token68s = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(PROPERTY, max_examples=300)
 @given(value=st.text(max_size=80) | st.text(alphabet=' ,="\\\tab=', max_size=40))
 def test_parse_is_total(value: str) -> None:
     try:
@@ -48,7 +48,7 @@ def test_parse_is_total(value: str) -> None:
         assert all(name == name.lower() for name in challenge.params)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(PROPERTY, max_examples=200)
 @given(
     challenges=st.lists(
         st.tuples(schemes, param_lists, st.none() | token68s), min_size=1, max_size=4

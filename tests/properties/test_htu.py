@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 
 from dpopkit import htu_matches, normalize_htu
 
-from .strategies import UNRESERVED, hosts, paths, ports, queries, urls
+from .strategies import PROPERTY, UNRESERVED, hosts, paths, ports, queries, urls
 
 
-@settings(max_examples=300, deadline=None)
+@settings(PROPERTY, max_examples=300)
 @given(uri=st.text(max_size=80) | urls | st.builds(lambda p: "https://a.example" + p, st.text()))
 def test_normalize_is_total_and_idempotent(uri: str) -> None:
     try:
@@ -74,7 +74,7 @@ def spellings(draw: st.DrawFn) -> tuple[str, str]:
     return normal, other
 
 
-@settings(max_examples=300, deadline=None)
+@settings(PROPERTY, max_examples=300)
 @given(pair=spellings())
 def test_equivalent_spellings_match(pair: tuple[str, str]) -> None:
     normal, other = pair
@@ -83,14 +83,14 @@ def test_equivalent_spellings_match(pair: tuple[str, str]) -> None:
     assert htu_matches(normal, other)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(PROPERTY, max_examples=200)
 @given(host=hosts, first=paths, second=paths)
 def test_different_paths_never_match(host: str, first: str, second: str) -> None:
     assume(first != second)
     assert not htu_matches(f"https://{host}{first}", f"https://{host}{second}")
 
 
-@settings(max_examples=100, deadline=None)
+@settings(PROPERTY, max_examples=100)
 @given(host=hosts, path=paths, other_host=hosts)
 def test_different_hosts_or_schemes_never_match(host: str, path: str, other_host: str) -> None:
     assert not htu_matches(f"https://{host}{path}", f"http://{host}{path}")

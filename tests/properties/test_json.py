@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from dpopkit import Reason
 from dpopkit.core.jws import JWSError, json_loads_object
 
-from .strategies import json_values
+from .strategies import PROPERTY, json_values
 
 INVALID = object()
 
@@ -89,13 +89,13 @@ def _dump(value: Any, style: dict[str, Any]) -> bytes:
     return json.dumps(value, allow_nan=True, **style).encode("utf-8", "surrogatepass")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(PROPERTY, max_examples=150)
 @given(value=objects, style=dump_styles)
 def test_serialised_objects_agree(value: dict[str, Any], style: dict[str, Any]) -> None:
     check_agrees(_dump(value, style))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(PROPERTY, max_examples=150)
 @given(value=objects.filter(bool), style=dump_styles, data=st.data())
 def test_duplicated_member_is_refused_wherever_it_hides(
     value: dict[str, Any], style: dict[str, Any], data: st.DataObject
@@ -111,7 +111,7 @@ def test_duplicated_member_is_refused_wherever_it_hides(
         json_loads_object(duplicated)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(PROPERTY, max_examples=150)
 @given(
     value=objects,
     style=dump_styles,
@@ -127,7 +127,7 @@ def test_mutated_text_agrees(
     check_agrees(text[:index] + text[index + 1 :])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(PROPERTY, max_examples=200)
 @given(
     data=st.binary(max_size=60)
     | st.text(max_size=60).map(lambda t: t.encode("utf-8", "surrogatepass"))

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from dpopkit import NonceIssuer, Reason, UseNonceError
 
+from .strategies import PROPERTY
+
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 issuers = st.builds(
@@ -23,7 +25,7 @@ issuers = st.builds(
 times = st.floats(min_value=1e6, max_value=2e9, allow_nan=False)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(PROPERTY, max_examples=150)
 @given(issuer=issuers, issued=times, data=st.data())
 def test_accepted_inside_the_window(
     issuer: NonceIssuer, issued: float, data: st.DataObject
@@ -40,7 +42,7 @@ def test_accepted_inside_the_window(
     assert now < info.expires_at
 
 
-@settings(max_examples=150, deadline=None)
+@settings(PROPERTY, max_examples=150)
 @given(issuer=issuers, issued=times, data=st.data())
 def test_refused_outside_the_window(
     issuer: NonceIssuer, issued: float, data: st.DataObject
@@ -58,7 +60,7 @@ def test_refused_outside_the_window(
     assert issuer.verify(info.value.nonce, now=now).current
 
 
-@settings(max_examples=150, deadline=None)
+@settings(PROPERTY, max_examples=150)
 @given(issuer=issuers, issued=times, position=st.integers(0, 31), data=st.data())
 def test_refused_when_tampered(
     issuer: NonceIssuer, issued: float, position: int, data: st.DataObject
@@ -70,7 +72,7 @@ def test_refused_when_tampered(
         issuer.verify(tampered, now=issued)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(PROPERTY, max_examples=100)
 @given(
     secret=st.binary(min_size=32, max_size=40),
     first=st.text(max_size=10),

@@ -19,7 +19,7 @@ from dpopkit import (
     verify_proof,
 )
 
-from .strategies import ALL_ALGS, key_for, methods, nonces, tokens, urls
+from .strategies import ALL_ALGS, PROPERTY, key_for, methods, nonces, tokens, urls
 
 T0 = 1_700_000_000
 RESERVED = {"jti", "htm", "htu", "iat", "ath", "nonce"}
@@ -40,7 +40,7 @@ extra_claims = st.dictionaries(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(PROPERTY, max_examples=60)
 @given(
     alg=st.sampled_from(ALL_ALGS),
     htm=methods,
@@ -79,7 +79,7 @@ def test_roundtrip_every_algorithm(
     assert checked.replay_expires_at >= T0 + delta
 
 
-@settings(max_examples=25, deadline=None)
+@settings(PROPERTY, max_examples=25)
 @given(alg=st.sampled_from(ALL_ALGS), htm=methods, url=urls, step_offset=st.integers(-1, 2))
 def test_roundtrip_with_server_nonce(alg: str, htm: str, url: str, step_offset: int) -> None:
     issuer = NonceIssuer([b"k" * 32], context="rs")
@@ -94,7 +94,7 @@ def test_roundtrip_with_server_nonce(alg: str, htm: str, url: str, step_offset: 
     assert checked.nonce_info.current is (step_offset <= 0)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(PROPERTY, max_examples=20)
 @given(alg=st.sampled_from(ALL_ALGS), url=urls)
 def test_two_proofs_never_share_a_jti_or_replay_key(alg: str, url: str) -> None:
     key = key_for(alg)

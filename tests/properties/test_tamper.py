@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from dpopkit import InvalidProofError, create_proof, verify_proof
 from dpopkit.core.jws import b64url_decode, b64url_encode
 
-from .strategies import ALL_ALGS, key_for
+from .strategies import ALL_ALGS, PROPERTY, key_for
 
 T0 = 1_700_000_000
 HTU = "https://resource.example.org/protectedresource"
@@ -38,7 +38,7 @@ def test_untampered_proofs_verify(alg: str) -> None:
     _verify(PROOFS[alg])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(PROPERTY, max_examples=150)
 @given(
     alg=st.sampled_from(sorted(PROOFS)),
     position=st.integers(min_value=0),
@@ -55,7 +55,7 @@ def test_changing_any_character_invalidates(alg: str, position: int, replacement
         _verify(tampered)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(PROPERTY, max_examples=100)
 @given(
     alg=st.sampled_from(sorted(PROOFS)),
     segment=st.integers(0, 2),
@@ -73,7 +73,7 @@ def test_flipping_any_decoded_bit_invalidates(
         _verify(".".join(parts))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(PROPERTY, max_examples=60)
 @given(alg=st.sampled_from(sorted(PROOFS)), position=st.integers(min_value=0), data=st.data())
 def test_deleting_or_inserting_a_character_invalidates(
     alg: str, position: int, data: st.DataObject

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from dpopkit import jwk_thumbprint
 
-from .strategies import json_values, key_for
+from .strategies import PROPERTY, json_values, key_for
 
 KEY_ALGS = ["ES256", "ES384", "ES512", "EdDSA", "PS256"]
 REQUIRED = {"crv", "kty", "x", "y", "e", "n"}
@@ -19,7 +19,7 @@ extra_members = st.dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(PROPERTY, max_examples=150)
 @given(alg=st.sampled_from(KEY_ALGS), extra=extra_members, data=st.data())
 def test_thumbprint_ignores_order_and_extra_members(
     alg: str, extra: dict[str, Any], data: st.DataObject
@@ -30,7 +30,7 @@ def test_thumbprint_ignores_order_and_extra_members(
     assert jwk_thumbprint(shuffled) == key.jkt
 
 
-@settings(max_examples=50, deadline=None)
+@settings(PROPERTY, max_examples=50)
 @given(first=st.sampled_from(KEY_ALGS), second=st.sampled_from(KEY_ALGS))
 def test_different_keys_have_different_thumbprints(first: str, second: str) -> None:
     same = key_for(first) == key_for(second)
@@ -38,7 +38,7 @@ def test_different_keys_have_different_thumbprints(first: str, second: str) -> N
     assert same is (first == second)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(PROPERTY, max_examples=100)
 @given(alg=st.sampled_from(KEY_ALGS), data=st.data())
 def test_changing_a_required_member_changes_the_thumbprint(alg: str, data: st.DataObject) -> None:
     jwk = key_for(alg).public_jwk

@@ -24,7 +24,7 @@ from dpopkit import (
 )
 from dpopkit.core.jws import b64url_encode
 
-from .strategies import ALL_ALGS, json_values, key_for, methods, nonces, tokens, urls
+from .strategies import ALL_ALGS, PROPERTY, json_values, key_for, methods, nonces, tokens, urls
 
 T0 = 1_700_000_000
 HTU = "https://server.example.com/token"
@@ -49,13 +49,13 @@ def verify_totally(proof: Any, **kwargs: Any) -> VerifiedProof | None:
     return result
 
 
-@settings(max_examples=200, deadline=None)
+@settings(PROPERTY, max_examples=200)
 @given(proof=st.text(), htm=methods, htu=st.text() | urls)
 def test_arbitrary_text(proof: str, htm: str, htu: str) -> None:
     verify_totally(proof, htm=htm, htu=htu, now=T0)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(PROPERTY, max_examples=200)
 @given(
     segments=st.lists(st.binary(max_size=300), min_size=3, max_size=3),
     policy=st.sampled_from(POLICIES),
@@ -140,7 +140,7 @@ def payloads(draw: st.DrawFn) -> dict[str, Any]:
     return payload
 
 
-@settings(max_examples=300, deadline=None)
+@settings(PROPERTY, max_examples=300)
 @given(
     header_and_alg=headers(),
     payload=payloads(),
@@ -191,7 +191,7 @@ def test_random_json_headers_and_payloads(
         assert result.htm == "POST"
 
 
-@settings(max_examples=150, deadline=None)
+@settings(PROPERTY, max_examples=150)
 @given(
     fields=st.lists(
         st.tuples(st.sampled_from(["DPoP", "dpop", "DPOP", "Authorization"]), st.text()),
@@ -206,7 +206,7 @@ def test_extract_proof_is_total(fields: list[tuple[str, str]]) -> None:
     assert value in [v.strip(" \t") for k, v in fields if k.lower() == "dpop"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(PROPERTY, max_examples=300)
 @given(
     alg=st.sampled_from(KEYS),
     where=st.sampled_from(["header", "payload", "jwk"]),
