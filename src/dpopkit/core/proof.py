@@ -13,6 +13,7 @@ import math
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from hashlib import sha256
@@ -168,14 +169,15 @@ class _KeyCache:
     claim are still checked. Bounded; oldest entries go first.
     """
 
-    __slots__ = ("_data", "maxsize")
+    __slots__ = ("_data", "get", "maxsize")
 
     def __init__(self, maxsize: int = 4096) -> None:
-        self._data: dict[str, _HeaderFacts] = {}
+        # An OrderedDict: evicting the oldest entry is O(1) (popping the first key of a
+        # plain dict rescans the deleted slots left at its front, ~2 µs per insert when full).
+        self._data: OrderedDict[str, _HeaderFacts] = OrderedDict()
         self.maxsize = maxsize
-
-    def get(self, header_b64: str) -> _HeaderFacts | None:
-        return self._data.get(header_b64)
+        # The hot path calls the dict's own get (no Python frame in between).
+        self.get: Callable[[str], _HeaderFacts | None] = self._data.get
 
     def put(self, header_b64: str, facts: _HeaderFacts) -> None:
         data = self._data
@@ -183,8 +185,8 @@ class _KeyCache:
             return
         while len(data) >= self.maxsize:
             try:
-                del data[next(iter(data))]
-            except (KeyError, RuntimeError, StopIteration):  # pragma: no cover - thread race
+                data.popitem(last=False)
+            except KeyError:  # pragma: no cover - emptied by another thread
                 break
         data[header_b64] = facts
 
