@@ -331,3 +331,21 @@ async def test_registration_rejects_bad_metadata(
         )
         assert resp.status_code == 400
         assert resp.json()["error"] in {"invalid_client_metadata", "invalid_redirect_uri"}
+
+
+async def test_x16_metadata_for_issuer_with_path(store: SQLGrantStore, clock: Clock) -> None:
+    """X-16 / RFC 8414 §3.1: the well-known segment goes before the issuer's path."""
+    svc = TokenService(
+        ServerSettings(issuer="http://127.0.0.1:9/tenant-a"),
+        store=store,
+        replay=MemoryReplayCache(single_process=True),
+        clock=clock,
+    )
+    app = create_app(svc, authenticator=ConfigUsers({}))
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:9") as http:
+        resp = await http.get("/.well-known/oauth-authorization-server/tenant-a")
+        assert resp.status_code == 200
+        meta = resp.json()
+        assert meta["issuer"] == "http://127.0.0.1:9/tenant-a"
+        assert meta["token_endpoint"] == "http://127.0.0.1:9/tenant-a/token"

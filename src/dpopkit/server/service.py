@@ -22,6 +22,7 @@ import hmac
 import json
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -43,6 +44,7 @@ from dpopkit.errors import (
     OAuthError,
     Reason,
     ReplayStoreError,
+    SecurityWarning,
     ServerConfigurationError,
     TemporarilyUnavailableError,
     UnauthorizedClientError,
@@ -146,6 +148,13 @@ class ServerSettings:
         if self.code_lifetime > 600:
             raise ServerConfigurationError(
                 Reason.CONFIGURATION, "code_lifetime must be at most 600 s (RFC 6749 §4.1.2)"
+            )
+        if self.nonce_policy == "off" and self.access_token_lifetime > 3600:
+            # RFC 9449 §11.2 (AS-26, SEC-9): no long-lived bound tokens without nonces.
+            warnings.warn(
+                "access tokens live longer than 1 h without server nonces (RFC 9449 §11.2)",
+                SecurityWarning,
+                stacklevel=3,
             )
         if self.nonce_policy not in ("off", "per_client", "always"):
             raise ServerConfigurationError(

@@ -1,0 +1,111 @@
+"""The browser DPoP client: a single-page app that ``dpopkit serve`` serves at ``/app/``.
+
+Plain HTML, CSS and JavaScript shipped in this package (no build step, nothing
+from a CDN). In the browser it generates a **non-extractable** ECDSA P-256 key
+with WebCrypto, keeps the ``CryptoKeyPair`` in IndexedDB, runs the authorization
+code flow with PKCE (RFC 7636, S256) and ``dpop_jkt`` (RFC 9449 §10) through the
+AS's login page, redeems the code with a DPoP proof (RFC 9449 §4, §5), retries
+once on ``use_dpop_nonce`` (§8, §9) and calls the protected API with
+``Authorization: DPoP`` and a proof carrying ``ath`` (§7).
+
+:func:`create_spa_app` is a tiny pure ASGI app serving exactly those three
+files (no directory walking, so no path traversal) with a strict
+``Content-Security-Policy``: scripts and styles from the same origin only, and
+``fetch`` to the same origin only (the AS and the API it calls). Mount it with
+:func:`spa_mounts`, e.g. ``create_app(..., mounts=spa_mounts())``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from importlib.resources import files
+from typing import Any
+
+__all__ = ["SPA_PATH", "create_spa_app", "spa_mounts"]
+
+#: Where ``dpopkit serve`` serves the app; the demo public client registers
+#: ``<issuer>/app/`` as its redirect URI.
+SPA_PATH = "/app"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_TYPES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+
+#: Same-origin scripts, styles and fetches only; no inline code, no frames, no forms.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _headers(content_type: str, length: int) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(length).encode()),
+        (b"cache-control", b"no-cache"),
+        (b"content-security-policy", CSP.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        # The authorization code arrives in the page URL: never leak it in a Referer.
+        (b"referrer-policy", b"no-referrer"),
+    ]
+
+
+def create_spa_app(prefix: str = SPA_PATH) -> ASGIApp:
+    """Build the ASGI app serving the single-page client under ``prefix``.
+
+    ``GET``/``HEAD`` of ``<prefix>/`` (or ``<prefix>/index.html``), ``<prefix>/app.js``
+    and ``<prefix>/style.css`` answer the packaged files; any other path under the
+    prefix is 404 and any other method 405. The scope is read as a plain route
+    mount delivers it (the full ``path``).
+
+    Args:
+        prefix: the path the app is mounted at, without the trailing slash.
+
+    Returns:
+        The ASGI application.
+    """
+    base = files(__package__)
+    assets = {name: base.joinpath(name).read_bytes() for name in _TYPES}
+    prefix = prefix.rstrip("/")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        head, _, name = path.rpartition("/")
+        name = name or "index.html"
+        root: str = scope.get("root_path", "")
+        found = head in (prefix, root + prefix) and name in _TYPES
+        if not found:
+            status, body, ctype = 404, b"not found", "text/plain; charset=utf-8"
+        elif scope["method"] not in ("GET", "HEAD"):
+            status, body, ctype = 405, b"method not allowed", "text/plain; charset=utf-8"
+        else:
+            status, body, ctype = 200, assets[name], _TYPES[name]
+        headers = _headers(ctype, len(body))
+        if status == 405:
+            headers.append((b"allow", b"GET, HEAD"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    return app
+
+
+def spa_mounts(prefix: str = SPA_PATH) -> list[tuple[str, ASGIApp]]:
+    """The ``(path, app)`` route for :func:`~dpopkit.server.app.create_app`'s ``mounts``.
+
+    ``<prefix>`` without the slash is redirected to ``<prefix>/`` by Starlette's router.
+    """
+    prefix = prefix.rstrip("/")
+    return [(prefix + "/{name:path}", create_spa_app(prefix))]
