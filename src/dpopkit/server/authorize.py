@@ -147,10 +147,10 @@ def _page(status: int, title: str, body: str, *headers: tuple[str, str]) -> Resp
             ("Content-Type", "text/html; charset=utf-8"),
             ("Cache-Control", "no-store"),
             ("X-Frame-Options", "DENY"),
+            # No form-action: browsers apply it to the redirect to the client after consent.
             (
                 "Content-Security-Policy",
-                "default-src 'none'; style-src 'unsafe-inline'; "
-                "form-action 'self'; frame-ancestors 'none'",
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
             ),
             ("Referrer-Policy", "no-referrer"),
             *headers,
@@ -185,6 +185,7 @@ class AuthorizationEndpoint:
         self.authenticator = authenticator
         self._csrf_secret = csrf_secret or secrets.token_bytes(32)
         self._secure_cookie = service.settings.issuer.startswith("https:")
+        self._action = urlsplit(service.settings.issuer).path + "/authorize"
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -294,8 +295,7 @@ class AuthorizationEndpoint:
                 browser_hash=sha256_hex(browser),
             )
         )
-        path = urlsplit(svc.settings.issuer).path + "/authorize"
-        cookie = f"{_COOKIE}={browser}; Path={path}; HttpOnly; SameSite=Lax" + (
+        cookie = f"{_COOKIE}={browser}; Path={self._action}; HttpOnly; SameSite=Lax" + (
             "; Secure" if self._secure_cookie else ""
         )
         return self._login_page(client, params, interaction, browser, None, ("Set-Cookie", cookie))
@@ -314,7 +314,7 @@ class AuthorizationEndpoint:
         err = f'<p class="error">{esc(error)}</p>' if error else ""
         body = (
             f"<p><strong>{esc(name)}</strong> asks to sign you in.</p>{err}"
-            '<form method="post" action="/authorize">'
+            f'<form method="post" action="{esc(self._action)}">'
             f'<input type="hidden" name="interaction" value="{esc(interaction)}">'
             f'<input type="hidden" name="csrf" value="{esc(self._csrf(interaction, browser))}">'
             '<input type="hidden" name="step" value="login">'
@@ -344,7 +344,7 @@ class AuthorizationEndpoint:
         body = (
             f"<p>Signed in as <strong>{esc(sub)}</strong>.</p>"
             f"<p><strong>{esc(name)}</strong> would like:</p><ul>{items}</ul>"
-            '<form method="post" action="/authorize">'
+            f'<form method="post" action="{esc(self._action)}">'
             f'<input type="hidden" name="interaction" value="{esc(interaction)}">'
             f'<input type="hidden" name="csrf" value="{esc(self._csrf(interaction, browser))}">'
             '<input type="hidden" name="step" value="consent">'
