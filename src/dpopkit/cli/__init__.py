@@ -18,7 +18,7 @@ from collections.abc import Sequence
 __all__ = ["CommandError", "main", "missing_extra"]
 
 #: Modules under dpopkit.cli that add commands (in help order).
-COMMAND_MODULES: tuple[str, ...] = ("offline", "client_cmds", "serve_api", "serve")
+COMMAND_MODULES: tuple[str, ...] = ("offline", "client_cmds", "serve_api", "serve", "demo")
 
 
 class CommandError(Exception):

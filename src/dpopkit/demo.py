@@ -1,0 +1,783 @@
+"""The DPoP story told end to end against a real authorization server and API (``dpopkit demo``).
+
+:func:`demo_servers` starts dpopkit's authorization server (SQLite in a
+directory, server nonces required, test-mode login) and the demo protected API
+(:func:`~dpopkit.resource.demo.create_whoami_app`, validating the AS's JWT
+access tokens through discovery and JWKS) on two free loopback ports.
+:func:`run_story` then plays the client and an attacker against any AS and API
+given by URL, and checks each answer:
+
+1. the client generates a key (RFC 9449 §2);
+2. it gets a DPoP-bound token by authorization code + PKCE + ``dpop_jkt``
+   (§10), going through the AS's ``use_dpop_nonce`` round trip (§8);
+3. it calls the API with a proof (§7) → 200;
+4. an attacker with the stolen access token but no proof → 401;
+5. with a proof signed by the attacker's own key → 401 ``invalid_token`` (§7.1, ``cnf.jkt``);
+6. replaying the client's captured proof → 401 (§11.1, ``jti`` replay);
+7. presenting the token as a Bearer token → 401 (§7.2);
+8. the client refreshes with its key (§5) and the new token works → 200;
+9. the attacker refreshes with the stolen refresh token and its own key → 400 ``invalid_grant``;
+10. or without any proof → 400 ``invalid_dpop_proof`` (§5, the client must use DPoP).
+
+The client uses dpopkit's client library (:class:`~dpopkit.client.tokens.TokenClient`,
+:class:`~dpopkit.client.httpx.DPoPAuth`); the attacker uses plain ``httpx`` and
+:func:`~dpopkit.create_proof`. Tokens, refresh tokens and proofs are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import uvicorn
+
+from dpopkit.client.httpx import DPoPAuth, httpx_sender
+from dpopkit.client.tokens import Sender, TokenClient, TokenSet
+from dpopkit.core.challenge import ChallengeSyntaxError, parse_challenges
+from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, Headers, RequestView, ResponseView
+from dpopkit.core.jws import JWSError, b64url_decode, json_loads_object
+from dpopkit.core.keys import DPoPKey
+from dpopkit.core.proof import create_proof
+from dpopkit.errors import DPoPError
+
+__all__ = [
+    "DEMO_CLIENT_ID",
+    "DEMO_REDIRECT_URI",
+    "DemoReport",
+    "DemoTarget",
+    "StepResult",
+    "demo_servers",
+    "format_step",
+    "format_summary",
+    "play",
+    "run_story",
+]
+
+#: The public client of ``dpopkit serve``'s demo defaults (authorization code + refresh).
+DEMO_CLIENT_ID = "demo-public"
+#: Its registered redirect URI; nothing needs to listen there (the redirect is not followed).
+DEMO_REDIRECT_URI = "http://127.0.0.1:8765/callback"
+#: The user test mode logs in (the demo defaults' user).
+DEMO_USER = "demo"
+
+_START_TIMEOUT = 10.0
+_STOP_TIMEOUT = 5.0
+
+
+# -- results ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepResult:
+    """One step of the story: what should happen, what did, and whether they agree.
+
+    Attributes:
+        name: a stable identifier (``api-call``, ``replayed-proof``, ...).
+        title: one line saying what the step does.
+        expected: the behaviour RFC 9449 requires.
+        observed: what the servers answered.
+        ok: whether ``observed`` is what was expected.
+        details: narration lines (never tokens or proofs).
+    """
+
+    name: str
+    title: str
+    expected: str
+    observed: str
+    ok: bool
+    details: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The machine-readable form (``--json``)."""
+        return {
+            "name": self.name,
+            "expected": self.expected,
+            "observed": self.observed,
+            "ok": self.ok,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoReport:
+    """The outcome of :func:`run_story`: ``ok`` only when every step behaved as expected."""
+
+    issuer: str
+    api_url: str
+    steps: tuple[StepResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when there are steps and every one of them is ok."""
+        return bool(self.steps) and all(step.ok for step in self.steps)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{ok, issuer, api, steps: [{name, expected, observed, ok}]}``."""
+        return {
+            "ok": self.ok,
+            "issuer": self.issuer,
+            "api": self.api_url,
+            "steps": [step.as_dict() for step in self.steps],
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoTarget:
+    """Where the story runs: an authorization server and a protected API.
+
+    Attributes:
+        issuer: the AS issuer (its metadata is discovered, RFC 8414).
+        api_url: the protected endpoint's full URL (e.g. ``.../api/whoami``).
+        client_id: a registered public client allowed ``authorization_code`` and
+            ``refresh_token`` whose tokens must be DPoP-bound.
+        redirect_uri: a redirect URI registered for that client.
+    """
+
+    issuer: str
+    api_url: str
+    client_id: str = DEMO_CLIENT_ID
+    redirect_uri: str = DEMO_REDIRECT_URI
+
+    @property
+    def api_origin(self) -> str:
+        """The API's origin: the RFC 8707 ``resource`` and the token audience."""
+        parts = urlsplit(self.api_url)
+        return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+
+
+# -- observing the wire ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A response reduced to what the story checks: status, error code, challenges, nonce."""
+
+    status: int
+    error: str | None
+    schemes: tuple[str, ...]
+    nonce: bool
+
+    def __str__(self) -> str:
+        text = str(self.status) if self.error is None else f"{self.status} {self.error}"
+        if self.schemes:
+            text += f" [challenge: {', '.join(self.schemes)}]"
+        return text + (" (+ DPoP-Nonce)" if self.nonce else "")
+
+    def challenged(self, scheme: str) -> bool:
+        return any(s.lower() == scheme.lower() for s in self.schemes)
+
+
+def _read_answer(status: int, headers: Headers, body: bytes) -> _Answer:
+    """The OAuth error: the JSON ``error`` (AS, RFC 6749 §5.2) or the challenge's (RS)."""
+    error: str | None = None
+    try:
+        data = json.loads(body) if body[:1] == b"{" else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        error = str(data["error"])
+    schemes: list[str] = []
+    values = headers.get_all("WWW-Authenticate")
+    try:
+        challenges = parse_challenges(values) if values else []
+    except ChallengeSyntaxError:
+        challenges = []
+    for challenge in challenges:
+        schemes.append(challenge.scheme)
+        if error is None and "error" in challenge.params:
+            error = challenge.params["error"]
+    return _Answer(
+        status=status,
+        error=error,
+        schemes=tuple(schemes),
+        nonce=headers.get(DPOP_NONCE_HEADER) is not None,
+    )
+
+
+def _answer(response: httpx.Response) -> _Answer:
+    headers = Headers(response.headers.multi_items())
+    return _read_answer(response.status_code, headers, response.content)
+
+
+def _view_answer(response: ResponseView) -> _Answer:
+    return _read_answer(response.status, Headers(response.headers), response.body)
+
+
+def _claims(jwt: str) -> dict[str, Any]:
+    """The payload of a compact JWS, unverified (for display: the servers verify)."""
+    parts = jwt.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        return json_loads_object(b64url_decode(parts[1]))
+    except JWSError:
+        return {}
+
+
+def _token_jkt(tokens: TokenSet) -> str | None:
+    cnf = _claims(tokens.access_token).get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    return jkt if isinstance(jkt, str) else None
+
+
+class _Recorder:
+    """A token-client sender that remembers every exchange (to narrate the nonce dance)."""
+
+    def __init__(self, send: Sender) -> None:
+        self._send = send
+        self.exchanges: list[tuple[RequestView, ResponseView]] = []
+
+    def __call__(self, request: RequestView) -> ResponseView:
+        response = self._send(request)
+        self.exchanges.append((request, response))
+        return response
+
+    def since(self, mark: int, url: str) -> list[tuple[RequestView, ResponseView]]:
+        return [(q, r) for q, r in self.exchanges[mark:] if q.url == url]
+
+
+def _describe_exchange(request: RequestView, response: ResponseView) -> str:
+    proof = request.headers.get(DPOP_HEADER)
+    if proof is None:
+        sent = "no proof"
+    elif "nonce" in _claims(proof):
+        sent = "proof with the server's nonce"
+    else:
+        sent = "proof without a nonce"
+    return f"POST {urlsplit(request.url).path} ({sent}) -> {_view_answer(response)}"
+
+
+def _nonce_round_trip(exchanges: list[tuple[RequestView, ResponseView]]) -> bool:
+    """A 400 ``use_dpop_nonce`` with a ``DPoP-Nonce``, then a proof carrying that nonce."""
+    for (_, first), (second, _) in pairwise(exchanges):
+        answer = _view_answer(first)
+        given = Headers(first.headers).get(DPOP_NONCE_HEADER)
+        proof = second.headers.get(DPOP_HEADER)
+        if (
+            answer.status == 400
+            and answer.error == "use_dpop_nonce"
+            and given is not None
+            and proof is not None
+            and _claims(proof).get("nonce") == given
+        ):
+            return True
+    return False
+
+
+# -- the story -------------------------------------------------------------------------------------
+
+
+class _NotRunError(Exception):
+    """A step cannot run because an earlier one failed."""
+
+
+@dataclass
+class _State:
+    """What the story carries from one step to the next."""
+
+    target: DemoTarget
+    http: httpx.Client
+    attacker: httpx.Client
+    recorder: _Recorder
+    key: DPoPKey | None = None
+    client: TokenClient | None = None
+    tokens: TokenSet | None = None
+    captured: tuple[str, str] | None = None  # (Authorization, DPoP) of the client's call
+    refreshed: TokenSet | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def need(self, value: Any, what: str) -> Any:
+        if value is None:
+            raise _NotRunError(f"{what} (an earlier step failed)")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    name: str
+    title: str
+    expected: str
+    run: Callable[[_State], tuple[str, bool]]
+
+
+def _expect(answer: _Answer, status: int, error: str | None) -> bool:
+    return answer.status == status and (error is None or answer.error == error)
+
+
+def _step_key(state: _State) -> tuple[str, bool]:
+    key = DPoPKey.generate()
+    state.key = key
+    state.notes.append(f"public key thumbprint (RFC 7638): jkt = {key.jkt}")
+    state.notes.append("the private key never leaves the client")
+    return f"{key.alg} key, jkt {key.jkt}", True
+
+
+def _step_token(state: _State) -> tuple[str, bool]:
+    key: DPoPKey = state.need(state.key, "no client key")
+    target = state.target
+    client = TokenClient.from_issuer(
+        target.issuer,
+        key=key,
+        client_id=target.client_id,
+        sender=state.recorder,
+        allow_insecure_http=True,  # loopback demo
+    )
+    state.client = client
+    request = client.authorization_request(
+        redirect_uri=target.redirect_uri,
+        scope="read",
+        resource=target.api_origin,
+        use_par=False,
+    )
+    state.notes.append(f"authorization request with PKCE and dpop_jkt = {key.jkt}")
+    # The AS runs in test mode: it logs the demo user in and consents at once.
+    answer = state.http.get(request.url)
+    location = answer.headers.get("location", "")
+    if answer.status_code not in (302, 303) or not location.startswith(target.redirect_uri):
+        return f"authorization endpoint answered {answer.status_code}, no redirect", False
+    state.notes.append(f"GET /authorize -> {answer.status_code} redirect with a code")
+    mark = len(state.recorder.exchanges)
+    tokens = client.exchange_code(request, location)
+    exchanges = state.recorder.since(mark, client.metadata.token_endpoint)
+    state.notes.extend(_describe_exchange(q, r) for q, r in exchanges)
+    state.tokens = tokens
+    jkt = _token_jkt(tokens)
+    round_trip = _nonce_round_trip(exchanges)
+    state.notes.append(
+        f"token_type {tokens.token_type}, cnf.jkt {jkt}, "
+        f"refresh token {'issued' if tokens.refresh_token else 'missing'}"
+    )
+    observed = (
+        f"{'nonce round trip, ' if round_trip else 'no nonce round trip, '}"
+        f"token_type {tokens.token_type}, cnf.jkt {'= client jkt' if jkt == key.jkt else jkt}, "
+        f"refresh token {'issued' if tokens.refresh_token else 'missing'}"
+    )
+    ok = round_trip and tokens.is_dpop and jkt == key.jkt and tokens.refresh_token is not None
+    return observed, ok
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _client_call(state: _State, token: str) -> tuple[httpx.Response, bool, str]:
+    """The client calls the API through :class:`DPoPAuth`: 200 naming the client's key?"""
+    key: DPoPKey = state.need(state.key, "no client key")
+    auth = DPoPAuth(key, token=token, allow_insecure_http=True)  # loopback demo
+    response = state.http.get(state.target.api_url, auth=auth)
+    answer = _answer(response)
+    body = _json_body(response)
+    jkt = body.get("jkt")
+    state.notes.append(f"GET {urlsplit(state.target.api_url).path} with a proof -> {answer}")
+    if body:
+        state.notes.append(f"the API answers: sub={body.get('sub')!r}, jkt={jkt!r}")
+    # RFC 9449 §7.1: the API resolved the principal bound to the client's key.
+    ok = response.status_code == 200 and jkt == key.jkt
+    bound = "= client jkt" if jkt == key.jkt else repr(jkt)
+    return response, ok, f"{answer}, principal jkt {bound}"
+
+
+def _step_call(state: _State) -> tuple[str, bool]:
+    tokens: TokenSet = state.need(state.tokens, "no access token")
+    response, ok, observed = _client_call(state, tokens.access_token)
+    request = response.request
+    proof = request.headers.get(DPOP_HEADER)
+    if proof is not None:
+        state.captured = (request.headers.get("Authorization", ""), proof)
+        state.notes.append("the attacker captures this request's DPoP header and the token")
+    return observed, ok
+
+
+def _attack(state: _State, headers: dict[str, str]) -> _Answer:
+    response = state.attacker.get(state.target.api_url, headers=headers)
+    answer = _answer(response)
+    state.notes.append(f"GET {urlsplit(state.target.api_url).path} -> {answer}")
+    return answer
+
+
+def _stolen(state: _State) -> str:
+    tokens: TokenSet = state.need(state.tokens, "no access token")
+    return tokens.access_token
+
+
+def _step_no_proof(state: _State) -> tuple[str, bool]:
+    answer = _attack(state, {"Authorization": f"DPoP {_stolen(state)}"})
+    # RFC 9449 §7.1: a DPoP token needs a proof; a missing proof is invalid_dpop_proof.
+    return str(answer), _expect(answer, 401, "invalid_dpop_proof")
+
+
+def _step_own_proof(state: _State) -> tuple[str, bool]:
+    token = _stolen(state)
+    attacker_key = DPoPKey.generate()
+    state.notes.append(f"attacker's key: jkt = {attacker_key.jkt}")
+    proof = create_proof(
+        attacker_key,
+        htm="GET",
+        htu=state.target.api_url,
+        access_token=token,
+        allow_insecure_http=True,  # loopback demo
+    )
+    answer = _attack(state, {"Authorization": f"DPoP {token}", DPOP_HEADER: proof})
+    return str(answer), _expect(answer, 401, "invalid_token")
+
+
+def _step_replay(state: _State) -> tuple[str, bool]:
+    authorization, proof = state.need(state.captured, "no captured proof")
+    answer = _attack(state, {"Authorization": authorization, DPOP_HEADER: proof})
+    return str(answer), _expect(answer, 401, "invalid_dpop_proof")
+
+
+def _step_bearer(state: _State) -> tuple[str, bool]:
+    answer = _attack(state, {"Authorization": f"Bearer {_stolen(state)}"})
+    # RFC 9449 §7.2: a bound token is never accepted as Bearer; an API that takes no
+    # Bearer tokens answers with its DPoP challenge (RFC 6750 §3.1: no error code).
+    return str(answer), answer.status == 401 and answer.challenged("DPoP")
+
+
+def _step_refresh(state: _State) -> tuple[str, bool]:
+    client: TokenClient = state.need(state.client, "no token client")
+    tokens: TokenSet = state.need(state.tokens, "no tokens")
+    key: DPoPKey = state.need(state.key, "no client key")
+    state.need(tokens.refresh_token, "no refresh token")
+    mark = len(state.recorder.exchanges)
+    # RFC 9449 §5: the refresh request carries a proof from the key that got the token.
+    new = client.refresh(tokens)
+    exchanges = state.recorder.since(mark, client.metadata.token_endpoint)
+    state.notes.extend(_describe_exchange(q, r) for q, r in exchanges)
+    state.refreshed = new
+    jkt = _token_jkt(new)
+    fresh = new.access_token != tokens.access_token
+    rotated = new.refresh_token != tokens.refresh_token
+    state.notes.append(
+        f"{'a new' if fresh else 'the SAME'} access token, token_type {new.token_type}, "
+        f"cnf.jkt {jkt}; refresh token {'rotated' if rotated else 'not rotated'}"
+    )
+    _, api_ok, api_observed = _client_call(state, new.access_token)
+    ok = fresh and new.is_dpop and jkt == key.jkt and api_ok
+    bound = "client jkt" if jkt == key.jkt else repr(jkt)
+    return f"new token_type {new.token_type} bound to {bound}; API {api_observed}", ok
+
+
+def _attacker_refresh(state: _State, key: DPoPKey | None) -> _Answer:
+    """POST the stolen refresh token as the (public) client would, nonce round trip included."""
+    client: TokenClient = state.need(state.client, "no token client")
+    tokens: TokenSet = state.need(state.refreshed or state.tokens, "no refresh token")
+    endpoint = client.metadata.token_endpoint
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": tokens.refresh_token or "",
+        "client_id": state.target.client_id,  # a public client: no secret to steal
+    }
+    nonce: str | None = None
+    for _ in range(2):
+        headers = {"Accept": "application/json"}
+        if key is not None:
+            headers[DPOP_HEADER] = create_proof(
+                key, htm="POST", htu=endpoint, nonce=nonce, allow_insecure_http=True
+            )
+        response = state.attacker.post(endpoint, data=form, headers=headers)
+        answer = _answer(response)
+        sent = "no proof" if key is None else "own proof" + (" + nonce" if nonce else "")
+        state.notes.append(f"POST {urlsplit(endpoint).path} ({sent}) -> {answer}")
+        nonce = response.headers.get(DPOP_NONCE_HEADER)
+        if key is None or answer.error != "use_dpop_nonce" or nonce is None:
+            return answer
+    return answer
+
+
+def _step_refresh_own_key(state: _State) -> tuple[str, bool]:
+    attacker_key = DPoPKey.generate()
+    state.notes.append(f"attacker's key: jkt = {attacker_key.jkt}")
+    answer = _attacker_refresh(state, attacker_key)
+    return str(answer), _expect(answer, 400, "invalid_grant")
+
+
+def _step_refresh_no_proof(state: _State) -> tuple[str, bool]:
+    answer = _attacker_refresh(state, None)
+    return str(answer), _expect(answer, 400, "invalid_dpop_proof")
+
+
+_STEPS: tuple[_Step, ...] = (
+    _Step(
+        "client-key",
+        "The client generates its DPoP key pair",
+        "a new private key; its public thumbprint (jkt) identifies it",
+        _step_key,
+    ),
+    _Step(
+        "token",
+        "The client gets a DPoP-bound token (authorization code + PKCE + dpop_jkt)",
+        "400 use_dpop_nonce + DPoP-Nonce, retry with the nonce -> 200, token_type DPoP, "
+        "cnf.jkt = client jkt, a refresh token",
+        _step_token,
+    ),
+    _Step(
+        "api-call",
+        "The client calls the API with the token and a fresh proof",
+        "200, principal jkt = client jkt",
+        _step_call,
+    ),
+    _Step(
+        "stolen-token-no-proof",
+        "An attacker who stole the access token calls without a proof",
+        "401 invalid_dpop_proof",
+        _step_no_proof,
+    ),
+    _Step(
+        "stolen-token-own-proof",
+        "The attacker calls with a proof signed by its own key",
+        "401 invalid_token (proof key != cnf.jkt)",
+        _step_own_proof,
+    ),
+    _Step(
+        "replayed-proof",
+        "The attacker replays the client's captured DPoP header with the token",
+        "401 invalid_dpop_proof (jti already used)",
+        _step_replay,
+    ),
+    _Step(
+        "bearer-downgrade",
+        "The attacker presents the bound token as a Bearer token",
+        "401 with a DPoP challenge (a bound token is never a Bearer token)",
+        _step_bearer,
+    ),
+    _Step(
+        "refresh",
+        "The client refreshes with its own key; the new token works",
+        "new token_type DPoP, cnf.jkt = client jkt; API 200",
+        _step_refresh,
+    ),
+    _Step(
+        "stolen-refresh-own-key",
+        "The attacker redeems the stolen refresh token with a proof from its own key",
+        "400 invalid_grant (the refresh token is bound to the client's key)",
+        _step_refresh_own_key,
+    ),
+    _Step(
+        "stolen-refresh-no-proof",
+        "The attacker redeems the stolen refresh token without a proof",
+        "400 invalid_dpop_proof (this client must use DPoP)",
+        _step_refresh_no_proof,
+    ),
+)
+
+
+def run_story(
+    target: DemoTarget,
+    *,
+    timeout: float = 5.0,
+    budget: float = 60.0,
+    on_step: Callable[[int, StepResult], object] | None = None,
+) -> DemoReport:
+    """Play the client and the attacker against ``target`` and check every answer.
+
+    RFC 9449 §2 (keys), §5 and §10 (bound tokens, ``dpop_jkt``), §7 (protected
+    resources), §8 (AS nonces), §11.1 (proof replay).
+
+    Args:
+        target: the AS and API to use.
+        timeout: seconds each HTTP request may take.
+        budget: seconds after which the remaining steps are not started (they fail).
+        on_step: called with ``(number, result)`` after each step (for live output).
+
+    Returns:
+        The report; a step that raised or whose prerequisite failed is not ok.
+        Network and protocol failures never escape: they become failed steps.
+    """
+    timeouts = httpx.Timeout(timeout)
+    deadline = time.monotonic() + budget
+    results: list[StepResult] = []
+    with (
+        httpx.Client(timeout=timeouts, follow_redirects=False) as http,
+        httpx.Client(timeout=timeouts, follow_redirects=False) as attacker,
+    ):
+        state = _State(
+            target=target, http=http, attacker=attacker, recorder=_Recorder(httpx_sender(http))
+        )
+        for number, step in enumerate(_STEPS, start=1):
+            state.notes = []
+            try:
+                if time.monotonic() > deadline:
+                    raise _NotRunError("the time budget ran out")
+                observed, ok = step.run(state)
+            except _NotRunError as exc:
+                observed, ok = f"not run: {exc}", False
+            except DPoPError as exc:
+                code = exc.error or type(exc).__name__
+                observed, ok = f"error: {code} ({exc.reason}): {exc.description}", False
+            except httpx.HTTPError as exc:
+                observed, ok = f"HTTP failure: {type(exc).__name__}: {exc}", False
+            result = StepResult(
+                name=step.name,
+                title=step.title,
+                expected=step.expected,
+                observed=observed,
+                ok=ok,
+                details=tuple(state.notes),
+            )
+            results.append(result)
+            if on_step is not None:
+                on_step(number, result)
+    return DemoReport(issuer=target.issuer, api_url=target.api_url, steps=tuple(results))
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def format_step(number: int, step: StepResult) -> str:
+    """The human-readable block for one step."""
+    mark = "ok" if step.ok else "FAILED"
+    lines = [f"[{number:>2}] {step.title} ... {mark}"]
+    lines += [f"       {line}" for line in step.details]
+    lines.append(f"       expected: {step.expected}")
+    lines.append(f"       observed: {step.observed}")
+    return "\n".join(lines)
+
+
+def format_summary(report: DemoReport) -> str:
+    """The closing lines: how many steps behaved, and which did not."""
+    passed = sum(step.ok for step in report.steps)
+    total = len(report.steps)
+    if report.ok:
+        return f"All {total} steps behaved as RFC 9449 requires: DPoP works end to end."
+    failed = ", ".join(step.name for step in report.steps if not step.ok)
+    return f"{passed} of {total} steps behaved as expected; FAILED: {failed}"
+
+
+def play(
+    target: DemoTarget,
+    *,
+    out: TextIO,
+    as_json: bool = False,
+    timeout: float = 5.0,
+    budget: float = 60.0,
+) -> int:
+    """Run the story against ``target``, writing it to ``out``; the exit status.
+
+    Args:
+        target: the AS and API.
+        out: where the narration (or the JSON report) goes.
+        as_json: print only ``{ok, issuer, api, steps: [{name, expected, observed, ok}]}``.
+        timeout: seconds each HTTP request may take.
+        budget: seconds after which the remaining steps are not started.
+
+    Returns:
+        0 when every step behaved as expected, else 1.
+    """
+
+    def show(number: int, step: StepResult) -> None:
+        print(format_step(number, step), file=out, flush=True)
+
+    if not as_json:
+        print("dpopkit demo: DPoP (RFC 9449) end to end, on this machine", file=out)
+        print(f"  authorization server  {target.issuer}", file=out)
+        print(f"  protected API         {target.api_url}", file=out)
+        print(file=out, flush=True)
+    report = run_story(target, timeout=timeout, budget=budget, on_step=None if as_json else show)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2), file=out)
+    else:
+        print(file=out)
+        print(format_summary(report), file=out)
+    return 0 if report.ok else 1
+
+
+# -- the servers -----------------------------------------------------------------------------------
+
+
+def _bind() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def _serve(app: Any, sock: socket.socket) -> Iterator[None]:
+    """Serve ``app`` under uvicorn in a thread on a bound socket; stop it on exit."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="dpopkit-demo", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the demo server did not start")
+            time.sleep(0.01)
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(_STOP_TIMEOUT)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(_STOP_TIMEOUT)
+        sock.close()
+
+
+@contextmanager
+def demo_servers(data_dir: Path) -> Iterator[DemoTarget]:
+    """Run the authorization server and the protected API on free loopback ports.
+
+    The AS uses ``dpopkit serve``'s demo defaults (its clients and user, SQLite in
+    ``data_dir``), requires a server nonce on every proof (RFC 9449 §8,
+    ``nonce_policy = "always"``) and logs the demo user in without a password (test
+    mode, loopback only). The API is :func:`~dpopkit.resource.demo.create_whoami_app`
+    on its own port: it finds the AS's keys by discovery and accepts tokens whose
+    audience is its origin.
+
+    Args:
+        data_dir: where the AS keeps its database, keys and secrets.
+
+    Yields:
+        The :class:`DemoTarget` to give :func:`run_story`.
+
+    Raises:
+        dpopkit.server.config.ConfigError: the AS cannot be set up.
+        RuntimeError: a server did not start within 10 seconds.
+    """
+    from dpopkit.resource.demo import WHOAMI_PATH, create_whoami_app
+    from dpopkit.server.config import build_server, load_config
+
+    with ExitStack() as stack:
+        as_sock = _bind()
+        stack.callback(as_sock.close)
+        api_sock = _bind()
+        stack.callback(api_sock.close)
+        config = load_config(
+            None,
+            host="127.0.0.1",
+            port=as_sock.getsockname()[1],
+            data_dir=data_dir,
+            now=time.time(),
+        )
+        settings = {**config.settings, "nonce_policy": "always", "test_mode_user": DEMO_USER}
+        config = replace(config, settings=settings)
+        as_app, service = build_server(config)
+        stack.callback(service.store.close)
+        close_replay = getattr(service.replay, "close", None)
+        if close_replay is not None:
+            stack.callback(close_replay)
+        api_origin = f"http://127.0.0.1:{api_sock.getsockname()[1]}"
+        api_app = create_whoami_app(
+            issuer=config.issuer, public_origin=api_origin, allow_insecure_http=True
+        )
+        stack.enter_context(_serve(as_app, as_sock))
+        stack.enter_context(_serve(api_app, api_sock))
+        yield DemoTarget(issuer=config.issuer, api_url=api_origin + WHOAMI_PATH)
