@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from _rs_support import (
+
+from dpopkit import DPoPKey
+from dpopkit.resource.asgi import DPoPMiddleware
+from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
+from dpopkit.resource.tokens import JWTAccessTokens
+from dpopkit.resource.wsgi import DPoPWSGIMiddleware
+from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
+from tests.resource._rs_support import (
     AUDIENCE,
     ISSUER,
     ORIGIN,
@@ -19,13 +26,6 @@ from _rs_support import (
     wsgi_app,
     wsgi_requester,
 )
-
-from dpopkit import DPoPKey
-from dpopkit.resource.asgi import DPoPMiddleware
-from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
-from dpopkit.resource.tokens import JWTAccessTokens
-from dpopkit.resource.wsgi import DPoPWSGIMiddleware
-from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
 
 GUARD_OPTIONS = {"policy", "nonces", "accept_bearer", "required_scopes", "realm", "metrics"}
 

@@ -11,7 +11,15 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import anyio
 import httpx
 import pytest
-from _rs_support import (
+
+from dpopkit import DPoPKey, ProofPolicy, SecurityWarning, ServerConfigurationError
+from dpopkit.resource import ProtectedResourceMetadata, ProxyTrust
+from dpopkit.resource.asgi import DPoPMiddleware
+from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
+from dpopkit.resource.tokens import JWTAccessTokens
+from dpopkit.resource.wsgi import DPoPWSGIMiddleware
+from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
+from tests.resource._rs_support import (
     AUDIENCE,
     ISSUER,
     NOW,
@@ -24,14 +32,6 @@ from _rs_support import (
     dpop_headers,
     wsgi_app,
 )
-
-from dpopkit import DPoPKey, ProofPolicy, SecurityWarning, ServerConfigurationError
-from dpopkit.resource import ProtectedResourceMetadata, ProxyTrust
-from dpopkit.resource.asgi import DPoPMiddleware
-from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
-from dpopkit.resource.tokens import JWTAccessTokens
-from dpopkit.resource.wsgi import DPoPWSGIMiddleware
-from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
 
 # --- I: replay -----------------------------------------------------------------------------
 

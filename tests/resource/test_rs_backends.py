@@ -9,7 +9,13 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from _rs_support import (
+
+from dpopkit import DPoPKey
+from dpopkit.resource.asgi import DPoPMiddleware
+from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
+from dpopkit.resource.tokens import JWTAccessTokens
+from dpopkit.resource.wsgi import DPoPWSGIMiddleware
+from tests.resource._rs_support import (
     AUDIENCE,
     ISSUER,
     ORIGIN,
@@ -20,12 +26,6 @@ from _rs_support import (
     dpop_headers,
     wsgi_app,
 )
-
-from dpopkit import DPoPKey
-from dpopkit.resource.asgi import DPoPMiddleware
-from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
-from dpopkit.resource.tokens import JWTAccessTokens
-from dpopkit.resource.wsgi import DPoPWSGIMiddleware
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from _rs_support import NOW, ORIGIN, Build, Clock, Issuer, dpop_headers
 
 from dpopkit import DPoPKey, NonceIssuer, ProofPolicy, create_proof, parse_challenges
 from dpopkit.core.challenge import Challenge
+from tests.resource._rs_support import NOW, ORIGIN, Build, Clock, Issuer, dpop_headers
 
 SECRET = b"s" * 32
 

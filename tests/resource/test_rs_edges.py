@@ -9,7 +9,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from _rs_support import (
+
+from dpopkit import DPoPKey, InvalidTokenError, TemporarilyUnavailableError
+from dpopkit.resource.demo import create_whoami_app
+from dpopkit.resource.tokens import AsyncJWTAccessTokens, IntrospectionTokens, JWTAccessTokens
+from tests.resource._rs_support import (
     AUDIENCE,
     ISSUER,
     NOW,
@@ -19,10 +23,6 @@ from _rs_support import (
     free_port,
     http_server,
 )
-
-from dpopkit import DPoPKey, InvalidTokenError, TemporarilyUnavailableError
-from dpopkit.resource.demo import create_whoami_app
-from dpopkit.resource.tokens import AsyncJWTAccessTokens, IntrospectionTokens, JWTAccessTokens
 
 JWKS: dict[str, Any] = {"keys": []}
 

@@ -7,12 +7,12 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from _rs_support import AUDIENCE, ISSUER, NOW, ORIGIN, Clock, Issuer, dpop_headers
 
 from dpopkit import DPoPKey, NonceIssuer, ProofPolicy, parse_challenges
 from dpopkit.resource.guard import AsyncResourceGuard, DPoPPrincipal, ResourceGuard
 from dpopkit.resource.tokens import JWTAccessTokens
 from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
+from tests.resource._rs_support import AUDIENCE, ISSUER, NOW, ORIGIN, Clock, Issuer, dpop_headers
 
 SECRET = b"n" * 32
 
@@ -191,7 +191,7 @@ def _django_app(issuer: Issuer, *, protect_all: bool = False) -> Any:
             DEBUG=False,
             SECRET_KEY="dpopkit-tests-only",
             ALLOWED_HOSTS=["api.example"],
-            ROOT_URLCONF="_rs_django_urls",
+            ROOT_URLCONF="tests.resource._rs_django_urls",
             MIDDLEWARE=["dpopkit.resource.django.DPoPMiddleware"],
             INSTALLED_APPS=[],
             USE_TZ=True,
@@ -231,10 +231,10 @@ def test_django_protect_all_with_exempt(issuer: Issuer, key: DPoPKey) -> None:
 def test_rs15_cors_exposes_challenge_and_nonce(issuer: Issuer, key: DPoPKey) -> None:
     """RS-15: with a CORS middleware outside the DPoP middleware, browsers can read
     WWW-Authenticate and DPoP-Nonce (documented configuration)."""
-    from _rs_support import Calls, asgi_app
     from starlette.middleware.cors import CORSMiddleware
 
     from dpopkit.resource.asgi import DPoPMiddleware
+    from tests.resource._rs_support import Calls, asgi_app
 
     guard = AsyncResourceGuard(
         tokens=_tokens(issuer),

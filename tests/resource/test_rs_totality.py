@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from _rs_support import AUDIENCE, ISSUER, NOW, ORIGIN, Clock, Issuer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -10,6 +9,7 @@ from dpopkit import DPoPError, DPoPKey, Headers, RequestView, create_proof
 from dpopkit.resource.guard import ResourceGuard
 from dpopkit.resource.tokens import JWTAccessTokens
 from dpopkit.storage.memory import MemoryReplayCache
+from tests.resource._rs_support import AUDIENCE, ISSUER, NOW, ORIGIN, Clock, Issuer
 
 ISSUER_OBJ = Issuer()
 KEY = DPoPKey.generate("ES256")

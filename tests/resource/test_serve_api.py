@@ -20,7 +20,14 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from _rs_support import (
+
+from dpopkit import DPoPKey, create_proof, parse_challenges
+from dpopkit.resource.asgi import DPoPMiddleware
+from dpopkit.resource.demo import create_whoami_app
+from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
+from dpopkit.resource.tokens import JWTAccessTokens
+from dpopkit.resource.wsgi import DPoPWSGIMiddleware
+from tests.resource._rs_support import (
     AUDIENCE,
     Calls,
     Issuer,
@@ -30,13 +37,6 @@ from _rs_support import (
     http_server,
     wsgi_app,
 )
-
-from dpopkit import DPoPKey, create_proof, parse_challenges
-from dpopkit.resource.asgi import DPoPMiddleware
-from dpopkit.resource.demo import create_whoami_app
-from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
-from dpopkit.resource.tokens import JWTAccessTokens
-from dpopkit.resource.wsgi import DPoPWSGIMiddleware
 
 PUBLIC = "https://api.example"
 

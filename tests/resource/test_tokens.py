@@ -12,17 +12,6 @@ from urllib.parse import parse_qs
 import anyio
 import httpx
 import pytest
-from _rs_support import (
-    AUDIENCE,
-    ISSUER,
-    NOW,
-    Issuer,
-    KeyServer,
-    Routes,
-    dpop_headers,
-    free_port,
-    http_server,
-)
 
 from dpopkit import DPoPKey, InvalidTokenError, Reason, TemporarilyUnavailableError
 from dpopkit.core.jws import b64url_encode, json_dumps
@@ -37,6 +26,17 @@ from dpopkit.resource.tokens import (
     TokenInfo,
 )
 from dpopkit.storage.memory import AsyncMemoryReplayCache
+from tests.resource._rs_support import (
+    AUDIENCE,
+    ISSUER,
+    NOW,
+    Issuer,
+    KeyServer,
+    Routes,
+    dpop_headers,
+    free_port,
+    http_server,
+)
 
 JKT = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
 
@@ -334,7 +334,7 @@ def test_jwks_outage_keeps_known_keys(key_server: KeyServer) -> None:
 
 def test_rs_behind_middleware_with_jwks_over_http(key_server: KeyServer) -> None:
     """End to end: ASGI middleware + AsyncJWTAccessTokens found by discovery."""
-    from _rs_support import ORIGIN, Calls, Clock, asgi_app
+    from tests.resource._rs_support import ORIGIN, Calls, Clock, asgi_app
 
     tokens = AsyncJWTAccessTokens(
         issuer=key_server.base, audience=AUDIENCE, allow_insecure_http=True
@@ -458,11 +458,10 @@ def test_introspection_async_on_trio(introspector: Any) -> None:
 
 def test_rs24_binding_enforced_locally_through_the_guard(introspector: Any) -> None:
     """RS-24: introspection supplies cnf.jkt; the RS checks the proof key itself."""
-    from _rs_support import ORIGIN, Calls, Clock, wsgi_app
-
     from dpopkit.resource.guard import ResourceGuard
     from dpopkit.resource.wsgi import DPoPWSGIMiddleware
     from dpopkit.storage.memory import MemoryReplayCache
+    from tests.resource._rs_support import ORIGIN, Calls, Clock, wsgi_app
 
     server, base = introspector
     key = DPoPKey.generate("ES256")

@@ -434,7 +434,7 @@ def test_replay_two_processes_one_winner_per_key(
 
     Each key is won by exactly one process (the union is every key, no key twice).
     """
-    import _replay_worker
+    from tests.storage import _replay_worker
 
     params = _mp_params(kind, request, tmp_path, unique_prefix)
     # create the table/schema first so both processes measure the insert race, not DDL
