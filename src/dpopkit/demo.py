@@ -87,6 +87,8 @@ class StepResult:
         expected: the behaviour RFC 9449 requires.
         observed: what the servers answered.
         ok: whether ``observed`` is what was expected.
+        ran: False when the step was not started (an earlier step failed or the time
+            budget ran out).
         details: narration lines (never tokens or proofs).
     """
 
@@ -95,6 +97,7 @@ class StepResult:
     expected: str
     observed: str
     ok: bool
+    ran: bool = True
     details: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
@@ -609,12 +612,13 @@ def run_story(
         )
         for number, step in enumerate(_STEPS, start=1):
             state.notes = []
+            ran = True
             try:
                 if time.monotonic() > deadline:
                     raise _NotRunError("the time budget ran out")
                 observed, ok = step.run(state)
             except _NotRunError as exc:
-                observed, ok = f"not run: {exc}", False
+                observed, ok, ran = f"not run: {exc}", False, False
             except DPoPError as exc:
                 code = exc.error or type(exc).__name__
                 observed, ok = f"error: {code} ({exc.reason}): {exc.description}", False
@@ -626,6 +630,7 @@ def run_story(
                 expected=step.expected,
                 observed=observed,
                 ok=ok,
+                ran=ran,
                 details=tuple(state.notes),
             )
             results.append(result)
