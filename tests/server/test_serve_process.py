@@ -258,3 +258,46 @@ def test_serve_two_workers_share_keys_and_replay(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+@pytest.mark.postgres
+def test_serve_on_postgresql_grant_store_and_replay(
+    tmp_path: Path, pg_dsn: str, unique_prefix: str
+) -> None:
+    """PostgreSQL by URL for both the grant store and the replay cache (several hosts)."""
+    import psycopg
+
+    from dpopkit.server.config import build_server, load_config
+
+    from .live import serve_in_thread
+
+    schema = f"{unique_prefix}_as"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    url = pg_dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    in_schema = f"?options=-csearch_path%3D{schema}"  # every table lands in the test schema
+    storage = url + in_schema
+    try:
+
+        def build(base: str) -> Any:
+            path = tmp_path / "as.toml"
+            path.write_text(
+                f'issuer = "{base}"\nstorage_url = "{storage}"\nreplay_url = "{pg_dsn}"\n'
+                f'replay_schema = "{schema}"\n'
+                '[[clients]]\nclient_id = "svc"\nclient_secret = "svc-secret-value"\n'
+                'grant_types = ["client_credentials"]\n'
+            )
+            return build_server(load_config(path, data_dir=tmp_path))[0]
+
+        with serve_in_thread(build) as base:
+            key = DPoPKey.generate("ES256")
+            proof = create_proof(key, htm="POST", htu=base + "/token", allow_insecure_http=True)
+            form = {"grant_type": "client_credentials"}
+            auth = ("svc", "svc-secret-value")
+            ok = httpx.post(base + "/token", data=form, headers={"DPoP": proof}, auth=auth)
+            assert ok.status_code == 200
+            again = httpx.post(base + "/token", data=form, headers={"DPoP": proof}, auth=auth)
+            assert again.json()["error"] == "invalid_dpop_proof"
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

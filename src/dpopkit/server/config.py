@@ -11,7 +11,8 @@ Example::
     issuer = "http://127.0.0.1:8000"
     data_dir = "./as-data"                  # SQLite grant store, replay cache, secrets
     # storage_url = "postgresql+psycopg://user@db/as"
-    # replay_url = "redis://127.0.0.1:6379/0"   # or "sqlite" (default) or "memory"
+    # replay_url = "redis://127.0.0.1:6379/0"   # or postgresql://..., sqlite (default), memory
+    # replay_schema = "dpopkit"               # PostgreSQL replay cache: its schema
     cors_origins = ["*"]
 
     [tokens]
@@ -63,6 +64,7 @@ _TOP = {
     "data_dir",
     "storage_url",
     "replay_url",
+    "replay_schema",
     "cors_origins",
     "test_mode_user",
     "registration_enabled",
@@ -115,6 +117,7 @@ class ServeConfig:
     storage_url: str
     replay_url: str
     cors_origins: tuple[str, ...]
+    replay_schema: str | None = None
     settings: dict[str, Any]
     users: dict[str, str] = field(repr=False)
     clients: list[ClientRecord] = field(repr=False)
@@ -193,7 +196,7 @@ def _demo(data_dir: Path, issuer: str) -> tuple[dict[str, str], list[ClientRecor
             client_id="demo-public",
             token_endpoint_auth_method="none",  # noqa: S106 - a method name
             grant_types=("authorization_code", "refresh_token"),
-            redirect_uris=(redirect,),
+            redirect_uris=(redirect, f"{issuer}/app/"),  # the browser client (server/spa)
             scope="read write",
             client_name="dpopkit demo public client",
             dpop_bound_access_tokens=True,
@@ -204,6 +207,7 @@ def _demo(data_dir: Path, issuer: str) -> tuple[dict[str, str], list[ClientRecor
         f"  confidential client: client_id=demo-client client_secret={secret}",
         f"  public client:       client_id=demo-public (PKCE, redirect_uri {redirect})",
         f"  user:                username=demo password={password}",
+        f"  browser client:      {issuer}/app/ (demo-public, key in the browser)",
         "  both clients must use DPoP (dpop_bound_access_tokens)",
     ]
     return users, clients, notes
@@ -256,10 +260,14 @@ def load_config(
             raise ConfigError(f"config.{key} must be a string")
     if not (
         replay_url in ("sqlite", "memory")
-        or replay_url.startswith("redis://")
-        or replay_url.startswith("rediss://")
+        or replay_url.startswith(("redis://", "rediss://", "postgresql://", "postgres://"))
     ):
-        raise ConfigError("config.replay_url must be sqlite, memory or a redis:// URL")
+        raise ConfigError(
+            "config.replay_url must be sqlite, memory, a redis:// or a postgresql:// URL"
+        )
+    replay_schema = raw.get("replay_schema")
+    if replay_schema is not None and (not isinstance(replay_schema, str) or not replay_schema):
+        raise ConfigError("config.replay_schema must be a schema name")
     cors = raw.get("cors_origins", ["*"])
     if not isinstance(cors, list) or not all(isinstance(o, str) for o in cors):
         raise ConfigError("config.cors_origins must be a list of strings")
@@ -336,6 +344,7 @@ def load_config(
         storage_url=storage_url,
         replay_url=replay_url,
         cors_origins=tuple(cors),
+        replay_schema=replay_schema,
         settings=settings,
         users=users,
         clients=clients,
@@ -403,6 +412,10 @@ def build_server(
         from dpopkit.storage.sqlite import SQLiteReplayCache
 
         replay = SQLiteReplayCache(config.data_dir / "replay.db")
+    elif config.replay_url.startswith(("postgresql://", "postgres://")):
+        from dpopkit.storage.postgres import PostgresReplayCache
+
+        replay = PostgresReplayCache(config.replay_url, schema=config.replay_schema)
     else:
         from dpopkit.storage.redis import RedisReplayCache
 

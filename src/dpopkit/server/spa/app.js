@@ -164,7 +164,7 @@
       const json = parseJSON(text);
       const nonce = resp.headers.get("DPoP-Nonce");
       if (nonce) state.nonces[server] = nonce;
-      logExchange(method, url, resp, text, proof, attempt);
+      logExchange(server, method, url, resp, text, proof, attempt);
       last = { resp, text, json, proof };
       if (attempt === 1 && nonce && asksForNonce(server, resp, json)) continue;
       return last;
@@ -181,8 +181,18 @@
     if (kind) el.classList.add(kind);
   }
 
-  function logExchange(method, url, resp, text, proof, attempt) {
+  function logExchange(server, method, url, resp, text, proof, attempt) {
     const li = document.createElement("li");
+    // Machine-readable facts for tests and curious readers (no tokens).
+    Object.assign(li.dataset, {
+      server,
+      method,
+      path: new URL(url).pathname,
+      status: String(resp.status),
+      attempt: String(attempt),
+      proofNonce: proof.payload.nonce || "",
+      responseNonce: resp.headers.get("DPoP-Nonce") || "",
+    });
     const title = document.createElement("strong");
     title.textContent = `${method} ${new URL(url).pathname} → ${resp.status}` +
       (attempt > 1 ? " (retry with the server's nonce)" : "");
