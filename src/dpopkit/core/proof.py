@@ -159,6 +159,9 @@ class _HeaderFacts(NamedTuple):
     jwk: Mapping[str, Any]
     header: Mapping[str, Any]
     rsa_bits: int
+    # [(access token, its ath)] of the last proof that fully verified with this header: a
+    # client sends many proofs with one (DPoP-bound, so useless without the key) token.
+    ath_memo: list[tuple[str, str]]
 
 
 class _KeyCache:
@@ -343,7 +346,9 @@ def _header_facts(header_b64: str, policy: ProofPolicy) -> _HeaderFacts:
     # The import checked every member the thumbprint reads (RFC 7638 §3.2, §3.3).
     jkt = checked_jwk_thumbprint(spec.kty, jwk)
     bits = getattr(key, "key_size", 0) if spec.kty == "RSA" else 0
-    return _HeaderFacts(spec, key, jkt, MappingProxyType(jwk), MappingProxyType(header), bits)
+    return _HeaderFacts(
+        spec, key, jkt, MappingProxyType(jwk), MappingProxyType(header), bits, [("", "")]
+    )
 
 
 def verify_proof(
@@ -528,16 +533,26 @@ def _verify(
         )
     # RFC 9449 §4.3 (12): ath binds the proof to the presented token.
     ath = get("ath")
+    remember: tuple[str, str] | None = None
     if access_token is not None:
         if ath is None:
             raise InvalidProofError(
                 Reason.MISSING_CLAIM, "missing ath claim", detail={"claim": "ath"}
             )
-        if (
-            not isinstance(ath, str)
-            or not ath.isascii()
-            or not compare_digest(ath, access_token_hash(access_token))
+        if not isinstance(ath, str) or not ath.isascii():
+            raise InvalidProofError(Reason.ATH_MISMATCH, "ath does not match the access token")
+        last_token, expected_ath = facts.ath_memo[0]
+        token: object = access_token
+        if not (
+            last_token
+            and isinstance(token, str)
+            and len(token) == len(last_token)
+            and token.isascii()
+            and compare_digest(token, last_token)  # constant time: the token is a secret
         ):
+            expected_ath = access_token_hash(access_token)
+            remember = (access_token, expected_ath)
+        if not compare_digest(ath, expected_ath):
             raise InvalidProofError(Reason.ATH_MISMATCH, "ath does not match the access token")
     elif ath is not None and not isinstance(ath, str):
         raise InvalidProofError(Reason.BAD_CLAIM, "ath must be a string", detail={"claim": "ath"})
@@ -574,6 +589,8 @@ def _verify(
         raise InvalidProofError(Reason.BAD_SIGNATURE, "signature does not verify")
     if not cached:
         _key_cache.put(header_b64, facts)
+    if remember is not None and remember[0].isascii():
+        facts.ath_memo[0] = remember  # one item assignment: atomic under concurrent use
 
     if nonce_info is not None:
         # Acceptance ends when the nonce does (an expired nonce is refused whatever iat says).
