@@ -35,12 +35,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import uvicorn
 
+from dpopkit.client.flow import parse_json_body
 from dpopkit.client.httpx import DPoPAuth, httpx_sender
 from dpopkit.client.tokens import Sender, TokenClient, TokenSet
 from dpopkit.core.challenge import ChallengeSyntaxError, parse_challenges
@@ -48,6 +49,7 @@ from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, Headers, RequestVi
 from dpopkit.core.jws import JWSError, b64url_decode, json_loads_object
 from dpopkit.core.keys import DPoPKey
 from dpopkit.core.proof import create_proof
+from dpopkit.core.thumbprint import jwk_thumbprint
 from dpopkit.errors import DPoPError
 
 __all__ = [
@@ -137,9 +139,13 @@ class DemoReport:
 class DemoTarget:
     """Where the story runs: an authorization server and a protected API.
 
+    The AS must run in test mode (``/authorize`` signs a user in and consents without
+    a page) and accept any RFC 8707 ``resource`` naming the API's origin.
+
     Attributes:
         issuer: the AS issuer (its metadata is discovered, RFC 8414).
-        api_url: the protected endpoint's full URL (e.g. ``.../api/whoami``).
+        api_url: the protected endpoint's full URL (e.g. ``.../api/whoami``); a 200
+            answer is a JSON object whose ``jkt`` names the caller's key.
         client_id: a registered public client allowed ``authorization_code`` and
             ``refresh_token`` whose tokens must be DPoP-bound.
         redirect_uri: a redirect URI registered for that client.
@@ -182,11 +188,8 @@ class _Answer:
 def _read_answer(status: int, headers: Headers, body: bytes) -> _Answer:
     """The OAuth error: the JSON ``error`` (AS, RFC 6749 §5.2) or the challenge's (RS)."""
     error: str | None = None
-    try:
-        data = json.loads(body) if body[:1] == b"{" else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
+    data = parse_json_body(body)
+    if data is not None and isinstance(data.get("error"), str):
         error = str(data["error"])
     schemes: list[str] = []
     values = headers.get_all("WWW-Authenticate")
@@ -279,6 +282,9 @@ def _nonce_round_trip(exchanges: list[tuple[RequestView, ResponseView]]) -> bool
 # -- the story -------------------------------------------------------------------------------------
 
 
+_T = TypeVar("_T")
+
+
 class _NotRunError(Exception):
     """A step cannot run because an earlier one failed."""
 
@@ -298,7 +304,7 @@ class _State:
     refreshed: TokenSet | None = None
     notes: list[str] = field(default_factory=list)
 
-    def need(self, value: Any, what: str) -> Any:
+    def need(self, value: _T | None, what: str) -> _T:
         if value is None:
             raise _NotRunError(f"{what} (an earlier step failed)")
         return value
@@ -312,20 +318,25 @@ class _Step:
     run: Callable[[_State], tuple[str, bool]]
 
 
-def _expect(answer: _Answer, status: int, error: str | None) -> bool:
-    return answer.status == status and (error is None or answer.error == error)
+def _expect(answer: _Answer, status: int, error: str) -> bool:
+    return answer.status == status and answer.error == error
 
 
 def _step_key(state: _State) -> tuple[str, bool]:
     key = DPoPKey.generate()
     state.key = key
+    public = key.public_jwk
     state.notes.append(f"public key thumbprint (RFC 7638): jkt = {key.jkt}")
-    state.notes.append("the private key never leaves the client")
-    return f"{key.alg} key, jkt {key.jkt}", True
+    state.notes.append("the private key never leaves the client; proofs carry the public JWK")
+    # RFC 9449 §4.2: the proof's jwk is public; §6.1: cnf.jkt is its RFC 7638 thumbprint.
+    private = sorted(set(public) & {"d", "p", "q", "dp", "dq", "qi", "k"})
+    ok = not private and jwk_thumbprint(public) == key.jkt
+    members = f"private members {private}" if private else "no private members"
+    return f"{key.alg} key, public JWK with {members}, jkt {key.jkt}", ok
 
 
 def _step_token(state: _State) -> tuple[str, bool]:
-    key: DPoPKey = state.need(state.key, "no client key")
+    key = state.need(state.key, "no client key")
     target = state.target
     client = TokenClient.from_issuer(
         target.issuer,
@@ -347,7 +358,10 @@ def _step_token(state: _State) -> tuple[str, bool]:
     location = answer.headers.get("location", "")
     if answer.status_code not in (302, 303) or not location.startswith(target.redirect_uri):
         return f"authorization endpoint answered {answer.status_code}, no redirect", False
-    state.notes.append(f"GET /authorize -> {answer.status_code} redirect with a code")
+    state.notes.append(
+        f"GET /authorize -> {answer.status_code} redirect with a code "
+        "(test mode: the demo user is signed in and consents at once)"
+    )
     mark = len(state.recorder.exchanges)
     tokens = client.exchange_code(request, location)
     exchanges = state.recorder.since(mark, client.metadata.token_endpoint)
@@ -368,21 +382,13 @@ def _step_token(state: _State) -> tuple[str, bool]:
     return observed, ok
 
 
-def _json_body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _client_call(state: _State, token: str) -> tuple[httpx.Response, bool, str]:
     """The client calls the API through :class:`DPoPAuth`: 200 naming the client's key?"""
-    key: DPoPKey = state.need(state.key, "no client key")
+    key = state.need(state.key, "no client key")
     auth = DPoPAuth(key, token=token, allow_insecure_http=True)  # loopback demo
     response = state.http.get(state.target.api_url, auth=auth)
     answer = _answer(response)
-    body = _json_body(response)
+    body = parse_json_body(response.content) or {}
     jkt = body.get("jkt")
     state.notes.append(f"GET {urlsplit(state.target.api_url).path} with a proof -> {answer}")
     if body:
@@ -394,7 +400,7 @@ def _client_call(state: _State, token: str) -> tuple[httpx.Response, bool, str]:
 
 
 def _step_call(state: _State) -> tuple[str, bool]:
-    tokens: TokenSet = state.need(state.tokens, "no access token")
+    tokens = state.need(state.tokens, "no access token")
     response, ok, observed = _client_call(state, tokens.access_token)
     request = response.request
     proof = request.headers.get(DPOP_HEADER)
@@ -412,7 +418,7 @@ def _attack(state: _State, headers: dict[str, str]) -> _Answer:
 
 
 def _stolen(state: _State) -> str:
-    tokens: TokenSet = state.need(state.tokens, "no access token")
+    tokens = state.need(state.tokens, "no access token")
     return tokens.access_token
 
 
@@ -451,9 +457,9 @@ def _step_bearer(state: _State) -> tuple[str, bool]:
 
 
 def _step_refresh(state: _State) -> tuple[str, bool]:
-    client: TokenClient = state.need(state.client, "no token client")
-    tokens: TokenSet = state.need(state.tokens, "no tokens")
-    key: DPoPKey = state.need(state.key, "no client key")
+    client = state.need(state.client, "no token client")
+    tokens = state.need(state.tokens, "no tokens")
+    key = state.need(state.key, "no client key")
     state.need(tokens.refresh_token, "no refresh token")
     mark = len(state.recorder.exchanges)
     # RFC 9449 §5: the refresh request carries a proof from the key that got the token.
@@ -476,12 +482,14 @@ def _step_refresh(state: _State) -> tuple[str, bool]:
 
 def _attacker_refresh(state: _State, key: DPoPKey | None) -> _Answer:
     """POST the stolen refresh token as the (public) client would, nonce round trip included."""
-    client: TokenClient = state.need(state.client, "no token client")
-    tokens: TokenSet = state.need(state.refreshed or state.tokens, "no refresh token")
+    client = state.need(state.client, "no token client")
+    tokens = state.need(state.refreshed or state.tokens, "no tokens")
+    # The client's current refresh token: still unused, so only the key binding can stop it.
+    stolen = state.need(tokens.refresh_token, "no refresh token")
     endpoint = client.metadata.token_endpoint
     form = {
         "grant_type": "refresh_token",
-        "refresh_token": tokens.refresh_token or "",
+        "refresh_token": stolen,
         "client_id": state.target.client_id,  # a public client: no secret to steal
     }
     nonce: str | None = None
@@ -503,6 +511,7 @@ def _attacker_refresh(state: _State, key: DPoPKey | None) -> _Answer:
 
 def _step_refresh_own_key(state: _State) -> tuple[str, bool]:
     attacker_key = DPoPKey.generate()
+    state.notes.append("the attacker stole the client's current (unused) refresh token")
     state.notes.append(f"attacker's key: jkt = {attacker_key.jkt}")
     answer = _attacker_refresh(state, attacker_key)
     return str(answer), _expect(answer, 400, "invalid_grant")
@@ -560,7 +569,7 @@ _STEPS: tuple[_Step, ...] = (
     _Step(
         "refresh",
         "The client refreshes with its own key; the new token works",
-        "new token_type DPoP, cnf.jkt = client jkt; API 200",
+        "new token_type DPoP, cnf.jkt = client jkt; API 200, principal jkt = client jkt",
         _step_refresh,
     ),
     _Step(
