@@ -327,8 +327,28 @@ def _claim_error(payload: Mapping[str, Any], name: str) -> InvalidProofError:
     )
 
 
+# The protected header exactly as DPoPKey writes it for an EC key: compact, in this member
+# order, strings without escapes. When a decoded header matches it in full, parsing it
+# as JSON could only give the dict built from the groups below, so that dict is built
+# directly (about 1.5 µs less per new key); anything else goes through the JSON parser.
+_EC_HEADER_RE = re.compile(
+    r'\{"typ":"dpop\+jwt","alg":"(ES256|ES384|ES512)","jwk":\{"kty":"EC",'
+    r'"crv":"(P-256|P-384|P-521)","x":"([A-Za-z0-9_-]+)","y":"([A-Za-z0-9_-]+)"\}\}'
+)
+
+
+def _parse_header(raw: bytes) -> dict[str, Any]:
+    if raw[:18] == b'{"typ":"dpop+jwt",':
+        match = _EC_HEADER_RE.fullmatch(raw.decode("ascii", "replace"))
+        if match is not None:
+            alg, crv, x, y = match.groups()
+            jwk = {"kty": "EC", "crv": crv, "x": x, "y": y}
+            return {"typ": PROOF_TYP, "alg": alg, "jwk": jwk}
+    return json_loads_object(raw)
+
+
 def _header_facts(header_b64: str, policy: ProofPolicy) -> _HeaderFacts:
-    header = json_loads_object(b64url_decode(header_b64))
+    header = _parse_header(b64url_decode(header_b64))
     # RFC 9449 §4.3 (4): typ; "application/" prefix allowed, case-insensitive (RFC 7515 §4.1.9).
     typ = header.get("typ")
     if not isinstance(typ, str) or typ.lower().removeprefix("application/") != PROOF_TYP:
