@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,18 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def whoami_mounts(service: Any, issuer: str, data_dir: Path | None = None) -> list[tuple[str, Any]]:
+def whoami_mounts(
+    service: Any,
+    issuer: str,
+    data_dir: Path | None = None,
+    *,
+    cors_origins: Sequence[str] = (),
+) -> list[tuple[str, Any]]:
     """The demo protected API, validating this AS's tokens against its own store.
 
     With ``data_dir`` its replay cache is a SQLite file there (shared by workers).
+    With ``cors_origins`` browsers on those origins may call it, and its scripts may
+    read ``DPoP-Nonce`` and ``WWW-Authenticate`` (RFC 9449 §9).
     """
     try:
         from dpopkit.resource.demo import WHOAMI_PATH, create_whoami_app
@@ -90,13 +99,24 @@ def whoami_mounts(service: Any, issuer: str, data_dir: Path | None = None) -> li
         from dpopkit.storage.sqlite import AsyncSQLiteReplayCache
 
         replay = AsyncSQLiteReplayCache(data_dir / "rs-replay.db")
-    app = create_whoami_app(
+    app: Any = create_whoami_app(
         issuer=issuer,
         public_origin=issuer,
         tokens=_OwnTokens(),
         replay=replay,
         allow_insecure_http=issuer.startswith("http:"),
     )
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app = CORSMiddleware(
+            app,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "DPoP", "Content-Type"],
+            expose_headers=["DPoP-Nonce", "WWW-Authenticate"],
+            max_age=600,
+        )
     return [(WHOAMI_PATH, app), ("/.well-known/oauth-protected-resource", app)]
 
 
@@ -114,11 +134,14 @@ def _build(args: dict[str, Any]) -> tuple[Any, Any, Any]:
         data_dir=None if args["data_dir"] is None else Path(args["data_dir"]),
         now=time.time(),
     )
-    mounts = None
-    if not args["no_api"]:
+    from dpopkit.server.spa import spa_mounts
 
-        def mounts(svc: Any) -> list[tuple[str, Any]]:
-            return whoami_mounts(svc, config.issuer, config.data_dir)
+    def mounts(svc: Any) -> list[tuple[str, Any]]:
+        # The browser client at /app/ (dpopkit.server.spa), and the demo API unless --no-api.
+        if args["no_api"]:
+            return spa_mounts()
+        api = whoami_mounts(svc, config.issuer, config.data_dir, cors_origins=config.cors_origins)
+        return [*spa_mounts(), *api]
 
     app, service = build_server(config, mounts=mounts)
     return config, app, service

@@ -8,7 +8,7 @@ AS's login page, redeems the code with a DPoP proof (RFC 9449 §4, §5), retries
 once on ``use_dpop_nonce`` (§8, §9) and calls the protected API with
 ``Authorization: DPoP`` and a proof carrying ``ath`` (§7).
 
-:func:`create_spa_app` is a tiny pure ASGI app serving exactly those three
+:class:`SPAApp` (:func:`create_spa_app`) is a tiny pure ASGI app serving exactly those three
 files (no directory walking, so no path traversal) with a strict
 ``Content-Security-Policy``: scripts and styles from the same origin only, and
 ``fetch`` to the same origin only (the AS and the API it calls). Mount it with
@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from importlib.resources import files
 from typing import Any
 
-__all__ = ["SPA_PATH", "create_spa_app", "spa_mounts"]
+__all__ = ["SPA_PATH", "SPAApp", "create_spa_app", "spa_mounts"]
 
 #: Where ``dpopkit serve`` serves the app; the demo public client registers
 #: ``<issuer>/app/`` as its redirect URI.
@@ -59,38 +59,39 @@ def _headers(content_type: str, length: int) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def create_spa_app(prefix: str = SPA_PATH) -> ASGIApp:
-    """Build the ASGI app serving the single-page client under ``prefix``.
+class SPAApp:
+    """The ASGI app serving the single-page client under ``prefix``.
 
     ``GET``/``HEAD`` of ``<prefix>/`` (or ``<prefix>/index.html``), ``<prefix>/app.js``
     and ``<prefix>/style.css`` answer the packaged files; any other path under the
     prefix is 404 and any other method 405. The scope is read as a plain route
-    mount delivers it (the full ``path``).
+    mount delivers it (the full ``path``). A class, not a function, so that
+    Starlette's ``Route`` treats it as an ASGI app rather than an endpoint.
 
     Args:
         prefix: the path the app is mounted at, without the trailing slash.
-
-    Returns:
-        The ASGI application.
     """
-    base = files(__package__)
-    assets = {name: base.joinpath(name).read_bytes() for name in _TYPES}
-    prefix = prefix.rstrip("/")
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, prefix: str = SPA_PATH) -> None:
+        base = files(__package__)
+        self.assets = {name: base.joinpath(name).read_bytes() for name in _TYPES}
+        self.prefix = prefix.rstrip("/")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one HTTP request (other scope types are ignored)."""
         if scope["type"] != "http":
             return
         path: str = scope["path"]
         head, _, name = path.rpartition("/")
         name = name or "index.html"
         root: str = scope.get("root_path", "")
-        found = head in (prefix, root + prefix) and name in _TYPES
+        found = head in (self.prefix, root + self.prefix) and name in _TYPES
         if not found:
             status, body, ctype = 404, b"not found", "text/plain; charset=utf-8"
         elif scope["method"] not in ("GET", "HEAD"):
             status, body, ctype = 405, b"method not allowed", "text/plain; charset=utf-8"
         else:
-            status, body, ctype = 200, assets[name], _TYPES[name]
+            status, body, ctype = 200, self.assets[name], _TYPES[name]
         headers = _headers(ctype, len(body))
         if status == 405:
             headers.append((b"allow", b"GET, HEAD"))
@@ -99,7 +100,17 @@ def create_spa_app(prefix: str = SPA_PATH) -> ASGIApp:
             {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
         )
 
-    return app
+
+def create_spa_app(prefix: str = SPA_PATH) -> ASGIApp:
+    """Build the ASGI app serving the single-page client under ``prefix`` (see :class:`SPAApp`).
+
+    Args:
+        prefix: the path the app is mounted at, without the trailing slash.
+
+    Returns:
+        The ASGI application.
+    """
+    return SPAApp(prefix)
 
 
 def spa_mounts(prefix: str = SPA_PATH) -> list[tuple[str, ASGIApp]]:
