@@ -11,10 +11,10 @@ given by URL, and checks each answer:
 2. it gets a DPoP-bound token by authorization code + PKCE + ``dpop_jkt``
    (§10), going through the AS's ``use_dpop_nonce`` round trip (§8);
 3. it calls the API with a proof (§7) → 200;
-4. an attacker with the stolen access token but no proof → 401;
+4. an attacker with the stolen access token but no proof → 401 ``invalid_dpop_proof``;
 5. with a proof signed by the attacker's own key → 401 ``invalid_token`` (§7.1, ``cnf.jkt``);
-6. replaying the client's captured proof → 401 (§11.1, ``jti`` replay);
-7. presenting the token as a Bearer token → 401 (§7.2);
+6. replaying the client's captured proof → 401 ``invalid_dpop_proof`` (§11.1, ``jti``);
+7. presenting the token as a Bearer token → 401 with a ``DPoP`` challenge (§7.2);
 8. the client refreshes with its key (§5) and the new token works → 200;
 9. the attacker refreshes with the stolen refresh token and its own key → 400 ``invalid_grant``;
 10. or without any proof → 400 ``invalid_dpop_proof`` (§5, the client must use DPoP).
@@ -26,6 +26,7 @@ The client uses dpopkit's client library (:class:`~dpopkit.client.tokens.TokenCl
 
 from __future__ import annotations
 
+import hmac
 import json
 import socket
 import threading
@@ -229,6 +230,11 @@ def _claims(jwt: str) -> dict[str, Any]:
         return {}
 
 
+def _same(value: object, expected: str) -> bool:
+    """Constant-time equality of a received value with an expected string (STYLE B.9 4)."""
+    return isinstance(value, str) and hmac.compare_digest(value.encode(), expected.encode())
+
+
 def _token_jkt(tokens: TokenSet) -> str | None:
     cnf = _claims(tokens.access_token).get("cnf")
     jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
@@ -273,7 +279,7 @@ def _nonce_round_trip(exchanges: list[tuple[RequestView, ResponseView]]) -> bool
             and answer.error == "use_dpop_nonce"
             and given is not None
             and proof is not None
-            and _claims(proof).get("nonce") == given
+            and _same(_claims(proof).get("nonce"), given)
         ):
             return True
     return False
@@ -330,7 +336,7 @@ def _step_key(state: _State) -> tuple[str, bool]:
     state.notes.append("the private key never leaves the client; proofs carry the public JWK")
     # RFC 9449 §4.2: the proof's jwk is public; §6.1: cnf.jkt is its RFC 7638 thumbprint.
     private = sorted(set(public) & {"d", "p", "q", "dp", "dq", "qi", "k"})
-    ok = not private and jwk_thumbprint(public) == key.jkt
+    ok = not private and _same(jwk_thumbprint(public), key.jkt)
     members = f"private members {private}" if private else "no private members"
     return f"{key.alg} key, public JWK with {members}, jkt {key.jkt}", ok
 
@@ -368,6 +374,7 @@ def _step_token(state: _State) -> tuple[str, bool]:
     state.notes.extend(_describe_exchange(q, r) for q, r in exchanges)
     state.tokens = tokens
     jkt = _token_jkt(tokens)
+    bound = _same(jkt, key.jkt)
     round_trip = _nonce_round_trip(exchanges)
     state.notes.append(
         f"token_type {tokens.token_type}, cnf.jkt {jkt}, "
@@ -375,10 +382,10 @@ def _step_token(state: _State) -> tuple[str, bool]:
     )
     observed = (
         f"{'nonce round trip, ' if round_trip else 'no nonce round trip, '}"
-        f"token_type {tokens.token_type}, cnf.jkt {'= client jkt' if jkt == key.jkt else jkt}, "
+        f"token_type {tokens.token_type}, cnf.jkt {'= client jkt' if bound else jkt}, "
         f"refresh token {'issued' if tokens.refresh_token else 'missing'}"
     )
-    ok = round_trip and tokens.is_dpop and jkt == key.jkt and tokens.refresh_token is not None
+    ok = round_trip and tokens.is_dpop and bound and tokens.refresh_token is not None
     return observed, ok
 
 
@@ -394,8 +401,8 @@ def _client_call(state: _State, token: str) -> tuple[httpx.Response, bool, str]:
     if body:
         state.notes.append(f"the API answers: sub={body.get('sub')!r}, jkt={jkt!r}")
     # RFC 9449 §7.1: the API resolved the principal bound to the client's key.
-    ok = response.status_code == 200 and jkt == key.jkt
-    bound = "= client jkt" if jkt == key.jkt else repr(jkt)
+    ok = response.status_code == 200 and _same(jkt, key.jkt)
+    bound = "= client jkt" if _same(jkt, key.jkt) else repr(jkt)
     return response, ok, f"{answer}, principal jkt {bound}"
 
 
@@ -475,8 +482,8 @@ def _step_refresh(state: _State) -> tuple[str, bool]:
         f"cnf.jkt {jkt}; refresh token {'rotated' if rotated else 'not rotated'}"
     )
     _, api_ok, api_observed = _client_call(state, new.access_token)
-    ok = fresh and new.is_dpop and jkt == key.jkt and api_ok
-    bound = "client jkt" if jkt == key.jkt else repr(jkt)
+    ok = fresh and new.is_dpop and _same(jkt, key.jkt) and api_ok
+    bound = "client jkt" if _same(jkt, key.jkt) else repr(jkt)
     return f"new token_type {new.token_type} bound to {bound}; API {api_observed}", ok
 
 
