@@ -85,11 +85,15 @@ def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         text = CONFIG.format(issuer=base, password=PASSWORD, callback=CALLBACK)
         path.write_text(text + _jwt_client_block())
         config = load_config(path, data_dir=data)
-        app, _ = build_server(config)
+        app, service = build_server(config)
+        services.append(service)
         return app
 
+    services: list[Any] = []
     with serve_in_thread(build) as base:
         yield base
+    for service in services:
+        service.close()
 
 
 def _client(issuer: str, client_id: str = "rp", secret: str | None = "rp-secret-value") -> Any:

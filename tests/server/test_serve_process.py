@@ -287,8 +287,11 @@ def test_serve_on_postgresql_grant_store_and_replay(
                 '[[clients]]\nclient_id = "svc"\nclient_secret = "svc-secret-value"\n'
                 'grant_types = ["client_credentials"]\n'
             )
-            return build_server(load_config(path, data_dir=tmp_path))[0]
+            app, service = build_server(load_config(path, data_dir=tmp_path))
+            services.append(service)
+            return app
 
+        services: list[Any] = []
         with serve_in_thread(build) as base:
             key = DPoPKey.generate("ES256")
             proof = create_proof(key, htm="POST", htu=base + "/token", allow_insecure_http=True)
@@ -298,6 +301,8 @@ def test_serve_on_postgresql_grant_store_and_replay(
             assert ok.status_code == 200
             again = httpx.post(base + "/token", data=form, headers={"DPoP": proof}, auth=auth)
             assert again.json()["error"] == "invalid_dpop_proof"
+        for service in services:
+            service.close()
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -33,11 +33,15 @@ def issuer(tmp_path: Path) -> Iterator[str]:
         path = tmp_path / "as.toml"
         path.write_text(CONFIG.format(issuer=base))
         config = load_config(path, data_dir=tmp_path)
-        app, _ = build_server(config, mounts=lambda svc: whoami_mounts(svc, base))
+        app, service = build_server(config, mounts=lambda svc: whoami_mounts(svc, base))
+        services.append(service)
         return app
 
+    services: list[Any] = []
     with serve_in_thread(build) as base:
         yield base
+    for service in services:
+        service.close()
 
 
 def _token(issuer: str, key: DPoPKey | None) -> dict[str, Any]:

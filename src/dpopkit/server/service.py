@@ -376,6 +376,13 @@ class TokenService:
         self.purge_interval = 300.0
         self._last_purge = clock()
 
+    def close(self) -> None:
+        """Release the grant store's and the replay cache's connections."""
+        self.store.close()
+        close = getattr(self.replay, "close", None)
+        if callable(close):
+            close()
+
     # -- shared checks --------------------------------------------------------------------
 
     def nonce_required(self, client: ClientRecord | None) -> bool:
