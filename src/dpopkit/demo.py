@@ -753,7 +753,7 @@ def _serve(app: Any, sock: socket.socket) -> Iterator[None]:
 
 
 @contextmanager
-def demo_servers(data_dir: Path) -> Iterator[DemoTarget]:
+def demo_servers(data_dir: Path, *, require_nonces: bool = True) -> Iterator[DemoTarget]:
     """Run the authorization server and the protected API on free loopback ports.
 
     The AS uses ``dpopkit serve``'s demo defaults (its clients and user, SQLite in
@@ -765,6 +765,8 @@ def demo_servers(data_dir: Path) -> Iterator[DemoTarget]:
 
     Args:
         data_dir: where the AS keeps its database, keys and secrets.
+        require_nonces: demand a server nonce in every proof at the AS (``always``);
+            False leaves the demo defaults (``off``), so the story's token step fails.
 
     Yields:
         The :class:`DemoTarget` to give :func:`run_story`.
@@ -788,7 +790,9 @@ def demo_servers(data_dir: Path) -> Iterator[DemoTarget]:
             data_dir=data_dir,
             now=time.time(),
         )
-        settings = {**config.settings, "nonce_policy": "always", "test_mode_user": DEMO_USER}
+        settings = {**config.settings, "test_mode_user": DEMO_USER}
+        if require_nonces:
+            settings["nonce_policy"] = "always"
         config = replace(config, settings=settings)
         as_app, service = build_server(config)
         stack.callback(service.store.close)

@@ -166,6 +166,20 @@ def test_rs3_rs16_demo_fails_against_an_unprotected_api(tmp_path: Path) -> None:
     }
 
 
+def test_as12_demo_fails_when_the_as_asks_for_no_nonce(tmp_path: Path) -> None:
+    """AS-12/C-10: without a ``use_dpop_nonce`` round trip the token step is reported failed.
+
+    Everything else still works (the nonce is optional in RFC 9449 §8), so only that
+    step fails, and the exit status is 1.
+    """
+    out = io.StringIO()
+    with demo_servers(tmp_path / "as", require_nonces=False) as target:
+        code = play(target, out=out, as_json=True)
+    report = json.loads(out.getvalue())
+    assert code == 1
+    assert {step["name"] for step in report["steps"] if not step["ok"]} == {"token"}
+
+
 def test_demo_unreachable_servers_fail_fast_without_traceback() -> None:
     """Nothing listens: the token step fails, later steps are not run, no exception escapes."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
