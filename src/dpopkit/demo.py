@@ -795,10 +795,7 @@ def demo_servers(data_dir: Path, *, require_nonces: bool = True) -> Iterator[Dem
             settings["nonce_policy"] = "always"
         config = replace(config, settings=settings)
         as_app, service = build_server(config)
-        stack.callback(service.store.close)
-        close_replay = getattr(service.replay, "close", None)
-        if close_replay is not None:
-            stack.callback(close_replay)
+        stack.callback(service.close)
         api_origin = f"http://127.0.0.1:{api_sock.getsockname()[1]}"
         api_app = create_whoami_app(
             issuer=config.issuer, public_origin=api_origin, allow_insecure_http=True
