@@ -36,6 +36,7 @@ import pytest
 import uvicorn
 from playwright.sync_api import BrowserContext, Page, sync_playwright
 
+from dpopkit.cli.serve import _build
 from dpopkit.core.thumbprint import access_token_hash, jwk_thumbprint
 from dpopkit.resource.demo import WHOAMI_PATH, create_whoami_app
 from dpopkit.server.config import build_server, load_config
@@ -351,3 +352,73 @@ def test_c10_c14_spa_retries_once_per_nonce_and_keeps_as_and_rs_nonces_apart(
         assert latest["as"] != latest["rs"]
         assert page.get_attribute("#api-result", "class") == "ok"
         _screenshot(page, tmp_path / "spa-nonces.png")
+
+
+@pytest.fixture
+def demo_as(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The app ``dpopkit serve`` builds (demo mode), in a thread; yields (issuer, password)."""
+    data_dir = tmp_path / "demo-as"
+
+    def build(base: str) -> Any:
+        spec = {"config": None, "host": "127.0.0.1", "no_api": False, "data_dir": str(data_dir)}
+        return _build({**spec, "port": int(base.rsplit(":", 1)[1])})[1]
+
+    with _serve_in_thread(build) as base:
+        yield base, (data_dir / "demo-user-password").read_text().strip()
+
+
+def _pending_state(page: Page) -> str:
+    """The state the app stored before leaving for /authorize (same origin, same tab)."""
+    pending: dict[str, str] = json.loads(page.evaluate("sessionStorage.getItem('dpopkit.pending')"))
+    return pending["state"]
+
+
+def test_spa_refuses_callback_with_forged_state(
+    browser: BrowserContext, demo_as: tuple[str, str]
+) -> None:
+    """RFC 6749 §10.12 (CSRF): a code with a state this tab did not send is not redeemed."""
+    base, _ = demo_as
+    page = browser.new_page()
+    _open_app(page, base)
+    page.click("#login")  # a sign-in is pending: the attacker's state must still not match
+    page.wait_for_url("**/authorize?**")
+    assert _pending_state(page) != "forged"
+    page.goto(f"{base}/app/?code=attacker-code&state=forged&iss={base}")
+    page.wait_for_selector("body[data-ready=error]")
+    assert page.get_attribute("#overall", "class") == "status error"
+    assert _exchanges(page) == []  # nothing sent to /token
+    assert page.url == f"{base}/app/"  # the code left the address bar anyway
+
+
+def test_spa_refuses_authorization_response_from_another_issuer(
+    browser: BrowserContext, demo_as: tuple[str, str]
+) -> None:
+    """RFC 9207 §2.4 (mix-up): a response whose iss is not our AS is not redeemed."""
+    base, _ = demo_as
+    page = browser.new_page()
+    _open_app(page, base)
+    page.click("#login")
+    page.wait_for_url("**/authorize?**")
+    state = _pending_state(page)
+    page.goto(f"{base}/app/?code=some-code&state={state}&iss=https%3A%2F%2Fevil.example")
+    page.wait_for_selector("body[data-ready=error]")
+    assert page.get_attribute("#overall", "class") == "status error"
+    assert _exchanges(page) == []
+
+
+def test_spa_reports_denied_consent(browser: BrowserContext, demo_as: tuple[str, str]) -> None:
+    """The user denies consent: the AS redirects with access_denied and no token is requested."""
+    base, password = demo_as
+    page = browser.new_page()
+    _open_app(page, base)
+    page.click("#login")
+    page.wait_for_url("**/authorize?**")
+    page.fill("#username", "demo")
+    page.fill("#password", password)
+    page.click("button[value=login]")
+    page.click("button[value=deny]")
+    page.wait_for_url("**/app/")
+    page.wait_for_selector("body[data-ready=error]")
+    assert "access_denied" in page.inner_text("#overall")
+    assert _exchanges(page) == []
+    assert page.is_disabled("#call-api")
