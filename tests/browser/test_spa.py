@@ -422,3 +422,21 @@ def test_spa_reports_denied_consent(browser: BrowserContext, demo_as: tuple[str,
     assert "access_denied" in page.inner_text("#overall")
     assert _exchanges(page) == []
     assert page.is_disabled("#call-api")
+
+
+def test_c19_spa_forget_replaces_the_key(browser: BrowserContext, demo_as: tuple[str, str]) -> None:
+    """C-19: "Forget key and tokens" deletes the stored key; the next load makes a new one."""
+    base, _ = demo_as
+    page = browser.new_page()
+    first = _open_app(page, base)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.inner_text("#jkt") == first
+    with page.expect_navigation():
+        page.click("#forget")
+    page.wait_for_selector("body[data-ready=true]")
+    second = page.inner_text("#jkt")
+    assert second != first
+    assert "generated" in page.inner_text("#key-origin")
+    assert jwk_thumbprint(page.evaluate(READ_STORED_KEY)["publicJwk"]) == second
+    assert page.evaluate("sessionStorage.getItem('dpopkit.tokens')") is None

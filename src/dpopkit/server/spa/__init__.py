@@ -13,6 +13,14 @@ files (no directory walking, so no path traversal) with a strict
 ``Content-Security-Policy``: scripts and styles from the same origin only, and
 ``fetch`` to the same origin only (the AS and the API it calls). Mount it with
 :func:`spa_mounts`, e.g. ``create_app(..., mounts=spa_mounts())``.
+
+The page signs in as the public client ``demo-public`` (``<meta
+name="dpopkit-client-id">`` in ``index.html``) with scope ``read``: demo mode
+registers it with the redirect URI ``<issuer>/app/``; with ``--config``, register
+a client of that id (``token_endpoint_auth_method = "none"``, grant types
+``authorization_code`` and ``refresh_token``, that redirect URI) to use the page.
+It derives the issuer from its own URL, so it must be opened at the issuer's
+origin (``http://127.0.0.1`` or ``localhost`` count as secure for WebCrypto).
 """
 
 from __future__ import annotations
