@@ -1,6 +1,8 @@
 """Benchmark of dpopkit's core against the cryptography floor and two peers (not a test).
 
-Run: ``python bench/core.py [--quick] [--reps N] [--target-ms MS]``.
+Run: ``python bench/core.py [--quick] [--reps N] [--target-ms MS] [--clock cpu|wall]
+[--verbose]``. Exit status: 0 when every ES256 "must" holds, 2 when one does not,
+1 when the correctness gate fails. Method and results: docs/performance.md.
 
 For ES256, Ed25519 (emitted as ``EdDSA``) and RS256 it times, in one run and
 round-robin (see ``bench/_harness.py``):
@@ -14,8 +16,9 @@ round-robin (see ``bench/_harness.py``):
   the cache before every verify, since 2048-bit keys are too slow to make by the
   thousand);
 * ``dpopkit.verify-warm``: the same with a key seen before (header-key cache hit);
-* ``pyjwt.verify`` / ``joserfc.verify``: the same proofs verified the way a user of
-  that library would, with the RFC 9449 checks the library lacks added by one
+* ``pyjwt.verify`` / ``joserfc.verify``: the same kind of proof stream as
+  ``verify-warm`` (one client key, fresh jti), verified the way a user of that
+  library would, with the RFC 9449 checks the library lacks added by one
   shared stdlib helper (:func:`_rfc9449_checks`), so every verifier does the same job:
   typ, public jwk, alg allowlist, signature, htm, htu (normalised), iat window,
   ath, RFC 7638 thumbprint against the bound key, and jti replay.
