@@ -201,6 +201,7 @@ _key_cache = _KeyCache()
 
 
 _INF = math.inf
+_EXACT_INT = 2**53
 
 
 def _now_or_wall(now: float | None) -> float:
@@ -525,7 +526,13 @@ def _verify(
     htu_claim = get("htu")
     if not isinstance(htu_claim, str) or not htu_claim:
         raise _claim_error(payload, "htu")
-    iat = _claim_iat(get("iat"))
+    iat_claim = get("iat")
+    if type(iat_claim) is float:  # JSON floats are finite (the parser refuses the rest)
+        iat = iat_claim
+    elif type(iat_claim) is int and -_EXACT_INT < iat_claim < _EXACT_INT:
+        iat = float(iat_claim)  # cannot overflow in this range
+    else:
+        iat = _claim_iat(iat_claim)  # other types and huge integers: the precise error
     nonce = get("nonce")
     if nonce is not None and (not isinstance(nonce, str) or not nonce):
         raise InvalidProofError(
