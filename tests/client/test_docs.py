@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dpopkit import DPoPKey
+
 from .servers import CLIENT_SECRET, Servers, issue_token, running
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "client.md"
@@ -113,6 +115,7 @@ def test_readme_httpx_snippet_runs_as_written(
     (block,) = [b for b in blocks if "dpopkit.client.httpx" in b]
     assert len([line for line in block.splitlines() if line.strip()]) <= 5
     namespace: dict[str, Any] = {
+        "key": DPoPKey.generate(),  # the README's token block made it
         "access_token": issue_token(servers, None),
         "api_url": servers.state.base + "/api/readme",
     }
