@@ -6,6 +6,11 @@ is full of live entries the cache refuses (``ReplayStoreError``, reason
 STORE_FULL) and the caller fails closed: evicting a live entry would reopen
 replay (attacks SEC-107/108).
 
+Like the SQL backends, an expired entry is forgotten only ``purge_grace`` seconds
+after its expiry (it can be reused as soon as it expires), so a clock that jumps
+forward and steps back inside the window does not revive a used ``jti``
+(attacks SEC-76). A full table first drops every expired entry, grace or not.
+
 It cannot see replays in other worker processes. Construct it with
 ``single_process=True`` to state that the server runs one process; dpopkit's
 adapters refuse to start it under several workers otherwise.
@@ -28,12 +33,21 @@ class MemoryReplayCache:
         max_entries: live entries held at most; beyond that inserts are refused.
         single_process: the caller asserts this process is the only one verifying
             proofs for this server (checked by the RS adapters).
+        purge_grace: seconds an expired entry is kept (while there is room) before it
+            is forgotten.
     """
 
-    def __init__(self, *, max_entries: int = 1_000_000, single_process: bool = False) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be >= 1")
+    def __init__(
+        self,
+        *,
+        max_entries: int = 1_000_000,
+        single_process: bool = False,
+        purge_grace: float = 300.0,
+    ) -> None:
+        if max_entries < 1 or purge_grace < 0:
+            raise ValueError("max_entries must be >= 1 and purge_grace >= 0")
         self.max_entries = max_entries
+        self.purge_grace = purge_grace
         self.single_process = single_process
         self._expiry: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
@@ -42,9 +56,9 @@ class MemoryReplayCache:
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def _purge(self, now: float) -> None:
+    def _purge(self, until: float) -> None:
         heap, expiry = self._heap, self._expiry
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= until:
             when, key = heapq.heappop(heap)
             if expiry.get(key) == when:
                 del expiry[key]
@@ -52,11 +66,14 @@ class MemoryReplayCache:
     def check_and_store(self, key: str, expires_at: float, *, now: float) -> bool:
         """Atomically store ``key`` until ``expires_at``; True if it was not live."""
         with self._lock:
-            self._purge(now)
-            if key in self._expiry:
+            self._purge(now - self.purge_grace)
+            # A live entry is a replay; an expired one (kept for the grace) may be reused.
+            if self._expiry.get(key, now) > now:
                 return False
-            if len(self._expiry) >= self.max_entries:
-                raise ReplayStoreError(Reason.STORE_FULL, "replay cache is full")
+            if len(self._expiry) >= self.max_entries and key not in self._expiry:
+                self._purge(now)  # make room from expired entries before refusing
+                if len(self._expiry) >= self.max_entries:
+                    raise ReplayStoreError(Reason.STORE_FULL, "replay cache is full")
             self._expiry[key] = expires_at
             heapq.heappush(self._heap, (expires_at, key))
             return True
@@ -65,8 +82,16 @@ class MemoryReplayCache:
 class AsyncMemoryReplayCache:
     """The :class:`MemoryReplayCache` behind the async protocol (no awaits inside)."""
 
-    def __init__(self, *, max_entries: int = 1_000_000, single_process: bool = False) -> None:
-        self._sync = MemoryReplayCache(max_entries=max_entries, single_process=single_process)
+    def __init__(
+        self,
+        *,
+        max_entries: int = 1_000_000,
+        single_process: bool = False,
+        purge_grace: float = 300.0,
+    ) -> None:
+        self._sync = MemoryReplayCache(
+            max_entries=max_entries, single_process=single_process, purge_grace=purge_grace
+        )
 
     @property
     def single_process(self) -> bool:
