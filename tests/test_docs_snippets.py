@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import ipaddress
 import re
 import shlex
@@ -169,6 +170,7 @@ def _serve(app: Any, sock: socket.socket, tls: tuple[Path, Path] | None = None) 
         log_level="warning",
         lifespan="off",
         access_log=False,
+        timeout_graceful_shutdown=2,  # a client left open must not hold the teardown
         ssl_certfile=None if tls is None else str(tls[0]),
         ssl_keyfile=None if tls is None else str(tls[1]),
     )
@@ -361,14 +363,21 @@ def _run_block(block: Block, run: PageRun) -> None:
 
 
 def _close(namespace: dict[str, Any]) -> None:
-    """Close what the blocks opened (servers, sessions), so no socket is left to the GC."""
+    """Close what the blocks opened (services, sessions, responses), so no socket stays open.
+
+    urllib3 2 closes a pool's idle connections only when the pool is garbage collected (a
+    closed requests session leaves them to a finalizer, and a response keeps its pool alive),
+    so the namespace is emptied and collected once the objects are closed.
+    """
     import requests
 
     from dpopkit.server.service import TokenService
 
     for value in namespace.values():
-        if isinstance(value, TokenService | requests.Session | httpx.Client):
+        if isinstance(value, TokenService | requests.Session | requests.Response | httpx.Client):
             value.close()
+    namespace.clear()
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
@@ -438,6 +447,8 @@ def test_python_block_runs(
         except BaseException:
             run.failed = current.id
             raise
+        if run.done == len(page_blocks):
+            _close(run.namespace)  # the page is done: close its sessions before the servers stop
     assert run.outcome[block.id] in ("executed", "compiled")
     if block.compile_only is None:
         assert run.outcome[block.id] == "executed"
