@@ -67,7 +67,7 @@ def whoami_mounts(
     from dpopkit.errors import InvalidTokenError, Reason
 
     class _OwnTokens:
-        """Accept live tokens of this AS whose audience is the issuer (the demo API)."""
+        """Accept live tokens of this AS (JWT or opaque) whose audience is the issuer."""
 
         async def validate(self, token: str, *, now: float) -> TokenInfo:
             record = await run_in_threadpool(service.lookup_access_token, token, now=now)
@@ -79,10 +79,11 @@ def whoami_mounts(
                 "aud": list(record.aud),
                 "client_id": record.client_id,
                 "scope": record.scope,
-                "jti": record.jti,
                 "iat": int(record.issued_at),
                 "exp": int(record.expires_at),
             }
+            if not record.opaque:
+                claims["jti"] = record.jti  # an opaque token's key is its hash: not shown
             if record.jkt:
                 claims["cnf"] = {"jkt": record.jkt}
             return TokenInfo(

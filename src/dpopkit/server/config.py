@@ -18,6 +18,7 @@ Example::
     [tokens]
     access_token_lifetime = 300
     refresh_token_lifetime = 86400
+    access_token_format = "jwt"             # or "opaque" (per client too)
 
     [dpop]
     nonce = "per_client"                    # off | per_client | always
@@ -83,6 +84,7 @@ _TOKENS = {
     "signing_alg",
     "key_rotation",
     "audience",
+    "access_token_format",
 }
 _DPOP = {"nonce", "algorithms", "max_age"}
 _CLIENT = {
@@ -99,6 +101,7 @@ _CLIENT = {
     "dpop_bound_access_tokens",
     "require_pushed_authorization_requests",
     "dpop_nonce_required",
+    "access_token_format",
 }
 
 
@@ -290,8 +293,9 @@ def load_config(
     for key in ("par_lifetime", "key_rotation"):
         if key in tokens:
             settings[key] = _typed(tokens, key, int, "tokens")
-    if "signing_alg" in tokens:
-        settings["signing_alg"] = _typed(tokens, "signing_alg", str, "tokens")
+    for key in ("signing_alg", "access_token_format"):
+        if key in tokens:
+            settings[key] = _typed(tokens, key, str, "tokens")
     if "audience" in tokens:
         settings["audience"] = tuple(_typed(tokens, "audience", list, "tokens"))
     dpop = raw.get("dpop", {})

@@ -45,6 +45,7 @@ def client_credentials(ctx: GrantContext) -> dict[str, Any]:
         jkt=ctx.jkt,  # RFC 9449 §5 (AS-2): bound to the proof key
         family_id=None,
         now=ctx.now,
+        token_format=svc.token_format(client),
     )
     svc.store.put_access_token(record)
     return svc.token_response(token, record)
@@ -114,6 +115,7 @@ def authorization_code(ctx: GrantContext) -> dict[str, Any]:
         jkt=ctx.jkt,
         family_id=family_id,
         now=now,
+        token_format=svc.token_format(client),
     )
     rt_value: str | None = None
     refresh: RefreshRecord | None = None
@@ -178,6 +180,7 @@ def refresh_token(ctx: GrantContext) -> dict[str, Any]:
         jkt=ctx.jkt,
         family_id=rec.family_id,
         now=now,
+        token_format=svc.token_format(client),
     )
     new_value, successor = _new_refresh(
         ctx,

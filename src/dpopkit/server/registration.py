@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from dpopkit.core.http import RequestView, ResponseView
 from dpopkit.core.jws import PRIVATE_JWK_MEMBERS
 from dpopkit.errors import DPoPError, OAuthError, Reason
-from dpopkit.server.service import AUTH_METHODS, TokenService
+from dpopkit.server.service import ACCESS_TOKEN_FORMATS, AUTH_METHODS, TokenService
 from dpopkit.storage.sql import ClientRecord, StoreError, hash_secret
 
 __all__ = [
@@ -127,6 +127,9 @@ def client_from_metadata(
     name = meta.get("client_name")
     if name is not None and (not isinstance(name, str) or len(name) > 200):
         raise bad("client_name must be a short string")
+    token_format = meta.get("access_token_format")
+    if token_format is not None and token_format not in ACCESS_TOKEN_FORMATS:
+        raise bad("access_token_format must be jwt or opaque")
     return ClientRecord(
         client_id=client_id,
         secret_hash=secret_hash,
@@ -136,6 +139,7 @@ def client_from_metadata(
         scope=scope,
         jwks=jwks,
         client_name=name,
+        access_token_format=token_format,
         created_at=now,
         **flags,
     )

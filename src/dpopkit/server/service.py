@@ -62,7 +62,9 @@ from dpopkit.storage.sql import (
 )
 
 __all__ = [
+    "ACCESS_TOKEN_FORMATS",
     "JWT_BEARER_ASSERTION",
+    "AccessTokenFormat",
     "Form",
     "Grant",
     "GrantContext",
@@ -81,6 +83,13 @@ _UNRESERVED_VERIFIER = frozenset(
 )
 
 NoncePolicy = Literal["off", "per_client", "always"]
+AccessTokenFormat = Literal["jwt", "opaque"]
+#: The access-token formats: RFC 9068 JWTs, or opaque values read back by introspection.
+ACCESS_TOKEN_FORMATS: tuple[str, ...] = ("jwt", "opaque")
+#: Random bytes in an opaque access token (256 bits; base64url, token68 characters).
+OPAQUE_TOKEN_BYTES = 32
+#: Longest value looked up as an opaque token (ours are 43 characters).
+MAX_OPAQUE_TOKEN_LENGTH = 256
 
 
 class InvalidTargetError(OAuthError):
@@ -113,6 +122,9 @@ class ServerSettings:
         require_pushed_authorization_requests: every client must use PAR (RFC 9126 §5).
         registration_enabled: open dynamic client registration (RFC 7591).
         test_mode_user: auto-login this user and auto-consent (loopback only).
+        access_token_format: ``jwt`` (RFC 9068, the default) or ``opaque`` (a random
+            value only this AS can read: RFC 7662 introspection); a client's
+            ``access_token_format`` metadata overrides it.
     """
 
     issuer: str
@@ -131,6 +143,7 @@ class ServerSettings:
     require_pushed_authorization_requests: bool = False
     registration_enabled: bool = False
     test_mode_user: str | None = None
+    access_token_format: AccessTokenFormat = "jwt"  # noqa: S105 - a format name
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.issuer)
@@ -162,6 +175,10 @@ class ServerSettings:
             )
         if self.signing_alg not in ALGORITHMS:
             raise ServerConfigurationError(Reason.CONFIGURATION, "unsupported signing_alg")
+        if self.access_token_format not in ACCESS_TOKEN_FORMATS:
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "access_token_format must be jwt or opaque"
+            )
         try:
             ProofPolicy(algorithms=self.proof_algorithms, max_age=self.proof_max_age)
         except ValueError as exc:
@@ -586,6 +603,13 @@ class TokenService:
 
     # -- token issuance helpers used by grants -------------------------------------------
 
+    def token_format(self, client: ClientRecord) -> AccessTokenFormat:
+        """The access-token format for ``client``: its own setting, else the server's."""
+        chosen = client.access_token_format
+        if chosen in ("jwt", "opaque"):
+            return "opaque" if chosen == "opaque" else "jwt"
+        return self.settings.access_token_format
+
     def resolve_scope(self, requested: str | None, *, allowed: str) -> str:
         """The granted scope: ``requested`` (must be within ``allowed``) or all of ``allowed``.
 
@@ -624,16 +648,45 @@ class TokenService:
         jkt: str | None,
         family_id: str | None,
         now: float,
+        token_format: str | None = None,
     ) -> tuple[str, AccessTokenRecord]:
-        """Sign an RFC 9068 JWT access token and return it with its store record.
+        """Make an access token and return it with its store record.
 
-        Claims: ``iss sub aud client_id scope jti iat exp`` and ``cnf.jkt`` when bound
-        (RFC 9449 §6.1, AS-2, AS-10); header ``typ: at+jwt`` (RFC 9068 §2.1).
+        A JWT (RFC 9068) has the claims ``iss sub aud client_id scope jti iat exp`` and
+        ``cnf.jkt`` when bound (RFC 9449 §6.1, AS-2, AS-10), header ``typ: at+jwt``
+        (RFC 9068 §2.1). An opaque token is 256 random bits (base64url, token68); only
+        its SHA-256 is stored, with the same record, so introspection reports the same
+        members and ``cnf.jkt`` (RFC 7662, RFC 9449 §6.2).
+
+        Args:
+            client_id: the client the token is issued to.
+            sub: the subject (the user, or the client itself).
+            scope: the granted scope (space-separated).
+            resource: RFC 8707 resources (the ``aud``); empty for ``settings.aud``.
+            jkt: the DPoP key thumbprint it is bound to, or None.
+            family_id: the refresh-token family it belongs to, or None.
+            now: the current time.
+            token_format: ``jwt`` or ``opaque``; None means ``settings.access_token_format``
+                (grants pass :meth:`token_format` of the client).
         """
-        jti = secrets.token_urlsafe(24)
         aud = tuple(resource) or self.settings.aud
         iat = int(now)
         exp = iat + self.settings.access_token_lifetime
+        if (token_format or self.settings.access_token_format) == "opaque":
+            value = secrets.token_urlsafe(OPAQUE_TOKEN_BYTES)
+            return value, AccessTokenRecord(
+                jti=sha256_hex(value),
+                client_id=client_id,
+                sub=sub,
+                scope=scope,
+                aud=aud,
+                jkt=jkt,
+                issued_at=float(iat),
+                expires_at=float(exp),
+                family_id=family_id,
+                opaque=True,
+            )
+        jti = secrets.token_urlsafe(24)
         claims: dict[str, Any] = {
             "iss": self.settings.issuer,
             "sub": sub,
@@ -813,7 +866,19 @@ class TokenService:
         return auth.client
 
     def lookup_access_token(self, token: str, *, now: float) -> AccessTokenRecord | None:
-        """Return the live record of one of our access tokens, or None (inactive)."""
+        """Return the live record of one of our access tokens, or None (inactive).
+
+        A value with a dot is read as a JWT (signature, ``iss``, then its ``jti``);
+        any other as an opaque token, found by its SHA-256. Either way the record
+        must be of that kind, not revoked and not expired.
+        """
+        if "." not in token:
+            if not token or len(token) > MAX_OPAQUE_TOKEN_LENGTH:
+                return None
+            found = self.store.get_access_token(sha256_hex(token))
+            if found is None or not found.opaque or found.revoked or found.expires_at <= now:
+                return None
+            return found
         try:
             claims = verify_jwt(
                 token,
@@ -828,7 +893,7 @@ class TokenService:
         if claims.get("iss") != self.settings.issuer or not isinstance(claims.get("jti"), str):
             return None
         record = self.store.get_access_token(claims["jti"])
-        if record is None or record.revoked or record.expires_at <= now:
+        if record is None or record.opaque or record.revoked or record.expires_at <= now:
             return None
         return record
 
@@ -855,11 +920,13 @@ class TokenService:
                     "client_id": record.client_id,
                     "sub": record.sub,
                     "aud": record.aud[0] if len(record.aud) == 1 else list(record.aud),
-                    "jti": record.jti,
                     "iat": int(record.issued_at),
                     "exp": int(record.expires_at),
+                    # RFC 9449 §6.2 (AS-11): the token type and, below, cnf.jkt.
                     "token_type": "DPoP" if record.jkt else "Bearer",
                 }
+                if not record.opaque:
+                    body["jti"] = record.jti  # an opaque token's key is its hash: not shown
                 if record.scope:
                     body["scope"] = record.scope
                 if record.jkt:

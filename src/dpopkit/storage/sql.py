@@ -113,7 +113,9 @@ class ClientRecord:
 
     ``secret_hash`` is a :func:`hash_secret` value (never the secret).
     ``dpop_bound_access_tokens`` is RFC 9449 §5.2; ``require_pushed_authorization_requests``
-    is RFC 9126 §6; ``dpop_nonce_required`` is dpopkit's per-client nonce switch.
+    is RFC 9126 §6; ``dpop_nonce_required`` is dpopkit's per-client nonce switch;
+    ``access_token_format`` (``jwt`` or ``opaque``) overrides the server's default
+    access-token format for this client (None: the server's default).
     """
 
     client_id: str
@@ -127,6 +129,7 @@ class ClientRecord:
     dpop_bound_access_tokens: bool = False
     require_pushed_authorization_requests: bool = False
     dpop_nonce_required: bool = False
+    access_token_format: str | None = None
     created_at: float = 0.0
 
     @property
@@ -153,6 +156,8 @@ class ClientRecord:
             data["jwks"] = dict(self.jwks)
         if self.client_name:
             data["client_name"] = self.client_name
+        if self.access_token_format is not None:
+            data["access_token_format"] = self.access_token_format
         return data
 
 
@@ -192,7 +197,12 @@ class RefreshRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccessTokenRecord:
-    """What was issued for an access token ``jti`` (RFC 7662 introspection, RFC 7009)."""
+    """What was issued for an access token (RFC 7662 introspection, RFC 7009).
+
+    A JWT access token is kept by its ``jti`` claim. An opaque token is kept by
+    :func:`sha256_hex` of its value in ``jti`` with ``opaque`` set (the value itself
+    is never stored); a lookup by either kind never matches the other.
+    """
 
     jti: str
     client_id: str
@@ -204,6 +214,7 @@ class AccessTokenRecord:
     expires_at: float
     family_id: str | None = None
     revoked: bool = False
+    opaque: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -335,6 +346,7 @@ def _client_from_row(row: Any) -> ClientRecord:
             meta.get("require_pushed_authorization_requests", False)
         ),
         dpop_nonce_required=bool(meta.get("dpop_nonce_required", False)),
+        access_token_format=meta.get("access_token_format"),
         created_at=row.created_at,
     )
 
@@ -675,7 +687,9 @@ class SQLGrantStore:
     # -- access tokens --------------------------------------------------------------------
 
     def _insert_access(self, conn: Connection, at: AccessTokenRecord) -> None:
-        data = {"sub": at.sub, "scope": at.scope, "aud": list(at.aud)}
+        data: dict[str, Any] = {"sub": at.sub, "scope": at.scope, "aud": list(at.aud)}
+        if at.opaque:
+            data["opaque"] = True  # in the JSON column: no schema change
         # A parameter dict on a prebuilt statement keeps SQLAlchemy's compiled cache hot.
         conn.execute(
             self._insert["access"],
@@ -715,6 +729,7 @@ class SQLGrantStore:
             expires_at=row.expires_at,
             family_id=row.family_id,
             revoked=bool(row.revoked),
+            opaque=bool(data.get("opaque", False)),
         )
 
     def revoke_access_token(self, jti: str) -> None:
