@@ -216,7 +216,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def readme_as(
-    tmp_path_factory: pytest.TempPathFactory, tls: tuple[Path, Path]
+    tmp_path_factory: pytest.TempPathFactory, tls: tuple[Path, Path], runs: dict[str, PageRun]
 ) -> Iterator[dict[str, Any]]:
     """``dpopkit serve --config`` (the app it builds), over HTTPS, for the README's blocks."""
     from dpopkit.cli.serve import _build
@@ -233,10 +233,13 @@ def readme_as(
         stack.callback(service.close)
         stack.enter_context(_serve(app, sock, tls))
         yield {"issuer": issuer, "secret": README_SECRET, "api_url": issuer + "/api/whoami"}
+        _close_pages(runs)  # before the server stops: no client connection may hold it
 
 
 @pytest.fixture(scope="module")
-def demo_as(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def demo_as(
+    tmp_path_factory: pytest.TempPathFactory, runs: dict[str, PageRun]
+) -> Iterator[dict[str, Any]]:
     """``dpopkit serve`` in demo mode (no configuration), on a free port instead of 8000."""
     from dpopkit.cli.serve import _build
 
@@ -250,15 +253,17 @@ def demo_as(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         stack.callback(service.close)
         stack.enter_context(_serve(app, sock))
         yield {"base": f"http://127.0.0.1:{port}", "secret": secret}
+        _close_pages(runs)
 
 
 @pytest.fixture(scope="module")
-def client_servers(tls: tuple[Path, Path]) -> Iterator[Any]:
+def client_servers(tls: tuple[Path, Path], runs: dict[str, PageRun]) -> Iterator[Any]:
     """The client test servers (tests/client/servers.py) over HTTPS."""
     from tests.client.servers import Servers, running
 
     with running(Servers(), certfile=str(tls[0]), keyfile=str(tls[1])) as servers:
         yield servers
+        _close_pages(runs)
 
 
 # -- what each page needs ------------------------------------------------------------------------
@@ -373,18 +378,25 @@ def _close(namespace: dict[str, Any]) -> None:
 
     from dpopkit.server.service import TokenService
 
+    pools = False
     for value in namespace.values():
         if isinstance(value, TokenService | requests.Session | requests.Response | httpx.Client):
             value.close()
+            pools = pools or isinstance(value, requests.Session | requests.Response)
     namespace.clear()
-    gc.collect()
+    if pools:
+        gc.collect()  # ~1 s in a full test run: only for pages that used requests
 
 
 @pytest.fixture(scope="module")
 def runs() -> Iterator[dict[str, PageRun]]:
     state: dict[str, PageRun] = {}
     yield state
-    for run in state.values():
+    _close_pages(state)
+
+
+def _close_pages(runs: dict[str, PageRun]) -> None:
+    for run in runs.values():
         _close(run.namespace)
 
 
