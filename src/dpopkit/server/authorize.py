@@ -5,10 +5,12 @@ validates the request, then renders a server-side HTML login page; the login
 form posts back, then a consent page; approval redirects to the registered
 ``redirect_uri`` with ``code``, ``state`` and ``iss`` (RFC 9207). No JavaScript.
 
-Safety: the ``redirect_uri`` must exactly match a registered one, and no error
-is ever redirected before the client and its ``redirect_uri`` are known (no open
-redirects, RFC 6749 §4.1.2.1). Forms carry a CSRF token bound to a browser
-cookie (``SameSite=Lax``, ``HttpOnly``); every value put into HTML is escaped.
+Safety: the ``redirect_uri`` must exactly match a registered one (the one
+exception: any port on a registered ``http`` loopback IP literal, RFC 8252 §7.3,
+see :func:`redirect_uri_allowed`), and no error is ever redirected before the
+client and its ``redirect_uri`` are known (no open redirects, RFC 6749 §4.1.2.1).
+Forms carry a CSRF token bound to a browser cookie (``SameSite=Lax``,
+``HttpOnly``); every value put into HTML is escaped.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hmac
 import html
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -48,10 +50,13 @@ __all__ = [
     "AuthorizationEndpoint",
     "ConfigUsers",
     "UnsupportedResponseTypeError",
+    "redirect_uri_allowed",
     "validate_authorization_request",
 ]
 
 _B64URL_43 = re.compile(r"[A-Za-z0-9_-]{43}")
+# RFC 8252 §7.3: the loopback IP literals (never the name "localhost", §8.3).
+_LOOPBACK_NETLOC = re.compile(r"(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?")
 _COOKIE = "dpopkit_ia"
 _DUMMY_HASH = hash_secret(secrets.token_urlsafe(16))
 
@@ -88,6 +93,42 @@ class ConfigUsers:
         return username if ok and stored is not None else None
 
 
+def _loopback_without_port(uri: str) -> tuple[str, str, str] | None:
+    """``(host, path, query)`` of an ``http`` loopback IP-literal URI, else None.
+
+    The URI must be exactly ``http://`` + host + optional port + path + optional
+    query: nothing that :func:`urllib.parse.urlsplit` would drop or normalise
+    (control characters, an empty ``?``, a fragment, user information).
+    """
+    if not uri.startswith("http://"):
+        return None
+    parts = urlsplit(uri)
+    match = _LOOPBACK_NETLOC.fullmatch(parts.netloc)
+    if match is None or parts.fragment:
+        return None
+    port = match.group(2)
+    if port is not None and not 1 <= int(port) <= 65535:
+        return None
+    if uri != f"http://{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else ""):
+        return None
+    return match.group(1), parts.path, parts.query
+
+
+def redirect_uri_allowed(registered: Collection[str], redirect_uri: str) -> bool:
+    """Whether ``redirect_uri`` may be used by a client that registered ``registered``.
+
+    RFC 6749 §3.1.2.3: a simple string comparison with a registered URI; RFC 8252
+    §7.3: for an ``http`` URI on the loopback IP literals ``127.0.0.1`` or ``[::1]``
+    the port is left out of the comparison (a native app listens on a port the
+    operating system picks), everything else (host literal, path, query) still
+    matches exactly. Never for ``localhost`` (RFC 8252 §8.3), other hosts or https.
+    """
+    if redirect_uri in registered:
+        return True
+    key = _loopback_without_port(redirect_uri)
+    return key is not None and any(_loopback_without_port(r) == key for r in registered)
+
+
 def validate_authorization_request(
     service: TokenService, client: ClientRecord, params: Mapping[str, Any]
 ) -> None:
@@ -101,8 +142,11 @@ def validate_authorization_request(
         UnsupportedResponseTypeError / UnauthorizedClientError / InvalidScopeError.
     """
     redirect_uri = params.get("redirect_uri")
-    # RFC 6749 §3.1.2.3: exact string match against a registered redirect URI.
-    if not isinstance(redirect_uri, str) or redirect_uri not in client.redirect_uris:
+    # RFC 6749 §3.1.2.3: exact string match against a registered redirect URI
+    # (any port on a loopback IP literal, RFC 8252 §7.3).
+    if not isinstance(redirect_uri, str) or not redirect_uri_allowed(
+        client.redirect_uris, redirect_uri
+    ):
         raise InvalidRequestError(Reason.INVALID_REQUEST, "redirect_uri not registered")
     if params.get("response_type") != "code":
         raise UnsupportedResponseTypeError(Reason.INVALID_REQUEST, "response_type must be code")
@@ -266,11 +310,11 @@ class AuthorizationEndpoint:
                     form.one(name)  # RFC 6749 §3.1: no repeated parameters
             except DPoPError:
                 return self._error_page(400, "Malformed request")
-            redirect_uri = params.get("redirect_uri")
-            if not isinstance(redirect_uri, str) or redirect_uri not in client.redirect_uris:
-                return self._error_page(400, "The redirect_uri is not registered for this client")
-        redirect_ok = params.get("redirect_uri") in client.redirect_uris
-        if not redirect_ok:
+        redirect_uri = params.get("redirect_uri")
+        # RFC 6749 §3.1.2.3, RFC 8252 §7.3: checked before anything is redirected there.
+        if not isinstance(redirect_uri, str) or not redirect_uri_allowed(
+            client.redirect_uris, redirect_uri
+        ):
             return self._error_page(400, "The redirect_uri is not registered for this client")
         try:
             if request_uri is None:

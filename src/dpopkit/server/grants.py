@@ -97,7 +97,8 @@ def authorization_code(ctx: GrantContext) -> dict[str, Any]:
         if rec.family_id is not None:
             svc.store.revoke_family(rec.family_id)
         raise InvalidGrantError(Reason.INVALID_GRANT, "invalid authorization code")
-    # RFC 6749 §4.1.3: redirect_uri identical to the authorization request's.
+    # RFC 6749 §4.1.3: redirect_uri identical to the authorization request's (for a
+    # loopback redirect, RFC 8252 §7.3, that one carries the port the app listened on).
     if redirect_uri is None or not hmac.compare_digest(redirect_uri, rec.redirect_uri):
         raise InvalidGrantError(Reason.INVALID_GRANT, "redirect_uri mismatch")
     check_code_verifier(verifier, rec.code_challenge)
