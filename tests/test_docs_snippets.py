@@ -331,7 +331,7 @@ def _unauthenticated(app: Any, url: str) -> httpx.Response:
     return asyncio.run(call())
 
 
-ROUTE = re.compile(r"""(?:@app\.get\(|Route\()\s*["'](/[^"']*)["']""")
+ROUTE = re.compile(r"""(?:@app\.(?:get|route)\(|Route\()\s*["'](/[^"']*)["']""")
 ORIGIN = re.compile(r"""public_origin=["'](https://[^"']+)["']""")
 
 
@@ -415,7 +415,8 @@ def test_every_python_block_is_collected() -> None:
     assert (ROOT / "docs" / "index.md") in PAGES
     for path in PAGES:
         page = path.relative_to(ROOT).as_posix()
-        fences = re.findall(r"^```python\s*$", path.read_text(encoding="utf-8"), flags=re.M)
+        # Any fence naming python, indented or with attributes, must be one the parser saw.
+        fences = re.findall(r"^\s*```\s*python\b", path.read_text(encoding="utf-8"), flags=re.M)
         assert len(fences) == len([b for b in BLOCKS[page] if b.lang == "python"]), page
     assert len([b for b in PYTHON if b.page == "README.md"]) >= 7
     assert len(PYTHON) >= 25
