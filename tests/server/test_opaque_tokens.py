@@ -8,6 +8,7 @@ introspection checks the binding itself (RS-24).
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -354,3 +355,33 @@ def test_rs24_introspection_rs_accepts_opaque_token(opaque_issuer: str) -> None:
         guard.authenticate(_rs_request(token, key))
     assert revoked.value.reason is Reason.TOKEN_INACTIVE
     assert tokens.call_count == 3
+
+
+@pytest.mark.parametrize(("fmt", "status"), [("opaque", 201), ("jwt", 201), ("paseto", 400)])
+def test_registration_access_token_format(
+    store: SQLGrantStore, clock: Clock, fmt: str, status: int
+) -> None:
+    """RFC 7591 §2: the client metadata may choose the format; another value is
+    ``invalid_client_metadata`` (RFC 7591 §3.2.2)."""
+    from dpopkit.server.registration import handle_register
+
+    svc = make_service(store, clock, registration_enabled=True)
+    meta = {"grant_types": ["client_credentials"], "access_token_format": fmt}
+    resp = handle_register(
+        svc,
+        RequestView(
+            method="POST",
+            url=ISSUER + "/register",
+            headers=Headers([("Content-Type", "application/json")]),
+            body=json.dumps(meta).encode(),
+        ),
+    )
+    assert resp.status == status
+    body = body_of(resp)
+    if status != 201:
+        assert body["error"] == "invalid_client_metadata"
+        return
+    assert body["access_token_format"] == fmt
+    client = store.get_client(body["client_id"])
+    assert client is not None
+    assert svc.token_format(client) == fmt
