@@ -21,7 +21,9 @@ from hmac import compare_digest
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, Protocol, cast
 
-from dpopkit.core.algorithms import ALGORITHMS, AlgSpec, PublicKey
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from dpopkit.core.algorithms import ALGORITHMS, EC_CURVES, AlgSpec, PublicKey, spec_for
 from dpopkit.core.http import DPOP_HEADER, Headers
 from dpopkit.core.htu import normalize_htu
 from dpopkit.core.jws import (
@@ -330,26 +332,63 @@ def _claim_error(payload: Mapping[str, Any], name: str) -> InvalidProofError:
 
 # The protected header exactly as DPoPKey writes it for an EC key: compact, in this member
 # order, strings without escapes. When a decoded header matches it in full, parsing it
-# as JSON could only give the dict built from the groups below, so that dict is built
-# directly (about 1.5 µs less per new key); anything else goes through the JSON parser.
+# as JSON could only give the dict built from the groups below, and the header checks
+# that remain are the ones in _ec_template_facts; anything else goes through the JSON
+# parser and every check.
 _EC_HEADER_RE = re.compile(
     r'\{"typ":"dpop\+jwt","alg":"(ES256|ES384|ES512)","jwk":\{"kty":"EC",'
     r'"crv":"(P-256|P-384|P-521)","x":"([A-Za-z0-9_-]+)","y":"([A-Za-z0-9_-]+)"\}\}'
 )
+_from_encoded_point = ec.EllipticCurvePublicKey.from_encoded_point
+_EC_SPECS: dict[str, AlgSpec] = {
+    name: spec for name in ("ES256", "ES384", "ES512") if (spec := spec_for(name)) is not None
+}
 
 
-def _parse_header(raw: bytes) -> dict[str, Any]:
-    if raw[:18] == b'{"typ":"dpop+jwt",':
-        match = _EC_HEADER_RE.fullmatch(raw.decode("ascii", "replace"))
-        if match is not None:
-            alg, crv, x, y = match.groups()
-            jwk = {"kty": "EC", "crv": crv, "x": x, "y": y}
-            return {"typ": PROOF_TYP, "alg": alg, "jwk": jwk}
-    return json_loads_object(raw)
+def _ec_template_facts(raw: bytes, policy: ProofPolicy) -> _HeaderFacts | None:
+    """Facts of a header in the exact EC template whose key is acceptable, else None.
+
+    The template fixes typ (§4.3 (4)), the absence of crit and of private or other
+    JWK members (§4.3 (7)) and kty; what remains is checked here. Whatever fails any
+    of these checks returns None, and the full path (``_header_facts``) says why.
+    About 1 µs less per new key than the generic checks (``_header_facts`` 13.6 → 12.7 µs).
+    """
+    if raw[:18] != b'{"typ":"dpop+jwt",':
+        return None
+    match = _EC_HEADER_RE.fullmatch(raw.decode("ascii", "replace"))
+    if match is None:
+        return None
+    alg, crv, x, y = match.groups()
+    spec = _EC_SPECS[alg]
+    # RFC 9449 §4.3 (5): alg allowed by policy, and the key fits it.
+    if alg not in policy.algorithms or crv != spec.crv:
+        return None
+    curve, size = EC_CURVES[crv]
+    try:
+        x_bytes, y_bytes = b64url_decode(x), b64url_decode(y)
+    except JWSError:
+        return None
+    if len(x_bytes) != size or len(y_bytes) != size:
+        return None
+    try:
+        # RFC 9449 §4.3 (6): from_encoded_point checks that the point lies on the curve.
+        key = _from_encoded_point(curve, b"\x04" + x_bytes + y_bytes)
+    except ValueError:
+        return None
+    jwk = {"kty": "EC", "crv": crv, "x": x, "y": y}
+    header = {"typ": PROOF_TYP, "alg": alg, "jwk": jwk}
+    jkt = checked_jwk_thumbprint("EC", jwk)
+    return _HeaderFacts(
+        spec, key, jkt, MappingProxyType(jwk), MappingProxyType(header), 0, [("", "")]
+    )
 
 
 def _header_facts(header_b64: str, policy: ProofPolicy) -> _HeaderFacts:
-    header = _parse_header(b64url_decode(header_b64))
+    raw = b64url_decode(header_b64)
+    facts = _ec_template_facts(raw, policy)
+    if facts is not None:
+        return facts
+    header = json_loads_object(raw)
     # RFC 9449 §4.3 (4): typ; "application/" prefix allowed, case-insensitive (RFC 7515 §4.1.9).
     typ = header.get("typ")
     if not isinstance(typ, str) or typ.lower().removeprefix("application/") != PROOF_TYP:
