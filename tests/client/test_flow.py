@@ -378,6 +378,19 @@ def test_nonce_cache_is_bounded_lru() -> None:
         NonceCache(maxsize=0)
 
 
+def test_c12_nonce_cache_lookup_reads_nonce_and_offset_and_touches_lru() -> None:
+    """C-12: ``lookup`` returns what a proof needs and counts as a use of the origin."""
+    cache = NonceCache(maxsize=2)
+    assert cache.lookup("https://a") == (None, 0.0)
+    cache.put("https://a", "na")
+    cache.set_clock_offset("https://a", 30.0)
+    cache.put("https://b", "nb")
+    assert cache.lookup("https://a") == ("na", 30.0)  # touch a: b is now the oldest
+    cache.put("https://c", "nc")
+    assert cache.get("https://b") is None
+    assert cache.lookup("https://a") == ("na", 30.0)
+
+
 def test_nonce_cache_thread_safe() -> None:
     cache = NonceCache(maxsize=50)
 

@@ -39,6 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 from dpopkit.core.challenge import ChallengeSyntaxError, parse_challenges
@@ -73,6 +74,7 @@ _EQUIVALENT_ALGS = {"EdDSA": "Ed25519", "Ed25519": "EdDSA"}  # RFC 9864 names
 _NQCHAR_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 9449 §8.1, RFC 6749 App. A
 
 
+@lru_cache(maxsize=1024)  # one parse per URL, not one per request
 def origin_of(url: str) -> str:
     """Return the origin ``scheme://host[:port]`` of ``url`` in normal form (RFC 6454 §4).
 
@@ -132,6 +134,19 @@ class NonceCache:
         else:
             self._data.move_to_end(origin)
         return state
+
+    def lookup(self, origin: str) -> tuple[str | None, float]:
+        """Return ``(nonce, clock_offset)`` for ``origin`` (``(None, 0.0)`` when unknown).
+
+        What one proof needs, read under a single lock acquisition; the origin
+        counts as used (LRU), as with :meth:`get`.
+        """
+        with self._lock:
+            state = self._data.get(origin)
+            if state is None:
+                return None, 0.0
+            self._data.move_to_end(origin)
+            return state.nonce, state.clock_offset
 
     def get(self, origin: str) -> str | None:
         """Return the current nonce for ``origin``, or None."""
@@ -232,12 +247,6 @@ def parse_json_body(body: bytes) -> Mapping[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-@dataclass(slots=True)
-class _Attempt:
-    nonce: str | None
-    offset: float
-
-
 @dataclass(slots=True, kw_only=True)
 class DPoPFlow:
     """The client side of one DPoP request, as a state machine without I/O.
@@ -274,7 +283,7 @@ class DPoPFlow:
     _origin: str = field(default="", init=False)
     _token: str | None = field(default=None, init=False)
     _retries: int = field(default=0, init=False)
-    _last: _Attempt | None = field(default=None, init=False)
+    _sent_nonce: str | None = field(default=None, init=False)  # the nonce of the last proof
     _error: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -323,12 +332,11 @@ class DPoPFlow:
         self._origin = origin_of(url)
         self._token = access_token
         self._retries = 0
-        self._last = None
+        self._sent_nonce = None
         return self._headers()
 
     def _headers(self) -> dict[str, str]:
-        nonce = self.nonces.get(self._origin)
-        offset = self.nonces.clock_offset(self._origin)
+        nonce, offset = self.nonces.lookup(self._origin)  # one lock, not two
         # RFC 9449 §4.2: a new jti and a current iat for every send, retries too (C-2).
         proof = create_proof(
             self.key,
@@ -340,7 +348,7 @@ class DPoPFlow:
             now=self.clock() + offset,
             allow_insecure_http=self.allow_insecure_http,
         )
-        self._last = _Attempt(nonce=nonce, offset=offset)
+        self._sent_nonce = nonce
         headers = {DPOP_HEADER: proof}
         if self._token is not None:
             # RFC 9449 §7.1: "DPoP" scheme, token68, one space (C-5).
@@ -386,7 +394,8 @@ class DPoPFlow:
             raise RuntimeError("prepare() must be called before on_response()")
         view = headers if isinstance(headers, Headers) else Headers(headers)
         # RFC 9449 §8.2, §9: a DPoP-Nonce on any response replaces the cached one (C-11).
-        fresh = _valid_nonce(view.get(DPOP_NONCE_HEADER))
+        nonces = view.get_all(DPOP_NONCE_HEADER)  # (Mapping.get raises KeyError inside when absent)
+        fresh = _valid_nonce(nonces[0] if nonces else None)
         if fresh is not None:
             self.nonces.put(self._origin, fresh)
         error = self._error = self.error_code(status, view, body)
@@ -404,8 +413,7 @@ class DPoPFlow:
                 "the server asked for a nonce but sent no usable DPoP-Nonce",
                 detail={"status": status, "origin": self._origin},
             )
-        last = self._last
-        repeated = last is not None and last.nonce == fresh and not learned
+        repeated = self._sent_nonce == fresh and not learned
         if repeated or self._retries >= self.max_nonce_retries:
             raise NonceRetryExhaustedError(
                 Reason.NONCE_RETRY_EXHAUSTED,

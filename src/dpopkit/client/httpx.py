@@ -38,13 +38,14 @@ from dpopkit.client.flow import (
     wants_body,
 )
 from dpopkit.client.tokens import Sender, StaticToken, TokenSource
-from dpopkit.core.http import Headers, RequestView, ResponseView
+from dpopkit.core.http import DPOP_NONCE_HEADER, Headers, RequestView, ResponseView
 from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import ChallengeError, ClientError, Reason
 
 __all__ = ["DPoPAuth", "dpop_error", "httpx_sender"]
 
 _ERROR_KEY: Final = "dpopkit.error"
+_NO_FIELDS: Final = Headers()
 
 
 def dpop_error(response: httpx.Response) -> ClientError | None:
@@ -61,6 +62,23 @@ def _replayable(request: httpx.Request) -> bool:
     return isinstance(request.stream, httpx.ByteStream)
 
 
+def _set_headers(request: httpx.Request, headers: Mapping[str, str]) -> None:
+    # Set field by field: Headers.update would build and normalise a second Headers object.
+    fields = request.headers
+    for name, value in headers.items():
+        fields[name] = value
+
+
+def _flow_headers(response: httpx.Response) -> Headers:
+    """The response fields :meth:`DPoPFlow.on_response` reads, as a :class:`Headers`."""
+    fields = response.headers
+    if response.status_code in (400, 401):
+        return Headers(fields.multi_items())  # challenges, Date, DPoP-Nonce: keep them all
+    # Any other status only has its DPoP-Nonce read: skip decoding every field.
+    nonces = fields.get_list(DPOP_NONCE_HEADER)
+    return Headers([(DPOP_NONCE_HEADER, value) for value in nonces]) if nonces else _NO_FIELDS
+
+
 class _Exchange:
     """The per-request state of one auth flow (shared by the sync and async paths)."""
 
@@ -75,7 +93,7 @@ class _Exchange:
 
     def start(self) -> httpx.Request:
         headers = self.flow.prepare(self.request.method, str(self.request.url), self.token)
-        self.request.headers.update(headers)
+        _set_headers(self.request, headers)
         return self.request
 
     def step(self, response: httpx.Response) -> httpx.Request | bool | None:
@@ -86,8 +104,7 @@ class _Exchange:
                 body = parse_json_body(response.content)
             except httpx.ResponseNotRead:
                 body = None
-        headers = Headers(response.headers.multi_items())
-        action = self.flow.on_response(response.status_code, headers, body)
+        action = self.flow.on_response(response.status_code, _flow_headers(response), body)
         if not isinstance(action, Retry):
             if (
                 self.flow.last_error == INVALID_TOKEN
@@ -109,7 +126,7 @@ class _Exchange:
                 detail={"status": response.status_code},
             )
             return None
-        self.request.headers.update(action.headers)
+        _set_headers(self.request, action.headers)
         return self.request
 
     def refreshed_token(self, response: httpx.Response, token: str | None) -> httpx.Request | None:
