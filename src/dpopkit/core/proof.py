@@ -466,31 +466,23 @@ def verify_proof(
         raise InvalidProofError(exc.reason, exc.description) from None
 
 
-# VerifiedProof is a frozen dataclass whose generated __init__ sets its 14 slots one by
-# one through object.__setattr__ with keyword arguments (about 2 µs); the verify hot path
-# fills the same slots through their descriptors instead (about 0.8 µs).
-def _slot_setter(name: str) -> Callable[[VerifiedProof, Any], None]:
-    setter: Callable[[VerifiedProof, Any], None] = VerifiedProof.__dict__[name].__set__
-    return setter  # the __set__ of the slot's member descriptor
+class _VerifiedProofBuilder:
+    """VerifiedProof's exact slot layout without its frozen ``__setattr__``.
+
+    The verify hot path fills one with plain attribute stores, then turns it into a
+    VerifiedProof by ``__class__`` assignment, which CPython allows between classes of
+    identical slot layout (and refuses with TypeError otherwise): about 0.25 µs, against
+    0.85 µs for 14 slot-descriptor calls and 2 µs for the generated frozen ``__init__``.
+    """
+
+    __slots__ = VerifiedProof.__slots__
 
 
-_vp_jkt = _slot_setter("jkt")
-_vp_jti = _slot_setter("jti")
-_vp_iat = _slot_setter("iat")
-_vp_htm = _slot_setter("htm")
-_vp_htu = _slot_setter("htu")
-_vp_alg = _slot_setter("alg")
-_vp_public_jwk = _slot_setter("public_jwk")
-_vp_claims = _slot_setter("claims")
-_vp_nonce = _slot_setter("nonce")
-_vp_ath = _slot_setter("ath")
-_vp_nonce_info = _slot_setter("nonce_info")
-_vp_replay_key = _slot_setter("replay_key")
-_vp_replay_expires_at = _slot_setter("replay_expires_at")
-_vp_header = _slot_setter("header")
 if len(fields(VerifiedProof)) != 14:  # pragma: no cover - guards future edits
     raise RuntimeError("VerifiedProof changed: update _verified() in dpopkit.core.proof")
-_new_object = object.__new__
+_probe: Any = _VerifiedProofBuilder()
+_probe.__class__ = VerifiedProof  # the layouts match (checked once, at import)
+del _probe
 
 
 def _verified(
@@ -506,22 +498,24 @@ def _verified(
     replay_key: str,
     replay_expires_at: float,
 ) -> VerifiedProof:
-    proof: VerifiedProof = _new_object(VerifiedProof)
-    _vp_jkt(proof, facts.jkt)
-    _vp_jti(proof, jti)
-    _vp_iat(proof, iat)
-    _vp_htm(proof, htm)
-    _vp_htu(proof, htu)
-    _vp_alg(proof, facts.spec.name)
-    _vp_public_jwk(proof, facts.jwk)
-    _vp_claims(proof, payload)
-    _vp_nonce(proof, nonce)
-    _vp_ath(proof, ath)
-    _vp_nonce_info(proof, nonce_info)
-    _vp_replay_key(proof, replay_key)
-    _vp_replay_expires_at(proof, replay_expires_at)
-    _vp_header(proof, facts.header)
-    return proof
+    proof: Any = _VerifiedProofBuilder()
+    proof.jkt = facts.jkt
+    proof.jti = jti
+    proof.iat = iat
+    proof.htm = htm
+    proof.htu = htu
+    proof.alg = facts.spec.name
+    proof.public_jwk = facts.jwk
+    proof.claims = payload
+    proof.nonce = nonce
+    proof.ath = ath
+    proof.nonce_info = nonce_info
+    proof.replay_key = replay_key
+    proof.replay_expires_at = replay_expires_at
+    proof.header = facts.header
+    proof.__class__ = VerifiedProof
+    verified: VerifiedProof = proof
+    return verified
 
 
 def _verify(
