@@ -2,25 +2,37 @@
 
 Run: ``python bench/client.py [--quick] [--reps N] [--target-ms MS]``.
 
-A plain ASGI app (uvicorn, in a thread, 127.0.0.1, port 0) answers 200 to
-``GET /api/v1/orders/12345?expand=items&page=2``; it checks nothing, so what
-differs between the ops below is the client side only. Timed in one run,
-round-robin (``bench/_harness.py``), with the **thread CPU clock** of the
-client thread (the server's work in its own thread is not counted):
+The issue's bar (issue 5): the cost ``DPoPAuth`` adds to a request (op − bare)
+is at most 1.3× a bare ES256 sign, measured next to requests-oauth2client's
+DPoP token doing the same calls in the same run.
 
-* ``floor.ES256.sign``: a bare ``cryptography`` ECDSA P-256 sign of a ~300-byte
-  input plus DER → raw R‖S (what a proof needs);
-* ``httpx.bare`` / ``httpx.dpopkit``: one ``httpx.Client.get`` without auth, and
-  with :class:`dpopkit.client.httpx.DPoPAuth` (a new proof with ``ath`` per
-  request, nonce cache consulted, response inspected);
-* ``requests.bare`` / ``requests.dpopkit`` / ``requests.roc``: one
-  ``requests.Session.get`` without auth, with
-  :class:`dpopkit.client.requests.DPoPAuth`, and with requests-oauth2client's
-  ``DPoPToken`` (its users' way of doing the same call).
+Two transports, timed in one run, round-robin (``bench/_harness.py``), with the
+**thread CPU clock** of the client thread, medians over the repetitions:
 
-The issue's bar: the added cost of ``DPoPAuth`` (op − bare) is at most 1.3× a
-bare ES256 sign. It is printed with PASS/FAIL, next to requests-oauth2client's
-added cost measured in the same run.
+* ``mem.*``: a quiet in-process transport (``httpx.MockTransport`` / a requests
+  adapter) answering a canned 200: no socket and no server, so the network and
+  the server do not drown the client-side difference. The bar is judged here.
+* the other rows: a real round trip to a plain ASGI app (uvicorn, in a thread,
+  127.0.0.1, port 0) that checks nothing; the server's work in its own thread
+  is not counted, but loopback I/O makes these rows noisier.
+
+Ops: ``floor.ES256.sign`` is a bare ``cryptography`` ECDSA P-256 sign of an
+input as long as a real proof's signing input, plus DER → raw R‖S (what a proof
+needs); ``*.bare`` is one GET with ``Authorization: DPoP <token>`` and no auth
+object; ``*.bare+sign`` is the same GET plus one bare sign in the same
+iteration (the sign "on top of the bare request", paying the cache misses a
+sign really pays between two requests); ``*.dpopkit`` uses
+:class:`dpopkit.client.httpx.DPoPAuth` / :class:`dpopkit.client.requests.DPoPAuth`
+(a new proof with ``ath`` per request, nonce cache consulted, response
+inspected); ``*.roc`` uses requests-oauth2client's ``DPoPToken`` (requests
+only: it has no httpx auth).
+
+Each ratio is the median of per-repetition ratios (each repetition's ops run
+seconds apart at most), with the quartiles as the noise. Two verdicts are
+printed against 1.3×: the added cost over the bare sign timed alone in a tight
+loop (the issue's wording, the strictest reading), and over what a bare sign
+adds to the same request (``bare+sign − bare``). The exit status is 1 when the
+first verdict fails for httpx.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from __future__ import annotations
 import argparse
 import platform
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -108,43 +121,62 @@ def make_ops(base: str) -> tuple[list[Op], Callable[[], None]]:
     from dpopkit import DPoPKey
     from dpopkit.client import httpx as dpop_httpx
     from dpopkit.client import requests as dpop_requests
+    from dpopkit.core.proof import create_proof
 
     url = base + PATH
     key = DPoPKey.generate("ES256")
     raw_key = ec.generate_private_key(ec.SECP256R1())
-    signing_input = b"x" * 300
-    h_bare = httpx.Client()
-    h_dpop = httpx.Client(
-        auth=dpop_httpx.DPoPAuth(key, token=ACCESS_TOKEN, allow_insecure_http=True)
+    sample = create_proof(
+        key,
+        htm="GET",
+        htu=url,
+        access_token=ACCESS_TOKEN,
+        now=time.time(),
+        allow_insecure_http=True,
     )
-    r_bare = requests.Session()
-    r_dpop = requests.Session()
-    r_dpop.auth = dpop_requests.DPoPAuth(key, token=ACCESS_TOKEN, allow_insecure_http=True)
-    r_roc = requests.Session()
-    r_roc.auth = DPoPToken(access_token=ACCESS_TOKEN, _dpop_key=RocKey.generate(alg="ES256"))
-    bare_headers = {"Authorization": f"DPoP {ACCESS_TOKEN}"}
+    signing_input = b"x" * len(sample.rsplit(".", 1)[0])  # as long as a real proof's
+
+    def dpop_auth() -> dpop_httpx.DPoPAuth:
+        return dpop_httpx.DPoPAuth(key, token=ACCESS_TOKEN, allow_insecure_http=True)
+
+    def requests_auth() -> dpop_requests.DPoPAuth:
+        return dpop_requests.DPoPAuth(key, token=ACCESS_TOKEN, allow_insecure_http=True)
+
+    def roc_auth() -> DPoPToken:
+        return DPoPToken(access_token=ACCESS_TOKEN, _dpop_key=RocKey.generate(alg="ES256"))
+
     canned = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
-    m_bare = httpx.Client(transport=canned)
-    m_dpop = httpx.Client(
-        transport=canned,
-        auth=dpop_httpx.DPoPAuth(key, token=ACCESS_TOKEN, allow_insecure_http=True),
-    )
-    rm_bare, rm_dpop, rm_roc = requests.Session(), requests.Session(), requests.Session()
-    for session in (rm_bare, rm_dpop, rm_roc):
-        session.mount("http://", _CannedAdapter())
-    rm_dpop.auth = dpop_requests.DPoPAuth(key, token=ACCESS_TOKEN, allow_insecure_http=True)
-    rm_roc.auth = DPoPToken(access_token=ACCESS_TOKEN, _dpop_key=RocKey.generate(alg="ES256"))
+    httpx_clients = {
+        "mem.bare": httpx.Client(transport=canned),
+        "mem.dpopkit": httpx.Client(transport=canned, auth=dpop_auth()),
+        "bare": httpx.Client(),
+        "dpopkit": httpx.Client(auth=dpop_auth()),
+    }
+    sessions = {name: requests.Session() for name in ("mem.bare", "mem.dpopkit", "mem.roc")}
+    sessions.update({name: requests.Session() for name in ("bare", "dpopkit", "roc")})
+    for name, session in sessions.items():
+        if name.startswith("mem."):
+            session.mount("http://", _CannedAdapter())
+        if name.endswith("dpopkit"):
+            session.auth = requests_auth()
+        elif name.endswith("roc"):
+            session.auth = roc_auth()
+    # The bare request carries the same Authorization field, so "op − bare" is the DPoP work.
+    bare_headers = {"Authorization": f"DPoP {ACCESS_TOKEN}"}
+
+    def one_sign() -> None:
+        r, s = decode_dss_signature(raw_key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
     def sign(n: int) -> Callable[[], None]:
         def run() -> None:
             for _ in range(n):
-                r, s = decode_dss_signature(raw_key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
-                r.to_bytes(32, "big") + s.to_bytes(32, "big")
+                one_sign()
 
         return run
 
     def http(
-        client: Any, headers: dict[str, str] | None = None
+        client: Any, headers: dict[str, str] | None = None, *, plus_sign: bool = False
     ) -> Callable[[int], Callable[[], None]]:
         def prepare(n: int) -> Callable[[], None]:
             def run() -> None:
@@ -152,39 +184,66 @@ def make_ops(base: str) -> tuple[list[Op], Callable[[], None]]:
                     response = client.get(url, headers=headers)
                     if response.status_code != 200:
                         raise RuntimeError(f"unexpected status {response.status_code}")
+                    if plus_sign:
+                        one_sign()
 
             return run
 
         return prepare
 
+    h, r = httpx_clients, sessions
     ops = [
         Op("floor.ES256.sign", sign),
-        Op("mem.httpx.bare", http(m_bare, bare_headers)),
-        Op("mem.httpx.dpopkit", http(m_dpop)),
-        Op("mem.requests.bare", http(rm_bare, bare_headers)),
-        Op("mem.requests.dpopkit", http(rm_dpop)),
-        Op("mem.requests.roc", http(rm_roc)),
-        Op("httpx.bare", http(h_bare, bare_headers), max_n=5000),
-        Op("httpx.dpopkit", http(h_dpop), max_n=5000),
-        Op("requests.bare", http(r_bare, bare_headers), max_n=5000),
-        Op("requests.dpopkit", http(r_dpop), max_n=5000),
-        Op("requests.roc", http(r_roc), max_n=5000),
+        Op("mem.httpx.bare", http(h["mem.bare"], bare_headers)),
+        Op("mem.httpx.bare+sign", http(h["mem.bare"], bare_headers, plus_sign=True)),
+        Op("mem.httpx.dpopkit", http(h["mem.dpopkit"])),
+        Op("mem.requests.bare", http(r["mem.bare"], bare_headers)),
+        Op("mem.requests.bare+sign", http(r["mem.bare"], bare_headers, plus_sign=True)),
+        Op("mem.requests.dpopkit", http(r["mem.dpopkit"])),
+        Op("mem.requests.roc", http(r["mem.roc"])),
+        Op("httpx.bare", http(h["bare"], bare_headers), max_n=5000),
+        Op("httpx.dpopkit", http(h["dpopkit"]), max_n=5000),
+        Op("requests.bare", http(r["bare"], bare_headers), max_n=5000),
+        Op("requests.dpopkit", http(r["dpopkit"]), max_n=5000),
+        Op("requests.roc", http(r["roc"]), max_n=5000),
     ]
 
     def close() -> None:
-        for c in (h_bare, h_dpop, m_bare, m_dpop):
-            c.close()
-        for s in (r_bare, r_dpop, r_roc, rm_bare, rm_dpop, rm_roc):
-            s.close()
+        for client in httpx_clients.values():
+            client.close()
+        for session in sessions.values():
+            session.close()
 
     return ops, close
+
+
+def added_ratio(op: Op, bare: Op, unit: Op | tuple[Op, Op]) -> tuple[float, float, float]:
+    """Median and quartiles of the per-repetition ``(op − bare) / unit``.
+
+    ``unit`` is one op (its figure) or a pair ``(a, b)`` (the difference a − b).
+    """
+    per_rep = []
+    for i, (x, b) in enumerate(zip(op.samples_ns, bare.samples_ns, strict=True)):
+        u = (
+            unit.samples_ns[i]
+            if isinstance(unit, Op)
+            else unit[0].samples_ns[i] - unit[1].samples_ns[i]
+        )
+        per_rep.append((x - b) / u)
+    if len(per_rep) < 2:
+        return per_rep[0], per_rep[0], per_rep[0]
+    q1, _, q3 = statistics.quantiles(per_rep, n=4)
+    return statistics.median(per_rep), q1, q3
+
+
+BAR = 1.3
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions")
-    parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--target-ms", type=float, default=200.0)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--target-ms", type=float, default=120.0)
     args = parser.parse_args(argv)
     reps, target = (3, 60.0) if args.quick else (args.reps, args.target_ms)
     base, stop = start_server()
@@ -201,32 +260,53 @@ def main(argv: list[str] | None = None) -> int:
         close()
         stop()
     by = {op.name: op for op in ops}
-    print(f"# dpopkit client benchmark — Python {platform.python_version()}, {reps} reps")
-    print(f"{'op':<20} {'µs/op':>9} {'spread':>7}")
+    sign = by["floor.ES256.sign"]
+    print(
+        f"# dpopkit client benchmark — Python {platform.python_version()}, {reps} reps, "
+        "thread CPU time, medians"
+    )
+    print("# mem.* = quiet in-process transport (canned 200, no socket, no server);")
+    print("# other rows = real round trip to a plain uvicorn app on 127.0.0.1 (noisier).")
+    print(f"{'op':<24} {'µs/op':>9} {'spread':>7}")
     for op in ops:
-        print(f"{op.name:<20} {fmt_us(op.median_ns):>9} {op.spread:>6.0%}")
-    sign = by["floor.ES256.sign"].median_ns
+        print(f"{op.name:<24} {fmt_us(op.median_ns):>9} {op.spread:>6.0%}")
     print()
-    print("added cost per request (op − bare), as a multiple of one bare ES256 sign.")
-    print("The bar is judged in process (mem.*: no socket, so no loopback noise); the")
-    print("local-server rows show the same added cost inside a real round trip.")
+    print(f"Added cost per request (op − bare; bar: ≤ {BAR}× a bare ES256 sign).")
+    print("  A = ÷ the bare sign timed alone (floor.ES256.sign, tight loop: strictest)")
+    print("  B = ÷ what a bare sign adds to the same request (bare+sign − bare)")
     verdict = True
     for prefix in ("mem.", ""):
         for stack, name in (("httpx", "dpopkit"), ("requests", "dpopkit"), ("requests", "roc")):
-            added = by[f"{prefix}{stack}.{name}"].median_ns - by[f"{prefix}{stack}.bare"].median_ns
-            mult = added / sign
-            mark = ""
-            if name == "dpopkit" and prefix:
-                ok = mult <= 1.3
-                verdict &= ok
-                mark = "PASS (≤ 1.3×)" if ok else "FAIL (> 1.3×)"
+            op, bare = by[f"{prefix}{stack}.{name}"], by[f"{prefix}{stack}.bare"]
+            added = op.median_ns - bare.median_ns
+            a, a1, a3 = added_ratio(op, bare, sign)
             label = f"{prefix}{stack}.{name}"
-            print(f"  {label:<22} +{fmt_us(added):>7} µs = {mult:5.2f}× sign  {mark}")
+            line = f"  {label:<22} {added / 1000:+7.1f} µs  A {a:5.2f}× ({a1:.2f}–{a3:.2f})"
+            if prefix:
+                with_sign = by[f"{prefix}{stack}.bare+sign"]
+                b, b1, b3 = added_ratio(op, bare, (with_sign, bare))
+                line += f"  B {b:5.2f}× ({b1:.2f}–{b3:.2f})"
+                # The least-disturbed repetitions (noise on a shared machine only adds time).
+                a_min = (op.min_ns - bare.min_ns) / sign.min_ns
+                b_min = (op.min_ns - bare.min_ns) / (with_sign.min_ns - bare.min_ns)
+                line += f"  min: A {a_min:.2f}× B {b_min:.2f}×"
+                if name == "dpopkit":
+                    line += (
+                        f"  A {'PASS' if a <= BAR else 'FAIL'}  B {'PASS' if b <= BAR else 'FAIL'}"
+                    )
+                    if stack == "httpx":
+                        verdict = a <= BAR
+            print(line)
+    in_context = by["mem.httpx.bare+sign"].median_ns - by["mem.httpx.bare"].median_ns
+    print(
+        f"A bare sign costs {fmt_us(sign.median_ns)} µs alone and adds "
+        f"{fmt_us(in_context)} µs to a bare httpx request (mem)."
+    )
     for prefix in ("mem.", ""):
-        r = ratio(by[f"{prefix}requests.roc"], by[f"{prefix}requests.dpopkit"])
+        rr = ratio(by[f"{prefix}requests.roc"], by[f"{prefix}requests.dpopkit"])
         print(
-            f"{prefix}requests: requests-oauth2client / dpopkit per request = {r.value:.2f}× "
-            f"(quartiles {r.q1:.2f}–{r.q3:.2f})"
+            f"{prefix}requests: requests-oauth2client / dpopkit per request = {rr.value:.2f}× "
+            f"(quartiles {rr.q1:.2f}–{rr.q3:.2f})"
         )
     return 0 if verdict else 1
 
