@@ -472,7 +472,7 @@ class _VerifiedProofBuilder:
     The verify hot path fills one with plain attribute stores, then turns it into a
     VerifiedProof by ``__class__`` assignment, which CPython allows between classes of
     identical slot layout (and refuses with TypeError otherwise): about 0.25 µs, against
-    0.85 µs for 14 slot-descriptor calls and 2 µs for the generated frozen ``__init__``.
+    0.87 µs for 14 slot-descriptor calls and 2.3 µs for the generated frozen ``__init__``.
     """
 
     __slots__ = VerifiedProof.__slots__
