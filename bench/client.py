@@ -27,6 +27,11 @@ sign really pays between two requests); ``*.dpopkit`` uses
 inspected); ``*.roc`` uses requests-oauth2client's ``DPoPToken`` (requests
 only: it has no httpx auth).
 
+For deterministic comparisons (timing noise hides small wins on a shared
+machine), count instructions: ``valgrind --tool=callgrind python
+bench/client.py --loop mem.httpx.dpopkit --count 1000`` minus the same with
+``--count 0``, divided by 1000.
+
 Each ratio is the median of per-repetition ratios (each repetition's ops run
 seconds apart at most), with the quartiles as the noise. Two verdicts are
 printed against 1.3×: the added cost over the bare sign timed alone in a tight
@@ -38,6 +43,7 @@ first verdict fails for httpx.
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
 import socket
 import statistics
@@ -244,7 +250,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions")
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--target-ms", type=float, default=120.0)
+    parser.add_argument(
+        "--loop",
+        metavar="OP",
+        help="run one mem.* op --count times, untimed (for valgrind --tool=callgrind)",
+    )
+    parser.add_argument("--count", type=int, default=1000)
     args = parser.parse_args(argv)
+    if args.loop:
+        ops, close = make_ops("http://127.0.0.1:9")  # mem.* ops never touch this address
+        run = {op.name: op for op in ops}[args.loop].prepare(args.count)
+        gc.collect()
+        gc.disable()  # as in the timed runs (bench/_harness.py)
+        run()
+        close()
+        return 0
     reps, target = (3, 60.0) if args.quick else (args.reps, args.target_ms)
     base, stop = start_server()
     ops, close = make_ops(base)
