@@ -97,3 +97,25 @@ def test_key_cache_keeps_the_first_facts_for_a_header() -> None:
     cache.put(KEY.proof_header_b64, first)
     cache.put(KEY.proof_header_b64, second)
     assert cache.get(KEY.proof_header_b64) is first
+
+
+@pytest.mark.parametrize("member", ["x", "y"])
+def test_v5_ec_template_header_with_non_canonical_coordinate_is_bad_jwk(member: str) -> None:
+    """A header in DPoPKey's exact EC layout whose coordinate is not canonical base64url
+    leaves the template fast path and is refused by the full checks (RFC 9449 §4.3 (5))."""
+    from dpopkit import InvalidProofError, Reason
+    from dpopkit.core.jws import b64url_encode
+
+    jwk = KEY.public_jwk
+    value = jwk[member]
+    # 32 octets are 43 characters: the last one carries 2 unused bits, which must be 0.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet[alphabet.index(value[-1]) | 1]
+    jwk[member] = value[:-1] + last
+    header = json_dumps({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk})
+    proof = create_proof(KEY, htm="POST", htu=HTU, now=0)
+    forged = b64url_encode(header) + proof[proof.index(".") :]
+    proof_module._key_cache.clear()
+    with pytest.raises(InvalidProofError) as caught:
+        verify_proof(forged, htm="POST", htu=HTU, now=0)
+    assert caught.value.reason is Reason.BAD_JWK
