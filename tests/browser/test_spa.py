@@ -24,16 +24,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from playwright.sync_api import BrowserContext, Page, sync_playwright
 
 from dpopkit.cli.serve import _build
@@ -41,6 +39,7 @@ from dpopkit.core.thumbprint import access_token_hash, jwk_thumbprint
 from dpopkit.resource.demo import WHOAMI_PATH, create_whoami_app
 from dpopkit.server.config import build_server, load_config
 from dpopkit.server.spa import spa_mounts
+from tests.live import serve_in_thread
 
 pytestmark = pytest.mark.browser
 
@@ -161,30 +160,6 @@ def _dpopkit_serve(data_dir: Path, log: Path) -> Iterator[str]:
                     proc.kill()
                     proc.wait()
     raise AssertionError(f"dpopkit serve failed to start: {log.read_text()}")
-
-
-@contextmanager
-def _serve_in_thread(build: Callable[[str], Any]) -> Iterator[str]:
-    """Bind a free loopback port, build the app for that URL, serve it under uvicorn."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(
-        uvicorn.Config(build(base), log_level="warning", lifespan="off", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise AssertionError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def _open_app(page: Page, base: str) -> str:
@@ -324,7 +299,7 @@ def test_c10_c14_spa_retries_once_per_nonce_and_keeps_as_and_rs_nonces_apart(
         app, _ = build_server(config, mounts=lambda _svc: [*spa_mounts(), (WHOAMI_PATH, api)])
         return app
 
-    with _serve_in_thread(build) as base:
+    with serve_in_thread(build) as base:
         page = browser.new_page()
         jkt = _open_app(page, base)
         _sign_in(page, "alice", "alice-password-1")
@@ -363,7 +338,7 @@ def demo_as(tmp_path: Path) -> Iterator[tuple[str, str]]:
         spec = {"config": None, "host": "127.0.0.1", "no_api": False, "data_dir": str(data_dir)}
         return _build({**spec, "port": int(base.rsplit(":", 1)[1])})[1]
 
-    with _serve_in_thread(build) as base:
+    with serve_in_thread(build) as base:
         yield base, (data_dir / "demo-user-password").read_text().strip()
 
 

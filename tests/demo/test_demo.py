@@ -15,15 +15,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,6 +26,7 @@ from starlette.routing import Route
 
 from dpopkit.cli import main
 from dpopkit.demo import DemoTarget, demo_servers, play, run_story
+from tests.live import serve_in_thread
 
 STEP_NAMES = [
     "client-key",
@@ -110,29 +106,6 @@ def test_demo_as_a_process() -> None:
 # -- the story notices a broken API ------------------------------------------------------------
 
 
-@contextmanager
-def _serve(app: Any) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 def _unprotected_api() -> Starlette:
     """An API without any DPoP guard: 200 for every request, whatever it carries."""
 
@@ -148,7 +121,10 @@ def test_rs3_rs16_demo_fails_against_an_unprotected_api(tmp_path: Path) -> None:
     The real AS still behaves (key, token, stolen refresh token), but every API step
     that depends on the DPoP guard is reported as failed.
     """
-    with demo_servers(tmp_path / "as") as real, _serve(_unprotected_api()) as api:
+    with (
+        demo_servers(tmp_path / "as") as real,
+        serve_in_thread(lambda _base: _unprotected_api()) as api,
+    ):
         target = DemoTarget(issuer=real.issuer, api_url=api + "/api/whoami")
         out = io.StringIO()
         code = play(target, out=out, as_json=True)

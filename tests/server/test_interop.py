@@ -24,9 +24,9 @@ from requests_oauth2client import (
 
 from dpopkit import DPoPKey
 from dpopkit.server.config import build_server, load_config
+from tests.live import serve_in_thread
 
 from .conftest import hidden_fields
-from .live import serve_in_thread
 
 CALLBACK = "http://127.0.0.1:8765/callback"
 PASSWORD = "interop password"

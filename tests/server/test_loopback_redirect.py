@@ -25,6 +25,7 @@ from dpopkit.client.tokens import TokenClient
 from dpopkit.server.authorize import AuthorizationEndpoint, ConfigUsers, redirect_uri_allowed
 from dpopkit.server.config import build_server, load_config
 from dpopkit.storage.sql import ClientRecord, SQLGrantStore
+from tests.live import serve_in_thread
 
 from .conftest import (
     ALICE_PASSWORD,
@@ -39,7 +40,6 @@ from .conftest import (
     hidden_fields,
     pkce,
 )
-from .live import serve_in_thread
 
 REGISTERED = "http://127.0.0.1:8765/callback"
 

@@ -27,6 +27,7 @@ from dpopkit.server.config import ConfigError, build_server, load_config
 from dpopkit.server.service import ServerSettings
 from dpopkit.storage.memory import MemoryReplayCache
 from dpopkit.storage.sql import ClientRecord, SQLGrantStore, hash_secret, sha256_hex
+from tests.live import serve_in_thread
 
 from .conftest import (
     AS,
@@ -40,7 +41,6 @@ from .conftest import (
     get_code,
     make_service,
 )
-from .live import serve_in_thread
 
 _TOKEN68_43 = re.compile(r"[A-Za-z0-9_-]{43}")
 

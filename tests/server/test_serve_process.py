@@ -268,8 +268,7 @@ def test_serve_on_postgresql_grant_store_and_replay(
     import psycopg
 
     from dpopkit.server.config import build_server, load_config
-
-    from .live import serve_in_thread
+    from tests.live import serve_in_thread
 
     schema = f"{unique_prefix}_as"
     with psycopg.connect(pg_dsn, autocommit=True) as conn:

@@ -12,8 +12,7 @@ import pytest
 from dpopkit import DPoPKey, create_proof
 from dpopkit.cli.serve import whoami_mounts
 from dpopkit.server.config import build_server, load_config
-
-from .live import serve_in_thread
+from tests.live import serve_in_thread
 
 CONFIG = """
 issuer = "{issuer}"
