@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -36,13 +37,16 @@ def _answers(url: str, default_port: int) -> bool:
         return False
 
 
-def _require_server(name: str, url: str, port: int) -> None:
-    if _answers(url, port):
-        return
-    message = f"{name} at {url} does not answer"
+def missing_real_part(message: str) -> NoReturn:
+    """Fail under CI=true, else skip loudly: a real server or binary the test needs is absent."""
     if IN_CI:
         pytest.fail(f"{message}: CI=true requires it", pytrace=False)
-    pytest.skip(f"!!! SKIPPED: {message}; start it to run these tests !!!")
+    pytest.skip(f"!!! SKIPPED: {message}; install or start it to run these tests !!!")
+
+
+def _require_server(name: str, url: str, port: int) -> None:
+    if not _answers(url, port):
+        missing_real_part(f"{name} at {url} does not answer")
 
 
 @pytest.fixture

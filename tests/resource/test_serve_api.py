@@ -27,6 +27,7 @@ from dpopkit.resource.demo import create_whoami_app
 from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
 from dpopkit.resource.tokens import JWTAccessTokens
 from dpopkit.resource.wsgi import DPoPWSGIMiddleware
+from tests.conftest import missing_real_part
 from tests.resource._rs_support import (
     AUDIENCE,
     Calls,
@@ -251,7 +252,7 @@ def test_two_rs_processes_share_redis_replay(
 def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("!!! SKIPPED: redis-server binary not found; outage tests need one !!!")
+        missing_real_part("redis-server binary not found (outage tests need one)")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,

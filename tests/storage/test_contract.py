@@ -60,6 +60,7 @@ from dpopkit.storage.redis import (
     eviction_policy_is_risky,
 )
 from dpopkit.storage.sqlite import AsyncSQLiteReplayCache, SQLiteReplayCache
+from tests.conftest import missing_real_part
 
 NOW = 1_700_000_000.0
 TTL = 60.0
@@ -664,7 +665,7 @@ def throwaway_redis() -> Iterator[Callable[[str], str]]:
     """Start private redis-server processes on free ports (never the shared server)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("!!! SKIPPED: redis-server binary not found; cannot run a throwaway Redis !!!")
+        missing_real_part("redis-server binary not found (a throwaway Redis needs one)")
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(policy: str) -> str:
