@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
+import gc
 import hashlib
 import hmac
 import json
@@ -54,6 +56,7 @@ import cryptography
 import joserfc
 import jwt as pyjwt
 from _harness import Op, Ratio, fmt_us, ratio, run_round_robin
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.backends.openssl.backend import backend as _openssl_backend
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -334,6 +337,134 @@ def joserfc_verifier(alg: str, replay: dict[str, float]) -> Verifier:
     return verify
 
 
+# --- a yardstick: the smallest verifier that still runs every check (ES256 only) -----------
+#
+# Not dpopkit and not a peer: one flat function on cryptography + stdlib, written only to show
+# in every run what a complete verifier can reach on this machine (the role of "lean" in
+# ../shared/bench/README.md, whose code is not provided). It keeps a key cache by header bytes
+# (filled only after a proof fully verified) and memoises ath for the last token, as dpopkit
+# does; it refuses everything the correctness gate throws at it.
+
+_STD_ALPHABET = bytes.maketrans(b"-_+/=", b"+/!!!")
+_EC_PRIVATE = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+_P256 = ec.SECP256R1()
+_CANONICAL_TAIL = {2: frozenset(b"AQgw"), 3: frozenset(b"AEIMQUYcgkosw048")}  # zero unused bits
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise RejectedError("duplicate member")
+    return obj
+
+
+def minimal_verifier(replay: dict[str, float]) -> Verifier:
+    """ES256 proofs: size, 3 segments, strict base64url, header and payload objects without
+    duplicate names, typ, alg, crit, public EC jwk on P-256, key import (point on the curve),
+    jti/htm/htu/iat typed, htm, htu (normalised when not byte-identical), iat window, ath,
+    thumbprint = expected jkt, signature, then the replay record."""
+    headers: dict[str, tuple[Any, str]] = {}
+    memo = ["", ""]  # (last access token, its ath)
+    a2b: Callable[..., bytes] = binascii.a2b_base64
+    scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+    loads = json.JSONDecoder(object_pairs_hook=_no_duplicates).decode
+    verify_alg, compare, sha256 = _ECDSA_SHA256, hmac.compare_digest, hashlib.sha256
+    htu_fast = "https://rs.example.com/api/v1/orders/12345"
+
+    def b64d(value: str) -> bytes:
+        data = value.encode("ascii").translate(_STD_ALPHABET)
+        rem = len(data) % 4
+        if rem:
+            if rem == 1 or data[-1] not in _CANONICAL_TAIL[rem]:
+                raise RejectedError("b64")
+            data += b"=" * (4 - rem)
+        return a2b(data, strict_mode=True)
+
+    def verify(proof: str, jkt: str, now: float) -> object:
+        try:
+            return checked(proof, jkt, now)
+        except (ValueError, StopIteration, AttributeError, TypeError) as exc:
+            # broken base64url, UTF-8 or JSON, a point off the curve, a header not an object
+            raise RejectedError(type(exc).__name__) from None
+
+    def checked(proof: str, jkt: str, now: float) -> object:
+        if len(proof) > 8192:
+            raise RejectedError("size")
+        h, p, s = proof.split(".")  # not three: ValueError (refused)
+        facts = headers.get(h)
+        if facts is None:
+            header = loads(b64d(h).decode())
+            jwk = header.get("jwk")
+            typ = header.get("typ")
+            if (
+                not isinstance(typ, str)
+                or typ.lower().removeprefix("application/") != "dpop+jwt"
+                or header.get("alg") != "ES256"
+                or "crit" in header
+                or not isinstance(jwk, dict)
+                or jwk.get("kty") != "EC"
+                or jwk.get("crv") != "P-256"
+                or not _EC_PRIVATE.isdisjoint(jwk)
+            ):
+                raise RejectedError("header")
+            x, y = jwk.get("x"), jwk.get("y")
+            if not isinstance(x, str) or not isinstance(y, str):
+                raise RejectedError("jwk")
+            xb, yb = b64d(x), b64d(y)
+            if len(xb) != 32 or len(yb) != 32:
+                raise RejectedError("jwk")
+            key = ec.EllipticCurvePublicKey.from_encoded_point(_P256, b"\x04" + xb + yb)
+            canonical = f'{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}'
+            facts = (key, _b64e(sha256(canonical.encode()).digest()))
+        key, thumbprint = facts
+        text = b64d(p).decode()
+        claims, end = scan(text, 0)
+        if (
+            end != len(text)
+            or not isinstance(claims, dict)
+            or len(claims) != text.count(",") + 1  # a flat object: no duplicate name
+            or "{" in text[1:]
+            or "[" in text
+        ):
+            raise RejectedError("payload")
+        get = claims.get
+        jti, htm, htu, iat, ath = get("jti"), get("htm"), get("htu"), get("iat"), get("ath")
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            raise RejectedError("jti")
+        if htm != HTM:
+            raise RejectedError("htm")
+        if not isinstance(htu, str) or (
+            htu != htu_fast and _normalize_htu(htu) != _normalize_htu(REQUEST_URL)
+        ):
+            raise RejectedError("htu")
+        if type(iat) is not int and type(iat) is not float:
+            raise RejectedError("iat")
+        if iat < now - MAX_AGE or iat > now + FUTURE_SKEW:
+            raise RejectedError("iat window")
+        # the token is a secret: compared in constant time, as dpopkit does (a server gets a
+        # new string per request, so an identity shortcut would only flatter the benchmark)
+        if not compare(memo[0], ACCESS_TOKEN):
+            memo[:] = [ACCESS_TOKEN, _b64e(sha256(ACCESS_TOKEN.encode()).digest())]
+        if not isinstance(ath, str) or not ath.isascii() or not compare(ath, memo[1]):
+            raise RejectedError("ath")
+        if not compare(thumbprint, jkt):
+            raise RejectedError("jkt")
+        sig = b64d(s)
+        if len(sig) != 64:
+            raise RejectedError("signature")
+        der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        try:
+            key.verify(der, proof[: len(h) + len(p) + 1].encode("ascii"), verify_alg)
+        except InvalidSignature:
+            raise RejectedError("signature") from None
+        if len(headers) < 4096:
+            headers[h] = facts
+        _record_jti(replay, thumbprint, jti, now)
+        return claims
+
+    return verify
+
+
 # --- creators (for information: peers' create) ---------------------------------------------
 
 
@@ -400,6 +531,8 @@ def correctness_gate(verbose: bool) -> bool:
             "pyjwt": pyjwt_verifier(alg, {}),
             "joserfc": joserfc_verifier(alg, {}),
         }
+        if alg == "ES256":
+            verifiers["minimal"] = minimal_verifier({})
         for name, verify in verifiers.items():
             results = []
             for case, proof, jkt, accept in cases:
@@ -413,6 +546,8 @@ def correctness_gate(verbose: bool) -> bool:
                     joserfc.errors.JoseError,
                 ) as exc:
                     accepted, why = False, getattr(exc, "reason", type(exc).__name__)
+                    if isinstance(exc, RejectedError):
+                        why = f"RejectedError({exc})"
                     why = str(getattr(why, "value", why))
                 good = accepted == accept
                 ok &= good
@@ -604,6 +739,21 @@ def build_ops(alg: str) -> dict[str, Op]:
 
     add("dpopkit.verify-warm", prep_warm)
 
+    if alg == "ES256":  # the yardstick (see minimal_verifier), same streams as dpopkit
+
+        def prep_minimal_cold(n: int) -> Callable[[], None]:
+            return _verify_loop(pools.cold_proofs(n), minimal_verifier({}))
+
+        add("minimal.verify-cold", prep_minimal_cold, max_n=5_000)
+
+        def prep_minimal_warm(n: int) -> Callable[[], None]:
+            verify = minimal_verifier({})
+            warm_up = pools.warm_proofs(1)[0]
+            verify(warm_up[0], warm_up[1], time.time())
+            return _verify_loop(pools.warm_proofs(n), verify)
+
+        add("minimal.verify-warm", prep_minimal_warm)
+
     # The peers verify the same stream as dpopkit.verify-warm: one client key, fresh jti
     # (they have no key cache, so each of their verifies imports the key).
     def prep_pyjwt(n: int) -> Callable[[], None]:
@@ -760,6 +910,25 @@ def report(all_ops: dict[str, dict[str, Op]], reps: int) -> bool:
             ("pyjwt create ÷ floor sign", ratio(ops["pyjwt.create"], ops["floor.sign"])),
             ("joserfc create ÷ floor sign", ratio(ops["joserfc.create"], ops["floor.sign"])),
         ]
+        if "minimal.verify-warm" in ops:  # the yardstick: what one flat function reaches here
+            extra += [
+                (
+                    "minimal verify-cold ÷ import+verify",
+                    ratio(ops["minimal.verify-cold"], ops["floor.import+verify"]),
+                ),
+                (
+                    "minimal verify-warm ÷ floor verify",
+                    ratio(ops["minimal.verify-warm"], ops["floor.verify"]),
+                ),
+                (
+                    "dpopkit ÷ minimal verify-cold",
+                    ratio(ops["dpopkit.verify-cold"], ops["minimal.verify-cold"]),
+                ),
+                (
+                    "dpopkit ÷ minimal verify-warm",
+                    ratio(ops["dpopkit.verify-warm"], ops["minimal.verify-warm"]),
+                ),
+            ]
         for text, r in extra:
             print(f"    {text:36} {_fmt_ratio(r)}  (info)")
         print(
@@ -792,7 +961,24 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu: this thread's CPU time (default; robust on a shared machine); wall: elapsed",
     )
     parser.add_argument("--verbose", action="store_true", help="show each gate case's reason")
+    parser.add_argument(
+        "--loop",
+        metavar="ALG:OP",
+        help="prepare one op (e.g. ES256:dpopkit.verify-warm) for --count calls and run it "
+        "once, untimed, for valgrind --tool=callgrind: instructions per call = (total - "
+        "total with --prepare-only) / count",
+    )
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--prepare-only", action="store_true", help="with --loop: do not run")
     args = parser.parse_args(argv)
+    if args.loop:
+        alg, _, kind = args.loop.partition(":")
+        run = build_ops(alg)[kind].prepare(args.count)
+        gc.collect()
+        gc.disable()  # as in the timed runs (bench/_harness.py)
+        if not args.prepare_only:
+            run()
+        return 0
     reps = args.reps or (15 if args.quick else 41)
     target_ms = args.target_ms or (4.0 if args.quick else 8.0)
     if reps < 1 or target_ms <= 0:

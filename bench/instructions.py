@@ -1,0 +1,140 @@
+"""Instruction counts of the benchmark ops under callgrind: the deterministic companion of
+``bench/core.py`` and ``bench/client.py`` (a benchmark, not a test).
+
+Timing ratios on a shared 2-vCPU machine move by ±0.1 from run to run, and the
+Python part of an op costs more time per instruction than OpenSSL's part (its
+code and data are evicted between two signatures, and the host's other tenants
+share the caches). Instruction counts do not move: the same binary and inputs give
+the same count whatever else the machine does. They measure *work*, not time, so
+they do not replace the timed verdicts; they show whether a change did less work
+and where an implementation stands against the floor and the minimal yardstick.
+
+For each op it runs ``valgrind --tool=callgrind`` twice on the benchmark's
+``--loop`` mode: once preparing and running ``--count`` iterations, once only
+preparing them (``--prepare-only``) or with ``--count 0``; the difference divided
+by the count is the instructions per iteration. Two ops run at a time.
+
+Run: ``python bench/instructions.py [--count N] [--core-only | --client-only]``
+(about 3 minutes; needs valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+CORE_OPS = (
+    "ES256:floor.sign",
+    "ES256:dpopkit.create",
+    "ES256:floor.verify",
+    "ES256:dpopkit.verify-warm",
+    "ES256:minimal.verify-warm",
+    "ES256:floor.import+verify",
+    "ES256:dpopkit.verify-cold",
+    "ES256:minimal.verify-cold",
+)
+CLIENT_OPS = (
+    "floor.ES256.sign",
+    "mem.httpx.bare",
+    "mem.httpx.bare+sign",
+    "mem.httpx.dpopkit",
+)
+# (label, numerator op, denominator op, must): ratios of instructions per op.
+CORE_RATIOS = (
+    ("verify-cold ÷ floor import+verify", "dpopkit.verify-cold", "floor.import+verify", 1.30),
+    ("verify-warm ÷ floor verify", "dpopkit.verify-warm", "floor.verify", 1.25),
+    ("create ÷ floor sign", "dpopkit.create", "floor.sign", 1.60),
+    ("minimal verify-cold ÷ import+verify", "minimal.verify-cold", "floor.import+verify", None),
+    ("minimal verify-warm ÷ floor verify", "minimal.verify-warm", "floor.verify", None),
+)
+
+
+def _collected(cmd: list[str]) -> int:
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    match = _COLLECTED.search(out.stderr)
+    if match is None:  # pragma: no cover - valgrind changed its output
+        raise RuntimeError("no instruction total in callgrind's output")
+    return int(match.group(1))
+
+
+def per_iteration(script: str, op: str, count: int) -> float:
+    """Instructions of one iteration of ``op`` (the prepared pool excluded)."""
+    base = [sys.executable, str(BENCH / script), "--loop", op]
+    if script == "core.py":
+        full = _collected([*base, "--count", str(count)])
+        empty = _collected([*base, "--count", str(count), "--prepare-only"])
+    else:  # client.py prepares nothing per iteration
+        full = _collected([*base, "--count", str(count)])
+        empty = _collected([*base, "--count", "0"])
+    return (full - empty) / count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--count", type=int, default=400, help="iterations per op")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--core-only", action="store_true")
+    group.add_argument("--client-only", action="store_true")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 1
+    jobs = []
+    if not args.client_only:
+        jobs += [("core.py", op) for op in CORE_OPS]
+    if not args.core_only:
+        jobs += [("client.py", op) for op in CLIENT_OPS]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        counts = dict(
+            zip(
+                jobs,
+                pool.map(lambda job: per_iteration(job[0], job[1], args.count), jobs),
+                strict=True,
+            )
+        )
+    print(f"# instructions per iteration (callgrind, {args.count} iterations, pools excluded)")
+    for (script, op), n in counts.items():
+        print(f"{script:10} {op:28} {n:>12,.0f}")
+    if not args.client_only:
+        core = {op.split(":", 1)[1]: n for (s, op), n in counts.items() if s == "core.py"}
+        print("\nES256 ratios of instructions (the timed bar is in bench/core.py):")
+        for label, num, den, must in CORE_RATIOS:
+            value = core[num] / core[den]
+            note = f"(timed must ≤{must:.2f})" if must else "(yardstick)"
+            print(f"  {label:36} {value:5.3f}×  {note}")
+        for kind, floor in (("cold", "floor.import+verify"), ("warm", "floor.verify")):
+            print(
+                f"  Python above the floor, {kind}: dpopkit "
+                f"{core[f'dpopkit.verify-{kind}'] - core[floor]:,.0f}, minimal "
+                f"{core[f'minimal.verify-{kind}'] - core[floor]:,.0f} instructions"
+            )
+    if not args.core_only:
+        client = {op: n for (s, op), n in counts.items() if s == "client.py"}
+        added = client["mem.httpx.dpopkit"] - client["mem.httpx.bare"]
+        sign_in_request = client["mem.httpx.bare+sign"] - client["mem.httpx.bare"]
+        print(
+            "\nhttpx DPoPAuth, added instructions per request "
+            "(the timed bar is in bench/client.py):"
+        )
+        print(
+            f"  added {added:,.0f}; ÷ a bare sign {added / client['floor.ES256.sign']:.3f}×; "
+            f"÷ a bare sign inside the request {added / sign_in_request:.3f}×  (timed must ≤1.30)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
