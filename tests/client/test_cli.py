@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,86 @@ def test_request_command_connection_refused(
     code, _, err = run([*argv, "--allow-insecure-http", "--timeout", "2"], capsys)
     assert code == 1
     assert err.count("\n") == 1
+
+
+@pytest.fixture
+def not_http() -> Iterator[str]:
+    """A TCP server on 127.0.0.1 that answers every connection with a line that is not HTTP."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HELLO THERE\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_token_command_against_a_server_that_does_not_speak_http(
+    not_http: str, keyfile: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["token", "--issuer", not_http, "--client-id", "c", "--client-secret", "s"]
+    code, out, err = run([*argv, "--key", str(keyfile), "--allow-insecure-http"], capsys)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert err.startswith(f"dpopkit token: error: cannot reach {not_http}")
+
+
+def test_urllib_sender_reports_a_non_http_reply_as_oserror(not_http: str) -> None:
+    from dpopkit.client.tokens import urllib_sender
+    from dpopkit.core.http import RequestView
+
+    send = urllib_sender(timeout=5)
+    with pytest.raises(OSError, match="not an HTTP response"):
+        send(RequestView(method="GET", url=not_http + "/x"))
+
+
+@pytest.mark.parametrize(
+    ("argv_tail", "expected"),
+    [
+        (["http://[::1/x"], "invalid URL"),
+        (["https://api.example/x", "-H", "X-Name: caf\u00e9"], "must be ASCII"),
+    ],
+)
+def test_request_command_bad_url_or_header_is_a_usage_error(
+    keyfile: Path, capsys: pytest.CaptureFixture[str], argv_tail: list[str], expected: str
+) -> None:
+    argv = ["request", *argv_tail, "--key", str(keyfile), "--token", "t"]
+    code, out, err = run([*argv, "--allow-insecure-http"], capsys)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert expected in err
+
+
+@pytest.mark.parametrize("command", ["token", "request", "proof"])
+def test_g1_every_command_names_the_same_insecure_http_flag(
+    command: str, keyfile: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = {
+        "token": ["token", "--issuer", "http://127.0.0.1:9", "--client-id", "c"],
+        "request": ["request", "http://127.0.0.1:9/x", "--token", "t"],
+        "proof": ["proof", "--method", "GET", "--url", "http://127.0.0.1:9/x"],
+    }[command]
+    code, out, err = run([*argv, "--key", str(keyfile)], capsys)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "--allow-insecure-http" in err
+    if command == "proof":  # the older spelling still works
+        for flag in ("--allow-insecure-http", "--insecure-http"):
+            code, out, _ = run([*argv, "--key", str(keyfile), flag], capsys)
+            assert code == 0
+            assert out.count(".") == 2

@@ -19,6 +19,11 @@ from dpopkit.client.tokens import RefreshingToken, StaticToken, TokenClient, Tok
 from .servers import CLIENT_SECRET, Servers
 
 
+def a_minute_later() -> float:
+    """The clock of a client checking its tokens a minute after they were issued."""
+    return time.time() + 60
+
+
 def code_tokens(servers: Servers, key: DPoPKey) -> tuple[TokenClient, TokenSet]:
     client = TokenClient.from_issuer(
         servers.state.issuer,
@@ -37,10 +42,10 @@ def refresh_requests(servers: Servers) -> list[dict[str, object]]:
 
 
 def test_refresh_before_exp(servers: Servers, key: DPoPKey) -> None:
-    servers.state.expires_in = 10  # inside the 30 s margin: due for refresh at once
+    servers.state.expires_in = 90  # due 30 s (the margin) before it expires
     client, tokens = code_tokens(servers, key)
     servers.state.expires_in = 300
-    source = RefreshingToken(client, tokens)
+    source = RefreshingToken(client, tokens, clock=a_minute_later)
     with httpx.Client(auth=dpop_httpx.DPoPAuth(key, token=source, allow_insecure_http=True)) as c:
         assert c.get(servers.state.base + "/api/a").status_code == 200
         assert c.get(servers.state.base + "/api/b").status_code == 200
@@ -50,6 +55,29 @@ def test_refresh_before_exp(servers: Servers, key: DPoPKey) -> None:
     (refresh,) = refresh_requests(servers)
     assert refresh["jkt"] == key.jkt
     assert source.tokens.access_token != tokens.access_token
+
+
+def test_a_token_shorter_lived_than_the_margin_is_not_renewed_on_every_request(
+    servers: Servers, key: DPoPKey
+) -> None:
+    """expires_in 20 with the default 30 s margin: due at half its lifetime, not at once."""
+    servers.state.expires_in = 20
+    client, tokens = code_tokens(servers, key)
+    servers.state.expires_in = 300
+    assert tokens.issued_at is not None
+    assert tokens.expires_at is not None
+    now = [tokens.issued_at]
+    source = RefreshingToken(client, tokens, clock=lambda: now[0])
+    for _ in range(5):
+        assert source.get() == tokens.access_token
+    assert source.refresh_count == 0
+    now[0] = tokens.issued_at + 11  # past half of its 20 s
+    renewed = source.get()
+    assert renewed != tokens.access_token
+    assert source.refresh_count == 1
+    for _ in range(3):
+        assert source.get() == renewed  # the new one is fresh again
+    assert source.refresh_count == 1
 
 
 def test_refresh_once_after_invalid_token(servers: Servers, key: DPoPKey) -> None:
@@ -101,7 +129,7 @@ def test_client_credentials_token_renewed_without_refresh_token(
     servers.state.expires_in = 5
     tokens = client.client_credentials(scope="s1", resource="https://api.example")
     servers.state.expires_in = 300
-    source = RefreshingToken(client, tokens)
+    source = RefreshingToken(client, tokens, clock=a_minute_later)
     assert source.current() is None
     fresh = source.get()
     assert fresh != tokens.access_token
@@ -117,7 +145,7 @@ def test_threads_share_one_refresh(servers: Servers, key: DPoPKey) -> None:
     client, tokens = code_tokens(servers, key)
     servers.state.expires_in = 300
     servers.state.refresh_delay = 0.2
-    source = RefreshingToken(client, tokens)
+    source = RefreshingToken(client, tokens, clock=a_minute_later)
     auth = dpop_requests.DPoPAuth(key, token=source, allow_insecure_http=True)
     statuses: list[int] = []
     barrier = threading.Barrier(10)
@@ -148,7 +176,7 @@ async def test_50_concurrent_async_requests_one_refresh_distinct_jti(
     client, tokens = await anyio.to_thread.run_sync(code_tokens, servers, key)
     servers.state.expires_in = 300
     servers.state.refresh_delay = 0.2
-    source = RefreshingToken(client, tokens)
+    source = RefreshingToken(client, tokens, clock=a_minute_later)
     auth = dpop_httpx.DPoPAuth(key, token=source, allow_insecure_http=True)
     statuses: list[int] = []
     limits = httpx.Limits(max_connections=60)

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["CommandError", "main", "missing_extra"]
+__all__ = ["CommandError", "add_insecure_http_flag", "main", "missing_extra", "require_https"]
 
 #: Modules under dpopkit.cli that add commands (in help order).
 COMMAND_MODULES: tuple[str, ...] = ("offline", "client_cmds", "serve_api", "serve", "demo")
@@ -34,6 +34,23 @@ def missing_extra(extra: str, exc: ImportError) -> CommandError:
     return CommandError(
         f"this command needs an optional dependency ({exc.name}): pip install 'dpopkit[{extra}]'"
     )
+
+
+def add_insecure_http_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--allow-insecure-http`` (alias ``--insecure-http``), the same flag on every command."""
+    parser.add_argument(
+        "--allow-insecure-http",
+        "--insecure-http",
+        dest="allow_insecure_http",
+        action="store_true",
+        help=help,
+    )
+
+
+def require_https(url: str, allowed: bool) -> None:
+    """Refuse an ``http://`` URL unless ``--allow-insecure-http`` was given (G-1)."""
+    if url[:7].lower() == "http://" and not allowed:
+        raise CommandError("DPoP needs https; add --allow-insecure-http for a loopback test server")
 
 
 def build_parser() -> argparse.ArgumentParser:

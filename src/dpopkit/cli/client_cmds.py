@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from dpopkit.cli import CommandError, missing_extra
+from dpopkit.cli import CommandError, add_insecure_http_flag, missing_extra, require_https
 from dpopkit.core.jws import b64url_decode
 from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import DPoPError
@@ -56,6 +56,7 @@ def _dpop_failure(exc: DPoPError) -> CommandError:
 def _cmd_token(args: argparse.Namespace) -> int:
     from dpopkit.client.tokens import TokenClient
 
+    require_https(args.issuer, args.allow_insecure_http)
     key = _key(args.key, args.password_env)
     secret = _secret(args.client_secret, args.client_secret_env, "client secret")
     try:
@@ -83,6 +84,8 @@ def _parse_header(text: str) -> tuple[str, str]:
         raise CommandError(f"-H {text!r}: expected 'Name: value'")
     if name.strip().lower() in ("dpop", "authorization"):
         raise CommandError(f"-H {name}: this header is set by dpopkit")
+    if not value.isascii():
+        raise CommandError(f"-H {name}: header values must be ASCII (RFC 9110 §5.5)")
     return name.strip(), value.strip()
 
 
@@ -104,6 +107,7 @@ def _cmd_request(args: argparse.Namespace) -> int:
         method, url = args.target
     else:
         raise CommandError("expected [METHOD] URL")
+    require_https(url, args.allow_insecure_http)
     key = _key(args.key, args.password_env)
     token = _secret(args.token, args.token_env, "access token")
     headers = [_parse_header(h) for h in args.header]
@@ -135,6 +139,8 @@ def _cmd_request(args: argparse.Namespace) -> int:
             response = client.request(method, url, headers=headers, content=body)
     except DPoPError as exc:
         raise _dpop_failure(exc) from None
+    except httpx.InvalidURL as exc:
+        raise CommandError(f"invalid URL {url!r}: {exc}") from None
     except httpx.HTTPError as exc:
         raise CommandError(f"request failed: {exc}", 1) from None
     except ValueError as exc:
@@ -175,9 +181,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--password-env", metavar="VAR", help="password of an encrypted PEM key")
     p.add_argument("--scope", metavar="S")
     p.add_argument("--resource", metavar="R", help="RFC 8707 resource indicator")
-    p.add_argument(
-        "--allow-insecure-http", action="store_true", help="allow http:// (loopback tests only)"
-    )
+    add_insecure_http_flag(p, "allow http:// (loopback tests only)")
 
     r = subparsers.add_parser(
         "request",
@@ -199,6 +203,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     r.add_argument("--verbose", "-v", action="store_true", help="print the proofs' claims")
     r.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
-    r.add_argument(
-        "--allow-insecure-http", action="store_true", help="allow http:// (loopback tests only)"
-    )
+    add_insecure_http_flag(r, "allow http:// (loopback tests only)")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from dpopkit.cli import CommandError
+from dpopkit.cli import CommandError, add_insecure_http_flag, require_https
 from dpopkit.core.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, AlgSpec, PublicKey
 from dpopkit.core.http import DPOP_HEADER, Headers
 from dpopkit.core.htu import normalize_htu
@@ -827,6 +827,7 @@ def _cmd_proof(args: argparse.Namespace) -> int:
         except JWSError:
             raise CommandError("--claims must be a JSON object") from None
     key = _load_private(args.key, args.password_env)
+    require_https(args.url, args.allow_insecure_http)
     try:
         proof = create_proof(
             key,
@@ -835,13 +836,10 @@ def _cmd_proof(args: argparse.Namespace) -> int:
             access_token=args.access_token,
             nonce=args.nonce,
             claims=claims,
-            allow_insecure_http=args.insecure_http,
+            allow_insecure_http=args.allow_insecure_http,
         )
     except ValueError as exc:
-        message = str(exc)
-        if "allow_insecure_http" in message:
-            message = "DPoP needs https; add --insecure-http for a loopback test server"
-        raise CommandError(f"cannot create the proof: {message}") from None
+        raise CommandError(f"cannot create the proof: {exc}") from None
     print(proof)
     return 0
 
@@ -950,11 +948,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--nonce", metavar="N", help="the server's DPoP-Nonce value")
     p.add_argument("--access-token", metavar="T", help="adds ath (RFC 9449 §4.2)")
     p.add_argument("--claims", metavar="JSON", help="extra claims as a JSON object")
-    p.add_argument(
-        "--insecure-http",
-        action="store_true",
-        help="allow an http:// URL (loopback tests only)",
-    )
+    add_insecure_http_flag(p, "allow an http:// URL (loopback tests only)")
 
     p = _add(
         subparsers,

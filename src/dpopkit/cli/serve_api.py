@@ -11,7 +11,7 @@ import argparse
 import os
 from typing import Any
 
-from dpopkit.cli import CommandError, missing_extra
+from dpopkit.cli import CommandError, add_insecure_http_flag, missing_extra
 
 __all__ = ["register"]
 
@@ -41,11 +41,7 @@ def register(subparsers: Any) -> None:
         "--nonce-secret-env",
         help="name of an environment variable holding the nonce secret (hex, >= 32 bytes)",
     )
-    parser.add_argument(
-        "--allow-insecure-http",
-        action="store_true",
-        help="accept an http:// issuer (loopback demos and tests only)",
-    )
+    add_insecure_http_flag(parser, "accept an http:// issuer (loopback demos and tests only)")
     parser.set_defaults(func=run)
 
 

@@ -29,6 +29,7 @@ import base64
 import hashlib
 import hmac
 import html
+import http.client
 import json
 import math
 import secrets
@@ -107,7 +108,8 @@ def urllib_sender(*, timeout: float = 10.0) -> Sender:
     """A sender on the standard library (``urllib``); redirects are not followed.
 
     Error statuses are returned as responses, not raised. Bodies over
-    :data:`MAX_RESPONSE_BODY` bytes are cut.
+    :data:`MAX_RESPONSE_BODY` bytes are cut. A server that cannot be reached, or
+    answers with something that is not HTTP, raises :class:`OSError`.
     """
     opener = urllib.request.build_opener(_NoRedirect)
 
@@ -134,6 +136,8 @@ def urllib_sender(*, timeout: float = 10.0) -> Sender:
                     headers=tuple(err.headers.items()),
                     body=err.read(MAX_RESPONSE_BODY),
                 )
+        except http.client.HTTPException as exc:  # a reply that is not HTTP/1.x
+            raise ConnectionError(f"not an HTTP response ({type(exc).__name__})") from exc
 
     return send
 
@@ -299,6 +303,8 @@ class TokenSet:
     Attributes:
         key: the DPoP key whose proof obtained the tokens; refreshes must use it (C-8).
         expires_at: absolute expiry of the access token by the client's clock, if known.
+        issued_at: when the client received the tokens, by its clock (with ``expires_at``
+            it gives the token's lifetime, which bounds a refresh margin).
         grant: the grant that produced it (``client_credentials``, ``authorization_code``,
             ``refresh_token``), so a token source can renew it.
         params: the grant's scope/resource parameters, reused for a renewal.
@@ -308,6 +314,7 @@ class TokenSet:
     token_type: str
     key: DPoPKey
     expires_at: float | None = None
+    issued_at: float | None = None
     refresh_token: str | None = field(default=None, repr=False)
     scope: str | None = None
     grant: str = ""
@@ -409,7 +416,9 @@ class RefreshingToken:
     Args:
         client: the :class:`TokenClient` that renews.
         tokens: the current tokens.
-        margin: seconds before ``expires_at`` at which the token counts as expired.
+        margin: seconds before ``expires_at`` at which the token counts as expired; at most
+            half the token's lifetime, so that a token shorter-lived than the margin is
+            not renewed on every request.
         clock: the time source (``time.time``).
     """
 
@@ -438,16 +447,22 @@ class RefreshingToken:
 
     def current(self) -> str | None:  # noqa: D102
         tokens = self._tokens
-        if tokens.expired(now=self.clock(), margin=self.margin) and self._renewable(tokens):
+        if self._due(tokens) and self._renewable(tokens):
             return None
         return tokens.access_token
 
     def get(self) -> str:  # noqa: D102
         with self._lock:
             tokens = self._tokens
-            if tokens.expired(now=self.clock(), margin=self.margin) and self._renewable(tokens):
+            if self._due(tokens) and self._renewable(tokens):
                 tokens = self._renew(tokens)
             return tokens.access_token
+
+    def _due(self, tokens: TokenSet) -> bool:
+        margin = self.margin
+        if tokens.issued_at is not None and tokens.expires_at is not None:
+            margin = max(0.0, min(margin, (tokens.expires_at - tokens.issued_at) / 2))
+        return tokens.expired(now=self.clock(), margin=margin)
 
     def invalidate(self, rejected: str) -> str | None:  # noqa: D102
         with self._lock:
@@ -694,6 +709,7 @@ class TokenClient:
             )
         expires_in = data.get("expires_in")
         expires_at: float | None = None
+        received = self.clock()
         if expires_in is not None:
             if (
                 isinstance(expires_in, bool)
@@ -702,7 +718,7 @@ class TokenClient:
                 or expires_in < 0
             ):
                 raise TokenResponseError(Reason.TOKEN_RESPONSE, "expires_in is not a number")
-            expires_at = self.clock() + float(expires_in)
+            expires_at = received + float(expires_in)
         refresh = data.get("refresh_token")
         if refresh is not None and (not isinstance(refresh, str) or not refresh):
             raise TokenResponseError(Reason.TOKEN_RESPONSE, "refresh_token is not a string")
@@ -712,6 +728,7 @@ class TokenClient:
             token_type=token_type,
             key=key,
             expires_at=expires_at,
+            issued_at=received,
             refresh_token=refresh,
             scope=scope if isinstance(scope, str) else dict(params).get("scope"),
             grant=grant,
