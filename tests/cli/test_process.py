@@ -110,3 +110,27 @@ def test_closed_pipe_gives_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 141
     assert "Traceback" not in err
     assert "Exception ignored" not in err
+
+
+def test_arguments_that_are_not_utf8_are_a_one_line_usage_error(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates (PEP 383); wherever they are
+    encoded or printed, the command says so in one line and exits 2, never a traceback."""
+    assert dpopkit("keygen", "--out", "key.json", cwd=tmp_path).returncode == 0
+    proof = dpopkit("proof", "--key", "key.json", "--method", "GET", "--url", HTU, cwd=tmp_path)
+    assert proof.returncode == 0, proof.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    inspect = [sys.executable, "-m", "dpopkit", "inspect", proof.stdout.strip(), "--method"]
+    inspect += ["GET", "--url", HTU]
+    proof_cmd = [sys.executable, "-m", "dpopkit", "proof", "--key", "key.json", "--url", HTU]
+    cases: list[tuple[list[str | bytes], dict[str, str]]] = [
+        ([*inspect, "--access-token", b"tok\xff"], env),
+        ([*inspect, "--jkt", b"\xff"], {**env, "PYTHONIOENCODING": "utf-8"}),  # printed back
+        ([*proof_cmd, "--method", "GET", "--claims", b'{"a":"\xff"}'], env),
+    ]
+    for argv, case_env in cases:
+        done = subprocess.run(
+            argv, cwd=tmp_path, env=case_env, capture_output=True, timeout=TIMEOUT, check=False
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.decode().endswith("error: an argument is not valid UTF-8\n")
+        assert b"Traceback" not in done.stderr

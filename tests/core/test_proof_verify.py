@@ -1001,3 +1001,7 @@ def test_verified_proof_facts(any_key: DPoPKey, now: float) -> None:
     assert verified.header["typ"] == "dpop+jwt"
     with pytest.raises(TypeError):
         verified.header["typ"] = "x"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        verified.claims["x"] = 2  # type: ignore[index]
+    with pytest.raises(TypeError):
+        verified.public_jwk["x"] = "y"  # type: ignore[index]

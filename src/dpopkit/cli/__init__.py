@@ -74,6 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"dpopkit {args.command}: error: {exc}", file=sys.stderr)
         return exc.code
+    except UnicodeEncodeError as exc:
+        if not _undecodable(exc):
+            raise
+        # POSIX hands Python argument bytes that are not UTF-8 as lone surrogates
+        # (PEP 383); they fail wherever the value is encoded or printed.
+        print(f"dpopkit {args.command}: error: an argument is not valid UTF-8", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -83,3 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports a process killed by it
     return code
+
+
+def _undecodable(exc: UnicodeEncodeError) -> bool:
+    """Whether the text that failed holds bytes that were not UTF-8 (surrogate escapes)."""
+    return any("\udc80" <= char <= "\udcff" for char in exc.object[exc.start : exc.end])

@@ -506,7 +506,7 @@ def _verified(
     proof.htu = htu
     proof.alg = facts.spec.name
     proof.public_jwk = facts.jwk
-    proof.claims = payload
+    proof.claims = MappingProxyType(payload)
     proof.nonce = nonce
     proof.ath = ath
     proof.nonce_info = nonce_info
