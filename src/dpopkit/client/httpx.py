@@ -28,16 +28,16 @@ from typing import Any, Final
 import anyio.to_thread
 import httpx
 
+from dpopkit.client._auth import _AuthSettings
 from dpopkit.client.flow import (
     INVALID_TOKEN,
     Clock,
-    DPoPFlow,
     NonceCache,
     Retry,
     parse_json_body,
     wants_body,
 )
-from dpopkit.client.tokens import Sender, StaticToken, TokenSource
+from dpopkit.client.tokens import Sender, TokenSource
 from dpopkit.core.http import DPOP_NONCE_HEADER, Headers, RequestView, ResponseView
 from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import ChallengeError, ClientError, Reason
@@ -137,7 +137,7 @@ class _Exchange:
         return self.retry(response, self.flow.with_token(token))
 
 
-class DPoPAuth(httpx.Auth):
+class DPoPAuth(_AuthSettings, httpx.Auth):
     """Sign every httpx request with a DPoP proof and handle server nonces.
 
     RFC 9449 §4.2 (a new proof and ``jti`` per send), §7.1 (``Authorization: DPoP``),
@@ -176,29 +176,16 @@ class DPoPAuth(httpx.Auth):
         learn_clock_skew: bool = True,
         allow_insecure_http: bool = False,
     ) -> None:
-        self.key = key
-        self.source: TokenSource | None = StaticToken(token) if isinstance(token, str) else token
-        self.nonces = nonces if nonces is not None else NonceCache()
-        self.clock = clock
-        self.max_nonce_retries = max_nonce_retries
-        self.learn_clock_skew = learn_clock_skew
-        self.allow_insecure_http = allow_insecure_http
         if buffer_request_body:
             self.requires_request_body = True
-        self.new_flow()  # validate the settings now, not at the first request
-
-    def __repr__(self) -> str:
-        return f"DPoPAuth(key={self.key!r}, nonces={self.nonces!r})"
-
-    def new_flow(self) -> DPoPFlow:
-        """A :class:`~dpopkit.client.flow.DPoPFlow` for one request with these settings."""
-        return DPoPFlow(
-            key=self.key,
-            nonces=self.nonces,
-            clock=self.clock,
-            max_nonce_retries=self.max_nonce_retries,
-            learn_clock_skew=self.learn_clock_skew,
-            allow_insecure_http=self.allow_insecure_http,
+        self._configure(
+            key,
+            token=token,
+            nonces=nonces,
+            clock=clock,
+            max_nonce_retries=max_nonce_retries,
+            learn_clock_skew=learn_clock_skew,
+            allow_insecure_http=allow_insecure_http,
         )
 
     def _exchange(self, request: httpx.Request, token: str | None) -> _Exchange:

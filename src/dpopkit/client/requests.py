@@ -28,6 +28,7 @@ from urllib.parse import urljoin
 import requests
 from requests.cookies import extract_cookies_to_jar
 
+from dpopkit.client._auth import _AuthSettings
 from dpopkit.client.flow import (
     INVALID_TOKEN,
     Clock,
@@ -38,7 +39,7 @@ from dpopkit.client.flow import (
     parse_json_body,
     wants_body,
 )
-from dpopkit.client.tokens import Sender, StaticToken, TokenSource
+from dpopkit.client.tokens import Sender, TokenSource
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import ChallengeError, ClientError, Reason
@@ -54,7 +55,7 @@ def dpop_error(response: requests.Response) -> ClientError | None:
     return value if isinstance(value, ClientError) else None
 
 
-class DPoPAuth(requests.auth.AuthBase):
+class DPoPAuth(_AuthSettings, requests.auth.AuthBase):
     """Sign every requests call with a DPoP proof and handle server nonces.
 
     Args:
@@ -82,27 +83,14 @@ class DPoPAuth(requests.auth.AuthBase):
         learn_clock_skew: bool = True,
         allow_insecure_http: bool = False,
     ) -> None:
-        self.key = key
-        self.source: TokenSource | None = StaticToken(token) if isinstance(token, str) else token
-        self.nonces = nonces if nonces is not None else NonceCache()
-        self.clock = clock
-        self.max_nonce_retries = max_nonce_retries
-        self.learn_clock_skew = learn_clock_skew
-        self.allow_insecure_http = allow_insecure_http
-        self.new_flow()
-
-    def __repr__(self) -> str:
-        return f"DPoPAuth(key={self.key!r}, nonces={self.nonces!r})"
-
-    def new_flow(self) -> DPoPFlow:
-        """A :class:`~dpopkit.client.flow.DPoPFlow` for one request with these settings."""
-        return DPoPFlow(
-            key=self.key,
-            nonces=self.nonces,
-            clock=self.clock,
-            max_nonce_retries=self.max_nonce_retries,
-            learn_clock_skew=self.learn_clock_skew,
-            allow_insecure_http=self.allow_insecure_http,
+        self._configure(
+            key,
+            token=token,
+            nonces=nonces,
+            clock=clock,
+            max_nonce_retries=max_nonce_retries,
+            learn_clock_skew=learn_clock_skew,
+            allow_insecure_http=allow_insecure_http,
         )
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
