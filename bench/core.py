@@ -346,7 +346,6 @@ def joserfc_verifier(alg: str, replay: dict[str, float]) -> Verifier:
 # does; it refuses everything the correctness gate throws at it.
 
 _STD_ALPHABET = bytes.maketrans(b"-_+/=", b"+/!!!")
-_EC_PRIVATE = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _P256 = ec.SECP256R1()
 _CANONICAL_TAIL = {2: frozenset(b"AQgw"), 3: frozenset(b"AEIMQUYcgkosw048")}  # zero unused bits
 
@@ -404,7 +403,7 @@ def minimal_verifier(replay: dict[str, float]) -> Verifier:
                 or not isinstance(jwk, dict)
                 or jwk.get("kty") != "EC"
                 or jwk.get("crv") != "P-256"
-                or not _EC_PRIVATE.isdisjoint(jwk)
+                or not _PRIVATE.isdisjoint(jwk)
             ):
                 raise RejectedError("header")
             x, y = jwk.get("x"), jwk.get("y")

@@ -73,13 +73,10 @@ def _collected(cmd: list[str]) -> int:
 def per_iteration(script: str, op: str, count: int) -> float:
     """Instructions of one iteration of ``op`` (the prepared pool excluded)."""
     base = [sys.executable, str(BENCH / script), "--loop", op]
-    if script == "core.py":
-        full = _collected([*base, "--count", str(count)])
-        empty = _collected([*base, "--count", str(count), "--prepare-only"])
-    else:  # client.py prepares nothing per iteration
-        full = _collected([*base, "--count", str(count)])
-        empty = _collected([*base, "--count", "0"])
-    return (full - empty) / count
+    full = _collected([*base, "--count", str(count)])
+    # core.py prepares a pool per iteration (excluded); client.py prepares nothing.
+    unrun = ["--count", str(count), "--prepare-only"] if script == "core.py" else ["--count", "0"]
+    return (full - _collected([*base, *unrun])) / count
 
 
 def main(argv: list[str] | None = None) -> int:
