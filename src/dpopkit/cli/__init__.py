@@ -15,7 +15,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["CommandError", "add_insecure_http_flag", "main", "missing_extra", "require_https"]
+from dpopkit.core.keys import DPoPKey
+from dpopkit.keyfile import load_key
+
+__all__ = [
+    "CommandError",
+    "add_insecure_http_flag",
+    "load_key_file",
+    "main",
+    "missing_extra",
+    "require_https",
+    "secret_from_env",
+]
 
 #: Modules under dpopkit.cli that add commands (in help order).
 COMMAND_MODULES: tuple[str, ...] = ("offline", "client_cmds", "serve_api", "serve", "demo")
@@ -34,6 +45,32 @@ def missing_extra(extra: str, exc: ImportError) -> CommandError:
     return CommandError(
         f"this command needs an optional dependency ({exc.name}): pip install 'dpopkit[{extra}]'"
     )
+
+
+def secret_from_env(var: str | None, what: str) -> str | None:
+    """The value of environment variable ``var`` (None when no variable is named).
+
+    Secrets come from the environment, not the command line (which ``ps`` shows).
+    """
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise CommandError(f"environment variable {var} (the {what}) is not set")
+    if not value:
+        raise CommandError(f"environment variable {var} (the {what}) is empty")
+    return value
+
+
+def load_key_file(path: str, password_env: str | None) -> DPoPKey:
+    """A private key file (JWK or PEM, encrypted with the password in ``password_env``)."""
+    password = secret_from_env(password_env, "key password")
+    try:
+        return load_key(path, password=password)
+    except OSError as exc:
+        raise CommandError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CommandError(f"cannot load key file {path}: {exc}") from None
 
 
 def add_insecure_http_flag(parser: argparse.ArgumentParser, help: str) -> None:

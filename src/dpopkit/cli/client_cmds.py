@@ -17,36 +17,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
-from dpopkit.cli import CommandError, add_insecure_http_flag, missing_extra, require_https
+from dpopkit.cli import (
+    CommandError,
+    add_insecure_http_flag,
+    load_key_file,
+    missing_extra,
+    require_https,
+    secret_from_env,
+)
 from dpopkit.core.jws import b64url_decode
-from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import DPoPError
-from dpopkit.keyfile import load_key
 
 __all__ = ["register"]
 
 
 def _secret(value: str | None, env: str | None, what: str) -> str | None:
-    if env is not None:
-        found = os.environ.get(env)
-        if not found:
-            raise CommandError(f"environment variable {env} (the {what}) is not set or empty")
-        return found
-    return value
-
-
-def _key(path: str, password_env: str | None) -> DPoPKey:
-    password = _secret(None, password_env, "key password")
-    try:
-        return load_key(path, password=password)
-    except OSError as exc:
-        raise CommandError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise CommandError(f"cannot load key file {path}: {exc}") from None
+    """``value`` from the command line, or the environment variable ``env`` when named."""
+    return value if env is None else secret_from_env(env, what)
 
 
 def _dpop_failure(exc: DPoPError) -> CommandError:
@@ -57,7 +47,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
     from dpopkit.client.tokens import TokenClient
 
     require_https(args.issuer, args.allow_insecure_http)
-    key = _key(args.key, args.password_env)
+    key = load_key_file(args.key, args.password_env)
     secret = _secret(args.client_secret, args.client_secret_env, "client secret")
     try:
         client = TokenClient.from_issuer(
@@ -108,7 +98,7 @@ def _cmd_request(args: argparse.Namespace) -> int:
     else:
         raise CommandError("expected [METHOD] URL")
     require_https(url, args.allow_insecure_http)
-    key = _key(args.key, args.password_env)
+    key = load_key_file(args.key, args.password_env)
     token = _secret(args.token, args.token_env, "access token")
     headers = [_parse_header(h) for h in args.header]
     body: bytes | None = None

@@ -18,7 +18,6 @@ import argparse
 import hmac
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +25,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from dpopkit.cli import CommandError, add_insecure_http_flag, require_https
+from dpopkit.cli import (
+    CommandError,
+    add_insecure_http_flag,
+    load_key_file,
+    require_https,
+    secret_from_env,
+)
 from dpopkit.core.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, AlgSpec, PublicKey
 from dpopkit.core.http import DPOP_HEADER, Headers
 from dpopkit.core.htu import normalize_htu
@@ -52,7 +57,7 @@ from dpopkit.core.proof import (
 )
 from dpopkit.core.thumbprint import access_token_hash, jwk_thumbprint
 from dpopkit.errors import DPoPError, Reason
-from dpopkit.keyfile import load_key, load_public_jwk, save_key
+from dpopkit.keyfile import load_public_jwk, save_key
 
 __all__ = ["CHECKS", "Check", "Inspection", "inspect_proof", "register"]
 
@@ -733,27 +738,6 @@ def _render_text(result: Inspection) -> str:
 # --- helpers for the commands ---------------------------------------------------------------
 
 
-def _secret_from_env(var: str | None, what: str) -> str | None:
-    if var is None:
-        return None
-    value = os.environ.get(var)
-    if value is None:
-        raise CommandError(f"environment variable {var} (the {what}) is not set")
-    if not value:
-        raise CommandError(f"environment variable {var} (the {what}) is empty")
-    return value
-
-
-def _load_private(path: str, password_env: str | None) -> DPoPKey:
-    password = _secret_from_env(password_env, "key password")
-    try:
-        return load_key(path, password=password)
-    except OSError as exc:
-        raise CommandError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise CommandError(f"cannot load key file {path}: {exc}") from None
-
-
 def _parse_now(text: str) -> float:
     try:
         value = float(text)
@@ -780,7 +764,7 @@ def _print_json(value: Any) -> None:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    password = _secret_from_env(args.password_env, "key password")
+    password = secret_from_env(args.password_env, "key password")
     if password is not None and args.format != "pem":
         raise CommandError("a password needs --format pem (a JWK file cannot be encrypted)")
     key = DPoPKey.generate(args.alg)  # argparse already restricted alg to ALGORITHMS
@@ -808,7 +792,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_thumbprint(args: argparse.Namespace) -> int:
-    password = _secret_from_env(args.password_env, "key password")
+    password = secret_from_env(args.password_env, "key password")
     try:
         jwk = load_public_jwk(args.keyfile, password=password)
     except OSError as exc:
@@ -826,7 +810,7 @@ def _cmd_proof(args: argparse.Namespace) -> int:
             claims = json_loads_object(args.claims.encode("utf-8"))
         except JWSError:
             raise CommandError("--claims must be a JSON object") from None
-    key = _load_private(args.key, args.password_env)
+    key = load_key_file(args.key, args.password_env)
     require_https(args.url, args.allow_insecure_http)
     try:
         proof = create_proof(
@@ -867,7 +851,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CommandError(f"--url {args.url!r} is not a valid http(s) URL: {exc}") from None
     issuer: NonceIssuer | None = None
-    secret = _secret_from_env(args.nonce_secret_env, "nonce secret")
+    secret = secret_from_env(args.nonce_secret_env, "nonce secret")
     if secret is not None:
         try:
             issuer = NonceIssuer([secret.encode("utf-8")], context=args.nonce_context)

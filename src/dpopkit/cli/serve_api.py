@@ -8,10 +8,9 @@ validated with keys found by RFC 8414 / OpenID Connect discovery.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from dpopkit.cli import CommandError, add_insecure_http_flag, missing_extra
+from dpopkit.cli import CommandError, add_insecure_http_flag, missing_extra, secret_from_env
 
 __all__ = ["register"]
 
@@ -46,11 +45,9 @@ def register(subparsers: Any) -> None:
 
 
 def _nonce_secret(name: str | None) -> bytes | None:
-    if name is None:
+    value = secret_from_env(name, "nonce secret")
+    if value is None:
         return None
-    value = os.environ.get(name)
-    if not value:
-        raise CommandError(f"environment variable {name} is not set")
     try:
         secret = bytes.fromhex(value)
     except ValueError:
