@@ -139,9 +139,9 @@ class Site:
         public_origin: str | None,
         trusted_proxies: ProxyTrust | None,
         trust_host_header: bool,
-        exclude_paths: Collection[str],
-        route_scopes: Mapping[str, Collection[str]] | None,
-        metadata: ProtectedResourceMetadata | None,
+        exclude_paths: Collection[str] = (),
+        route_scopes: Mapping[str, Collection[str]] | None = None,
+        metadata: ProtectedResourceMetadata | None = None,
     ) -> None:
         self.scheme = self.host = None
         self.prefix = ""

@@ -62,9 +62,6 @@ class DPoPMiddleware:
             public_origin=conf.get("public_origin"),
             trusted_proxies=conf.get("trusted_proxies"),
             trust_host_header=bool(conf.get("trust_host_header", False)),
-            exclude_paths=(),
-            route_scopes=None,
-            metadata=None,
         )
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:

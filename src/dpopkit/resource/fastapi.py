@@ -51,9 +51,6 @@ class DPoPSecurity(SecurityBase):
             public_origin=public_origin,
             trusted_proxies=trusted_proxies,
             trust_host_header=trust_host_header,
-            exclude_paths=(),
-            route_scopes=None,
-            metadata=None,
         )
 
     async def __call__(

@@ -56,9 +56,6 @@ class DPoP:
             public_origin=public_origin,
             trusted_proxies=trusted_proxies,
             trust_host_header=trust_host_header,
-            exclude_paths=(),
-            route_scopes=None,
-            metadata=None,
         )
         if app is not None:
             self.init_app(app)
