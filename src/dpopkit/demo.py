@@ -39,9 +39,6 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-import uvicorn
-
 from dpopkit.client.flow import parse_json_body
 from dpopkit.client.httpx import DPoPAuth, httpx_sender
 from dpopkit.client.tokens import Sender, TokenClient, TokenSet
@@ -51,7 +48,11 @@ from dpopkit.core.jws import JWSError, b64url_decode, json_loads_object
 from dpopkit.core.keys import DPoPKey
 from dpopkit.core.proof import create_proof
 from dpopkit.core.thumbprint import jwk_thumbprint
-from dpopkit.errors import DPoPError
+from dpopkit.errors import DPoPError, requires_extra
+
+with requires_extra("server", needed_by=__name__):
+    import httpx
+    import uvicorn
 
 __all__ = [
     "DEMO_CLIENT_ID",

@@ -22,6 +22,7 @@ DPoPError                           base; error (wire code), reason (Reason), de
 │   └── TokenResponseError          a token response failed its checks (e.g. Bearer downgrade)
 └── ServerConfigurationError        invalid server/RS setup detected at construction (also a ValueError)
 SecurityWarning(UserWarning)        risky switches such as trust_host_header=True
+MissingExtraError(ImportError)      an optional dependency is missing: names the extra to install
 ```
 
 Tests, logs and metrics use ``reason`` (a :class:`Reason`), never the message
@@ -33,7 +34,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from enum import StrEnum
 from typing import ClassVar, Literal
 
@@ -51,6 +53,7 @@ __all__ = [
     "InvalidRequestError",
     "InvalidScopeError",
     "InvalidTokenError",
+    "MissingExtraError",
     "MissingNonceError",
     "NonceRetryExhaustedError",
     "OAuthError",
@@ -125,6 +128,34 @@ class Reason(StrEnum):
 
 class SecurityWarning(UserWarning):
     """A risky setting was switched on (for example ``trust_host_header=True``)."""
+
+
+class MissingExtraError(ImportError):
+    """A module of dpopkit needs an optional dependency that is not installed.
+
+    Raised when the module is imported or the object is constructed, never at the
+    first request. The message is one line naming the extra to install, for example
+    ``dpopkit.resource.fastapi needs fastapi: pip install 'dpopkit[fastapi]'``.
+
+    Attributes:
+        extra: the dpopkit extra that installs the missing package.
+    """
+
+    def __init__(self, *, extra: str, needed_by: str, missing: str | None) -> None:
+        what = missing or extra
+        super().__init__(f"{needed_by} needs {what}: pip install 'dpopkit[{extra}]'", name=missing)
+        self.extra = extra
+
+
+@contextmanager
+def requires_extra(extra: str, *, needed_by: str) -> Iterator[None]:
+    """Turn an ``ImportError`` of the block into a :class:`MissingExtraError` for ``extra``."""
+    try:
+        yield
+    except ImportError as exc:
+        if isinstance(exc, MissingExtraError):
+            raise
+        raise MissingExtraError(extra=extra, needed_by=needed_by, missing=exc.name) from None
 
 
 Role = Literal["as", "rs"]

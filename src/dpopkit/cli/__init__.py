@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from dpopkit import __version__
 from dpopkit.core.keys import DPoPKey
 from dpopkit.keyfile import load_key
 
@@ -93,6 +94,9 @@ def require_https(url: str, allowed: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpopkit", description="DPoP (RFC 9449) keys, proofs, servers and demos."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"dpopkit {__version__}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -25,9 +25,6 @@ import time
 from collections.abc import AsyncGenerator, Generator, Mapping
 from typing import Any, Final
 
-import anyio.to_thread
-import httpx
-
 from dpopkit.client._auth import _AuthSettings
 from dpopkit.client.flow import (
     INVALID_TOKEN,
@@ -40,7 +37,11 @@ from dpopkit.client.flow import (
 from dpopkit.client.tokens import Sender, TokenSource
 from dpopkit.core.http import DPOP_NONCE_HEADER, Headers, RequestView, ResponseView
 from dpopkit.core.keys import DPoPKey
-from dpopkit.errors import ChallengeError, ClientError, Reason
+from dpopkit.errors import ChallengeError, ClientError, Reason, requires_extra
+
+with requires_extra("httpx", needed_by=__name__):
+    import anyio.to_thread
+    import httpx
 
 __all__ = ["DPoPAuth", "dpop_error", "httpx_sender"]
 

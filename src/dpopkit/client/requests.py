@@ -25,9 +25,6 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urljoin
 
-import requests
-from requests.cookies import extract_cookies_to_jar
-
 from dpopkit.client._auth import _AuthSettings
 from dpopkit.client.flow import (
     INVALID_TOKEN,
@@ -42,7 +39,11 @@ from dpopkit.client.flow import (
 from dpopkit.client.tokens import Sender, TokenSource
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.core.keys import DPoPKey
-from dpopkit.errors import ChallengeError, ClientError, Reason
+from dpopkit.errors import ChallengeError, ClientError, Reason, requires_extra
+
+with requires_extra("requests", needed_by=__name__):
+    import requests
+    from requests.cookies import extract_cookies_to_jar
 
 __all__ = ["DPoPAuth", "dpop_error", "requests_sender"]
 

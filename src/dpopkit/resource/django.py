@@ -15,16 +15,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from django.conf import settings  # type: ignore[import-untyped]
-from django.http import (  # type: ignore[import-untyped]
-    HttpRequest,
-    HttpResponse,
-    HttpResponseBase,
-)
-
-from dpopkit.errors import DPoPError
+from dpopkit.errors import DPoPError, requires_extra
 from dpopkit.resource._site import Site
 from dpopkit.resource.guard import DPoPPrincipal, ResourceGuard
+
+with requires_extra("django", needed_by=__name__):
+    from django.conf import settings  # type: ignore[import-untyped]
+    from django.http import (  # type: ignore[import-untyped]
+        HttpRequest,
+        HttpResponse,
+        HttpResponseBase,
+    )
 
 __all__ = ["DPoPMiddleware", "dpop_exempt", "dpop_required"]
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import HTTPException, Request, Response
-from fastapi.openapi.models import HTTPBase
-from fastapi.security import SecurityScopes
-from fastapi.security.base import SecurityBase
-
-from dpopkit.errors import DPoPError
+from dpopkit.errors import DPoPError, requires_extra
 from dpopkit.resource._site import ProxyTrust, Site
 from dpopkit.resource.guard import AsyncResourceGuard, DPoPPrincipal
+
+with requires_extra("fastapi", needed_by=__name__):
+    from fastapi import HTTPException, Request, Response
+    from fastapi.openapi.models import HTTPBase
+    from fastapi.security import SecurityScopes
+    from fastapi.security.base import SecurityBase
 
 __all__ = ["DPoPSecurity"]
 

@@ -10,12 +10,13 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, g, request
-
 from dpopkit.core.http import ResponseView
-from dpopkit.errors import DPoPError
+from dpopkit.errors import DPoPError, requires_extra
 from dpopkit.resource._site import ProxyTrust, Site
 from dpopkit.resource.guard import DPoPPrincipal, ResourceGuard
+
+with requires_extra("flask", needed_by=__name__):
+    from flask import Flask, Response, g, request
 
 __all__ = ["DPoP", "current_principal"]
 

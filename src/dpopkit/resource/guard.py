@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, urlsplit
 
+from dpopkit._threads import to_thread
 from dpopkit.core.challenge import build_challenge
 from dpopkit.core.http import DPOP_NONCE_HEADER, RequestView, ResponseView
 from dpopkit.core.jws import b64url_decode, json_loads_object
@@ -59,6 +60,7 @@ from dpopkit.errors import (
     Reason,
     SecurityWarning,
     ServerConfigurationError,
+    requires_extra,
 )
 from dpopkit.resource.tokens import AsyncTokenValidator, TokenInfo, TokenValidator
 from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
@@ -189,10 +191,11 @@ class GuardMetrics:
             The registered collector (pass it to ``registry.unregister`` to remove it).
 
         Raises:
-            ImportError: ``prometheus_client`` is not installed.
+            MissingExtraError: ``prometheus_client`` is not installed (``dpopkit[metrics]``).
         """
-        from prometheus_client import REGISTRY
-        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        with requires_extra("metrics", needed_by="GuardMetrics.register_prometheus"):
+            from prometheus_client import REGISTRY
+            from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
         metrics, p = self, self.prefix
 
@@ -630,10 +633,8 @@ class AsyncResourceGuard(_GuardBase):
 
     async def _record(self, proof: VerifiedProof, now: float) -> None:
         if self._replay_in_thread:
-            import anyio.to_thread
-
             record = functools.partial(record_proof, cast(ReplayCache, self.replay), proof, now=now)
-            await anyio.to_thread.run_sync(record)
+            await to_thread(record)
         else:
             await arecord_proof(cast(AsyncReplayCache, self.replay), proof, now=now)
 
@@ -653,10 +654,8 @@ class AsyncResourceGuard(_GuardBase):
             self._parse_authorization(request, attempt)
             if attempt.scheme == "DPoP":
                 if self.offload_verification:
-                    import anyio.to_thread
-
                     verify = functools.partial(self._verify_proof, request, attempt, now)
-                    await anyio.to_thread.run_sync(verify)
+                    await to_thread(verify)
                 else:
                     self._verify_proof(request, attempt, now)
             info = await self._validate(attempt.token, now)

@@ -19,16 +19,17 @@ from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlsplit
 
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from dpopkit.core.http import Headers, RequestView, ResponseView
-from dpopkit.errors import Reason, ServerConfigurationError
+from dpopkit.errors import Reason, ServerConfigurationError, requires_extra
 from dpopkit.server.authorize import Authenticator, AuthorizationEndpoint
 from dpopkit.server.registration import handle_register
 from dpopkit.server.service import TokenService
+
+with requires_extra("server", needed_by=__name__):
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.routing import BaseRoute, Route
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["create_app", "is_loopback_host"]
 

@@ -31,11 +31,12 @@ import asyncio
 import threading
 from typing import Any
 
-import psycopg
-import psycopg.errors
-from psycopg import sql
+from dpopkit.errors import ReplayStoreError, requires_extra
 
-from dpopkit.errors import ReplayStoreError
+with requires_extra("postgres", needed_by=__name__):
+    import psycopg
+    import psycopg.errors
+    from psycopg import sql
 
 __all__ = ["AsyncPostgresReplayCache", "PostgresReplayCache"]
 

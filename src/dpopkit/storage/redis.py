@@ -35,13 +35,14 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import redis
-import redis.asyncio
-import redis.asyncio.retry
-import redis.retry
-from redis.backoff import NoBackoff
+from dpopkit.errors import ReplayStoreError, SecurityWarning, requires_extra
 
-from dpopkit.errors import ReplayStoreError, SecurityWarning
+with requires_extra("redis", needed_by=__name__):
+    import redis
+    import redis.asyncio
+    import redis.asyncio.retry
+    import redis.retry
+    from redis.backoff import NoBackoff
 
 __all__ = ["AsyncRedisReplayCache", "RedisReplayCache", "eviction_policy_is_risky"]
 

@@ -32,8 +32,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from dpopkit.errors import requires_extra
+
+with requires_extra("server", needed_by=__name__):
+    import sqlalchemy as sa
+    from sqlalchemy.engine import Connection, Engine
 
 __all__ = [
     "SCHEMA_VERSION",

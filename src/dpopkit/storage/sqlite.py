@@ -28,7 +28,6 @@ raises :class:`~dpopkit.errors.ReplayStoreError`; it never answers "not seen".
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import sqlite3
 import threading
@@ -36,13 +35,13 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from dpopkit._threads import to_thread
 from dpopkit.errors import ReplayStoreError
 
 __all__ = ["AsyncSQLiteReplayCache", "SQLiteReplayCache"]
 
 _T = TypeVar("_T")
 
-_HAS_ANYIO = importlib.util.find_spec("anyio") is not None
 _LOCKED_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
@@ -213,16 +212,6 @@ class SQLiteReplayCache:
         self._local = threading.local()
 
 
-async def _to_thread(func: Callable[[], _T]) -> _T:
-    if _HAS_ANYIO:
-        import anyio.to_thread
-
-        return await anyio.to_thread.run_sync(func)
-    import asyncio
-
-    return await asyncio.to_thread(func)
-
-
 class AsyncSQLiteReplayCache:
     """The :class:`SQLiteReplayCache` behind the async protocol, run in worker threads.
 
@@ -256,11 +245,11 @@ class AsyncSQLiteReplayCache:
             ReplayStoreError: as :meth:`SQLiteReplayCache.check_and_store`.
         """
         call = functools.partial(self.sync.check_and_store, key, expires_at, now=now)
-        return await _to_thread(call)
+        return await to_thread(call)
 
     async def purge(self, *, now: float) -> int:
         """Delete rows expired for more than ``purge_grace`` seconds; return how many."""
-        return await _to_thread(functools.partial(self.sync.purge, now=now))
+        return await to_thread(functools.partial(self.sync.purge, now=now))
 
     def close(self) -> None:
         """Close every connection (call when no request is running)."""
