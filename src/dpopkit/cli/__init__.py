@@ -4,7 +4,8 @@ Each command group lives in its own module exposing ``register(subparsers)``,
 which adds sub-commands whose ``func(args) -> int`` does the work. Commands
 print one clear line on failure and return an exit code; no tracebacks.
 Exit codes: 0 success, 1 a negative result (e.g. an invalid proof), 2 usage
-or configuration errors (including a missing optional extra).
+or configuration errors (including a missing optional extra), 3 a server command
+cannot listen on its address.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dpopkit.cli import CommandError, missing_extra
+from dpopkit.cli._serving import add_logging_flags, bind, run_uvicorn
 
 __all__ = ["register", "whoami_mounts", "worker_app"]
 
@@ -41,6 +42,7 @@ def register(subparsers: Any) -> None:
         help="uvicorn worker processes (needs a shared replay cache: sqlite or redis)",
     )
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    add_logging_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -155,7 +157,7 @@ def worker_app() -> Any:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - fail here, before anything is built
 
         from dpopkit.server.config import ConfigError, describe
     except ImportError as exc:
@@ -180,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(describe(config))
         return 0
+    sock = bind(config.host, config.port)  # before the banner: a port in use is one line
     for line in config.demo_notes:
         print(line, file=sys.stderr)
     print(f"dpopkit AS: issuer {config.issuer}", file=sys.stderr)
@@ -188,15 +191,14 @@ def run(args: argparse.Namespace) -> int:
             f"TEST MODE: /authorize logs in {service.settings.test_mode_user!r} without a password",
             file=sys.stderr,
         )
-    common: dict[str, Any] = {
-        "host": config.host,
-        "port": config.port,
-        "log_level": "warning",
-        "access_log": False,
-    }
     if args.workers > 1:
         os.environ[_ENV] = json.dumps(spec)
-        uvicorn.run("dpopkit.cli.serve:worker_app", factory=True, workers=args.workers, **common)
-    else:
-        uvicorn.run(app, **common)
+    run_uvicorn(
+        app,
+        sock=sock,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        workers=args.workers,
+        factory="dpopkit.cli.serve:worker_app",
+    )
     return 0

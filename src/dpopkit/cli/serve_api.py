@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from dpopkit.cli import CommandError, add_insecure_http_flag, missing_extra, secret_from_env
+from dpopkit.cli._serving import add_logging_flags, bind, run_uvicorn
 
 __all__ = ["register"]
 
@@ -41,6 +42,7 @@ def register(subparsers: Any) -> None:
         help="name of an environment variable holding the nonce secret (hex, >= 32 bytes)",
     )
     add_insecure_http_flag(parser, "accept an http:// issuer (loopback demos and tests only)")
+    add_logging_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -59,7 +61,7 @@ def _nonce_secret(name: str | None) -> bytes | None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - fail here, before anything is built
 
         from dpopkit.resource.demo import create_whoami_app
     except ImportError as exc:
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    sock = bind(args.host, args.port)  # before the banner: a port in use is one line
     print(f"dpopkit serve-api: {origin}/api/whoami (tokens from {args.issuer})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
+    run_uvicorn(app, sock=sock, log_level=args.log_level, access_log=args.access_log)
     return 0
