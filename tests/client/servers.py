@@ -83,6 +83,8 @@ class State:
     refresh_delay: float = 0.0
     rs_reject_tokens: bool = False
     token_body_override: bytes | None = None
+    # (status, content type, body): the token endpoint's answer after a valid proof
+    token_error: tuple[int, str, bytes] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -223,6 +225,9 @@ class Servers:
             checked = self._proof(request, s.base + "/token")
             record["jkt"] = checked.jkt
             record["proof_claims"] = dict(checked.claims)
+            if s.token_error is not None:
+                status, ctype, content = s.token_error
+                return Response(content, status_code=status, headers={"Content-Type": ctype})
             client = self._client(request, form)
             grant = form.get("grant_type")
             scope = form.get("scope")

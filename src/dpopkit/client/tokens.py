@@ -32,6 +32,7 @@ import html
 import http.client
 import json
 import math
+import re
 import secrets
 import threading
 import time
@@ -49,6 +50,7 @@ from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.core.jws import b64url_encode, json_dumps
 from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import (
+    AuthorizationServerError,
     ClientError,
     DPoPError,
     InvalidClientError,
@@ -962,14 +964,61 @@ def _add_query(url: str, params: Mapping[str, str]) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, joined, ""))
 
 
+#: Longest server ``error_description`` kept (RFC 6749 §5.2 sets no limit; a log line does).
+MAX_ERROR_DESCRIPTION = 300
+# RFC 6749 §5.2: error and error_description use only %x20-21 / %x23-5B / %x5D-7E.
+_NOT_ERROR_CHAR = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
+
+
+def _server_text(value: object, limit: int) -> str | None:
+    """A server-supplied ``error``/``error_description`` made safe to print, or None.
+
+    Characters RFC 6749 §5.2 does not allow (control characters, terminal escape
+    sequences, quotes, non-ASCII) become ``?``; the text is cut to ``limit``.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    text = _NOT_ERROR_CHAR.sub("?", value[:limit])
+    return text + "..." if len(value) > limit else text
+
+
 def _error_from(response: ResponseView, data: Mapping[str, Any] | None) -> DPoPError:
-    """The typed error for an RFC 6749 §5.2 error response (or a non-JSON failure)."""
-    code = None if data is None else data.get("error")
-    detail = {"status": response.status, "error": code}
-    if isinstance(code, str) and code in _ERRORS:
-        return _ERRORS[code](None, "the authorization server refused the request", detail=detail)
-    return TokenResponseError(
-        Reason.TOKEN_RESPONSE, "the authorization server answered with an error", detail=detail
+    """The typed error for an RFC 6749 §5.2 error response (or a non-JSON failure).
+
+    The server's ``error`` code and ``error_description`` are kept: a known code
+    raises its own class (``InvalidGrantError``, ...), any other code, and an
+    answer that is no error object at all, raise :class:`AuthorizationServerError`
+    whose ``error`` is the server's code. ``detail`` holds the HTTP status, the
+    code, the description and ``error_uri`` as the server sent them (cleaned).
+    """
+    code = None if data is None else _server_text(data.get("error"), 100)
+    description = (
+        None if data is None else _server_text(data.get("error_description"), MAX_ERROR_DESCRIPTION)
+    )
+    error_uri = None if data is None else _server_text(data.get("error_uri"), 300)
+    detail: dict[str, object] = {
+        "status": response.status,
+        "error": code,
+        "error_description": description,
+    }
+    if error_uri is not None:
+        detail["error_uri"] = error_uri
+    if code is not None and code in _ERRORS:
+        return _ERRORS[code](
+            None, description or "the authorization server refused the request", detail=detail
+        )
+    text = description
+    if text is None:
+        text = f"the authorization server answered {response.status}"
+        if code is None:
+            text += " without an OAuth error object"
+    return AuthorizationServerError(
+        None,
+        text,
+        status=response.status,
+        code=code,
+        server_description=description,
+        detail=detail,
     )
 
 
