@@ -85,6 +85,10 @@ class State:
     token_body_override: bytes | None = None
     # (status, content type, body): the token endpoint's answer after a valid proof
     token_error: tuple[int, str, bytes] | None = None
+    # RFC 9207: advertise authorization_response_iss_parameter_supported / what iss to send
+    # ("" = none)
+    advertise_iss: bool = False
+    callback_iss: str | None = None  # None = the issuer
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -155,6 +159,8 @@ class Servers:
             data["require_pushed_authorization_requests"] = True
         if s.algs is not None:
             data["dpop_signing_alg_values_supported"] = s.algs
+        if s.advertise_iss:
+            data["authorization_response_iss_parameter_supported"] = True
         return JSONResponse(data)
 
     async def oidc_metadata(self, request: Request) -> Response:
@@ -304,7 +310,13 @@ class Servers:
             return JSONResponse({"error": "invalid_request"}, status_code=400)
         code = secrets.token_urlsafe(16)
         s.codes[code] = params
-        query = urlencode({"code": code, "state": params["state"], "iss": s.issuer})
+        answer = {"code": code, "state": params["state"]}
+        if "error" in params:  # the test asks for an error callback (RFC 6749 §4.1.2.1)
+            answer = {"error": params["error"], "state": params["state"]}
+        iss = s.issuer if s.callback_iss is None else s.callback_iss
+        if iss:
+            answer["iss"] = iss
+        query = urlencode(answer)
         return RedirectResponse(f"{params['redirect_uri']}?{query}", status_code=302)
 
     async def revoke(self, request: Request) -> Response:

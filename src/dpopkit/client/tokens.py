@@ -159,6 +159,7 @@ class ServerMetadata:
     revocation_endpoint: str | None = None
     registration_endpoint: str | None = None
     dpop_signing_alg_values_supported: tuple[str, ...] | None = None
+    authorization_response_iss_parameter_supported: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -196,6 +197,11 @@ class ServerMetadata:
             revocation_endpoint=text("revocation_endpoint"),
             registration_endpoint=text("registration_endpoint"),
             dpop_signing_alg_values_supported=None if algs is None else tuple(algs),
+            # RFC 9207 §3: only the JSON value true counts as advertised.
+            authorization_response_iss_parameter_supported=data.get(
+                "authorization_response_iss_parameter_supported"
+            )
+            is True,
             raw=dict(data),
         )
 
@@ -874,12 +880,16 @@ class TokenClient:
     def exchange_code(self, request: AuthorizationRequest, callback_url: str) -> TokenSet:
         """Finish the flow: check the callback and redeem the code (RFC 6749 §4.1.2, §4.1.3).
 
-        The callback's ``state`` is compared in constant time; an ``iss`` parameter
-        (RFC 9207) must equal the issuer; the code is redeemed with the PKCE
-        verifier and a proof from the request's key (C-18).
+        The callback's ``state`` is compared in constant time; its ``iss``
+        parameter (RFC 9207 §2.4) must equal the issuer, and must be present when
+        the AS advertises ``authorization_response_iss_parameter_supported`` (error
+        callbacks included); the code is redeemed with the PKCE verifier and a
+        proof from the request's key (C-18).
 
         Raises:
-            TokenResponseError: wrong ``state``/``iss``, no ``code``, or an error callback.
+            TokenResponseError: wrong ``state``, no ``code``, or an error callback;
+                ``reason`` ``ISS_MISSING`` / ``ISS_MISMATCH`` for the RFC 9207 checks,
+                checked right after ``state``, before the callback's ``error`` or ``code``.
         """
         query = parse_qs(urlsplit(callback_url).query, keep_blank_values=True)
 
@@ -894,9 +904,7 @@ class TokenClient:
         state = one("state") or ""
         if not hmac.compare_digest(state.encode(), request.state.encode()):
             raise TokenResponseError(Reason.TOKEN_RESPONSE, "state does not match")
-        iss = one("iss")
-        if iss is not None and iss != self.metadata.issuer:  # RFC 9207 §2.4
-            raise TokenResponseError(Reason.TOKEN_RESPONSE, "iss does not match")
+        _check_callback_iss(one("iss"), self.metadata)
         error = one("error")
         if error is not None:
             raise TokenResponseError(
@@ -949,6 +957,26 @@ class TokenClient:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _check_callback_iss(iss: str | None, metadata: ServerMetadata) -> None:
+    """RFC 9207 §2.4: the authorization response's ``iss`` against the AS metadata.
+
+    Raises:
+        TokenResponseError: (ISS_MISSING) no ``iss`` although the AS advertises
+            ``authorization_response_iss_parameter_supported``; (ISS_MISMATCH) an
+            ``iss`` that is not exactly the metadata's ``issuer`` (simple string
+            comparison, RFC 9207 §2.4), whether or not the AS advertises it.
+    """
+    if iss is None:
+        if metadata.authorization_response_iss_parameter_supported:
+            raise TokenResponseError(
+                Reason.ISS_MISSING,
+                "the authorization response has no iss although the AS promises one",
+            )
+        return
+    if not hmac.compare_digest(iss.encode(), metadata.issuer.encode()):
+        raise TokenResponseError(Reason.ISS_MISMATCH, "the authorization response iss is wrong")
 
 
 def _replace(tokens: TokenSet, **changes: Any) -> TokenSet:
