@@ -122,6 +122,7 @@ class Reason(StrEnum):
     CHALLENGE = "challenge"
     TOKEN_RESPONSE = "token_response"
     BODY_NOT_REPLAYABLE = "body_not_replayable"
+    REDIRECT_NOT_SIGNED = "redirect_not_signed"  # httpx followed a redirect the auth never saw
     ISS_MISSING = "iss_missing"  # RFC 9207 §2.4: the AS promised iss in callbacks, none came
     ISS_MISMATCH = "iss_mismatch"  # RFC 9207 §2.4: the callback's iss is another issuer
     CONFIGURATION = "configuration"

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import uvicorn
@@ -418,10 +418,13 @@ def _free_socket() -> socket.socket:
     return sock
 
 
+_Served = TypeVar("_Served", "Servers", "RedirectLab")
+
+
 @contextmanager
 def running(
-    servers: Servers, *, certfile: str | None = None, keyfile: str | None = None
-) -> Iterator[Servers]:
+    servers: _Served, *, certfile: str | None = None, keyfile: str | None = None
+) -> Iterator[_Served]:
     """Serve ``servers.app`` with uvicorn on 127.0.0.1 (a free port) in a thread.
 
     With ``certfile``/``keyfile`` it serves https (a test certificate for 127.0.0.1).
@@ -445,7 +448,11 @@ def running(
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
     scheme = "https" if certfile else "http"
-    servers.state.base = f"{scheme}://127.0.0.1:{port}"
+    base = f"{scheme}://127.0.0.1:{port}"
+    if isinstance(servers, Servers):
+        servers.state.base = base
+    else:
+        servers.base = base
     try:
         yield servers
     finally:
@@ -467,3 +474,93 @@ def query_of(url: str) -> dict[str, str]:
 
 def dumps(value: object) -> str:
     return json.dumps(value)
+
+
+# -- redirect lab ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Hop:
+    """One request a :class:`RedirectLab` received, and what its proof proved."""
+
+    lab: str
+    method: str
+    url: str  # the lab's own base + path: the htu a proof must carry
+    headers: dict[str, str]
+    claims: dict[str, Any] | None  # the verified proof's claims (None: no proof or refused)
+    refused: Reason | None  # why verify_proof refused the proof, if it did
+
+
+class RedirectLab:
+    """A server that redirects (``/r/{code}?to=URL``) and lands (``/land``), recording every hop.
+
+    Each received ``DPoP`` proof is checked with ``verify_proof`` against the method
+    and URL this server actually received (and ``ath`` against the token sent, if any).
+    """
+
+    def __init__(self, name: str, hops: list[Hop]) -> None:
+        self.name = name
+        self.hops = hops
+        self.base = ""
+        methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+        self.app = Starlette(
+            routes=[
+                Route("/r/{code:int}", self.redirect, methods=methods),
+                Route("/land", self.land, methods=methods),
+                Route("/challenge", self.challenge, methods=methods),
+            ]
+        )
+
+    def _record(self, request: Request) -> Hop:
+        # The URL this request was sent to (the host name the client used, our scheme).
+        url = f"{self.base.split(':', 1)[0]}://{request.headers['host']}{request.url.path}"
+        headers = dict(request.headers)
+        claims: dict[str, Any] | None = None
+        refused: Reason | None = None
+        if "dpop" in headers:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            try:
+                checked = verify_proof(
+                    extract_proof(_headers(request)),
+                    htm=request.method,
+                    htu=url,
+                    access_token=token if scheme.lower() == "dpop" else None,
+                    now=time.time(),
+                )
+                claims = dict(checked.claims)
+            except DPoPError as exc:
+                refused = exc.reason
+        hop = Hop(self.name, request.method, url, headers, claims, refused)
+        self.hops.append(hop)
+        return hop
+
+    async def redirect(self, request: Request) -> Response:
+        await request.body()
+        self._record(request)
+        code = request.path_params["code"]
+        return Response(status_code=code, headers={"Location": request.query_params["to"]})
+
+    async def challenge(self, request: Request) -> Response:
+        """Ask for a nonce, as an RS would: a client must not answer with our neighbour's token."""
+        await request.body()
+        self._record(request)
+        headers = {"WWW-Authenticate": 'DPoP error="use_dpop_nonce"', "DPoP-Nonce": "lab-nonce"}
+        return Response(status_code=401, headers=headers)
+
+    async def land(self, request: Request) -> Response:
+        body = await request.body()
+        self._record(request)
+        return JSONResponse({"landed": self.name, "len": len(body)})
+
+
+@contextmanager
+def redirect_labs(certfile: str, keyfile: str) -> Iterator[dict[str, RedirectLab]]:
+    """Three labs sharing one hop log: ``a`` and ``b`` (http, two ports), ``tls`` (https)."""
+    hops: list[Hop] = []
+    labs = {name: RedirectLab(name, hops) for name in ("a", "b", "tls")}
+    with (
+        running(labs["a"]),
+        running(labs["b"]),
+        running(labs["tls"], certfile=certfile, keyfile=keyfile),
+    ):
+        yield labs
