@@ -508,6 +508,7 @@ class RedirectLab:
                 Route("/r/{code:int}", self.redirect, methods=methods),
                 Route("/land", self.land, methods=methods),
                 Route("/challenge", self.challenge, methods=methods),
+                Route("/nonce-land", self.nonce_land, methods=methods),
             ]
         )
 
@@ -540,12 +541,21 @@ class RedirectLab:
         code = request.path_params["code"]
         return Response(status_code=code, headers={"Location": request.query_params["to"]})
 
-    async def challenge(self, request: Request) -> Response:
+    async def challenge(self, request: Request, *, record: bool = True) -> Response:
         """Ask for a nonce, as an RS would: a client must not answer with our neighbour's token."""
         await request.body()
-        self._record(request)
+        if record:
+            self._record(request)
         headers = {"WWW-Authenticate": 'DPoP error="use_dpop_nonce"', "DPoP-Nonce": "lab-nonce"}
         return Response(status_code=401, headers=headers)
+
+    async def nonce_land(self, request: Request) -> Response:
+        """Land only with a proof carrying our nonce (RFC 9449 §9); else ask for it."""
+        await request.body()
+        hop = self._record(request)
+        if hop.claims is None or hop.claims.get("nonce") != "lab-nonce":
+            return await self.challenge(request, record=False)
+        return JSONResponse({"landed": self.name})
 
     async def land(self, request: Request) -> Response:
         body = await request.body()

@@ -214,6 +214,27 @@ def test_no_retry_with_credentials_at_another_origin(
     assert _no_credentials(challenged)
 
 
+@pytest.mark.parametrize("code", [303, 307])
+def test_nonce_retry_after_a_redirect_resends_the_hop(
+    lab: dict[str, RedirectLab], send: Send, key: DPoPKey, code: int
+) -> None:
+    """HD-10: a nonce challenge on the same-origin hop retries that hop, not the first request.
+
+    RFC 9449 §9: the retry carries the server's nonce in a new proof for the hop's
+    method and URL; the first request (a POST) is not sent twice.
+    """
+    start = lab["a"].base + f"/r/{code}"
+    status, _ = send(key, "POST", start + "?to=" + lab["a"].base + "/nonce-land", b"x")
+    assert status == 200
+    first, challenged, retried = lab["a"].hops
+    assert first.url == start
+    assert challenged.url == retried.url == lab["a"].base + "/nonce-land"
+    assert retried.claims is not None
+    assert retried.claims["nonce"] == "lab-nonce"
+    assert retried.claims["htm"] == retried.method == _landed_method(code, "POST")
+    assert len({h.claims["jti"] for h in (first, challenged, retried) if h.claims}) == 3
+
+
 def test_httpx_following_without_the_hooks_is_refused(
     lab: dict[str, RedirectLab], key: DPoPKey
 ) -> None:
