@@ -83,8 +83,9 @@ class State:
     refresh_delay: float = 0.0
     rs_reject_tokens: bool = False
     token_body_override: bytes | None = None
-    # (status, content type, body): the token endpoint's answer after a valid proof
-    token_error: tuple[int, str, bytes] | None = None
+    # path → (status, content type, body): the answer of /token, /par or /revoke after a
+    # valid proof (if one is sent)
+    error_answers: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
     # RFC 9207: advertise authorization_response_iss_parameter_supported / what iss to send
     # ("" = none)
     advertise_iss: bool = False
@@ -231,9 +232,8 @@ class Servers:
             checked = self._proof(request, s.base + "/token")
             record["jkt"] = checked.jkt
             record["proof_claims"] = dict(checked.claims)
-            if s.token_error is not None:
-                status, ctype, content = s.token_error
-                return Response(content, status_code=status, headers={"Content-Type": ctype})
+            if "/token" in s.error_answers:
+                return self._error_answer("/token")
             client = self._client(request, form)
             grant = form.get("grant_type")
             scope = form.get("scope")
@@ -283,6 +283,10 @@ class Servers:
         headers = {"Cache-Control": "no-store"}
         return JSONResponse(body, headers=headers)
 
+    def _error_answer(self, path: str) -> Response:
+        status, ctype, content = self.state.error_answers[path]
+        return Response(content, status_code=status, headers={"Content-Type": ctype})
+
     async def par_endpoint(self, request: Request) -> Response:
         s = self.state
         form = await self._form(request)
@@ -294,6 +298,8 @@ class Servers:
                 record["jkt"] = checked.jkt
                 if form.get("dpop_jkt") and form["dpop_jkt"] != checked.jkt:
                     raise InvalidRequestError()
+            if "/par" in s.error_answers:
+                return self._error_answer("/par")
             self._client(request, form)
         except DPoPError as exc:
             return _err(exc, "as")
@@ -321,6 +327,8 @@ class Servers:
 
     async def revoke(self, request: Request) -> Response:
         form = await self._form(request)
+        if "/revoke" in self.state.error_answers:
+            return self._error_answer("/revoke")
         try:
             self._client(request, form)
         except DPoPError as exc:

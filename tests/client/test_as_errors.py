@@ -110,7 +110,7 @@ def test_token_client_keeps_the_servers_error(servers: Servers, key: DPoPKey, ca
     a 502 that is not JSON is told apart from an OAuth error object.
     """
     status, ctype, body, cls, code, description = CASES[case]
-    servers.state.token_error = (status, ctype, body)
+    servers.state.error_answers["/token"] = (status, ctype, body)
     client = _client(servers, key)
     with pytest.raises(DPoPError) as info:
         client.client_credentials(scope="read")
@@ -131,11 +131,34 @@ def test_token_client_keeps_the_servers_error(servers: Servers, key: DPoPKey, ca
     assert len(servers.state.token_requests) == 2
 
 
+@pytest.mark.parametrize("endpoint", ["/par", "/revoke"])
+@pytest.mark.parametrize("case", ["invalid_request", "temporarily_unavailable", "non-json 502"])
+def test_every_as_endpoint_keeps_the_servers_error(
+    servers: Servers, key: DPoPKey, endpoint: str, case: str
+) -> None:
+    """HD-24: PAR (RFC 9126 §2.3) and revocation (RFC 7009 §2.2.1) errors are kept alike."""
+    status, ctype, body, cls, code, description = CASES[case]
+    servers.state.error_answers[endpoint] = (status, ctype, body)
+    client = _client(servers, key)
+
+    def call() -> object:
+        if endpoint == "/par":
+            return client.authorization_request(redirect_uri="http://127.0.0.1/cb", use_par=True)
+        return client.revoke("some-token")
+
+    with pytest.raises(DPoPError) as info:
+        call()
+    exc = info.value
+    assert type(exc) is cls
+    assert (exc.error, exc.detail["status"]) == (code, status)
+    assert exc.detail["error_description"] == description
+
+
 def test_temporarily_unavailable_is_not_the_server_side_class(
     servers: Servers, key: DPoPKey
 ) -> None:
     """HD-24: a 503 from the AS is a client-side error, not the server's fail-closed class."""
-    servers.state.token_error = (503, _JSON, b'{"error":"temporarily_unavailable"}')
+    servers.state.error_answers["/token"] = (503, _JSON, b'{"error":"temporarily_unavailable"}')
     with pytest.raises(AuthorizationServerError) as info:
         _client(servers, key).client_credentials()
     assert not isinstance(info.value, TemporarilyUnavailableError)
@@ -152,7 +175,7 @@ def test_token_command_prints_code_and_description(
 ) -> None:
     """HD-24: ``dpopkit token`` prints the AS's status, code and description on one line."""
     status, ctype, body, _cls, code, description = CASES[case]
-    servers.state.token_error = (status, ctype, body)
+    servers.state.error_answers["/token"] = (status, ctype, body)
     keyfile = save_key(key, tmp_path / "key.jwk")
     argv = ["token", "--issuer", servers.state.issuer, "--client-id", "cli"]
     argv += ["--client-secret", CLIENT_SECRET, "--key", str(keyfile), "--allow-insecure-http"]
@@ -174,7 +197,7 @@ def test_error_description_is_cut(servers: Servers, key: DPoPKey) -> None:
     """HD-24: a huge error_description is cut, so one answer cannot flood a log line."""
     long = "x" * 5000
     body = json.dumps({"error": "invalid_grant", "error_description": long}).encode()
-    servers.state.token_error = (400, _JSON, body)
+    servers.state.error_answers["/token"] = (400, _JSON, body)
     with pytest.raises(InvalidGrantError) as info:
         _client(servers, key).client_credentials()
     assert info.value.description == "x" * 300 + "..."
