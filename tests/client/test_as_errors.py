@@ -141,10 +141,11 @@ def test_every_as_endpoint_keeps_the_servers_error(
     servers.state.error_answers[endpoint] = (status, ctype, body)
     client = _client(servers, key)
 
-    def call() -> object:
+    def call() -> None:
         if endpoint == "/par":
-            return client.authorization_request(redirect_uri="http://127.0.0.1/cb", use_par=True)
-        return client.revoke("some-token")
+            client.authorization_request(redirect_uri="http://127.0.0.1/cb", use_par=True)
+        else:
+            client.revoke("some-token")
 
     with pytest.raises(DPoPError) as info:
         call()
