@@ -22,6 +22,7 @@ from dpopkit.core.proof import (
 from dpopkit.core.replay import AsyncReplayCache, ReplayCache, arecord_proof, record_proof
 from dpopkit.core.thumbprint import access_token_hash, jwk_thumbprint
 from dpopkit.errors import (
+    AuthorizationServerError,
     ChallengeError,
     ClientError,
     DPoPError,
@@ -53,6 +54,7 @@ __all__ = [
     "ALGORITHMS",
     "Algorithm",
     "AsyncReplayCache",
+    "AuthorizationServerError",
     "Challenge",
     "ChallengeError",
     "ClientError",

@@ -20,6 +20,7 @@ DPoPError                           base; error (wire code), reason (Reason), de
 │   ├── MissingNonceError           use_dpop_nonce without a DPoP-Nonce header
 │   ├── ChallengeError              the server answered with a challenge we cannot satisfy
 │   └── TokenResponseError          a token response failed its checks (e.g. Bearer downgrade)
+│       └── AuthorizationServerError  the AS answered with an error code we have no class for (kept as sent)
 └── ServerConfigurationError        invalid server/RS setup detected at construction (also a ValueError)
 SecurityWarning(UserWarning)        risky switches such as trust_host_header=True
 MissingExtraError(ImportError)      an optional dependency is missing: names the extra to install
@@ -43,6 +44,7 @@ from dpopkit.core.challenge import build_challenge
 from dpopkit.core.http import DPOP_NONCE_HEADER, ResponseView
 
 __all__ = [
+    "AuthorizationServerError",
     "ChallengeError",
     "ClientError",
     "DPoPError",
@@ -123,6 +125,9 @@ class Reason(StrEnum):
     CHALLENGE = "challenge"
     TOKEN_RESPONSE = "token_response"
     BODY_NOT_REPLAYABLE = "body_not_replayable"
+    REDIRECT_NOT_SIGNED = "redirect_not_signed"  # httpx followed a redirect the auth never saw
+    ISS_MISSING = "iss_missing"  # RFC 9207 §2.4: the AS promised iss in callbacks, none came
+    ISS_MISMATCH = "iss_mismatch"  # RFC 9207 §2.4: the callback's iss is another issuer
     CONFIGURATION = "configuration"
 
 
@@ -179,7 +184,7 @@ class DPoPError(Exception):
         detail: extra facts for logs only (never sent to the peer).
     """
 
-    error: ClassVar[str] = "invalid_request"
+    error: str = "invalid_request"  # per class; an AuthorizationServerError keeps the AS's own
     rs_status: ClassVar[int] = 401
     as_status: ClassVar[int] = 400
     default_reason: ClassVar[Reason] = Reason.INVALID_REQUEST
@@ -459,6 +464,44 @@ class TokenResponseError(ClientError):
     """A token response failed the client's checks (e.g. Bearer when DPoP was required)."""
 
     default_reason = Reason.TOKEN_RESPONSE
+
+
+class AuthorizationServerError(TokenResponseError):
+    """An authorization server's error answer (RFC 6749 §5.2), with its code kept as sent.
+
+    Raised by the client for every AS error code that has no class of its own
+    (``temporarily_unavailable``, ``server_error``, ``invalid_target``, ...) and
+    for an error answer that is not an RFC 6749 error object (a proxy's HTML
+    502). The known codes raise their own classes (``InvalidGrantError``, ...)
+    with the same ``detail`` (``status``, ``error``, ``error_description``).
+
+    Attributes:
+        error: the server's ``error`` code; ``server_error`` when it sent none.
+        description: the server's ``error_description`` (printable ASCII only, cut
+            to 300 characters), else a short text of ours.
+        status: the HTTP status of the answer (None when not built from one).
+        server_error_code: the ``error`` member as the server sent it, or None.
+        server_description: the server's ``error_description`` (cleaned), or None.
+    """
+
+    error = "server_error"
+
+    def __init__(
+        self,
+        reason: Reason | None = None,
+        description: str | None = None,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        server_description: str | None = None,
+        detail: Mapping[str, object] | None = None,
+    ) -> None:
+        if code is not None:
+            self.error = code
+        self.status = status
+        self.server_error_code = code
+        self.server_description = server_description
+        super().__init__(reason, description, detail=detail)
 
 
 class ServerConfigurationError(DPoPError, ValueError):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import uvicorn
@@ -83,6 +83,13 @@ class State:
     refresh_delay: float = 0.0
     rs_reject_tokens: bool = False
     token_body_override: bytes | None = None
+    # path → (status, content type, body): the answer of /token, /par or /revoke after a
+    # valid proof (if one is sent)
+    error_answers: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
+    # RFC 9207: advertise authorization_response_iss_parameter_supported / what iss to send
+    # ("" = none)
+    advertise_iss: bool = False
+    callback_iss: str | None = None  # None = the issuer
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -153,6 +160,8 @@ class Servers:
             data["require_pushed_authorization_requests"] = True
         if s.algs is not None:
             data["dpop_signing_alg_values_supported"] = s.algs
+        if s.advertise_iss:
+            data["authorization_response_iss_parameter_supported"] = True
         return JSONResponse(data)
 
     async def oidc_metadata(self, request: Request) -> Response:
@@ -223,6 +232,8 @@ class Servers:
             checked = self._proof(request, s.base + "/token")
             record["jkt"] = checked.jkt
             record["proof_claims"] = dict(checked.claims)
+            if "/token" in s.error_answers:
+                return self._error_answer("/token")
             client = self._client(request, form)
             grant = form.get("grant_type")
             scope = form.get("scope")
@@ -272,6 +283,10 @@ class Servers:
         headers = {"Cache-Control": "no-store"}
         return JSONResponse(body, headers=headers)
 
+    def _error_answer(self, path: str) -> Response:
+        status, ctype, content = self.state.error_answers[path]
+        return Response(content, status_code=status, headers={"Content-Type": ctype})
+
     async def par_endpoint(self, request: Request) -> Response:
         s = self.state
         form = await self._form(request)
@@ -283,6 +298,8 @@ class Servers:
                 record["jkt"] = checked.jkt
                 if form.get("dpop_jkt") and form["dpop_jkt"] != checked.jkt:
                     raise InvalidRequestError()
+            if "/par" in s.error_answers:
+                return self._error_answer("/par")
             self._client(request, form)
         except DPoPError as exc:
             return _err(exc, "as")
@@ -299,11 +316,19 @@ class Servers:
             return JSONResponse({"error": "invalid_request"}, status_code=400)
         code = secrets.token_urlsafe(16)
         s.codes[code] = params
-        query = urlencode({"code": code, "state": params["state"], "iss": s.issuer})
+        answer = {"code": code, "state": params["state"]}
+        if "error" in params:  # the test asks for an error callback (RFC 6749 §4.1.2.1)
+            answer = {"error": params["error"], "state": params["state"]}
+        iss = s.issuer if s.callback_iss is None else s.callback_iss
+        if iss:
+            answer["iss"] = iss
+        query = urlencode(answer)
         return RedirectResponse(f"{params['redirect_uri']}?{query}", status_code=302)
 
     async def revoke(self, request: Request) -> Response:
         form = await self._form(request)
+        if "/revoke" in self.state.error_answers:
+            return self._error_answer("/revoke")
         try:
             self._client(request, form)
         except DPoPError as exc:
@@ -401,10 +426,13 @@ def _free_socket() -> socket.socket:
     return sock
 
 
+_Served = TypeVar("_Served", "Servers", "RedirectLab")
+
+
 @contextmanager
 def running(
-    servers: Servers, *, certfile: str | None = None, keyfile: str | None = None
-) -> Iterator[Servers]:
+    servers: _Served, *, certfile: str | None = None, keyfile: str | None = None
+) -> Iterator[_Served]:
     """Serve ``servers.app`` with uvicorn on 127.0.0.1 (a free port) in a thread.
 
     With ``certfile``/``keyfile`` it serves https (a test certificate for 127.0.0.1).
@@ -428,7 +456,11 @@ def running(
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
     scheme = "https" if certfile else "http"
-    servers.state.base = f"{scheme}://127.0.0.1:{port}"
+    base = f"{scheme}://127.0.0.1:{port}"
+    if isinstance(servers, Servers):
+        servers.state.base = base
+    else:
+        servers.base = base
     try:
         yield servers
     finally:
@@ -450,3 +482,103 @@ def query_of(url: str) -> dict[str, str]:
 
 def dumps(value: object) -> str:
     return json.dumps(value)
+
+
+# -- redirect lab ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Hop:
+    """One request a :class:`RedirectLab` received, and what its proof proved."""
+
+    lab: str
+    method: str
+    url: str  # the lab's own base + path: the htu a proof must carry
+    headers: dict[str, str]
+    claims: dict[str, Any] | None  # the verified proof's claims (None: no proof or refused)
+    refused: Reason | None  # why verify_proof refused the proof, if it did
+
+
+class RedirectLab:
+    """A server that redirects (``/r/{code}?to=URL``) and lands (``/land``), recording every hop.
+
+    Each received ``DPoP`` proof is checked with ``verify_proof`` against the method
+    and URL this server actually received (and ``ath`` against the token sent, if any).
+    """
+
+    def __init__(self, name: str, hops: list[Hop]) -> None:
+        self.name = name
+        self.hops = hops
+        self.base = ""
+        methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+        self.app = Starlette(
+            routes=[
+                Route("/r/{code:int}", self.redirect, methods=methods),
+                Route("/land", self.land, methods=methods),
+                Route("/challenge", self.challenge, methods=methods),
+                Route("/nonce-land", self.nonce_land, methods=methods),
+            ]
+        )
+
+    def _record(self, request: Request) -> Hop:
+        # The URL this request was sent to (the host name the client used, our scheme).
+        url = f"{self.base.split(':', 1)[0]}://{request.headers['host']}{request.url.path}"
+        headers = dict(request.headers)
+        claims: dict[str, Any] | None = None
+        refused: Reason | None = None
+        if "dpop" in headers:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            try:
+                checked = verify_proof(
+                    extract_proof(_headers(request)),
+                    htm=request.method,
+                    htu=url,
+                    access_token=token if scheme.lower() == "dpop" else None,
+                    now=time.time(),
+                )
+                claims = dict(checked.claims)
+            except DPoPError as exc:
+                refused = exc.reason
+        hop = Hop(self.name, request.method, url, headers, claims, refused)
+        self.hops.append(hop)
+        return hop
+
+    async def redirect(self, request: Request) -> Response:
+        await request.body()
+        self._record(request)
+        code = request.path_params["code"]
+        return Response(status_code=code, headers={"Location": request.query_params["to"]})
+
+    async def challenge(self, request: Request, *, record: bool = True) -> Response:
+        """Ask for a nonce, as an RS would: a client must not answer with our neighbour's token."""
+        await request.body()
+        if record:
+            self._record(request)
+        headers = {"WWW-Authenticate": 'DPoP error="use_dpop_nonce"', "DPoP-Nonce": "lab-nonce"}
+        return Response(status_code=401, headers=headers)
+
+    async def nonce_land(self, request: Request) -> Response:
+        """Land only with a proof carrying our nonce (RFC 9449 §9); else ask for it."""
+        await request.body()
+        hop = self._record(request)
+        if hop.claims is None or hop.claims.get("nonce") != "lab-nonce":
+            return await self.challenge(request, record=False)
+        return JSONResponse({"landed": self.name})
+
+    async def land(self, request: Request) -> Response:
+        body = await request.body()
+        self._record(request)
+        return JSONResponse({"landed": self.name, "len": len(body)})
+
+
+@contextmanager
+def redirect_labs(certfile: str, keyfile: str) -> Iterator[dict[str, RedirectLab]]:
+    """Three labs sharing one hop log: ``a`` and ``b`` (http, two ports), ``tls`` (https)."""
+    hops: list[Hop] = []
+    labs = {name: RedirectLab(name, hops) for name in ("a", "b", "tls")}
+    with (
+        running(labs["a"]),
+        running(labs["b"]),
+        running(labs["tls"], certfile=certfile, keyfile=keyfile),
+    ):
+        yield labs

@@ -63,9 +63,11 @@ def test_docs_snippets_run_as_written(
     assert ran >= 4
     assert namespace["tokens"].is_dpop
     assert namespace["auth"].source is namespace["source"]
-    # The requests snippet's session made a real call with a DPoP proof and nonce retry.
+    # The requests snippet's session made a real call with a DPoP proof and nonce retry;
+    # the redirect snippet's httpx client made one more.
     api_calls = [r for r in servers.state.rs_requests if r.get("path") == "/api/orders"]
-    assert len([r for r in api_calls if "jti" in r]) == 2
+    assert len([r for r in api_calls if "jti" in r]) == 3
+    assert namespace["hooks"] == namespace["follower"].event_hooks
 
 
 def test_readme_httpx_snippet_runs_as_written(

@@ -289,7 +289,7 @@ def test_callback_checks(servers: Servers, key: DPoPKey, case: str) -> None:
     }[case]
     with pytest.raises(TokenResponseError) as info:
         client.exchange_code(request, bad)
-    assert info.value.reason is Reason.TOKEN_RESPONSE
+    assert info.value.reason is (Reason.ISS_MISMATCH if case == "iss" else Reason.TOKEN_RESPONSE)
     assert servers.state.token_requests == []
 
 

@@ -87,6 +87,7 @@ EXPECTED = {
     "MissingNonceError": ("use_dpop_nonce", 400, 401),
     "ChallengeError": ("invalid_request", 400, 401),
     "TokenResponseError": ("invalid_request", 400, 401),
+    "AuthorizationServerError": ("server_error", 400, 401),
     "ServerConfigurationError": ("server_error", 500, 500),
 }
 

@@ -40,7 +40,24 @@ def _secret(value: str | None, env: str | None, what: str) -> str | None:
 
 
 def _dpop_failure(exc: DPoPError) -> CommandError:
+    if "error_description" in exc.detail:  # an error answer of the AS, as the token client keeps it
+        return _as_failure(exc)
     return CommandError(f"{exc.error} ({exc.reason.value}): {exc.description}", 1)
+
+
+def _as_failure(exc: DPoPError) -> CommandError:
+    """One line with the AS's ``error``, status and ``error_description`` (RFC 6749 §5.2)."""
+    code = exc.detail.get("error")
+    status = exc.detail.get("status")
+    if code is None:
+        return CommandError(
+            f"HTTP {status} from the authorization server, not an OAuth error object", 1
+        )
+    line = f"{code} (HTTP {status} from the authorization server)"
+    description = exc.detail.get("error_description")
+    if description is not None:
+        line += f": {description}"
+    return CommandError(line, 1)
 
 
 def _cmd_token(args: argparse.Namespace) -> int:

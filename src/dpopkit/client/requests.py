@@ -116,7 +116,7 @@ class DPoPAuth(_AuthSettings, requests.auth.AuthBase):
 class _RequestState:
     """Per-request state; its bound ``handle`` is the response hook of one request."""
 
-    __slots__ = ("auth", "body_pos", "flow", "refreshed", "token")
+    __slots__ = ("auth", "body_pos", "flow", "left", "refreshed", "token")
 
     def __init__(
         self, auth: DPoPAuth, flow: DPoPFlow, token: str | None, body_pos: int | None
@@ -126,6 +126,9 @@ class _RequestState:
         self.token = token
         self.body_pos = body_pos
         self.refreshed = False
+        # A redirect of this request went to another origin: from then on the chain
+        # carries no credentials and its answers are not acted on (no retry, no nonce).
+        self.left = False
 
     def _replayable(self, body: object) -> bool:
         if body is None or isinstance(body, bytes | str):
@@ -136,7 +139,7 @@ class _RequestState:
         # The hook is copied onto the retried request; requests does not dispatch it for
         # the response we get from connection.send, so each response passes here once.
         while True:
-            action = self._decide(r)
+            action = None if self.left else self._decide(r)
             if action is None:
                 if r.is_redirect:
                     self._prepare_redirect(r)
@@ -174,7 +177,8 @@ class _RequestState:
         A proof is bound to one method and URL (RFC 9449 §4.2), and requests copies
         the headers when it follows a redirect: on the same origin the copy gets a
         fresh proof (new ``jti``, the redirect's ``htm``/``htu``); to another origin
-        neither the proof nor the token follows.
+        neither the proof nor the token follows, and once the chain has left the
+        origin no later hop gets them back (the other origin chose where it goes).
         """
         request = r.request
         location = r.headers["location"].encode("latin-1").decode("utf-8", "replace")
@@ -185,10 +189,11 @@ class _RequestState:
         ):
             method = "GET"  # as Session.rebuild_method does
         try:
-            same_origin = origin_of(target) == self.flow.origin
+            same_origin = not self.left and origin_of(target) == self.flow.origin
         except ValueError:
             same_origin = False
         if not same_origin:
+            self.left = True
             request.headers.pop("DPoP", None)
             request.headers.pop("Authorization", None)
             return

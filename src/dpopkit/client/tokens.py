@@ -32,6 +32,7 @@ import html
 import http.client
 import json
 import math
+import re
 import secrets
 import threading
 import time
@@ -49,6 +50,7 @@ from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.core.jws import b64url_encode, json_dumps
 from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import (
+    AuthorizationServerError,
     ClientError,
     DPoPError,
     InvalidClientError,
@@ -157,6 +159,7 @@ class ServerMetadata:
     revocation_endpoint: str | None = None
     registration_endpoint: str | None = None
     dpop_signing_alg_values_supported: tuple[str, ...] | None = None
+    authorization_response_iss_parameter_supported: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -194,6 +197,11 @@ class ServerMetadata:
             revocation_endpoint=text("revocation_endpoint"),
             registration_endpoint=text("registration_endpoint"),
             dpop_signing_alg_values_supported=None if algs is None else tuple(algs),
+            # RFC 9207 §3: only the JSON value true counts as advertised.
+            authorization_response_iss_parameter_supported=data.get(
+                "authorization_response_iss_parameter_supported"
+            )
+            is True,
             raw=dict(data),
         )
 
@@ -872,12 +880,16 @@ class TokenClient:
     def exchange_code(self, request: AuthorizationRequest, callback_url: str) -> TokenSet:
         """Finish the flow: check the callback and redeem the code (RFC 6749 §4.1.2, §4.1.3).
 
-        The callback's ``state`` is compared in constant time; an ``iss`` parameter
-        (RFC 9207) must equal the issuer; the code is redeemed with the PKCE
-        verifier and a proof from the request's key (C-18).
+        The callback's ``state`` is compared in constant time; its ``iss``
+        parameter (RFC 9207 §2.4) must equal the issuer, and must be present when
+        the AS advertises ``authorization_response_iss_parameter_supported`` (error
+        callbacks included); the code is redeemed with the PKCE verifier and a
+        proof from the request's key (C-18).
 
         Raises:
-            TokenResponseError: wrong ``state``/``iss``, no ``code``, or an error callback.
+            TokenResponseError: wrong ``state``, no ``code``, or an error callback;
+                ``reason`` ``ISS_MISSING`` / ``ISS_MISMATCH`` for the RFC 9207 checks,
+                checked right after ``state``, before the callback's ``error`` or ``code``.
         """
         query = parse_qs(urlsplit(callback_url).query, keep_blank_values=True)
 
@@ -892,9 +904,7 @@ class TokenClient:
         state = one("state") or ""
         if not hmac.compare_digest(state.encode(), request.state.encode()):
             raise TokenResponseError(Reason.TOKEN_RESPONSE, "state does not match")
-        iss = one("iss")
-        if iss is not None and iss != self.metadata.issuer:  # RFC 9207 §2.4
-            raise TokenResponseError(Reason.TOKEN_RESPONSE, "iss does not match")
+        _check_callback_iss(one("iss"), self.metadata)
         error = one("error")
         if error is not None:
             raise TokenResponseError(
@@ -949,6 +959,26 @@ class TokenClient:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
+def _check_callback_iss(iss: str | None, metadata: ServerMetadata) -> None:
+    """RFC 9207 §2.4: the authorization response's ``iss`` against the AS metadata.
+
+    Raises:
+        TokenResponseError: (ISS_MISSING) no ``iss`` although the AS advertises
+            ``authorization_response_iss_parameter_supported``; (ISS_MISMATCH) an
+            ``iss`` that is not exactly the metadata's ``issuer`` (simple string
+            comparison, RFC 9207 §2.4), whether or not the AS advertises it.
+    """
+    if iss is None:
+        if metadata.authorization_response_iss_parameter_supported:
+            raise TokenResponseError(
+                Reason.ISS_MISSING,
+                "the authorization response has no iss although the AS promises one",
+            )
+        return
+    if not hmac.compare_digest(iss.encode(), metadata.issuer.encode()):
+        raise TokenResponseError(Reason.ISS_MISMATCH, "the authorization response iss is wrong")
+
+
 def _replace(tokens: TokenSet, **changes: Any) -> TokenSet:
     values = {name: getattr(tokens, name) for name in TokenSet.__dataclass_fields__}
     values.update(changes)
@@ -962,14 +992,61 @@ def _add_query(url: str, params: Mapping[str, str]) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, joined, ""))
 
 
+#: Longest server ``error_description`` kept (RFC 6749 §5.2 sets no limit; a log line does).
+MAX_ERROR_DESCRIPTION = 300
+# RFC 6749 §5.2: error and error_description use only %x20-21 / %x23-5B / %x5D-7E.
+_NOT_ERROR_CHAR = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
+
+
+def _server_text(value: object, limit: int) -> str | None:
+    """A server-supplied ``error``/``error_description`` made safe to print, or None.
+
+    Characters RFC 6749 §5.2 does not allow (control characters, terminal escape
+    sequences, quotes, non-ASCII) become ``?``; the text is cut to ``limit``.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    text = _NOT_ERROR_CHAR.sub("?", value[:limit])
+    return text + "..." if len(value) > limit else text
+
+
 def _error_from(response: ResponseView, data: Mapping[str, Any] | None) -> DPoPError:
-    """The typed error for an RFC 6749 §5.2 error response (or a non-JSON failure)."""
-    code = None if data is None else data.get("error")
-    detail = {"status": response.status, "error": code}
-    if isinstance(code, str) and code in _ERRORS:
-        return _ERRORS[code](None, "the authorization server refused the request", detail=detail)
-    return TokenResponseError(
-        Reason.TOKEN_RESPONSE, "the authorization server answered with an error", detail=detail
+    """The typed error for an RFC 6749 §5.2 error response (or a non-JSON failure).
+
+    The server's ``error`` code and ``error_description`` are kept: a known code
+    raises its own class (``InvalidGrantError``, ...), any other code, and an
+    answer that is no error object at all, raise :class:`AuthorizationServerError`
+    whose ``error`` is the server's code. ``detail`` holds the HTTP status, the
+    code, the description and ``error_uri`` as the server sent them (cleaned).
+    """
+    code = None if data is None else _server_text(data.get("error"), 100)
+    description = (
+        None if data is None else _server_text(data.get("error_description"), MAX_ERROR_DESCRIPTION)
+    )
+    error_uri = None if data is None else _server_text(data.get("error_uri"), 300)
+    detail: dict[str, object] = {
+        "status": response.status,
+        "error": code,
+        "error_description": description,
+    }
+    if error_uri is not None:
+        detail["error_uri"] = error_uri
+    if code is not None and code in _ERRORS:
+        return _ERRORS[code](
+            None, description or "the authorization server refused the request", detail=detail
+        )
+    text = description
+    if text is None:
+        text = f"the authorization server answered {response.status}"
+        if code is None:
+            text += " without an OAuth error object"
+    return AuthorizationServerError(
+        None,
+        text,
+        status=response.status,
+        code=code,
+        server_description=description,
+        detail=detail,
     )
 
 
