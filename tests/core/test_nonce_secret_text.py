@@ -66,7 +66,7 @@ def test_hd23_issuer_reads_text_like_bytes() -> None:
     with pytest.raises(ValueError):
         NonceIssuer(["ab" * 32])
     with pytest.raises(ValueError):
-        NonceIssuer(TEXT)  # type: ignore[arg-type]  # a str is not a list of secrets
+        NonceIssuer(TEXT)  # a str is not a list of secrets
 
 
 def test_hd21_several_secrets_newest_first() -> None:

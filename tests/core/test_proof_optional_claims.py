@@ -144,7 +144,7 @@ def test_hd14_accepts_exactly_inside_the_window(
         extra["nbf"] = NOW + nbf
     policy = ProofPolicy(future_skew=skew)
     expected: Reason | None = None
-    if exp is not None and not NOW < NOW + exp + skew:
+    if exp is not None and not NOW + exp + skew > NOW:
         expected = Reason.EXP_IN_PAST
     elif nbf is not None and NOW + nbf - skew > NOW:
         expected = Reason.NBF_IN_FUTURE
