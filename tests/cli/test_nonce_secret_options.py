@@ -162,3 +162,21 @@ def test_hd21_serve_builds_the_issuer_from_the_configured_secrets(
     kept = issuer("", None)
     stored = (tmp_path / "d" / "nonce-secret").read_text(encoding="utf-8")
     assert kept.issue(now=NOW) == as_nonce(stored)
+
+
+def test_hd23_serve_refuses_a_bad_kept_secret(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """HD-23: the secret ``serve`` keeps in its data dir is read by the same reader; a file
+    that is not base64url of >= 32 bytes is one error line naming the file, exit 2."""
+    data = tmp_path / "as"
+    data.mkdir()
+    (data / "nonce-secret").write_text("ab" * 32, encoding="utf-8")
+    config = tmp_path / "as.toml"
+    config.write_text(
+        f'issuer = "http://127.0.0.1:8000"\ndata_dir = "{data}"\n[dpop]\nnonce = "always"\n',
+        encoding="utf-8",
+    )
+    result = run(capsys, "serve", "--config", str(config), "--check")
+    assert_one_line_error(result, "serve")
+    assert "nonce-secret" in result.err
