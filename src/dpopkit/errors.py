@@ -93,6 +93,8 @@ class Reason(StrEnum):
     ATH_MISMATCH = "ath_mismatch"
     IAT_TOO_OLD = "iat_too_old"
     IAT_IN_FUTURE = "iat_in_future"
+    EXP_IN_PAST = "exp_in_past"
+    NBF_IN_FUTURE = "nbf_in_future"
     REPLAYED_JTI = "replayed_jti"
     NONCE_MISMATCH = "nonce_mismatch"
     NONCE_REQUIRED = "nonce_required"

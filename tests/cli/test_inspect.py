@@ -36,10 +36,11 @@ CHECK_IDS = [
     "htu",
     "nonce",
     "iat",
+    "exp_nbf",
     "ath",
     "jkt",
 ]
-NONCE_SECRET = "n" * 40
+NONCE_SECRET = b64url_encode(b"n" * 40)  # the text form: base64url of >= 32 bytes
 BASE_ARGS = ("--method", "GET", "--url", HTU, "--now", str(NOW), "--json")
 
 
@@ -351,7 +352,7 @@ FIG13 = (
 @pytest.fixture
 def nonce_env(monkeypatch: pytest.MonkeyPatch) -> NonceIssuer:
     monkeypatch.setenv("DPOP_NONCE_SECRET", NONCE_SECRET)
-    return NonceIssuer([NONCE_SECRET.encode()], context="rs")
+    return NonceIssuer([NONCE_SECRET], context="rs")
 
 
 def _nonce_args() -> tuple[str, ...]:
@@ -370,7 +371,7 @@ def test_v10_valid_nonce_passes(
 def test_v10_nonce_of_another_context_rejected(
     key: DPoPKey, nonce_env: NonceIssuer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    wrong = NonceIssuer([NONCE_SECRET.encode()], context="as").issue(now=NOW)
+    wrong = NonceIssuer([NONCE_SECRET], context="as").issue(now=NOW)
     data = inspect(capsys, forge(key, payload={"nonce": wrong}), *_nonce_args()).json()
     assert failing(data) == {Reason.NONCE_MISMATCH.value}
     assert data["verify_proof"]["agrees"] is True

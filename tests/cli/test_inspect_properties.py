@@ -54,6 +54,9 @@ claim_values = st.one_of(
             NOW,
             NOW - 120,
             NOW + 30,
+            NOW - 5,
+            NOW + 6,
+            "",
             access_token_hash(TOKEN),
             NONCE,
         ]
@@ -144,7 +147,8 @@ def test_v14_totality_on_segment_shapes(segments: list[str]) -> None:
 @given(
     header=st.dictionaries(st.sampled_from(["typ", "alg", "jwk", "crit", "kid"]), header_values),
     payload=st.dictionaries(
-        st.sampled_from(["jti", "htm", "htu", "iat", "ath", "nonce", "extra"]), claim_values
+        st.sampled_from(["jti", "htm", "htu", "iat", "ath", "nonce", "exp", "nbf", "extra"]),
+        claim_values,
     ),
     drop=st.lists(st.sampled_from(["typ", "jwk", "jti", "htm", "htu", "iat"]), max_size=2),
     other_signer=st.booleans(),

@@ -23,6 +23,8 @@ from .strategies import ALL_ALGS, PROPERTY, key_for, methods, nonces, tokens, ur
 
 T0 = 1_700_000_000
 RESERVED = {"jti", "htm", "htu", "iat", "ath", "nonce"}
+# exp/nbf are checked as time claims when present (HD-14): not arbitrary extra claims here.
+TIME_CLAIMS = {"exp", "nbf"}
 # JSON a client may put in extra claims (P-13): finite numbers, text without lone surrogates.
 _SURROGATES: tuple[Literal["Cs"]] = ("Cs",)
 _text = st.text(st.characters(exclude_categories=_SURROGATES), max_size=12)
@@ -36,7 +38,7 @@ _claim_values = st.recursive(
     max_leaves=8,
 )
 extra_claims = st.dictionaries(
-    _text.filter(lambda name: name not in RESERVED), _claim_values, max_size=3
+    _text.filter(lambda name: name not in RESERVED | TIME_CLAIMS), _claim_values, max_size=3
 )
 
 

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from dpopkit import DPoPKey, create_proof, parse_challenges
+from dpopkit.core.jws import b64url_encode
 from dpopkit.resource.asgi import DPoPMiddleware
 from dpopkit.resource.demo import create_whoami_app
 from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
@@ -156,8 +157,8 @@ def test_nonce_secret_shared_between_instances(key_server: KeyServer) -> None:
         "--nonce-secret-env",
         "RS_NONCE_SECRET",
     )
-    same = {"RS_NONCE_SECRET": "11" * 32}
-    other = {"RS_NONCE_SECRET": "22" * 32}
+    same = {"RS_NONCE_SECRET": b64url_encode(b"\x11" * 32)}
+    other = {"RS_NONCE_SECRET": b64url_encode(b"\x22" * 32)}
     with (
         serve_api(*common, env_extra=same) as a,
         serve_api(*common, env_extra=same) as b,

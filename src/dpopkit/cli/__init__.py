@@ -18,14 +18,17 @@ from collections.abc import Sequence
 
 from dpopkit import __version__
 from dpopkit.core.keys import DPoPKey
+from dpopkit.core.nonce import parse_nonce_secrets
 from dpopkit.keyfile import load_key
 
 __all__ = [
     "CommandError",
     "add_insecure_http_flag",
+    "add_nonce_secret_flag",
     "load_key_file",
     "main",
     "missing_extra",
+    "nonce_secrets_from_env",
     "require_https",
     "secret_from_env",
 ]
@@ -62,6 +65,38 @@ def secret_from_env(var: str | None, what: str) -> str | None:
     if not value:
         raise CommandError(f"environment variable {var} (the {what}) is empty")
     return value
+
+
+def nonce_secrets_from_env(names: Sequence[str] | None) -> list[bytes] | None:
+    """The nonce secrets held in the environment variables ``names``, newest first.
+
+    The one reader behind every command's ``--nonce-secret-env`` (repeatable): each
+    variable holds one secret or several separated by commas, each in the one text
+    format (:func:`dpopkit.core.nonce.parse_nonce_secret`: base64url of >= 32 bytes).
+    The first secret signs, all verify. None when no variable is named.
+    """
+    if not names:
+        return None
+    found: list[bytes] = []
+    for name in names:
+        value = secret_from_env(name, "nonce secret") or ""  # never empty: it raised
+        try:
+            found.extend(parse_nonce_secrets(value))
+        except ValueError as exc:
+            raise CommandError(f"--nonce-secret-env {name}: {exc}") from None
+    return found
+
+
+def add_nonce_secret_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--nonce-secret-env VAR``, repeatable, the same flag on every command."""
+    parser.add_argument(
+        "--nonce-secret-env",
+        action="append",
+        metavar="VAR",
+        help=help
+        + ": VAR holds base64url secrets of >= 32 bytes, comma-separated; repeat the flag "
+        "for more variables; the first secret signs, all verify",
+    )
 
 
 def load_key_file(path: str, password_env: str | None) -> DPoPKey:

@@ -28,7 +28,9 @@ from typing import Any, Literal
 from dpopkit.cli import (
     CommandError,
     add_insecure_http_flag,
+    add_nonce_secret_flag,
     load_key_file,
+    nonce_secrets_from_env,
     require_https,
     secret_from_env,
 )
@@ -161,6 +163,7 @@ CHECKS: dict[str, tuple[str, str]] = {
     "htu": ("(9)", "htu matches the request URL"),
     "nonce": ("(10)", "nonce is a valid server nonce"),
     "iat": ("(11)", "iat is recent"),
+    "exp_nbf": ("(11)", "exp and nbf, when present, allow now"),
     "ath": ("(12)", "ath matches the access token"),
     "jkt": ("(12)", "proof key matches the bound jkt"),
 }
@@ -205,6 +208,8 @@ class _Subject:
     spec: AlgSpec | None = None
     key: PublicKey | None = None
     iat: float | None = None
+    exp: float | None = None
+    nbf: float | None = None
     usable_claims: set[str] = field(default_factory=set)
     nonce_info: NonceInfo | None = None
 
@@ -305,17 +310,22 @@ def _claim_problem(payload: dict[str, Any], name: str) -> tuple[Reason, str] | N
     return None
 
 
+def _numeric_date(name: str, value: object) -> tuple[float | None, tuple[Reason, str] | None]:
+    # bool is an int in Python; NaN/Infinity were refused by the JSON parser.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        got = json.dumps(value)
+        return None, (Reason.BAD_CLAIM, f"{name} must be a number (seconds), got {got}")
+    try:
+        return float(value), None  # an int too large for a float overflows here
+    except OverflowError:
+        return None, (Reason.BAD_CLAIM, f"{name} is out of range")
+
+
 def _iat_value(payload: dict[str, Any]) -> tuple[float | None, tuple[Reason, str] | None]:
     iat = payload.get("iat")
     if iat is None:
         return None, (Reason.MISSING_CLAIM, "iat is missing")
-    # bool is an int in Python; NaN/Infinity were refused by the JSON parser.
-    if isinstance(iat, bool) or not isinstance(iat, int | float):
-        return None, (Reason.BAD_CLAIM, f"iat must be a number (seconds), got {json.dumps(iat)}")
-    try:
-        return float(iat), None  # an int too large for a float overflows here
-    except OverflowError:
-        return None, (Reason.BAD_CLAIM, "iat is out of range")
+    return _numeric_date("iat", iat)
 
 
 def _check_claims(s: _Subject) -> Check:
@@ -336,8 +346,15 @@ def _check_claims(s: _Subject) -> Check:
     if iat_problem is not None:
         found.append(iat_problem)
     nonce = payload.get("nonce")
-    if nonce is not None and (not isinstance(nonce, str) or not nonce):
-        found.append((Reason.BAD_CLAIM, "nonce, when present, must be a non-empty string"))
+    if nonce is not None and not isinstance(nonce, str):
+        found.append((Reason.BAD_CLAIM, "nonce, when present, must be a string"))
+    # Optional JWT time claims (RFC 7519 §4.1.4, §4.1.5): a NumericDate when present.
+    for name in ("exp", "nbf"):
+        if name in payload:
+            value, problem = _numeric_date(name, payload[name])
+            setattr(s, name, value)
+            if problem is not None:
+                found.append((problem[0], f"{problem[1]} (optional, but a NumericDate)"))
     if found:
         texts = "; ".join(text for _, text in found)
         return _fail("claims", found[0][0], f"{texts} (RFC 9449 §4.2)")
@@ -504,11 +521,18 @@ def _check_nonce(s: _Subject) -> Check:
             "the proof has no nonce; the server answers use_dpop_nonce with a DPoP-Nonce "
             "header: create the proof again with --nonce <that value>",
         )
-    if not isinstance(nonce, str) or not nonce:
+    if not isinstance(nonce, str):
         return _skip("nonce", "not checked: nonce is not a string (see claims)")
     try:
         s.nonce_info = s.nonce_issuer.verify(nonce, now=s.now)
     except DPoPError as exc:
+        if not nonce:
+            return _fail(
+                "nonce",
+                exc.reason,
+                "the nonce is empty, a wrong nonce: the server answers use_dpop_nonce with a "
+                "DPoP-Nonce header; create the proof again with --nonce <that value>",
+            )
         return _fail(
             "nonce",
             exc.reason,
@@ -551,6 +575,44 @@ def _check_iat(s: _Subject) -> Check:
         Reason.IAT_IN_FUTURE,
         f"iat lies {iat - now:.0f} s in the future ({window}); fix the client's clock",
     )
+
+
+def _check_exp_nbf(s: _Subject) -> Check:
+    # RFC 7519 §4.1.4, §4.1.5: optional in a proof; when present nbf <= now < exp, with
+    # the same skew as iat. A valid nonce does not excuse them (the signer set them).
+    if s.payload is None:
+        return _skip("exp_nbf", _NO_PAYLOAD)
+    present = [name for name in ("exp", "nbf") if name in s.payload]
+    if not present:
+        return _ok("exp_nbf", "no exp or nbf claim (both optional)")
+    if (s.exp is None and "exp" in present) or (s.nbf is None and "nbf" in present):
+        return _skip("exp_nbf", "not checked: exp or nbf is not a number (see claims)")
+    now, skew = s.now, s.policy.future_skew
+    problems: list[tuple[Reason, str]] = []
+    if s.exp is not None and not now < s.exp + skew:
+        problems.append(
+            (
+                Reason.EXP_IN_PAST,
+                f"the proof expired at {_iso(s.exp)}, {now - s.exp:.0f} s before now "
+                f"({skew:g} s of skew allowed); create a fresh proof for each request",
+            )
+        )
+    if s.nbf is not None and s.nbf - skew > now:
+        problems.append(
+            (
+                Reason.NBF_IN_FUTURE,
+                f"the proof is not valid before {_iso(s.nbf)}, {s.nbf - now:.0f} s after now "
+                f"({skew:g} s of skew allowed); fix the client's clock",
+            )
+        )
+    if problems:
+        return _fail("exp_nbf", problems[0][0], "; ".join(text for _, text in problems))
+    limits = ", ".join(
+        f"{name} {_iso(value)}"
+        for name, value in (("nbf", s.nbf), ("exp", s.exp))
+        if value is not None
+    )
+    return _ok("exp_nbf", f"{limits}; now {_iso(now)} is inside ({skew:g} s of skew)")
 
 
 def _check_ath(s: _Subject) -> Check:
@@ -612,6 +674,7 @@ _RUNNERS: tuple[Callable[[_Subject], Check], ...] = (
     _check_htu,
     _check_nonce,
     _check_iat,
+    _check_exp_nbf,
     _check_ath,
     _check_jkt,
 )
@@ -851,12 +914,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CommandError(f"--url {args.url!r} is not a valid http(s) URL: {exc}") from None
     issuer: NonceIssuer | None = None
-    secret = secret_from_env(args.nonce_secret_env, "nonce secret")
-    if secret is not None:
-        try:
-            issuer = NonceIssuer([secret.encode("utf-8")], context=args.nonce_context)
-        except ValueError as exc:
-            raise CommandError(f"nonce secret from {args.nonce_secret_env}: {exc}") from None
+    nonce_secrets = nonce_secrets_from_env(args.nonce_secret_env)
+    if nonce_secrets is not None:
+        issuer = NonceIssuer(nonce_secrets, context=args.nonce_context)
     result = inspect_proof(
         proof,
         htm=args.method,
@@ -950,11 +1010,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--now", metavar="T", help="the time to check iat against (epoch seconds or ISO 8601)"
     )
-    p.add_argument(
-        "--nonce-secret-env",
-        metavar="VAR",
-        help="check the nonce with the server's nonce secret held in environment variable VAR",
-    )
+    add_nonce_secret_flag(p, "check the nonce with the server's nonce secrets")
     p.add_argument(
         "--nonce-context", default="", metavar="C", help="the nonce issuer's context (default '')"
     )

@@ -16,7 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dpopkit.cli import CommandError, missing_extra
+from dpopkit.cli import (
+    CommandError,
+    add_nonce_secret_flag,
+    missing_extra,
+    nonce_secrets_from_env,
+)
 from dpopkit.cli._serving import add_logging_flags, bind, run_uvicorn
 
 __all__ = ["register", "whoami_mounts", "worker_app"]
@@ -42,6 +47,9 @@ def register(subparsers: Any) -> None:
         help="uvicorn worker processes (needs a shared replay cache: sqlite or redis)",
     )
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    add_nonce_secret_flag(
+        parser, "AS nonce secrets (default: [dpop] nonce_secrets, else one kept in --data-dir)"
+    )
     add_logging_flags(parser)
     parser.set_defaults(func=run)
 
@@ -136,6 +144,8 @@ def _build(args: dict[str, Any]) -> tuple[Any, Any, Any]:
         port=args["port"],
         data_dir=None if args["data_dir"] is None else Path(args["data_dir"]),
         now=time.time(),
+        # Variable names travel to --workers processes, never the secrets themselves.
+        nonce_secrets=nonce_secrets_from_env(args.get("nonce_secret_env")),
     )
     from dpopkit.server.spa import spa_mounts
 
@@ -168,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         "port": args.port,
         "data_dir": None if args.data_dir is None else str(args.data_dir.resolve()),
         "no_api": args.no_api,
+        "nonce_secret_env": args.nonce_secret_env,
     }
     if args.workers < 1:
         raise CommandError("--workers must be >= 1", 2)

@@ -10,7 +10,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dpopkit.cli import CommandError, add_insecure_http_flag, missing_extra, secret_from_env
+from dpopkit.cli import (
+    CommandError,
+    add_insecure_http_flag,
+    add_nonce_secret_flag,
+    missing_extra,
+    nonce_secrets_from_env,
+)
 from dpopkit.cli._serving import add_logging_flags, bind, run_uvicorn
 
 __all__ = ["register"]
@@ -37,26 +43,10 @@ def register(subparsers: Any) -> None:
         "--replay", help="replay store URL: redis://... (default: in memory, one process)"
     )
     parser.add_argument("--replay-prefix", default="", help="key prefix in the replay store")
-    parser.add_argument(
-        "--nonce-secret-env",
-        help="name of an environment variable holding the nonce secret (hex, >= 32 bytes)",
-    )
+    add_nonce_secret_flag(parser, "RS nonce secrets shared by every instance (default: random)")
     add_insecure_http_flag(parser, "accept an http:// issuer (loopback demos and tests only)")
     add_logging_flags(parser)
     parser.set_defaults(func=run)
-
-
-def _nonce_secret(name: str | None) -> bytes | None:
-    value = secret_from_env(name, "nonce secret")
-    if value is None:
-        return None
-    try:
-        secret = bytes.fromhex(value)
-    except ValueError:
-        raise CommandError(f"{name} must hold hex") from None
-    if len(secret) < 32:
-        raise CommandError(f"{name} must hold at least 32 bytes")
-    return secret
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             audience=args.audience,
             replay=replay,
             require_nonce=args.require_nonce,
-            nonce_secret=_nonce_secret(args.nonce_secret_env),
+            nonce_secrets=nonce_secrets_from_env(args.nonce_secret_env) or (),
             allow_insecure_http=args.allow_insecure_http,
         )
     except ValueError as exc:

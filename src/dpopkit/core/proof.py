@@ -430,9 +430,11 @@ def verify_proof(
     the key (UNSUPPORTED_ALG, BAD_JWK); (6) signature by the ``jwk`` (BAD_SIGNATURE);
     (7) public ``jwk`` (PRIVATE_JWK); (8) ``htm`` (HTM_MISMATCH); (9) ``htu`` after
     RFC 3986 normalisation (HTU_MISMATCH); (10) the server nonce
-    (:class:`UseNonceError`); (11) ``iat`` window or nonce freshness (IAT_TOO_OLD,
-    IAT_IN_FUTURE); (12) ``ath`` of ``access_token`` (ATH_MISMATCH) and, when
-    ``expected_jkt`` is given, the key binding (JKT_MISMATCH).
+    (:class:`UseNonceError`, also for an empty ``nonce``); (11) ``iat`` window or nonce
+    freshness (IAT_TOO_OLD, IAT_IN_FUTURE) and, when present, ``nbf <= now < exp``
+    within ``future_skew`` (EXP_IN_PAST, NBF_IN_FUTURE; BAD_CLAIM when not numbers);
+    (12) ``ath`` of ``access_token`` (ATH_MISMATCH) and, when ``expected_jkt`` is
+    given, the key binding (JKT_MISMATCH).
 
     Args:
         proof: the ``DPoP`` header value (see :func:`extract_proof` for (1)).
@@ -567,7 +569,8 @@ def _verify(
     else:
         iat = _claim_iat(iat_claim)  # other types and huge integers: the precise error
     nonce = get("nonce")
-    if nonce is not None and (not isinstance(nonce, str) or not nonce):
+    if nonce is not None and not isinstance(nonce, str):
+        # An empty string is well typed: it is a wrong nonce, answered at (10) below.
         raise InvalidProofError(
             Reason.BAD_CLAIM, "nonce must be a string", detail={"claim": "nonce"}
         )
@@ -641,6 +644,9 @@ def _verify(
         raise InvalidProofError(
             reason, "iat is outside the acceptable window", detail={"iat": iat, "now": now}
         )
+    # Optional exp/nbf (RFC 7519 §4.1.4, §4.1.5): a dict lookup each when absent.
+    if "exp" in payload or "nbf" in payload:
+        _check_exp_nbf(payload, now, policy.future_skew)
 
     # RFC 9449 §4.3 (6): the signature, last because it is the expensive step.
     signature = b64url_decode(signature_b64)
@@ -671,6 +677,46 @@ def _verify(
         f"dpopkit:jti:{digest}",
         expires,
     )
+
+
+def _time_claim(payload: Mapping[str, Any], name: str) -> float | None:
+    """An optional NumericDate claim: None when absent, else a finite float (RFC 7519 §2)."""
+    if name not in payload:
+        return None
+    value = payload[name]
+    # bool is an int in Python; null, strings and the rest are no NumericDate.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidProofError(
+            Reason.BAD_CLAIM, f"{name} must be a number", detail={"claim": name}
+        )
+    try:
+        return float(value)  # an int too large for a float overflows
+    except OverflowError:
+        raise InvalidProofError(
+            Reason.BAD_CLAIM, f"{name} out of range", detail={"claim": name}
+        ) from None
+
+
+def _check_exp_nbf(payload: Mapping[str, Any], now: float, skew: float) -> None:
+    """``nbf <= now < exp`` when present, each with ``skew`` seconds of leeway.
+
+    A DPoP proof need not carry ``exp`` or ``nbf``; when it does they are JWT time
+    claims (RFC 7519 §4.1.4, §4.1.5), checked with the policy's ``future_skew``, as
+    the OpenID FAPI 2 conformance suite expects. A server nonce cannot excuse them:
+    they are the signer's own statement of the proof's lifetime.
+    """
+    exp = _time_claim(payload, "exp")
+    nbf = _time_claim(payload, "nbf")
+    if exp is not None and not now < exp + skew:
+        raise InvalidProofError(
+            Reason.EXP_IN_PAST, "the proof has expired (exp)", detail={"exp": exp, "now": now}
+        )
+    if nbf is not None and nbf - skew > now:
+        raise InvalidProofError(
+            Reason.NBF_IN_FUTURE,
+            "the proof is not valid yet (nbf)",
+            detail={"nbf": nbf, "now": now},
+        )
 
 
 def _claim_iat(iat: object) -> float:

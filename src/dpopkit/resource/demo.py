@@ -97,7 +97,8 @@ def create_whoami_app(
     tokens: AsyncTokenValidator | TokenValidator | None = None,
     replay: AsyncReplayCache | None = None,
     require_nonce: bool = False,
-    nonce_secret: bytes | None = None,
+    nonce_secret: bytes | str | None = None,
+    nonce_secrets: Sequence[bytes | str] = (),
     policy: ProofPolicy | None = None,
     allow_insecure_http: bool = False,
     path: str = WHOAMI_PATH,
@@ -112,6 +113,9 @@ def create_whoami_app(
         replay: the replay cache; an in-memory one (one process) by default.
         require_nonce: demand RS nonces (RFC 9449 §9).
         nonce_secret: the nonce secret (share it between instances); random by default.
+            A ``str`` is the text form: base64url of >= 32 bytes (``parse_nonce_secret``).
+        nonce_secrets: several secrets for rotation, newest first: the first signs, all
+            verify (used instead of ``nonce_secret`` when given).
         policy: the proof policy (``require_nonce`` is taken from the argument).
         allow_insecure_http: accept an ``http://`` issuer (loopback demos and tests).
         path: where the whoami endpoint lives.
@@ -133,8 +137,10 @@ def create_whoami_app(
         base = ProofPolicy(**{**fields, "require_nonce": require_nonce})
     nonces = None
     if require_nonce:
-        secret = nonce_secret if nonce_secret is not None else secrets.token_bytes(32)
-        nonces = NonceIssuer([secret], context=f"rs:{public_origin}")
+        keys: Sequence[bytes | str] = nonce_secrets or [
+            nonce_secret if nonce_secret is not None else secrets.token_bytes(32)
+        ]
+        nonces = NonceIssuer(keys, context=f"rs:{public_origin}")
     metrics = GuardMetrics()
     guard = AsyncResourceGuard(
         tokens=validator,

@@ -22,6 +22,7 @@ Example::
 
     [dpop]
     nonce = "per_client"                    # off | per_client | always
+    # nonce_secrets = ["<new>", "<old>"]    # base64url, >= 32 bytes; first signs, all verify
 
     [[users]]
     username = "alice"
@@ -86,7 +87,7 @@ _TOKENS = {
     "audience",
     "access_token_format",
 }
-_DPOP = {"nonce", "algorithms", "max_age"}
+_DPOP = {"nonce", "algorithms", "max_age", "nonce_secrets"}
 _CLIENT = {
     "client_id",
     "client_secret",
@@ -125,6 +126,8 @@ class ServeConfig:
     users: dict[str, str] = field(repr=False)
     clients: list[ClientRecord] = field(repr=False)
     demo_notes: list[str] = field(default_factory=list)
+    #: AS nonce secrets, newest first (the first signs, all verify); empty: one kept in data_dir.
+    nonce_secrets: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -223,10 +226,12 @@ def load_config(
     port: int | None = None,
     data_dir: Path | None = None,
     now: float = 0.0,
+    nonce_secrets: Sequence[bytes] | None = None,
 ) -> ServeConfig:
     """Read and validate a TOML configuration; demo defaults when ``path`` is None.
 
-    Command-line ``host``/``port``/``data_dir`` override the file.
+    Command-line ``host``/``port``/``data_dir`` and ``nonce_secrets`` (from
+    ``--nonce-secret-env``) override the file.
 
     Raises:
         ConfigError: any invalid or unreadable setting (one line).
@@ -308,6 +313,7 @@ def load_config(
         settings["proof_algorithms"] = frozenset(_typed(dpop, "algorithms", list, "dpop"))
     if "max_age" in dpop:
         settings["proof_max_age"] = float(_typed(dpop, "max_age", (int, float), "dpop"))
+    secrets_from_file = _nonce_secrets(dpop) if "nonce_secrets" in dpop else ()
 
     users: dict[str, str] = {}
     raw_users = raw.get("users", [])
@@ -353,7 +359,26 @@ def load_config(
         users=users,
         clients=clients,
         demo_notes=notes,
+        nonce_secrets=tuple(nonce_secrets) if nonce_secrets else secrets_from_file,
     )
+
+
+def _nonce_secrets(dpop: Mapping[str, Any]) -> tuple[bytes, ...]:
+    """``[dpop] nonce_secrets``: a non-empty list, each read by ``parse_nonce_secret``."""
+    from dpopkit.core.nonce import parse_nonce_secret
+
+    values = dpop["nonce_secrets"]
+    if not isinstance(values, list) or not values:
+        raise ConfigError("dpop.nonce_secrets must be a non-empty list of strings")
+    found: list[bytes] = []
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ConfigError(f"dpop.nonce_secrets[{index}] must be a string")
+        try:
+            found.append(parse_nonce_secret(value))
+        except ValueError as exc:
+            raise ConfigError(f"dpop.nonce_secrets[{index}]: {exc}") from None
+    return tuple(found)
 
 
 def describe(config: ServeConfig) -> str:
@@ -424,9 +449,16 @@ def build_server(
         from dpopkit.storage.redis import RedisReplayCache
 
         replay = RedisReplayCache.from_url(config.replay_url)
-    nonces = NonceIssuer(
-        [_persisted_secret(config.data_dir, "nonce-secret").encode()], context="as"
-    )
+    # Shared secrets (TOML or --nonce-secret-env) for several instances and rotation;
+    # else one kept in data_dir, in the same text format (base64url of 32 bytes).
+    nonce_secret_file = config.data_dir / "nonce-secret"
+    try:
+        nonces = NonceIssuer(
+            list(config.nonce_secrets) or [_persisted_secret(config.data_dir, "nonce-secret")],
+            context="as",
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{nonce_secret_file}: {exc}") from None
     csrf = _persisted_secret(config.data_dir, "csrf-secret").encode()
     service = TokenService(settings, store=store, replay=replay, nonces=nonces, clock=clock)
     try:
