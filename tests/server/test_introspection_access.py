@@ -61,6 +61,7 @@ def _server(store: SQLGrantStore, clock: Clock, fmt: str, **settings: Any) -> AS
 
 
 def _introspect(as_: AS, token: str, caller: str) -> Any:
+    headers: list[tuple[str, str]]
     if caller == "public":
         params, headers = {"token": token, "client_id": "public"}, []
     elif caller == "post":
