@@ -19,6 +19,7 @@ from .conftest import (
     ISSUER,
     PAR_URL,
     REDIRECT,
+    SECRET,
     USERS,
     body_of,
     error_of,
@@ -175,3 +176,18 @@ def test_hd5_resource_may_repeat_on_both(as_: AS, endpoint: str) -> None:
     else:
         resp = _authorize(as_, urlencode(params, doseq=True))
     assert _login_page(resp), resp.body
+
+
+@pytest.mark.parametrize("name", ["client_id", "client_secret"])
+def test_hd5_par_refuses_repeated_client_credentials(as_: AS, name: str) -> None:
+    """HD-5: the client authentication parameters may not repeat at /par either
+    (RFC 6749 §3.2, §2.3.1) → 400 invalid_request before anything is stored."""
+    params: dict[str, Any] = {
+        **_request_params(),
+        "client_id": "post",
+        "client_secret": SECRET,
+    }
+    params[name] = [params[name], params[name]]
+    resp = _push(as_, params)
+    assert resp.status == 400
+    assert error_of(resp) == "invalid_request"
