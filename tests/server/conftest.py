@@ -105,6 +105,14 @@ CLIENTS = [
         dpop_bound_access_tokens=True,
     ),
     ClientRecord(
+        # A resource server's client: may introspect tokens for the default audience.
+        client_id="rs",
+        secret_hash=hash_secret(SECRET),
+        token_endpoint_auth_method="client_secret_basic",
+        grant_types=("client_credentials",),
+        introspection_audiences=(ISSUER,),
+    ),
+    ClientRecord(
         client_id="noncey",
         secret_hash=hash_secret(SECRET),
         token_endpoint_auth_method="client_secret_basic",

@@ -16,7 +16,9 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from requests_oauth2client import (
     ClientSecretBasic,
+    ClientSecretPost,
     DPoPToken,
+    InvalidClient,
     InvalidGrant,
     OAuth2Client,
     PrivateKeyJwt,
@@ -52,6 +54,14 @@ redirect_uris = ["{callback}"]
 scope = "read write"
 dpop_bound_access_tokens = true
 dpop_nonce_required = true
+
+[[clients]]
+client_id = "rp-strict"
+client_secret = "rp-strict-secret-value"
+token_endpoint_auth_method = "client_secret_basic"
+token_endpoint_auth_method_strict = true
+grant_types = ["client_credentials"]
+scope = "read"
 
 [[clients]]
 client_id = "spa"
@@ -214,3 +224,29 @@ def test_interop_private_key_jwt(issuer: str) -> None:
     second = client.client_credentials(scope="read", dpop=True)  # a new assertion jti each time
     assert isinstance(first, DPoPToken)
     assert _verify_with_joserfc(issuer, second.access_token)["client_id"] == "jwt-rp"
+
+
+def test_hd8_interop_default_client_secret_post_against_basic_client(issuer: str) -> None:
+    """HD-8: requests-oauth2client with its default authentication (a (client_id, secret)
+    tuple is client_secret_post) gets a token from a client registered
+    client_secret_basic (RFC 6749 §2.3.1); a strict client still refuses it."""
+    client = OAuth2Client.from_discovery_endpoint(
+        issuer + "/.well-known/oauth-authorization-server",
+        issuer=issuer,
+        auth=("rp", "rp-secret-value"),
+        testing=True,
+    )
+    assert isinstance(client.auth, ClientSecretPost)  # the library's default
+    token = client.client_credentials(scope="read", dpop=True)
+    assert isinstance(token, DPoPToken)
+    assert _verify_with_joserfc(issuer, token.access_token)["client_id"] == "rp"
+    strict = OAuth2Client.from_discovery_endpoint(
+        issuer + "/.well-known/oauth-authorization-server",
+        issuer=issuer,
+        auth=("rp-strict", "rp-strict-secret-value"),
+        testing=True,
+    )
+    with pytest.raises(InvalidClient):
+        strict.client_credentials(scope="read", dpop=True)
+    pinned = _client(issuer, "rp-strict", "rp-strict-secret-value")  # ClientSecretBasic
+    assert isinstance(pinned.client_credentials(scope="read", dpop=True), DPoPToken)

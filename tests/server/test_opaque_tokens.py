@@ -50,7 +50,7 @@ def as_opaque(store: SQLGrantStore, clock: Clock) -> AS:
     return AS(make_service(store, clock, access_token_format="opaque"), store, clock)
 
 
-def _introspect(as_: AS, token: str, client: str = "conf") -> dict[str, Any]:
+def _introspect(as_: AS, token: str, client: str = "rs") -> dict[str, Any]:
     resp = as_.service.handle_introspect(
         form_request(
             ISSUER + "/introspect",
@@ -224,6 +224,7 @@ client_id = "rs"
 client_secret = "rs-secret-value"
 grant_types = ["client_credentials"]
 access_token_format = "{client_fmt}"
+introspection_audiences = ["{issuer}"]
 """
 
 

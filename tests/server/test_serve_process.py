@@ -44,6 +44,7 @@ dpop_bound_access_tokens = true
 client_id = "rs"
 client_secret = "rs-secret-value"
 grant_types = ["client_credentials"]
+introspection_audiences = ["http://127.0.0.1:{port}"]
 """
 
 

@@ -288,14 +288,19 @@ class AuthorizationEndpoint:
             return self._error_page(400, "Unknown client")
         try:
             request_uri = form.one("request_uri")
+            # RFC 6749 §3.1: no repeated parameters, by the same rule as at /par.
+            query_params = form.as_dict()
         except DPoPError:
             return self._error_page(400, "Malformed request")
         if request_uri is not None:
-            # RFC 9126 §4: a one-time request_uri bound to this client.
+            # RFC 9126 §4: a one-time request_uri bound to this client; only its owner
+            # spends it (another client's attempt leaves it usable).
             if not request_uri.startswith(PAR_URN_PREFIX):
                 return self._error_page(400, "Unsupported request_uri")
-            record = svc.store.consume_request(sha256_hex(request_uri), kind="par", now=now)
-            if record is None or record.client_id != client.client_id:
+            record = svc.store.consume_request(
+                sha256_hex(request_uri), kind="par", now=now, client_id=client.client_id
+            )
+            if record is None:
                 return self._error_page(400, "The request_uri is invalid, used or expired")
             params: dict[str, Any] = dict(record.params)
         else:
@@ -304,12 +309,7 @@ class AuthorizationEndpoint:
                 or svc.settings.require_pushed_authorization_requests
             ):
                 return self._error_page(400, "This client must use pushed authorization requests")
-            try:
-                params = form.as_dict()
-                for name in {k for k, _ in pairs if k != "resource"}:
-                    form.one(name)  # RFC 6749 §3.1: no repeated parameters
-            except DPoPError:
-                return self._error_page(400, "Malformed request")
+            params = query_params
         redirect_uri = params.get("redirect_uri")
         # RFC 6749 §3.1.2.3, RFC 8252 §7.3: checked before anything is redirected there.
         if not isinstance(redirect_uri, str) or not redirect_uri_allowed(

@@ -44,7 +44,7 @@ import secrets
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +86,7 @@ _TOKENS = {
     "key_rotation",
     "audience",
     "access_token_format",
+    "refresh_reuse_leeway",
 }
 _DPOP = {"nonce", "algorithms", "max_age", "nonce_secrets"}
 _CLIENT = {
@@ -104,6 +105,8 @@ _CLIENT = {
     "dpop_nonce_required",
     "access_token_format",
 }
+#: Per-client operator settings: in the file only, never accepted at /register.
+_CLIENT_OPERATOR = {"introspection_audiences", "token_endpoint_auth_method_strict"}
 
 
 class ConfigError(Exception):
@@ -161,7 +164,7 @@ def _client(raw: Any, index: int, now: float) -> ClientRecord:
     where = f"clients[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table")
-    _check_keys(raw, _CLIENT, where)
+    _check_keys(raw, _CLIENT | _CLIENT_OPERATOR, where)
     client_id = raw.get("client_id")
     if not isinstance(client_id, str) or not client_id:
         raise ConfigError(f"{where}.client_id is required")
@@ -175,11 +178,34 @@ def _client(raw: Any, index: int, now: float) -> ClientRecord:
     stored = secret_hash if secret_hash is not None else None
     if stored is None and secret is not None:
         stored = hash_secret(secret)
-    meta = {k: v for k, v in raw.items() if k not in ("client_secret", "client_secret_hash")}
+    meta = {
+        k: v
+        for k, v in raw.items()
+        if k not in ("client_secret", "client_secret_hash") and k not in _CLIENT_OPERATOR
+    }
     try:
-        return client_from_metadata(meta, client_id=client_id, secret_hash=stored, now=now)
+        record = client_from_metadata(meta, client_id=client_id, secret_hash=stored, now=now)
     except DPoPError as exc:
         raise ConfigError(f"{where} ({client_id}): {exc.description}") from None
+    return _operator_settings(record, raw, f"{where} ({client_id})")
+
+
+def _operator_settings(record: ClientRecord, raw: Mapping[str, Any], where: str) -> ClientRecord:
+    """Apply a client's operator settings (:data:`_CLIENT_OPERATOR`) to its record."""
+    audiences = raw.get("introspection_audiences", [])
+    if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
+        raise ConfigError(f"{where}: introspection_audiences must be a list of audience strings")
+    if audiences and record.is_public:
+        # RFC 7662 §2.1: introspection needs an authenticated client.
+        raise ConfigError(f"{where}: a public client cannot introspect (introspection_audiences)")
+    strict = raw.get("token_endpoint_auth_method_strict", False)
+    if not isinstance(strict, bool):
+        raise ConfigError(f"{where}: token_endpoint_auth_method_strict must be a boolean")
+    return replace(
+        record,
+        introspection_audiences=tuple(dict.fromkeys(audiences)),
+        token_endpoint_auth_method_strict=strict,
+    )
 
 
 def _demo(data_dir: Path, issuer: str) -> tuple[dict[str, str], list[ClientRecord], list[str]]:
@@ -303,6 +329,9 @@ def load_config(
             settings[key] = _typed(tokens, key, str, "tokens")
     if "audience" in tokens:
         settings["audience"] = tuple(_typed(tokens, "audience", list, "tokens"))
+    if "refresh_reuse_leeway" in tokens:
+        leeway = _typed(tokens, "refresh_reuse_leeway", (int, float), "tokens")
+        settings["refresh_reuse_leeway"] = float(leeway)
     dpop = raw.get("dpop", {})
     if not isinstance(dpop, dict):
         raise ConfigError("[dpop] must be a table")

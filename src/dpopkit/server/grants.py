@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from typing import Any
+from typing import Any, NoReturn
 
 from dpopkit.errors import InvalidGrantError, InvalidProofError, Reason, UnauthorizedClientError
 from dpopkit.server.service import (
@@ -141,15 +141,44 @@ def authorization_code(ctx: GrantContext) -> dict[str, Any]:
     return svc.token_response(token, access, refresh_token=rt_value)
 
 
+def _reused(ctx: GrantContext, rec: RefreshRecord) -> NoReturn:
+    """A spent refresh token came back: reuse detection (RFC 9700 §4.14.2).
+
+    The family is revoked (its refresh and access tokens), unless the reuse leeway
+    (``refresh_reuse_leeway``) is on and this is a retry: the same client presents the
+    token within the leeway after it was rotated, with a proof by the key that rotated
+    it. A retry is refused all the same, but the winner's tokens stay valid.
+
+    Raises:
+        InvalidGrantError: always.
+    """
+    leeway = ctx.service.settings.refresh_reuse_leeway
+    retry = (
+        leeway > 0
+        and rec.used
+        and not rec.revoked
+        and rec.used_at is not None
+        and ctx.now <= rec.used_at + leeway
+        and ctx.jkt is not None
+        and rec.used_jkt is not None
+        and hmac.compare_digest(ctx.jkt, rec.used_jkt)
+    )
+    if not retry:
+        ctx.service.store.revoke_family(rec.family_id)
+    raise InvalidGrantError(Reason.INVALID_GRANT, "invalid refresh token")
+
+
 def refresh_token(ctx: GrantContext) -> dict[str, Any]:
     """The refresh token grant with rotation and reuse detection.
 
     RFC 6749 §6, RFC 9700 §4.14.2, RFC 9449 §5.
 
     Every use rotates the token. A used token presented again revokes its whole
-    family (including the access tokens issued from it). A public client's token is
-    bound to its DPoP key (AS-6); a confidential client may present a new key and
-    the new access token is bound to that key (AS-7).
+    family (including the access tokens issued from it), except for a retry by the
+    same DPoP key within ``refresh_reuse_leeway`` (off by default), which is refused
+    without revoking anything. A public client's token is bound to its DPoP key
+    (AS-6); a confidential client may present a new key and the new access token is
+    bound to that key (AS-7).
 
     Raises:
         InvalidGrantError: unknown, expired, revoked, reused, other client, or
@@ -163,8 +192,7 @@ def refresh_token(ctx: GrantContext) -> dict[str, Any]:
     if rec is None or rec.client_id != client.client_id:
         raise InvalidGrantError(Reason.INVALID_GRANT, "invalid refresh token")
     if rec.used:
-        svc.store.revoke_family(rec.family_id)  # RFC 9700 §4.14.2: reuse detected
-        raise InvalidGrantError(Reason.INVALID_GRANT, "invalid refresh token")
+        _reused(ctx, rec)  # RFC 9700 §4.14.2: reuse detected
     if rec.revoked or rec.expires_at <= now:
         raise InvalidGrantError(Reason.INVALID_GRANT, "invalid refresh token")
     if rec.jkt is not None:
@@ -191,9 +219,11 @@ def refresh_token(ctx: GrantContext) -> dict[str, Any]:
         resource=rec.resource,
         jkt=rec.jkt if client.is_public and rec.jkt else (ctx.jkt if client.is_public else None),
     )
-    if not svc.store.rotate_refresh(token_hash, now=now, access=access, refresh=successor):
-        svc.store.revoke_family(rec.family_id)  # lost a race: the token was reused
-        raise InvalidGrantError(Reason.INVALID_GRANT, "invalid refresh token")
+    if not svc.store.rotate_refresh(
+        token_hash, now=now, access=access, refresh=successor, used_jkt=ctx.jkt
+    ):
+        # Lost a race: another redemption spent it first (read who, and when).
+        _reused(ctx, svc.store.get_refresh(token_hash) or rec)
     return svc.token_response(token, access, refresh_token=new_value)
 
 

@@ -140,6 +140,7 @@ def client_from_metadata(
         jwks=jwks,
         client_name=name,
         access_token_format=token_format,
+        introspection_audiences=(),  # an operator setting: never from registration (RFC 7662 §4)
         created_at=now,
         **flags,
     )

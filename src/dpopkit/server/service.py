@@ -55,6 +55,7 @@ from dpopkit.storage.sql import (
     AccessTokenRecord,
     ClientRecord,
     InteractionRecord,
+    RefreshRecord,
     SQLGrantStore,
     StoreError,
     sha256_hex,
@@ -72,11 +73,18 @@ __all__ = [
     "NoncePolicy",
     "ServerSettings",
     "TokenService",
+    "auth_method_accepted",
 ]
 
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 PAR_URN_PREFIX = "urn:ietf:params:oauth:request_uri:"
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+#: The two ways of sending a client secret (RFC 6749 §2.3.1): interchangeable unless pinned.
+SECRET_AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+#: Parameters that may appear more than once (RFC 8707 §2); every other one only once.
+REPEATABLE_PARAMETERS = frozenset({"resource"})
+#: The longest refresh-token reuse leeway accepted (seconds): a retry window, not a policy.
+MAX_REFRESH_REUSE_LEEWAY = 60.0
 MAX_FORM_BYTES = 65536
 _UNRESERVED_VERIFIER = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
@@ -125,6 +133,12 @@ class ServerSettings:
         access_token_format: ``jwt`` (RFC 9068, the default) or ``opaque`` (a random
             value only this AS can read: RFC 7662 introspection); a client's
             ``access_token_format`` metadata overrides it.
+        refresh_reuse_leeway: seconds after a refresh token was rotated during which
+            presenting it again with a proof by the same DPoP key is refused
+            (``invalid_grant``) without revoking its family: a client's retry of a
+            refresh whose answer it lost. 0 (the default) turns it off; at most 60.
+            Outside it, or with another key or no proof, reuse revokes the family
+            (RFC 9700 §4.14.2).
     """
 
     issuer: str
@@ -144,6 +158,7 @@ class ServerSettings:
     registration_enabled: bool = False
     test_mode_user: str | None = None
     access_token_format: AccessTokenFormat = "jwt"  # noqa: S105 - a format name
+    refresh_reuse_leeway: float = 0.0
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.issuer)
@@ -179,6 +194,11 @@ class ServerSettings:
             raise ServerConfigurationError(
                 Reason.CONFIGURATION, "access_token_format must be jwt or opaque"
             )
+        if not 0 <= self.refresh_reuse_leeway <= MAX_REFRESH_REUSE_LEEWAY:  # NaN fails too
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION,
+                f"refresh_reuse_leeway must be 0 to {MAX_REFRESH_REUSE_LEEWAY:g} seconds",
+            )
         try:
             ProofPolicy(algorithms=self.proof_algorithms, max_age=self.proof_max_age)
         except ValueError as exc:
@@ -207,7 +227,8 @@ class ServerSettings:
 class Form:
     """A parsed ``application/x-www-form-urlencoded`` body (RFC 6749 Appendix B).
 
-    Parameters may not repeat (RFC 6749 §3.1, §3.2) except those read with :meth:`all`.
+    Parameters may not repeat (RFC 6749 §3.1, §3.2) except those read with :meth:`all`
+    (:data:`REPEATABLE_PARAMETERS`): :meth:`one` and :meth:`as_dict` refuse a repeat.
     """
 
     __slots__ = ("_data",)
@@ -270,8 +291,19 @@ class Form:
         return [v for v in self._data.get(name, []) if v]
 
     def as_dict(self) -> dict[str, Any]:
-        """Single values as strings, repeatable ones as lists (for storage)."""
-        return {k: (v if k == "resource" else v[0]) for k, v in self._data.items() if v}
+        """Every parameter: single values as strings, repeatable ones as lists (for storage).
+
+        The one rule for a whole authorization request, at ``/par`` and at ``/authorize``
+        alike (RFC 6749 §3.1, RFC 9126 §2.1): no parameter but a repeatable one
+        (:data:`REPEATABLE_PARAMETERS`) may appear more than once.
+
+        Raises:
+            InvalidRequestError: a parameter is repeated.
+        """
+        for name, values in self._data.items():
+            if len(values) > 1 and name not in REPEATABLE_PARAMETERS:
+                raise InvalidRequestError(Reason.INVALID_REQUEST, f"{name} is repeated")
+        return {k: (v if k in REPEATABLE_PARAMETERS else v[0]) for k, v in self._data.items() if v}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -465,7 +497,11 @@ class TokenService:
         """Identify and authenticate the client (RFC 6749 §2.3, RFC 7523 §3).
 
         Methods: ``client_secret_basic``, ``client_secret_post``, ``private_key_jwt``
-        and ``none``; exactly one, and the one the client registered.
+        and ``none``; exactly one per request (RFC 6749 §2.3: a Basic header and a
+        body secret together are ``invalid_request``). The method presented must be
+        the registered one, except that a secret client may send its secret either way
+        unless it sets ``token_endpoint_auth_method_strict`` (see
+        :func:`auth_method_accepted`); never across secret, key and none.
 
         Raises:
             InvalidClientError: unknown client, wrong method or bad credentials (401).
@@ -518,7 +554,7 @@ class TokenService:
             client_id = form_id or ""
             method = "client_secret_post" if body_secret is not None else "none"
         client = self.get_client(client_id, now=now) if client_id else None
-        if client is None or client.token_endpoint_auth_method != method:
+        if client is None or not auth_method_accepted(client, method):
             raise InvalidClientError(
                 Reason.INVALID_CLIENT, "client authentication failed", challenge_scheme=challenge
             )
@@ -897,53 +933,85 @@ class TokenService:
             return None
         return record
 
+    @staticmethod
+    def may_introspect(caller: ClientRecord, record: AccessTokenRecord | RefreshRecord) -> bool:
+        """Whether ``caller`` may learn about a token (RFC 7662 §2.2, §4).
+
+        An access token: its own client, or a client whose ``introspection_audiences``
+        names one of the token's audiences (a resource server). A refresh token: only
+        its own client (it is meant for nobody else, RFC 6749 §1.5).
+        """
+        if caller.client_id == record.client_id:
+            return True
+        if isinstance(record, RefreshRecord):
+            return False
+        return not set(record.aud).isdisjoint(caller.introspection_audiences)
+
+    def introspection_body(self, caller: ClientRecord, token: str, *, now: float) -> dict[str, Any]:
+        """The RFC 7662 §2.2 answer about ``token`` for the authenticated ``caller``.
+
+        ``{"active": false}`` and nothing else unless the token is live and
+        :meth:`may_introspect` lets ``caller`` see it.
+        """
+        record = self.lookup_access_token(token, now=now)
+        if record is not None:
+            if not self.may_introspect(caller, record):
+                return {"active": False}
+            body: dict[str, Any] = {
+                "active": True,
+                "iss": self.settings.issuer,
+                "client_id": record.client_id,
+                "sub": record.sub,
+                "aud": record.aud[0] if len(record.aud) == 1 else list(record.aud),
+                "iat": int(record.issued_at),
+                "exp": int(record.expires_at),
+                # RFC 9449 §6.2 (AS-11): the token type and, below, cnf.jkt.
+                "token_type": "DPoP" if record.jkt else "Bearer",
+            }
+            if not record.opaque:
+                body["jti"] = record.jti  # an opaque token's key is its hash: not shown
+            if record.scope:
+                body["scope"] = record.scope
+            if record.jkt:
+                body["cnf"] = {"jkt": record.jkt}
+            return body
+        rt = self.store.get_refresh(sha256_hex(token))
+        if (
+            rt is None
+            or rt.used
+            or rt.revoked
+            or rt.expires_at <= now
+            or not self.may_introspect(caller, rt)
+        ):
+            return {"active": False}
+        body = {
+            "active": True,
+            "client_id": rt.client_id,
+            "sub": rt.sub,
+            "scope": rt.scope,
+            "exp": int(rt.expires_at),
+            "token_type": "refresh_token",
+        }
+        if rt.jkt:
+            body["cnf"] = {"jkt": rt.jkt}
+        return body
+
     def handle_introspect(self, request: RequestView) -> ResponseView:
         """Answer token introspection (RFC 7662 §2; RFC 9449 §6.2, AS-11).
 
-        Only authenticated confidential clients may introspect. A DPoP-bound token
-        reports ``token_type: DPoP`` and ``cnf.jkt``; an unknown, expired or revoked
-        token is ``{"active": false}`` and nothing else (X-17).
+        Only authenticated confidential clients may introspect, and only tokens
+        :meth:`may_introspect` allows them. A DPoP-bound token reports
+        ``token_type: DPoP`` and ``cnf.jkt``; an unknown, expired or revoked token, or
+        one the caller may not see, is ``{"active": false}`` and nothing else (X-17,
+        RFC 7662 §2.2).
         """
         now = self.clock()
         try:
             if request.method != "POST":
                 raise InvalidRequestError(Reason.INVALID_REQUEST, "use POST")
             form = Form.parse(request)
-            self._introspection_client(request, form, now)
-            token = form.need("token")
-            body: dict[str, Any] = {"active": False}
-            record = self.lookup_access_token(token, now=now)
-            if record is not None:
-                body = {
-                    "active": True,
-                    "iss": self.settings.issuer,
-                    "client_id": record.client_id,
-                    "sub": record.sub,
-                    "aud": record.aud[0] if len(record.aud) == 1 else list(record.aud),
-                    "iat": int(record.issued_at),
-                    "exp": int(record.expires_at),
-                    # RFC 9449 §6.2 (AS-11): the token type and, below, cnf.jkt.
-                    "token_type": "DPoP" if record.jkt else "Bearer",
-                }
-                if not record.opaque:
-                    body["jti"] = record.jti  # an opaque token's key is its hash: not shown
-                if record.scope:
-                    body["scope"] = record.scope
-                if record.jkt:
-                    body["cnf"] = {"jkt": record.jkt}
-            else:
-                rt = self.store.get_refresh(sha256_hex(token))
-                if rt is not None and not (rt.used or rt.revoked or rt.expires_at <= now):
-                    body = {
-                        "active": True,
-                        "client_id": rt.client_id,
-                        "sub": rt.sub,
-                        "scope": rt.scope,
-                        "exp": int(rt.expires_at),
-                        "token_type": "refresh_token",
-                    }
-                    if rt.jkt:
-                        body["cnf"] = {"jkt": rt.jkt}
+            caller = self._introspection_client(request, form, now)
+            body = self.introspection_body(caller, form.need("token"), now=now)
             response = _json(200, body)
         except (DPoPError, StoreError) as exc:
             response = self.error_response(exc)
@@ -1015,6 +1083,25 @@ class TokenService:
         if s.registration_enabled:
             data["registration_endpoint"] = s.url("/register")
         return data
+
+
+def auth_method_accepted(client: ClientRecord, presented: str) -> bool:
+    """Whether a client registered for one authentication method may use ``presented``.
+
+    The registered method always; besides, ``client_secret_basic`` and
+    ``client_secret_post`` stand in for each other for a secret client (as
+    node-oidc-provider, Keycloak and Duende accept either) unless the client sets
+    ``token_endpoint_auth_method_strict``. Never across secret, key
+    (``private_key_jwt``) and ``none``.
+    """
+    registered = client.token_endpoint_auth_method
+    if presented == registered:
+        return True
+    return (
+        not client.token_endpoint_auth_method_strict
+        and presented in SECRET_AUTH_METHODS
+        and registered in SECRET_AUTH_METHODS
+    )
 
 
 def new_family_id() -> str:

@@ -119,6 +119,13 @@ class ClientRecord:
     is RFC 9126 §6; ``dpop_nonce_required`` is dpopkit's per-client nonce switch;
     ``access_token_format`` (``jwt`` or ``opaque``) overrides the server's default
     access-token format for this client (None: the server's default).
+
+    Operator settings (configuration only, never taken from RFC 7591 registration):
+    ``introspection_audiences`` lists the token audiences (``aud`` values) this client
+    may introspect tokens for, as a resource server does (RFC 7662 §4); without it a
+    client learns only about its own tokens. ``token_endpoint_auth_method_strict``
+    pins ``client_secret_basic`` / ``client_secret_post`` to the registered one (by
+    default the two are interchangeable for a secret client, RFC 6749 §2.3.1).
     """
 
     client_id: str
@@ -133,6 +140,8 @@ class ClientRecord:
     require_pushed_authorization_requests: bool = False
     dpop_nonce_required: bool = False
     access_token_format: str | None = None
+    introspection_audiences: tuple[str, ...] = ()
+    token_endpoint_auth_method_strict: bool = False
     created_at: float = 0.0
 
     @property
@@ -183,7 +192,12 @@ class CodeRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RefreshRecord:
-    """One refresh token of a rotation family; ``jkt`` binds it (RFC 9449 §5, AS-5)."""
+    """One refresh token of a rotation family; ``jkt`` binds it (RFC 9449 §5, AS-5).
+
+    Once spent, ``used_at`` is when it was rotated and ``used_jkt`` the DPoP key
+    thumbprint of the proof that rotated it (None without a proof): the reuse leeway
+    compares a second redemption with them.
+    """
 
     token_hash: str
     family_id: str
@@ -196,6 +210,8 @@ class RefreshRecord:
     issued_at: float
     used: bool = False
     revoked: bool = False
+    used_at: float | None = None
+    used_jkt: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -350,6 +366,10 @@ def _client_from_row(row: Any) -> ClientRecord:
         ),
         dpop_nonce_required=bool(meta.get("dpop_nonce_required", False)),
         access_token_format=meta.get("access_token_format"),
+        introspection_audiences=tuple(meta.get("introspection_audiences", ())),
+        token_endpoint_auth_method_strict=bool(
+            meta.get("token_endpoint_auth_method_strict", False)
+        ),
         created_at=row.created_at,
     )
 
@@ -482,6 +502,11 @@ class SQLGrantStore:
         t = self._t["clients"]
         meta = client.metadata()
         meta["dpop_nonce_required"] = client.dpop_nonce_required
+        # Operator settings: kept with the metadata, not part of the RFC 7591 view.
+        if client.introspection_audiences:
+            meta["introspection_audiences"] = list(client.introspection_audiences)
+        if client.token_endpoint_auth_method_strict:
+            meta["token_endpoint_auth_method_strict"] = True
         values = {
             "metadata": json.dumps(meta),
             "secret_hash": client.secret_hash,
@@ -630,6 +655,8 @@ class SQLGrantStore:
             expires_at=row.expires_at,
             used=bool(row.used),
             revoked=bool(row.revoked) or bool(row.family_revoked),
+            used_at=data.get("used_at"),
+            used_jkt=data.get("used_jkt"),
         )
 
     def rotate_refresh(
@@ -639,12 +666,17 @@ class SQLGrantStore:
         now: float,
         access: AccessTokenRecord,
         refresh: RefreshRecord,
+        used_jkt: str | None = None,
     ) -> bool:
         """Spend a refresh token and store its successor and the new access token atomically.
 
+        The spent token keeps ``used_at`` (= ``now``) and ``used_jkt`` (the thumbprint of
+        the proof that spent it) in its JSON column, so a later redemption can be told
+        apart as a retry by the same key (the reuse leeway) or as a reuse.
+
         Returns:
             True for the single winner; False if it was already used, revoked or
-            expired (the caller then revokes the family: reuse detection).
+            expired (the caller then decides on reuse detection).
         """
         t, fam = self._t["refresh"], self._t["families"]
         live_family = (
@@ -653,6 +685,12 @@ class SQLGrantStore:
             .exists()
         )
         with self._tx() as conn:
+            # sub, scope and resource never change: reading them first is race-free; the
+            # conditional UPDATE below alone decides the winner.
+            raw = conn.execute(sa.select(t.c.data).where(t.c.token_hash == token_hash)).scalar()
+            if raw is None:
+                return False
+            data = {**json.loads(raw), "used_at": now, "used_jkt": used_jkt}
             done = conn.execute(
                 t.update()
                 .where(
@@ -662,7 +700,7 @@ class SQLGrantStore:
                     t.c.expires_at > now,
                     live_family,
                 )
-                .values(used=True)
+                .values(used=True, data=json.dumps(data))
             )
             if done.rowcount != 1:
                 return False
@@ -796,16 +834,23 @@ class SQLGrantStore:
             browser_hash=row.browser_hash,
         )
 
-    def consume_request(self, id_hash: str, *, kind: str, now: float) -> InteractionRecord | None:
-        """Spend a live request once (RFC 9126 §2.2: ``request_uri`` is one-time use)."""
+    def consume_request(
+        self, id_hash: str, *, kind: str, now: float, client_id: str | None = None
+    ) -> InteractionRecord | None:
+        """Spend a live request once (RFC 9126 §2.2: ``request_uri`` is one-time use).
+
+        With ``client_id``, only a request of that client is spent: another client's
+        attempt changes nothing and gets None, so it cannot burn the owner's request.
+        """
         record = self.get_request(id_hash, kind=kind, now=now)
-        if record is None:
+        if record is None or (client_id is not None and record.client_id != client_id):
             return None
         t = self._t["requests"]
+        owner = t.c.client_id == record.client_id
         with self._tx() as conn:
             done = conn.execute(
                 t.update()
-                .where(t.c.id_hash == id_hash, t.c.used == sa.false(), t.c.expires_at > now)
+                .where(t.c.id_hash == id_hash, owner, t.c.used == sa.false(), t.c.expires_at > now)
                 .values(used=True)
             )
         return record if done.rowcount == 1 else None
