@@ -58,7 +58,7 @@ def test_jwt_validator_misconfiguration_raises_at_construction(options: dict[str
 )
 def test_introspection_misconfiguration_raises(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        IntrospectionTokens(**options)
+        IntrospectionTokens(**options, audience=AUDIENCE)
 
 
 @pytest.mark.parametrize(
