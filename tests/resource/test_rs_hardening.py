@@ -279,3 +279,332 @@ def test_hd29_sync_and_async_validators_take_the_same_parameters(sync: type, asy
         return [(p.name, p.kind, p.default) for p in params if p.name != "http_client"]
 
     assert shape(sync) == shape(async_)
+
+
+# --- HD-11: route-level adapters authenticate whatever else is (not) configured ----------
+
+NONCE_SECRET = b"h" * 32
+
+
+def _nonce_guard(issuer: Issuer, *, asynchronous: bool = False, nonce: bool = True) -> Any:
+    from dpopkit import NonceIssuer, ProofPolicy
+    from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
+    from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
+    from tests.resource._rs_support import Clock
+
+    tokens = JWTAccessTokens(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks())
+    options: dict[str, Any] = {"tokens": tokens, "clock": Clock()}
+    if nonce:
+        options["nonces"] = NonceIssuer([NONCE_SECRET])
+        options["policy"] = ProofPolicy(require_nonce=True)
+    if asynchronous:
+        return AsyncResourceGuard(replay=AsyncMemoryReplayCache(), **options)
+    return ResourceGuard(replay=MemoryReplayCache(), **options)
+
+
+@pytest.fixture
+def django_settings() -> Any:
+    """Django configured for the tests; MIDDLEWARE and DPOPKIT restored afterwards."""
+    import django  # type: ignore[import-untyped]
+    from django.conf import settings  # type: ignore[import-untyped]
+
+    if not settings.configured:
+        settings.configure(
+            DEBUG=False,
+            SECRET_KEY="dpopkit-tests-only",
+            ALLOWED_HOSTS=["api.example"],
+            ROOT_URLCONF="tests.resource._rs_django_urls",
+            MIDDLEWARE=["dpopkit.resource.django.DPoPMiddleware"],
+            INSTALLED_APPS=[],
+            USE_TZ=True,
+        )
+        django.setup()
+    saved = (settings.MIDDLEWARE, getattr(settings, "DPOPKIT", None))
+    yield settings
+    settings.MIDDLEWARE, settings.DPOPKIT = saved
+
+
+Served = Callable[[], int]
+Send = Callable[[str, list[tuple[str, str]]], Any]
+
+
+def _django_route(
+    settings: Any, guard: Any, *, middleware: bool, view: str
+) -> tuple[Send, str, Served]:
+    from django.core.handlers.asgi import ASGIHandler  # type: ignore[import-untyped]
+    from django.core.handlers.wsgi import WSGIHandler  # type: ignore[import-untyped]
+
+    from tests.resource import _rs_django_urls
+    from tests.resource._rs_support import ORIGIN, asgi_requester, wsgi_requester
+
+    settings.MIDDLEWARE = ["dpopkit.resource.django.DPoPMiddleware"] if middleware else []
+    settings.DPOPKIT = {"guard": guard, "public_origin": ORIGIN}
+    path = {"marked": "/marked", "class": "/class", "hidden": "/hidden", "async": "/marked-async"}
+    if view == "async":
+        request = asgi_requester(ASGIHandler(), "asyncio")
+    else:
+        request = wsgi_requester(WSGIHandler())
+    before = len(_rs_django_urls.SERVED)
+    return (
+        lambda p, headers: request("GET", p, headers),
+        path[view],
+        lambda: len(_rs_django_urls.SERVED) - before,
+    )
+
+
+def _flask_route(guard: Any) -> tuple[Send, str, Served]:
+    from flask import Flask
+
+    from dpopkit.resource.flask import DPoP, current_principal
+    from tests.resource._rs_support import ORIGIN, wsgi_requester
+
+    app = Flask("hd11")
+    dpop = DPoP(guard=guard, public_origin=ORIGIN)  # init_app never called
+    served: list[str] = []
+
+    @app.get("/marked")
+    @dpop.required("read")
+    def marked() -> dict[str, Any]:
+        served.append("marked")
+        return {"sub": current_principal().sub}
+
+    request = wsgi_requester(app)
+    return (lambda p, headers: request("GET", p, headers)), "/marked", lambda: len(served)
+
+
+ROUTE_CASES = [
+    *[
+        f"django-{mw}-{view}"
+        for mw in ("no-middleware", "middleware")
+        for view in ("marked", "class", "hidden", "async")
+    ],
+    "flask-no-init-app",
+]
+
+
+@pytest.mark.parametrize("case", ROUTE_CASES)
+def test_hd11_route_level_protection_needs_no_middleware(
+    case: str, issuer: Issuer, key: DPoPKey, request: pytest.FixtureRequest
+) -> None:
+    """HD-11: a route-level adapter authenticates its view itself when what usually runs
+    first is missing (Django without DPoPMiddleware, a mark the middleware cannot see on a
+    class-based or re-wrapped view; Flask without init_app): no credentials get the 401
+    challenge (RFC 9449 §7.1) and the view never runs; an accepted request gets the fresh
+    DPoP-Nonce (RFC 9449 §9) on the view's own response."""
+    from dpopkit import parse_challenges
+    from tests.resource._rs_support import ORIGIN, dpop_headers
+
+    guard = _nonce_guard(issuer)
+    if case.startswith("django"):
+        settings = request.getfixturevalue("django_settings")
+        mw, view = case.removeprefix("django-").rsplit("-", 1)
+        send, path, served = _django_route(
+            settings, guard, middleware=mw == "middleware", view=view
+        )
+    else:
+        send, path, served = _flask_route(guard)
+    anonymous = send(path, [])
+    assert anonymous.status_code == 401
+    (challenge,) = parse_challenges(anonymous.headers["www-authenticate"])
+    assert challenge.is_scheme("DPoP")
+    assert served() == 0
+    token = issuer.token(jkt=key.jkt, scope="read")
+    url = f"{ORIGIN}{path}"
+    no_nonce = send(path, dpop_headers(key, token, url=url))
+    assert no_nonce.status_code == 401
+    assert parse_challenges(no_nonce.headers["www-authenticate"])[0].params["error"] == (
+        "use_dpop_nonce"
+    )
+    old = guard.nonces.issue(now=NOW - 60)  # valid but not current: a fresh one comes back
+    accepted = send(path, dpop_headers(key, token, url=url, nonce=old))
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.headers["dpop-nonce"] == guard.nonces.issue(now=NOW)
+    assert served() == 1
+    scope_token = issuer.token(jkt=key.jkt, scope="write")
+    nonce = guard.nonces.issue(now=NOW)
+    short = send(path, dpop_headers(key, scope_token, url=url, nonce=nonce))
+    assert short.status_code == 403
+    assert served() == 1
+    assert guard.metrics.snapshot()["accepted"] == {"DPoP": 1}
+
+
+def _wrong_guard_cases() -> list[Callable[[Any, Any], object]]:
+    from tests.resource._rs_support import ORIGIN, Calls, asgi_app, wsgi_app
+
+    def flask(sync: Any, async_: Any) -> object:
+        from dpopkit.resource.flask import DPoP
+
+        return DPoP(guard=async_, public_origin=ORIGIN)
+
+    def fastapi(sync: Any, async_: Any) -> object:
+        from dpopkit.resource.fastapi import DPoPSecurity
+
+        return DPoPSecurity(sync, public_origin=ORIGIN)
+
+    def asgi(sync: Any, async_: Any) -> object:
+        from dpopkit.resource.asgi import DPoPMiddleware
+
+        return DPoPMiddleware(asgi_app(Calls()), guard=sync, public_origin=ORIGIN)
+
+    def wsgi(sync: Any, async_: Any) -> object:
+        from dpopkit.resource.wsgi import DPoPWSGIMiddleware
+
+        return DPoPWSGIMiddleware(wsgi_app(Calls()), guard=async_, public_origin=ORIGIN)
+
+    return [flask, fastapi, asgi, wsgi]
+
+
+@pytest.mark.parametrize("make", _wrong_guard_cases(), ids=lambda f: f.__name__)
+def test_hd11_adapter_refuses_the_wrong_guard_kind(
+    make: Callable[[Any, Any], object], issuer: Issuer
+) -> None:
+    """HD-11: every adapter refuses, at construction, a guard it cannot await or call
+    (Flask given the async guard used to run the view with a coroutine as principal)."""
+    sync, async_ = _nonce_guard(issuer), _nonce_guard(issuer, asynchronous=True)
+    with pytest.raises(TypeError):
+        make(sync, async_)
+
+
+@pytest.mark.parametrize("dpopkit_setting", ["missing", "async-guard"])
+def test_hd11_django_decorator_fails_closed_when_misconfigured(
+    dpopkit_setting: str, issuer: Issuer, django_settings: Any
+) -> None:
+    """HD-11: with no usable DPOPKIT setting the decorated view is not served: Django's
+    ImproperlyConfigured answers 500 (a server fault, logged), never the view."""
+    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.test import RequestFactory  # type: ignore[import-untyped]
+
+    from tests.resource import _rs_django_urls
+
+    django_settings.MIDDLEWARE = []
+    if dpopkit_setting == "missing":
+        django_settings.DPOPKIT = None
+    else:
+        django_settings.DPOPKIT = {"guard": _nonce_guard(issuer, asynchronous=True)}
+    before = len(_rs_django_urls.SERVED)
+    with pytest.raises(ImproperlyConfigured):
+        _rs_django_urls.marked(RequestFactory().get("/marked", HTTP_HOST="api.example"))
+    from tests.resource._rs_support import wsgi_requester
+
+    response = wsgi_requester(WSGIHandler())("GET", "/marked", [])
+    assert response.status_code == 500
+    assert len(_rs_django_urls.SERVED) == before
+
+
+# --- HD-16: a Bearer token at a DPoP-only resource is told why ---------------------------
+
+
+def _fastapi_route(guard: Any) -> tuple[Send, str, Served]:
+    from fastapi import FastAPI, Security
+
+    from dpopkit.resource.fastapi import DPoPSecurity
+    from dpopkit.resource.guard import DPoPPrincipal
+    from tests.resource._rs_support import ORIGIN, asgi_requester
+
+    auth = DPoPSecurity(guard, public_origin=ORIGIN)
+    app = FastAPI()
+    served: list[str] = []
+
+    @app.get("/marked")
+    async def marked(
+        principal: DPoPPrincipal = Security(auth, scopes=["read"]),  # noqa: B008
+    ) -> dict[str, Any]:
+        served.append("marked")
+        return {"sub": principal.sub}
+
+    request = asgi_requester(app, "asyncio")
+    return (lambda p, headers: request("GET", p, headers)), "/marked", lambda: len(served)
+
+
+def _middleware_route(guard: Any, kind: str) -> tuple[Send, str, Served]:
+    from dpopkit.resource.asgi import DPoPMiddleware
+    from dpopkit.resource.wsgi import DPoPWSGIMiddleware
+    from tests.resource._rs_support import (
+        ORIGIN,
+        Calls,
+        asgi_app,
+        asgi_requester,
+        wsgi_app,
+        wsgi_requester,
+    )
+
+    calls = Calls()
+    if kind == "asgi":
+        app: Any = DPoPMiddleware(asgi_app(calls), guard=guard, public_origin=ORIGIN)
+        request = asgi_requester(app, "asyncio")
+    else:
+        app = DPoPWSGIMiddleware(wsgi_app(calls), guard=guard, public_origin=ORIGIN)
+        request = wsgi_requester(app)
+    return (lambda p, headers: request("GET", p, headers)), "/marked", lambda: calls.count
+
+
+ADAPTERS = ["guard", "asgi", "wsgi", "fastapi", "flask", "django"]
+
+
+@pytest.mark.parametrize("bound", [True, False], ids=["bound-token", "unbound-token"])
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_hd16_bearer_at_a_dpop_only_resource_is_invalid_token(
+    adapter: str, bound: bool, issuer: Issuer, key: DPoPKey, request: pytest.FixtureRequest
+) -> None:
+    """HD-16: ``Authorization: Bearer`` at a resource accepting only DPoP gets 401 with a
+    DPoP challenge carrying error="invalid_token" and an error_description (RFC 9449 §7.1,
+    §7.2; RFC 6750 §3.1; DESIGN.md error codes), reason ``dpop_required``; an unknown
+    scheme still gets the bare challenge."""
+    from dpopkit import Headers, RequestView, parse_challenges
+    from tests.resource._rs_support import ORIGIN
+
+    asynchronous = adapter in ("asgi", "fastapi")
+    guard = _nonce_guard(issuer, asynchronous=asynchronous, nonce=False)
+    token = issuer.token(jkt=key.jkt if bound else None, scope="read")
+    if adapter == "guard":
+        view = RequestView(
+            method="GET",
+            url=f"{ORIGIN}/marked",
+            headers=Headers([("Authorization", f"Bearer {token}")]),
+        )
+        with pytest.raises(InvalidTokenError) as refused:
+            guard.authenticate(view)
+        assert refused.value.reason is Reason.DPOP_REQUIRED
+        rendered = guard.error_response(refused.value)
+        status, headers = rendered.status, dict(rendered.headers)
+        with pytest.raises(InvalidTokenError) as unknown:
+            guard.authenticate(_basic(view))
+        basic_challenge = dict(guard.error_response(unknown.value).headers)["WWW-Authenticate"]
+        served = 0
+    else:
+        if adapter == "django":
+            settings = request.getfixturevalue("django_settings")
+            send, path, count = _django_route(settings, guard, middleware=True, view="marked")
+        elif adapter == "flask":
+            send, path, count = _flask_route(guard)
+        elif adapter == "fastapi":
+            send, path, count = _fastapi_route(guard)
+        else:
+            send, path, count = _middleware_route(guard, adapter)
+        response = send(path, [("Authorization", f"Bearer {token}")])
+        status = response.status_code
+        headers = {"WWW-Authenticate": response.headers["www-authenticate"]}
+        basic_challenge = send(path, [("Authorization", "Basic dXNlcjpwYXNz")]).headers[
+            "www-authenticate"
+        ]
+        served = count()
+    assert status == 401
+    (challenge,) = parse_challenges(headers["WWW-Authenticate"])
+    assert challenge.is_scheme("DPoP")
+    assert challenge.params["error"] == "invalid_token"
+    assert challenge.params["error_description"]
+    assert challenge.params["algs"]
+    assert served == 0
+    assert guard.metrics.snapshot()["rejected"]["dpop_required"] == 1
+    (bare,) = parse_challenges(basic_challenge)
+    assert bare.is_scheme("DPoP")
+    assert "error" not in bare.params  # RFC 6750 §3.1: an unknown scheme gets no error
+
+
+def _basic(view: Any) -> Any:
+    from dpopkit import Headers, RequestView
+
+    return RequestView(
+        method=view.method, url=view.url, headers=Headers([("Authorization", "Basic dXNlcjpw")])
+    )

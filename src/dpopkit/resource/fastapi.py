@@ -16,7 +16,7 @@ from fastapi.security import SecurityScopes
 from fastapi.security.base import SecurityBase
 
 from dpopkit.errors import DPoPError
-from dpopkit.resource._site import ProxyTrust, Site
+from dpopkit.resource._site import ProxyTrust, Site, check_guard
 from dpopkit.resource.guard import AsyncResourceGuard, DPoPPrincipal
 
 __all__ = ["DPoPSecurity"]
@@ -44,6 +44,7 @@ class DPoPSecurity(SecurityBase):
         scheme_name: str = "DPoP",
         description: str | None = "DPoP-bound access token (RFC 9449)",
     ) -> None:
+        check_guard(guard, AsyncResourceGuard, "DPoPSecurity")
         self.model = HTTPBase(scheme="DPoP", description=description)
         self.scheme_name = scheme_name
         self.guard = guard
