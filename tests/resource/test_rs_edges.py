@@ -123,6 +123,7 @@ def test_demo_app_metrics_404_405_and_lifespan(issuer: Issuer) -> None:
         issuer=ISSUER,
         public_origin=origin,
         tokens=Tokens(issuer=ISSUER, audience=origin, jwks=issuer.jwks()),
+        metrics=True,
     )
     key = DPoPKey.generate("ES256")
     now = time.time()

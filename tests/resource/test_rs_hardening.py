@@ -379,6 +379,7 @@ ROUTE_CASES = [
         for view in ("marked", "class", "hidden", "async")
     ],
     "flask-no-init-app",
+    "fastapi",
 ]
 
 
@@ -388,14 +389,17 @@ def test_hd11_route_level_protection_needs_no_middleware(
 ) -> None:
     """HD-11: a route-level adapter authenticates its view itself when what usually runs
     first is missing (Django without DPoPMiddleware, a mark the middleware cannot see on a
-    class-based or re-wrapped view; Flask without init_app): no credentials get the 401
+    class-based or re-wrapped view; Flask without init_app; the FastAPI dependency, which
+    needs nothing else): no credentials get the 401
     challenge (RFC 9449 §7.1) and the view never runs; an accepted request gets the fresh
     DPoP-Nonce (RFC 9449 §9) on the view's own response."""
     from dpopkit import parse_challenges
     from tests.resource._rs_support import ORIGIN, dpop_headers
 
-    guard = _nonce_guard(issuer)
-    if case.startswith("django"):
+    guard = _nonce_guard(issuer, asynchronous=case == "fastapi")
+    if case == "fastapi":
+        send, path, served = _fastapi_route(guard)
+    elif case.startswith("django"):
         settings = request.getfixturevalue("django_settings")
         mw, view = case.removeprefix("django-").rsplit("-", 1)
         send, path, served = _django_route(
