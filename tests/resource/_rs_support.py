@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -325,17 +326,27 @@ class FloodServer:
     """A raw HTTP/1.1 server on 127.0.0.1 answering every request with a huge JSON body.
 
     Each connection gets ``200`` and ``{"keys":[`` followed by blanks up to ``body_size``
-    bytes (no ``Content-Length`` unless ``declare_length``), written in 16 KiB chunks
-    until the peer closes. ``sent`` records, per connection, the body bytes the server
-    managed to write (its send buffer is kept small, so this tracks what the client read).
+    bytes (no ``Content-Length`` unless ``declare_length``), written in ``chunk_size``
+    chunks ``delay`` seconds apart (a slow drip when asked) until the peer closes.
+    ``sent`` records, per connection, the body bytes the server managed to write (its
+    send buffer is kept small, so this tracks what the client read).
     """
 
     CHUNK = 16 * 1024
 
-    def __init__(self, *, body_size: int = 64 * 1024 * 1024, declare_length: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        body_size: int = 64 * 1024 * 1024,
+        declare_length: bool = False,
+        chunk_size: int = CHUNK,
+        delay: float = 0.0,
+    ) -> None:
         import socket
 
         self.body_size = body_size
+        self.chunk_size = chunk_size
+        self.delay = delay
         self.declare_length = declare_length
         self.sent: list[int] = []
         self.paths: list[str] = []
@@ -397,8 +408,10 @@ class FloodServer:
             prefix = b'{"keys":['
             conn.sendall(prefix)
             sent = len(prefix)
-            blank = b" " * self.CHUNK
+            blank = b" " * self.chunk_size
             while sent < self.body_size:
+                if self.delay:
+                    time.sleep(self.delay)
                 conn.sendall(blank)
                 sent += len(blank)
         except OSError:

@@ -123,7 +123,9 @@ CHUNK = 64 * 1024  # httpcore reads at most this much per chunk
 SOCKET_BUFFERS = 8 * 1024 * 1024
 
 
-def _fetcher(kind: str, mode: str, base: str, client: Any) -> Callable[[], object]:
+def _fetcher(
+    kind: str, mode: str, base: str, client: Any, timeout: float = 20
+) -> Callable[[], object]:
     """One fetch of ``kind`` through the public validator API (``mode``: sync or async)."""
     call: Callable[[], Any]
     if kind == "introspection":
@@ -135,7 +137,7 @@ def _fetcher(kind: str, mode: str, base: str, client: Any) -> Callable[[], objec
             audience=AUDIENCE,
             allow_insecure_http=True,
             http_client=client,
-            timeout=20,
+            timeout=timeout,
         )
         call = functools.partial(tokens.validate, "opaque", now=NOW)
     else:
@@ -146,7 +148,7 @@ def _fetcher(kind: str, mode: str, base: str, client: Any) -> Callable[[], objec
             audience=AUDIENCE,
             allow_insecure_http=True,
             http_client=client,
-            timeout=20,
+            timeout=timeout,
             **where,
         )
         call = functools.partial(tokens.refresh, now=NOW)
@@ -213,6 +215,24 @@ def test_hd13_declared_oversize_is_refused_before_the_body(kind: str, mode: str)
         _close(client)
     assert refused.value.reason is Reason.UPSTREAM_UNAVAILABLE
     assert counted.read == 0
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["jwks", "introspection"])
+def test_hd13_a_slow_drip_is_cut_at_the_timeout(kind: str, mode: str) -> None:
+    """HD-13: ``timeout`` bounds the whole fetch, not each read: a server that sends one
+    byte every 0.2 s (each read well within the timeout) is abandoned after ~1 s."""
+    import time
+
+    with FloodServer(body_size=64, chunk_size=1, delay=0.2) as server:
+        fetch = _fetcher(kind, mode, server.base, None, timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(TemporarilyUnavailableError):
+            fetch()
+        elapsed = time.monotonic() - started
+        server.join()
+    assert elapsed < 2.0
+    assert server.sent[0] < 20
 
 
 # --- HD-29: typed keyword parameters on every public constructor --------------------------
