@@ -37,8 +37,8 @@ LAZY_OK: dict[str, str] = {
     "dpopkit.resource.tokens": "the validators that fetch keys check httpx at construction",
 }
 
-#: Packages that come with another one (anyio is a dependency of httpx and Starlette).
-COMES_WITH = {"anyio": "httpx"}
+#: Packages that come with another one (anyio with httpx, asgiref with Django).
+COMES_WITH = {"anyio": "httpx", "asgiref": "django"}
 
 #: Distribution names whose import name differs.
 IMPORT_NAMES = {"prometheus-client": "prometheus_client", "psycopg[binary]": "psycopg"}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 import anyio
 import httpx
@@ -295,3 +298,188 @@ class KeyServer:
     def issuer(self, kid: str = "k1") -> Issuer:
         found = next(i for i in self.keys if i.kid == kid)
         return Issuer(issuer=self.base, kid=kid, key=found.key, alg=found.alg)
+
+
+class Introspector:
+    """An RFC 7662 endpoint at ``/introspect`` answering ``answers[token]`` (Basic ``rs:1``)."""
+
+    def __init__(self) -> None:
+        self.routes = Routes()
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.auth: list[str] = []
+        self.header_names: list[set[str]] = []
+        self.routes.post["/introspect"] = self.handle
+
+    def handle(self, body: bytes, headers: Any) -> tuple[int, Any]:
+        self.auth.append(headers.get("Authorization", ""))
+        self.header_names.append({name.lower() for name in headers})
+        expected = "Basic " + base64.b64encode(b"rs%3A1:s%26cret").decode()
+        if headers.get("Authorization") != expected:
+            return 401, {"error": "invalid_client"}
+        token = parse_qs(body.decode())["token"][0]
+        answer = self.answers.get(token, {"active": False})
+        # An AS names the resource in aud (RFC 7662 §2.2); answers may override it.
+        return 200, {"aud": AUDIENCE, **answer} if answer.get("active") is True else answer
+
+
+class FloodServer:
+    """A raw HTTP/1.1 server on 127.0.0.1 answering every request with a huge JSON body.
+
+    Each connection gets ``200`` and ``{"keys":[`` followed by blanks up to ``body_size``
+    bytes (no ``Content-Length`` unless ``declare_length``), written in ``chunk_size``
+    chunks ``delay`` seconds apart (a slow drip when asked) until the peer closes.
+    ``sent`` records, per connection, the body bytes the server managed to write (its
+    send buffer is kept small, so this tracks what the client read).
+    """
+
+    CHUNK = 16 * 1024
+
+    def __init__(
+        self,
+        *,
+        body_size: int = 64 * 1024 * 1024,
+        declare_length: bool = False,
+        chunk_size: int = CHUNK,
+        delay: float = 0.0,
+    ) -> None:
+        import socket
+
+        self.body_size = body_size
+        self.chunk_size = chunk_size
+        self.delay = delay
+        self.declare_length = declare_length
+        self.sent: list[int] = []
+        self.paths: list[str] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self.base = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> FloodServer:
+        self._acceptor.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._acceptor.join(5)
+        self.join()
+        self._sock.close()
+
+    def join(self) -> None:
+        """Wait until every connection so far has ended (the counts are final)."""
+        for thread in list(self._threads):
+            thread.join(30)
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: Any) -> None:
+        sent = 0
+        try:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                more = conn.recv(65536)
+                if not more:
+                    return
+                data += more
+            request_line = data.split(b"\r\n", 1)[0].decode("latin-1")
+            with self._lock:
+                self.paths.append(request_line.split(" ")[1])
+            head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            if self.declare_length:
+                head += f"Content-Length: {self.body_size}\r\n"
+            conn.sendall((head + "\r\n").encode())
+            prefix = b'{"keys":['
+            conn.sendall(prefix)
+            sent = len(prefix)
+            blank = b" " * self.chunk_size
+            while sent < self.body_size:
+                if self.delay:
+                    time.sleep(self.delay)
+                conn.sendall(blank)
+                sent += len(blank)
+        except OSError:
+            pass  # the client hung up: what it cost us is in ``sent``
+        finally:
+            with self._lock:
+                self.sent.append(sent)
+            conn.close()
+
+
+class CountedBytes:
+    """How many response-body bytes a client pulled from its transport."""
+
+    def __init__(self) -> None:
+        self.read = 0
+
+
+def counting_client(counted: CountedBytes) -> httpx.Client:
+    """An ``httpx.Client`` whose transport counts the body bytes handed to the caller."""
+
+    class Stream(httpx.SyncByteStream):
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __iter__(self) -> Iterator[bytes]:
+            for chunk in self.inner:
+                counted.read += len(chunk)
+                yield chunk
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class Transport(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = super().handle_request(request)
+            return httpx.Response(
+                response.status_code,
+                headers=response.headers,
+                stream=Stream(response.stream),
+                extensions=response.extensions,
+            )
+
+    return httpx.Client(transport=Transport(), timeout=10)
+
+
+def async_counting_client(counted: CountedBytes) -> httpx.AsyncClient:
+    """The asynchronous :func:`counting_client`."""
+
+    class Stream(httpx.AsyncByteStream):
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __aiter__(self) -> Any:
+            async for chunk in self.inner:
+                counted.read += len(chunk)
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    class Transport(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await super().handle_async_request(request)
+            return httpx.Response(
+                response.status_code,
+                headers=response.headers,
+                stream=Stream(response.stream),
+                extensions=response.extensions,
+            )
+
+    return httpx.AsyncClient(transport=Transport(), timeout=10)

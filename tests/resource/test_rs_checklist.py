@@ -185,14 +185,16 @@ def test_rs16_bound_token_as_bearer_rejected(
 def test_rs16_bearer_refused_when_not_configured(
     build: Build, issuer: Issuer, key: DPoPKey
 ) -> None:
-    """Bearer not accepted: any Bearer token gets the plain challenge (RFC 6750 §3.1)."""
+    """Bearer not accepted: any Bearer token is invalid_token on the DPoP challenge, which
+    says the DPoP scheme is required (DESIGN.md error codes; HD-16)."""
     rs = build()
     for token in (issuer.token(jkt=key.jkt), issuer.token()):
         response = rs.request("GET", "/hello", dpop_headers(key, token, scheme="Bearer"))
         assert response.status_code == 401
         (challenge,) = challenges(response)
         assert challenge.is_scheme("DPoP")
-        assert "error" not in challenge.params
+        assert challenge.params["error"] == "invalid_token"
+    assert rs.guard.metrics.snapshot()["rejected"] == {"dpop_required": 2}
     assert rs.calls.count == 0
 
 

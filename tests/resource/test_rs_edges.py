@@ -58,7 +58,7 @@ def test_jwt_validator_misconfiguration_raises_at_construction(options: dict[str
 )
 def test_introspection_misconfiguration_raises(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        IntrospectionTokens(**options)
+        IntrospectionTokens(**options, audience=AUDIENCE)
 
 
 @pytest.mark.parametrize(
@@ -123,6 +123,7 @@ def test_demo_app_metrics_404_405_and_lifespan(issuer: Issuer) -> None:
         issuer=ISSUER,
         public_origin=origin,
         tokens=Tokens(issuer=ISSUER, audience=origin, jwks=issuer.jwks()),
+        metrics=True,
     )
     key = DPoPKey.generate("ES256")
     now = time.time()

@@ -115,6 +115,7 @@ def test_serve_api_whoami_end_to_end(key_server: KeyServer) -> None:
         "--audience",
         PUBLIC,
         "--allow-insecure-http",
+        "--metrics",
     ) as base:
         token = issuer.token(jkt=key.jkt, now=time.time(), aud=PUBLIC, scope="read")
         with httpx.Client(base_url=base, timeout=10) as client:
@@ -181,6 +182,86 @@ def test_nonce_secret_shared_between_instances(key_server: KeyServer) -> None:
             == "use_dpop_nonce"
         )
         assert refused.headers["dpop-nonce"] != nonce
+
+
+# --- HD-18: /metrics is opt-in and answered to allowed direct peers only -----------------
+
+
+def test_hd18_serve_api_metrics_off_by_default_on_with_flag(key_server: KeyServer) -> None:
+    """HD-18: without --metrics, serve-api does not answer GET /metrics (it is just a
+    DPoP-protected path: 401); with it, a loopback peer gets the Prometheus text and a
+    proxied request does not (RFC 7239: the peer is then the proxy)."""
+    common = ("--issuer", key_server.base, "--public-origin", PUBLIC, "--audience", PUBLIC)
+    with serve_api(*common, "--allow-insecure-http") as base:
+        off = httpx.get(f"{base}/metrics", timeout=10)
+    assert off.status_code == 401
+    assert "dpopkit_rs" not in off.text
+    with serve_api(*common, "--allow-insecure-http", "--metrics") as base:
+        on = httpx.get(f"{base}/metrics", timeout=10)
+        proxied = httpx.get(f"{base}/metrics", headers={"X-Forwarded-For": "1.2.3.4"}, timeout=10)
+    assert on.status_code == 200
+    assert "# TYPE dpopkit_rs_rejected_total counter" in on.text
+    assert on.headers["cache-control"] == "no-store"
+    assert proxied.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("allow", "peer", "headers", "status"),
+    [
+        (None, "127.0.0.1", {}, 200),
+        (None, "127.9.8.7", {}, 200),
+        (None, "::1", {}, 200),
+        (None, "::ffff:127.0.0.1", {}, 200),
+        (None, "203.0.113.9", {}, 403),
+        (None, "10.0.0.5", {}, 403),
+        (None, "::ffff:10.0.0.5", {}, 403),
+        (None, "127.0.0.1", {"X-Forwarded-For": "203.0.113.9"}, 403),
+        (None, "127.0.0.1", {"Forwarded": "for=203.0.113.9"}, 403),
+        (None, "127.0.0.1", {"X-Real-IP": "203.0.113.9"}, 403),
+        (["203.0.113.0/24"], "203.0.113.9", {}, 200),
+        (["203.0.113.0/24"], "127.0.0.1", {}, 403),
+        (["2001:db8::/32", "127.0.0.1/32"], "2001:db8::7", {}, 200),
+    ],
+)
+def test_hd18_metrics_peer_allow_list(
+    issuer: Issuer, allow: list[str] | None, peer: str, headers: dict[str, str], status: int
+) -> None:
+    """HD-18: with metrics on, only a direct peer in the allow-list (loopback unless
+    configured) reads /metrics; anyone else, or any proxied request, gets 403."""
+    tokens = JWTAccessTokens(issuer=issuer.issuer, audience=PUBLIC, jwks=issuer.jwks())
+    app = create_whoami_app(
+        issuer=issuer.issuer, public_origin=PUBLIC, tokens=tokens, metrics=True, metrics_allow=allow
+    )
+
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=(peer, 50000))
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC) as client:
+            return await client.get("/metrics", headers=headers)
+
+    response = anyio.run(main)
+    assert response.status_code == status
+    assert ("dpopkit_rs_accepted_total" in response.text) == (status == 200)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--metrics-allow", "10.0.0.0/8"),
+        ("--metrics", "--metrics-allow", "not-a-network"),
+        ("--metrics", "--metrics-allow", "10.0.0.0/33"),
+    ],
+)
+def test_hd18_metrics_options_refused_when_inconsistent(args: tuple[str, ...]) -> None:
+    """HD-18: --metrics-allow without --metrics, or a value that is not a CIDR, is a usage
+    error (exit 2, one line), never a server that silently exposes or hides metrics."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dpopkit", "serve-api", "--issuer", "https://as.example", *args],
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert b"Traceback" not in result.stderr
+    assert b"metrics" in result.stderr
 
 
 def test_serve_api_bad_configuration_exits_2() -> None:

@@ -7,7 +7,6 @@ import functools
 import json
 import time
 from typing import Any
-from urllib.parse import parse_qs
 
 import anyio
 import httpx
@@ -30,9 +29,9 @@ from tests.resource._rs_support import (
     AUDIENCE,
     ISSUER,
     NOW,
+    Introspector,
     Issuer,
     KeyServer,
-    Routes,
     dpop_headers,
     free_port,
     http_server,
@@ -356,24 +355,6 @@ def test_rs_behind_middleware_with_jwks_over_http(key_server: KeyServer) -> None
 # --- introspection (RFC 7662) ---------------------------------------------------------------
 
 
-class Introspector:
-    def __init__(self) -> None:
-        self.routes = Routes()
-        self.answers: dict[str, dict[str, Any]] = {}
-        self.auth: list[str] = []
-        self.header_names: list[set[str]] = []
-        self.routes.post["/introspect"] = self.handle
-
-    def handle(self, body: bytes, headers: Any) -> tuple[int, Any]:
-        self.auth.append(headers.get("Authorization", ""))
-        self.header_names.append({name.lower() for name in headers})
-        expected = "Basic " + base64.b64encode(b"rs%3A1:s%26cret").decode()
-        if headers.get("Authorization") != expected:
-            return 401, {"error": "invalid_client"}
-        token = parse_qs(body.decode())["token"][0]
-        return 200, self.answers.get(token, {"active": False})
-
-
 @pytest.fixture
 def introspector() -> Any:
     server = Introspector()
@@ -387,7 +368,7 @@ def _introspection(base: str, **options: Any) -> IntrospectionTokens:
         client_id="rs:1",
         client_secret="s&cret",
         allow_insecure_http=True,
-        **options,
+        **{"audience": AUDIENCE, **options},
     )
 
 
@@ -436,6 +417,7 @@ def test_introspection_unreachable_is_503() -> None:
         endpoint=f"http://127.0.0.1:{free_port()}/introspect",
         client_id="rs",
         client_secret="x",
+        audience=AUDIENCE,
         allow_insecure_http=True,
         timeout=2.0,
     )
@@ -450,6 +432,7 @@ def test_introspection_async_on_trio(introspector: Any) -> None:
         endpoint=f"{base}/introspect",
         client_id="rs:1",
         client_secret="s&cret",
+        audience=AUDIENCE,
         allow_insecure_http=True,
     )
     info = anyio.run(functools.partial(tokens.validate, "t2", now=NOW), backend="trio")

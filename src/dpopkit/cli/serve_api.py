@@ -44,6 +44,18 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--replay-prefix", default="", help="key prefix in the replay store")
     add_nonce_secret_flag(parser, "RS nonce secrets shared by every instance (default: random)")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve GET /metrics (Prometheus text) to loopback peers (default: not served)",
+    )
+    parser.add_argument(
+        "--metrics-allow",
+        action="append",
+        metavar="CIDR",
+        help="a network whose peers may read /metrics instead of loopback (repeatable;"
+        " needs --metrics; proxied requests are always refused)",
+    )
     add_insecure_http_flag(parser, "accept an http:// issuer (loopback demos and tests only)")
     add_logging_flags(parser)
     parser.set_defaults(func=run)
@@ -62,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     insecure = not origin.startswith("https://") and not args.allow_insecure_http
     if insecure and args.public_origin is not None:
         raise CommandError("--public-origin must be https (or pass --allow-insecure-http)")
+    if args.metrics_allow and not args.metrics:
+        raise CommandError("--metrics-allow needs --metrics")
     replay: Any = None
     if args.replay:
         if not args.replay.startswith(("redis://", "rediss://", "unix://")):
@@ -80,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
             require_nonce=args.require_nonce,
             nonce_secrets=nonce_secrets_from_env(args.nonce_secret_env) or (),
             allow_insecure_http=args.allow_insecure_http,
+            metrics=args.metrics,
+            metrics_allow=args.metrics_allow,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

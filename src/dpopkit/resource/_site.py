@@ -20,12 +20,27 @@ from urllib.parse import quote, urlsplit
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.errors import InvalidRequestError, Reason, SecurityWarning, ServerConfigurationError
 
-__all__ = ["ProtectedResourceMetadata", "ProxyTrust", "Site", "reason_phrase"]
+__all__ = ["ProtectedResourceMetadata", "ProxyTrust", "Site", "check_guard", "reason_phrase"]
 
 _HOST_RE = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _PREFIX_RE = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@%]*)*")
 _PATH_SAFE = "/:@!$&'()*+,;=~-._"
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
+
+
+def check_guard(guard: object, expected: type, adapter: str) -> None:
+    """Refuse, at construction, a guard of the wrong kind for ``adapter``.
+
+    A synchronous adapter handed the async guard would get a coroutine back instead
+    of a principal (truthy, never awaited: the view would run unauthenticated); an
+    async adapter handed the sync guard would fail on every request. Either is a
+    wiring mistake, reported where it is made.
+
+    Raises:
+        TypeError: ``guard`` is not an instance of ``expected``.
+    """
+    if not isinstance(guard, expected):
+        raise TypeError(f"{adapter} needs a dpopkit {expected.__name__}")
 
 
 def reason_phrase(status: int) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from dpopkit.core.http import ResponseView
 from dpopkit.errors import DPoPError
-from dpopkit.resource._site import ProtectedResourceMetadata, ProxyTrust, Site
+from dpopkit.resource._site import ProtectedResourceMetadata, ProxyTrust, Site, check_guard
 from dpopkit.resource.guard import AsyncResourceGuard
 
 __all__ = ["DPoPMiddleware", "ProtectedResourceMetadata", "ProxyTrust"]
@@ -61,6 +61,7 @@ class DPoPMiddleware:
         metadata: ProtectedResourceMetadata | None = None,
         on_error: OnError | None = None,
     ) -> None:
+        check_guard(guard, AsyncResourceGuard, "DPoPMiddleware")
         self.app = app
         self.guard = guard
         self.on_error = on_error

@@ -4,10 +4,17 @@
 the authorization server. It is a plain ASGI app (no framework) behind
 :class:`~dpopkit.resource.asgi.DPoPMiddleware`, validating RFC 9068 JWT access
 tokens of any issuer found by discovery (or any validator passed in).
+
+``GET /metrics`` (the guard's counters, Prometheus text) is off unless asked for,
+and then answered only to peers in an allow-list, loopback by default, and never
+to a request that came through a proxy: counters by rejection reason tell an
+attacker which of their attempts come close. Keycloak and Duende keep metrics on a
+management interface for the same reason.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 from collections.abc import Sequence
@@ -22,9 +29,47 @@ from dpopkit.resource.guard import AsyncResourceGuard, GuardMetrics
 from dpopkit.resource.tokens import AsyncJWTAccessTokens, AsyncTokenValidator, TokenValidator
 from dpopkit.storage.memory import AsyncMemoryReplayCache
 
-__all__ = ["WHOAMI_PATH", "create_whoami_app"]
+__all__ = ["LOOPBACK_NETWORKS", "METRICS_PATH", "WHOAMI_PATH", "create_whoami_app"]
 
 WHOAMI_PATH = "/api/whoami"
+METRICS_PATH = "/metrics"
+#: Who may read ``/metrics`` when no allow-list is given.
+LOOPBACK_NETWORKS: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+#: A request carrying any of these came through a proxy: its peer address is the proxy's.
+_FORWARDING_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(cidrs: Sequence[str]) -> tuple[Network, ...]:
+    """Parse the metrics allow-list.
+
+    Raises:
+        ValueError: an entry is not an IP network in CIDR notation.
+    """
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise ValueError(f"metrics allow-list: not an IP network (CIDR): {cidr!r}") from None
+    return tuple(networks)
+
+
+def _metrics_allowed(scope: Scope, allowed: tuple[Network, ...]) -> bool:
+    """Whether the peer may read the metrics: a direct connection from an allowed address."""
+    if any(name.lower() in _FORWARDING_HEADERS for name, _ in scope.get("headers", ())):
+        return False
+    client = scope.get("client")
+    if not client:
+        return False  # a Unix socket or an unknown peer
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in allowed)
 
 
 async def _json(send: Send, status: int, body: object) -> None:
@@ -43,7 +88,9 @@ async def _json(send: Send, status: int, body: object) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-def _whoami_endpoint(metrics: GuardMetrics, path: str) -> ASGIApp:
+def _whoami_endpoint(
+    metrics: GuardMetrics, path: str, metrics_allowed: tuple[Network, ...] | None
+) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
@@ -57,13 +104,19 @@ def _whoami_endpoint(metrics: GuardMetrics, path: str) -> ASGIApp:
             return
         root = scope.get("root_path", "")
         route = scope["path"][len(root) :] if scope["path"].startswith(root) else scope["path"]
-        if route == "/metrics" and scope["method"] == "GET":
+        if metrics_allowed is not None and route == METRICS_PATH and scope["method"] == "GET":
+            if not _metrics_allowed(scope, metrics_allowed):
+                await _json(send, 403, {"error": "forbidden"})
+                return
             data = metrics.prometheus_text().encode()
             await send(
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [(b"content-type", b"text/plain; version=0.0.4")],
+                    "headers": [
+                        (b"content-type", b"text/plain; version=0.0.4"),
+                        (b"cache-control", b"no-store"),
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": data})
@@ -102,6 +155,8 @@ def create_whoami_app(
     policy: ProofPolicy | None = None,
     allow_insecure_http: bool = False,
     path: str = WHOAMI_PATH,
+    metrics: bool = False,
+    metrics_allow: Sequence[str] | None = None,
 ) -> DPoPMiddleware:
     """Build the demo protected API (RFC 9449 §7; RFC 9728 metadata included).
 
@@ -119,11 +174,19 @@ def create_whoami_app(
         policy: the proof policy (``require_nonce`` is taken from the argument).
         allow_insecure_http: accept an ``http://`` issuer (loopback demos and tests).
         path: where the whoami endpoint lives.
+        metrics: serve ``GET /metrics`` (the guard's counters, Prometheus text, no DPoP).
+        metrics_allow: networks (CIDR) whose peers may read it, replacing the default
+            :data:`LOOPBACK_NETWORKS`; requests with forwarding headers are always refused.
 
     Returns:
-        The ASGI app. ``GET /metrics`` answers the guard's counters (Prometheus text)
-        without authentication.
+        The ASGI app.
+
+    Raises:
+        ValueError: ``metrics_allow`` without ``metrics``, or an entry that is not a CIDR.
     """
+    if metrics_allow is not None and not metrics:
+        raise ValueError("metrics_allow needs metrics=True")
+    allowed = _networks(LOOPBACK_NETWORKS if metrics_allow is None else metrics_allow)
     validator: Any = tokens
     if validator is None:
         validator = AsyncJWTAccessTokens(
@@ -141,21 +204,21 @@ def create_whoami_app(
             nonce_secret if nonce_secret is not None else secrets.token_bytes(32)
         ]
         nonces = NonceIssuer(keys, context=f"rs:{public_origin}")
-    metrics = GuardMetrics()
+    counters = GuardMetrics()
     guard = AsyncResourceGuard(
         tokens=validator,
         replay=replay if replay is not None else AsyncMemoryReplayCache(single_process=True),
         policy=base,
         nonces=nonces,
-        metrics=metrics,
+        metrics=counters,
     )
     metadata = ProtectedResourceMetadata(
         resource=public_origin, authorization_servers=[issuer], resource_name="dpopkit whoami"
     )
     return DPoPMiddleware(
-        _whoami_endpoint(metrics, path),
+        _whoami_endpoint(counters, path, allowed if metrics else None),
         guard=guard,
         public_origin=public_origin,
-        exclude_paths=["/metrics"],
+        exclude_paths=[METRICS_PATH] if metrics else [],
         metadata=metadata,
     )

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from dpopkit.errors import DPoPError, requires_extra
-from dpopkit.resource._site import ProxyTrust, Site
+from dpopkit.resource._site import ProxyTrust, Site, check_guard
 from dpopkit.resource.guard import AsyncResourceGuard, DPoPPrincipal
 
 with requires_extra("fastapi", needed_by=__name__):
@@ -45,6 +45,7 @@ class DPoPSecurity(SecurityBase):
         scheme_name: str = "DPoP",
         description: str | None = "DPoP-bound access token (RFC 9449)",
     ) -> None:
+        check_guard(guard, AsyncResourceGuard, "DPoPSecurity")
         self.model = HTTPBase(scheme="DPoP", description=description)
         self.scheme_name = scheme_name
         self.guard = guard

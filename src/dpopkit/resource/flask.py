@@ -1,7 +1,9 @@
 """Flask: an extension with a ``required(*scopes)`` decorator (sync guard; no DPoP logic here).
 
-The principal of an accepted request is ``flask.g.dpop``; a fresh ``DPoP-Nonce``
-is added to the response by an ``after_request`` hook.
+The principal of an accepted request is ``flask.g.dpop``. The decorator is
+self-contained: it authenticates, runs the view (sync or async, through
+``app.ensure_sync``) and adds a fresh ``DPoP-Nonce`` to the view's response
+itself, so nothing depends on ``init_app`` having run or on hook order.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from typing import Any, TypeVar, cast
 
 from dpopkit.core.http import ResponseView
 from dpopkit.errors import DPoPError, requires_extra
-from dpopkit.resource._site import ProxyTrust, Site
+from dpopkit.resource._site import ProxyTrust, Site, check_guard
 from dpopkit.resource.guard import DPoPPrincipal, ResourceGuard
 
 with requires_extra("flask", needed_by=__name__):
-    from flask import Flask, Response, g, request
+    from flask import Flask, Response, current_app, g, make_response, request
 
 __all__ = ["DPoP", "current_principal"]
 
@@ -52,6 +54,9 @@ class DPoP:
         trusted_proxies: ProxyTrust | None = None,
         trust_host_header: bool = False,
     ) -> None:
+        # An AsyncResourceGuard here would hand back a coroutine (truthy) for every
+        # request, and the view would run unauthenticated: refuse the wiring.
+        check_guard(guard, ResourceGuard, "the Flask DPoP extension")
         self.guard = guard
         self.site = Site(
             public_origin=public_origin,
@@ -62,9 +67,8 @@ class DPoP:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Register the extension and its ``after_request`` hook."""
+        """Register the extension (``app.extensions["dpopkit"]``); the decorator needs no hook."""
         app.extensions["dpopkit"] = self
-        app.after_request(self._add_headers)
 
     def required(self, *scopes: str) -> Callable[[F], F]:
         """Decorate a view: authenticate with DPoP and require ``scopes``."""
@@ -73,21 +77,17 @@ class DPoP:
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    g.dpop = self.guard.authenticate(
+                    principal = self.guard.authenticate(
                         self.site.wsgi_view(request.environ), required_scopes=scopes
                     )
                 except DPoPError as error:
                     return _response(self.guard.error_response(error))
-                return view(*args, **kwargs)
+                g.dpop = principal
+                response = make_response(current_app.ensure_sync(view)(*args, **kwargs))
+                for name, value in principal.response_headers:
+                    response.headers[name] = value
+                return response
 
             return cast(F, wrapper)
 
         return decorator
-
-    @staticmethod
-    def _add_headers(response: Response) -> Response:
-        principal = g.get("dpop")
-        if isinstance(principal, DPoPPrincipal):
-            for name, value in principal.response_headers:
-                response.headers[name] = value
-        return response

@@ -7,8 +7,11 @@ comes last, so a rejected request never burns a ``jti``):
    case-insensitively (RS-6), ``DPoP`` and, only when configured, ``Bearer``;
    one or more spaces, then a ``token68``. A token also sent in the query is
    ``invalid_request`` (RFC 6750 §2, Fig. 19); no credentials, or only an
-   unsupported method (Bearer when not accepted, a query token), get the bare
-   challenge without error information (RFC 6750 §3.1, RS-18).
+   unsupported method (an unknown scheme, a query token), get the bare challenge
+   without error information (RFC 6750 §3.1, RS-18). A ``Bearer`` token at an RS
+   that accepts only DPoP is ``invalid_token`` saying the DPoP scheme is required
+   (DESIGN.md error codes): the client did present a token, and a bare challenge
+   left it no way to tell why it was refused.
 2. ``DPoP`` scheme: exactly one ``DPoP`` header (§4.3 (1); a comma-folded value
    counts as two), the proof checked against the request (htm, htu from the
    adapter's configuration, ``ath`` of the presented token, the server nonce).
@@ -387,7 +390,8 @@ class _GuardBase:
         elif scheme == "bearer":
             attempt.scheme = "Bearer"
             if not self.accept_bearer:
-                raise InvalidTokenError(Reason.UNSUPPORTED_SCHEME, "use the DPoP scheme")
+                # DESIGN.md (RFC 9449 §7.1, §7.2): a token came, with the wrong scheme.
+                raise InvalidTokenError(Reason.DPOP_REQUIRED, "the DPoP scheme is required")
         else:
             raise InvalidTokenError(Reason.UNSUPPORTED_SCHEME, "unsupported scheme")
 

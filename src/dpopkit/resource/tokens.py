@@ -14,6 +14,10 @@ source or the introspection endpoint cannot be reached it raises
   ``client_secret_basic``, results cached until ``min(exp, now + cache_ttl)``.
 * Any callable ``(token) -> TokenInfo`` through :class:`CallableTokens`.
 
+Both families require an ``audience`` (``insecure_skip_audience_check=True`` is the
+loud opt-out), and every document they fetch (discovery, JWKS, introspection) is
+streamed and abandoned past 512 KiB, by one helper for all three.
+
 The guard decides what the binding means (RFC 9449 §7.1, §7.2); validators only
 report it (checklist RS-1).
 """
@@ -21,10 +25,13 @@ report it (checklist RS-1).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import math
 import re
 import threading
+import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,9 +50,17 @@ from dpopkit.core.jws import (
     public_key_from_jwk,
     split_compact,
 )
-from dpopkit.errors import InvalidTokenError, Reason, TemporarilyUnavailableError
+from dpopkit.errors import (
+    InvalidTokenError,
+    Reason,
+    SecurityWarning,
+    ServerConfigurationError,
+    TemporarilyUnavailableError,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
     import httpx
 
 __all__ = [
@@ -198,15 +213,172 @@ def _check_https(url: str, allow_insecure_http: bool, what: str) -> str:
     raise ValueError(f"{what} must be an https URL (allow_insecure_http=True for loopback tests)")
 
 
-def _json_document(response: httpx.Response, what: str) -> dict[str, Any]:
-    if response.status_code != 200:
-        raise _unavailable(what)
-    if len(response.content) > _MAX_DOCUMENT:
-        raise _unavailable(what)
+#: What the RS asks for when it fetches a document: JSON, uncompressed (the cap counts the
+#: bytes on the wire; a compressed answer could expand a thousandfold in one chunk).
+_FETCH_HEADERS: Final = {"Accept": "application/json", "Accept-Encoding": "identity"}
+
+
+class _CappedBody:
+    """One fetched document, read chunk by chunk and abandoned past the cap or the deadline.
+
+    Shared by the synchronous and asynchronous fetch helpers: the status, a declared
+    ``Content-Length``, the content coding, and then every chunk are checked before
+    the next is read, so a huge or endless answer costs at most the cap plus one chunk.
+    """
+
+    def __init__(self, response: httpx.Response, what: str, timeout: float) -> None:
+        self.what = what
+        if response.status_code != 200:
+            raise _unavailable(what)
+        coding = response.headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("", "identity"):
+            raise _unavailable(what)  # we asked for identity; no decompression bombs
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > _MAX_DOCUMENT:
+            raise _unavailable(what)
+        self.body = bytearray()
+        # A total deadline: the client's timeout bounds each read, not a slow drip.
+        self.deadline = time.monotonic() + timeout
+
+    def add(self, chunk: bytes) -> None:
+        self.body += chunk
+        if len(self.body) > _MAX_DOCUMENT or time.monotonic() > self.deadline:
+            raise _unavailable(self.what)
+
+    def document(self) -> dict[str, Any]:
+        try:
+            return json_loads_object(bytes(self.body))
+        except JWSError:
+            raise _unavailable(self.what) from None
+
+
+def _fetch_document(
+    client: httpx.Client | None,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    seconds: float,
+    data: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Fetch a JSON document (JWKS, discovery, introspection), streamed and capped.
+
+    Raises:
+        TemporarilyUnavailableError: unreachable, not 200, compressed, larger than the
+            cap, slower than ``seconds`` in total, or not a JSON object.
+    """
+    import httpx
+
+    all_headers = {**_FETCH_HEADERS, **(headers or {})}
     try:
-        return json_loads_object(response.content)
-    except JWSError:
-        raise _unavailable(what) from None
+        with (
+            _client_for(client, seconds) as http,
+            http.stream(method, url, data=data, headers=all_headers, timeout=seconds) as response,
+        ):
+            body = _CappedBody(response, what, seconds)
+            for chunk in response.iter_raw():
+                body.add(chunk)
+    except httpx.HTTPError as exc:
+        raise _unavailable(what, exc) from None
+    return body.document()
+
+
+async def _afetch_document(
+    client: httpx.AsyncClient | None,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    seconds: float,
+    data: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The asynchronous :func:`_fetch_document` (same checks, same cap)."""
+    import httpx
+
+    all_headers = {**_FETCH_HEADERS, **(headers or {})}
+    try:
+        async with (
+            _async_client_for(client, seconds) as http,
+            http.stream(method, url, data=data, headers=all_headers, timeout=seconds) as response,
+        ):
+            body = _CappedBody(response, what, seconds)
+            async for chunk in response.aiter_raw():
+                body.add(chunk)
+    except httpx.HTTPError as exc:
+        raise _unavailable(what, exc) from None
+    return body.document()
+
+
+@contextlib.contextmanager
+def _client_for(client: httpx.Client | None, seconds: float) -> Iterator[httpx.Client]:
+    """The caller's client, or a fresh one that follows no redirects (closed afterwards)."""
+    if client is not None:
+        yield client
+        return
+    import httpx
+
+    with httpx.Client(timeout=seconds, follow_redirects=False) as own:
+        yield own
+
+
+@contextlib.asynccontextmanager
+async def _async_client_for(
+    client: httpx.AsyncClient | None, seconds: float
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The caller's async client, or a fresh one that follows no redirects."""
+    if client is not None:
+        yield client
+        return
+    import httpx
+
+    async with httpx.AsyncClient(timeout=seconds, follow_redirects=False) as own:
+        yield own
+
+
+def _audiences(audience: str | Sequence[str] | None, skip: bool) -> tuple[str, ...] | None:
+    """The audiences a validator requires (RFC 9068 §4, RFC 7662 §2.2, RFC 8707 §2).
+
+    Both validator families require one: a token minted for another resource of the
+    same AS must not work here. ``insecure_skip_audience_check=True`` is the loud
+    opt-out (a ``SecurityWarning``); it cannot be combined with an audience.
+
+    Raises:
+        ServerConfigurationError: no audience and no opt-out, both, or an empty value.
+    """
+    if skip:
+        if audience is not None:
+            raise ServerConfigurationError(
+                description="give audience= or insecure_skip_audience_check=True, not both"
+            )
+        warnings.warn(
+            "insecure_skip_audience_check=True: tokens issued for any resource of this"
+            " issuer are accepted here (RFC 9068 §4, RFC 8707)",
+            SecurityWarning,
+            stacklevel=4,
+        )
+        return None
+    if audience is None:
+        raise ServerConfigurationError(
+            description=(
+                "audience= is required: this resource's identifier as the AS writes it in aud"
+                " (or insecure_skip_audience_check=True, not recommended)"
+            )
+        )
+    audiences = (audience,) if isinstance(audience, str) else tuple(audience)
+    if not audiences or not all(isinstance(cast(object, a), str) and a for a in audiences):
+        raise ServerConfigurationError(
+            description="audience must be a non-empty string or list of strings"
+        )
+    return audiences
+
+
+def _has_audience(claims: Mapping[str, Any], audiences: tuple[str, ...]) -> bool:
+    """Whether ``aud`` (a string or a list of strings) names one of ``audiences``."""
+    aud = claims.get("aud")
+    auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    return any(a in auds for a in audiences)
 
 
 def _discovery_urls(issuer: str) -> list[str]:
@@ -267,7 +439,7 @@ class _JWTRules:
         self,
         *,
         issuer: str,
-        audience: str | Sequence[str],
+        audiences: tuple[str, ...] | None,
         algorithms: Collection[str],
         leeway: float,
         required_claims: Collection[str],
@@ -276,9 +448,6 @@ class _JWTRules:
     ) -> None:
         if not isinstance(cast(object, issuer), str) or not issuer:
             raise ValueError("issuer is required")
-        audiences = (audience,) if isinstance(audience, str) else tuple(audience)
-        if not audiences or not all(isinstance(cast(object, a), str) and a for a in audiences):
-            raise ValueError("audience must be a non-empty string or list of strings")
         algs = frozenset(algorithms)
         if not algs or not algs <= set(ALGORITHMS):
             raise ValueError("algorithms must be asymmetric JWS algorithms dpopkit supports")
@@ -334,10 +503,8 @@ class _JWTRules:
         # RFC 9068 §4: iss exactly matches.
         if claims.get("iss") != self.issuer:
             raise _invalid(claim="iss")
-        # RFC 9068 §4: aud contains this resource.
-        aud = claims.get("aud")
-        auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else None
-        if auds is None or not any(a in auds for a in self.audiences):
+        # RFC 9068 §4: aud contains this resource (unless the check was turned off).
+        if self.audiences is not None and not _has_audience(claims, self.audiences):
             raise _invalid(claim="aud")
         # RFC 9068 §4, RFC 7519 §4.1.4: now < exp (with leeway).
         exp = _number(claims.get("exp"))
@@ -373,23 +540,24 @@ class _JWTBase:
         self,
         *,
         issuer: str,
-        audience: str | Sequence[str],
-        jwks: Mapping[str, Any] | None = None,
-        jwks_uri: str | None = None,
-        algorithms: Collection[str] = ALGORITHMS,
-        leeway: float = 30.0,
-        required_claims: Collection[str] = RFC9068_REQUIRED_CLAIMS,
-        accept_typ: Collection[str | None] = ("at+jwt",),
-        max_token_length: int = 16384,
-        cache_ttl: float = 3600.0,
-        min_refresh_interval: float = 30.0,
-        timeout: float = 5.0,
-        cache_size: int = 4096,
-        allow_insecure_http: bool = False,
+        audience: str | Sequence[str] | None,
+        insecure_skip_audience_check: bool,
+        jwks: Mapping[str, Any] | None,
+        jwks_uri: str | None,
+        algorithms: Collection[str],
+        leeway: float,
+        required_claims: Collection[str],
+        accept_typ: Collection[str | None],
+        max_token_length: int,
+        cache_ttl: float,
+        min_refresh_interval: float,
+        timeout: float,
+        cache_size: int,
+        allow_insecure_http: bool,
     ) -> None:
         self._rules = _JWTRules(
             issuer=issuer,
-            audience=audience,
+            audiences=_audiences(audience, insecure_skip_audience_check),
             algorithms=algorithms,
             leeway=leeway,
             required_claims=required_claims,
@@ -500,7 +668,9 @@ class JWTAccessTokens(_JWTBase):
 
     Args:
         issuer: the exact ``iss`` value; also where discovery starts.
-        audience: this resource's identifier(s); one must be in ``aud``.
+        audience: this resource's identifier(s); one must be in ``aud``. Required.
+        insecure_skip_audience_check: accept any ``aud`` instead (warns; not with
+            ``audience``). Only for an issuer that mints tokens for this resource alone.
         jwks: a static JWK Set (no fetching).
         jwks_uri: where the JWK Set lives (skips discovery).
         algorithms: accepted token algorithms.
@@ -513,29 +683,62 @@ class JWTAccessTokens(_JWTBase):
             the cache is emptied whenever keys are fetched.
         min_refresh_interval: at most one fetch per this many seconds, however many
             unknown ``kid`` values arrive.
-        timeout: seconds for each HTTP exchange.
+        timeout: seconds for each HTTP exchange (a total deadline, not per read).
         allow_insecure_http: permit ``http://`` issuer and JWKS URLs (tests on loopback).
+        http_client: an ``httpx.Client`` to fetch with (default: a fresh one per fetch
+            that follows no redirects). Documents are streamed and abandoned past 512 KiB.
+
+    Raises:
+        ServerConfigurationError: at construction, no ``audience`` (and no opt-out),
+            or another unusable setting (it is a ``ValueError``).
 
     Raises (from :meth:`validate`):
         InvalidTokenError: TOKEN_INVALID or TOKEN_EXPIRED (``detail`` names the claim).
         TemporarilyUnavailableError: no keys and the key source cannot be reached.
     """
 
-    def __init__(self, *, http_client: httpx.Client | None = None, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str | Sequence[str] | None = None,
+        insecure_skip_audience_check: bool = False,
+        jwks: Mapping[str, Any] | None = None,
+        jwks_uri: str | None = None,
+        algorithms: Collection[str] = ALGORITHMS,
+        leeway: float = 30.0,
+        required_claims: Collection[str] = RFC9068_REQUIRED_CLAIMS,
+        accept_typ: Collection[str | None] = ("at+jwt",),
+        max_token_length: int = 16384,
+        cache_ttl: float = 3600.0,
+        min_refresh_interval: float = 30.0,
+        timeout: float = 5.0,
+        cache_size: int = 4096,
+        allow_insecure_http: bool = False,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(
+            issuer=issuer,
+            audience=audience,
+            insecure_skip_audience_check=insecure_skip_audience_check,
+            jwks=jwks,
+            jwks_uri=jwks_uri,
+            algorithms=algorithms,
+            leeway=leeway,
+            required_claims=required_claims,
+            accept_typ=accept_typ,
+            max_token_length=max_token_length,
+            cache_ttl=cache_ttl,
+            min_refresh_interval=min_refresh_interval,
+            timeout=timeout,
+            cache_size=cache_size,
+            allow_insecure_http=allow_insecure_http,
+        )
         self._client = http_client
         self._lock = threading.Lock()
 
-    def _get(self, url: str) -> httpx.Response:
-        import httpx
-
-        try:
-            if self._client is not None:
-                return self._client.get(url, timeout=self._timeout)
-            with httpx.Client(timeout=self._timeout, follow_redirects=False) as client:
-                return client.get(url)
-        except httpx.HTTPError as exc:
-            raise _unavailable("http", exc) from None
+    def _get(self, url: str, what: str) -> dict[str, Any]:
+        return _fetch_document(self._client, "GET", url, what=what, seconds=self._timeout)
 
     def _fetch(self, now: float) -> None:
         self._last_attempt = now
@@ -544,14 +747,14 @@ class JWTAccessTokens(_JWTBase):
             last: Exception | None = None
             for url in _discovery_urls(self._rules.issuer):
                 try:
-                    uri = self._metadata_jwks_uri(_json_document(self._get(url), "discovery"))
+                    uri = self._metadata_jwks_uri(self._get(url, "discovery"))
                     break
                 except TemporarilyUnavailableError as exc:
                     last = exc
             if uri is None:
                 raise last or _unavailable("discovery")
             self._jwks_uri = uri
-        self._store(_json_document(self._get(uri), "jwks"), now)
+        self._store(self._get(uri, "jwks"), now)
 
     def refresh(self, *, now: float) -> None:
         """Fetch the keys now (e.g. at start-up), ignoring the rate limit.
@@ -588,21 +791,48 @@ class AsyncJWTAccessTokens(_JWTBase):
     starting their own.
     """
 
-    def __init__(self, *, http_client: httpx.AsyncClient | None = None, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str | Sequence[str] | None = None,
+        insecure_skip_audience_check: bool = False,
+        jwks: Mapping[str, Any] | None = None,
+        jwks_uri: str | None = None,
+        algorithms: Collection[str] = ALGORITHMS,
+        leeway: float = 30.0,
+        required_claims: Collection[str] = RFC9068_REQUIRED_CLAIMS,
+        accept_typ: Collection[str | None] = ("at+jwt",),
+        max_token_length: int = 16384,
+        cache_ttl: float = 3600.0,
+        min_refresh_interval: float = 30.0,
+        timeout: float = 5.0,
+        cache_size: int = 4096,
+        allow_insecure_http: bool = False,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            issuer=issuer,
+            audience=audience,
+            insecure_skip_audience_check=insecure_skip_audience_check,
+            jwks=jwks,
+            jwks_uri=jwks_uri,
+            algorithms=algorithms,
+            leeway=leeway,
+            required_claims=required_claims,
+            accept_typ=accept_typ,
+            max_token_length=max_token_length,
+            cache_ttl=cache_ttl,
+            min_refresh_interval=min_refresh_interval,
+            timeout=timeout,
+            cache_size=cache_size,
+            allow_insecure_http=allow_insecure_http,
+        )
         self._client = http_client
         self._inflight: Any = None  # an anyio.Event while a fetch runs
 
-    async def _get(self, url: str) -> httpx.Response:
-        import httpx
-
-        try:
-            if self._client is not None:
-                return await self._client.get(url, timeout=self._timeout)
-            async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False) as client:
-                return await client.get(url)
-        except httpx.HTTPError as exc:
-            raise _unavailable("http", exc) from None
+    async def _get(self, url: str, what: str) -> dict[str, Any]:
+        return await _afetch_document(self._client, "GET", url, what=what, seconds=self._timeout)
 
     async def _fetch(self, now: float) -> None:
         self._last_attempt = now
@@ -611,15 +841,14 @@ class AsyncJWTAccessTokens(_JWTBase):
             last: Exception | None = None
             for url in _discovery_urls(self._rules.issuer):
                 try:
-                    document = _json_document(await self._get(url), "discovery")
-                    uri = self._metadata_jwks_uri(document)
+                    uri = self._metadata_jwks_uri(await self._get(url, "discovery"))
                     break
                 except TemporarilyUnavailableError as exc:
                     last = exc
             if uri is None:
                 raise last or _unavailable("discovery")
             self._jwks_uri = uri
-        self._store(_json_document(await self._get(uri), "jwks"), now)
+        self._store(await self._get(uri, "jwks"), now)
 
     async def _fetch_once(self, now: float) -> None:
         import anyio
@@ -672,12 +901,13 @@ class _IntrospectionBase:
         endpoint: str,
         client_id: str,
         client_secret: str,
-        issuer: str | None = None,
-        audience: str | Sequence[str] | None = None,
-        cache_ttl: float = 60.0,
-        max_cache_entries: int = 10_000,
-        timeout: float = 5.0,
-        allow_insecure_http: bool = False,
+        issuer: str | None,
+        audience: str | Sequence[str] | None,
+        insecure_skip_audience_check: bool,
+        cache_ttl: float,
+        max_cache_entries: int,
+        timeout: float,
+        allow_insecure_http: bool,
     ) -> None:
         self._endpoint = _check_https(endpoint, allow_insecure_http, "endpoint")
         if not client_id:
@@ -686,7 +916,7 @@ class _IntrospectionBase:
         raw = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
         self._auth = "Basic " + base64.b64encode(raw.encode()).decode("ascii")
         self._issuer = issuer
-        self._audiences = (audience,) if isinstance(audience, str) else audience
+        self._audiences = _audiences(audience, insecure_skip_audience_check)
         if cache_ttl < 0 or timeout <= 0 or max_cache_entries < 0:
             raise ValueError("cache_ttl >= 0, timeout > 0 and max_cache_entries >= 0")
         self._ttl = cache_ttl
@@ -697,11 +927,8 @@ class _IntrospectionBase:
         #: how many introspection calls were made (for operators and tests)
         self.call_count = 0
 
-    def _request_args(self, token: str) -> dict[str, Any]:
-        return {
-            "data": {"token": token, "token_type_hint": "access_token"},
-            "headers": {"Authorization": self._auth, "Accept": "application/json"},
-        }
+    def _form(self, token: str) -> dict[str, str]:
+        return {"token": token, "token_type_hint": "access_token"}
 
     @staticmethod
     def _cache_key(token: str) -> bytes:
@@ -718,9 +945,8 @@ class _IntrospectionBase:
             self._cache.move_to_end(key)
             return hit[1]
 
-    def _interpret(self, response: httpx.Response, key: bytes, now: float) -> TokenInfo:
+    def _interpret(self, body: Mapping[str, Any], key: bytes, now: float) -> TokenInfo:
         self.call_count += 1
-        body = _json_document(response, "introspection")
         # RFC 7662 §2.2 (X-17): active is required; anything but true is inactive.
         if body.get("active") is not True:
             raise _invalid(Reason.TOKEN_INACTIVE)
@@ -731,11 +957,9 @@ class _IntrospectionBase:
             raise _invalid(Reason.TOKEN_EXPIRED, claim="exp")
         if self._issuer is not None and body.get("iss") != self._issuer:
             raise _invalid(claim="iss")
-        if self._audiences is not None:
-            aud = body.get("aud")
-            auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
-            if not any(a in auds for a in self._audiences):
-                raise _invalid(claim="aud")
+        # RFC 7662 §2.2, RFC 9068 §4: aud names this resource (unless turned off).
+        if self._audiences is not None and not _has_audience(body, self._audiences):
+            raise _invalid(claim="aud")
         jkt = _bound_jkt(body)
         # RFC 9449 §6.2 (RS-24): token_type, when present, agrees with the binding.
         token_type = body.get("token_type")
@@ -774,63 +998,114 @@ class IntrospectionTokens(_IntrospectionBase):
         client_id: this RS's client id at the AS.
         client_secret: its secret.
         issuer: when given, ``iss`` must equal it.
-        audience: when given, ``aud`` must contain one of these.
+        audience: this resource's identifier(s); ``aud`` must contain one. Required,
+            as for :class:`JWTAccessTokens` (RFC 7662 §2.2, RFC 9068 §4).
+        insecure_skip_audience_check: accept any ``aud`` instead (warns; not with
+            ``audience``).
         cache_ttl: seconds an active answer may be reused.
         max_cache_entries: bound of the cache (oldest dropped first).
-        timeout: seconds for the HTTP exchange.
+        timeout: seconds for the HTTP exchange (a total deadline, not per read).
         allow_insecure_http: permit an ``http://`` endpoint (tests on loopback).
+        http_client: an ``httpx.Client`` to post with (default: a fresh one per call
+            that follows no redirects). Answers are streamed and abandoned past 512 KiB.
+
+    Raises:
+        ServerConfigurationError: at construction, no ``audience`` (and no opt-out),
+            or another unusable setting (it is a ``ValueError``).
     """
 
-    def __init__(self, *, http_client: httpx.Client | None = None, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        client_id: str,
+        client_secret: str,
+        issuer: str | None = None,
+        audience: str | Sequence[str] | None = None,
+        insecure_skip_audience_check: bool = False,
+        cache_ttl: float = 60.0,
+        max_cache_entries: int = 10_000,
+        timeout: float = 5.0,
+        allow_insecure_http: bool = False,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(
+            endpoint=endpoint,
+            client_id=client_id,
+            client_secret=client_secret,
+            issuer=issuer,
+            audience=audience,
+            insecure_skip_audience_check=insecure_skip_audience_check,
+            cache_ttl=cache_ttl,
+            max_cache_entries=max_cache_entries,
+            timeout=timeout,
+            allow_insecure_http=allow_insecure_http,
+        )
         self._client = http_client
 
     def validate(self, token: str, *, now: float) -> TokenInfo:
         """Introspect ``token`` (cached) and return its :class:`TokenInfo`."""
-        import httpx
-
         key = self._cache_key(token)
         hit = self._cached(key, now)
         if hit is not None:
             return hit
-        try:
-            if self._client is not None:
-                response = self._client.post(
-                    self._endpoint, timeout=self._timeout, **self._request_args(token)
-                )
-            else:
-                with httpx.Client(timeout=self._timeout, follow_redirects=False) as client:
-                    response = client.post(self._endpoint, **self._request_args(token))
-        except httpx.HTTPError as exc:
-            raise _unavailable("introspection", exc) from None
-        return self._interpret(response, key, now)
+        body = _fetch_document(
+            self._client,
+            "POST",
+            self._endpoint,
+            what="introspection",
+            seconds=self._timeout,
+            data=self._form(token),
+            headers={"Authorization": self._auth},
+        )
+        return self._interpret(body, key, now)
 
 
 class AsyncIntrospectionTokens(_IntrospectionBase):
     """:class:`IntrospectionTokens` for asyncio and trio."""
 
-    def __init__(self, *, http_client: httpx.AsyncClient | None = None, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        client_id: str,
+        client_secret: str,
+        issuer: str | None = None,
+        audience: str | Sequence[str] | None = None,
+        insecure_skip_audience_check: bool = False,
+        cache_ttl: float = 60.0,
+        max_cache_entries: int = 10_000,
+        timeout: float = 5.0,
+        allow_insecure_http: bool = False,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            endpoint=endpoint,
+            client_id=client_id,
+            client_secret=client_secret,
+            issuer=issuer,
+            audience=audience,
+            insecure_skip_audience_check=insecure_skip_audience_check,
+            cache_ttl=cache_ttl,
+            max_cache_entries=max_cache_entries,
+            timeout=timeout,
+            allow_insecure_http=allow_insecure_http,
+        )
         self._client = http_client
 
     async def validate(self, token: str, *, now: float) -> TokenInfo:
         """Introspect ``token`` (cached) and return its :class:`TokenInfo`."""
-        import httpx
-
         key = self._cache_key(token)
         hit = self._cached(key, now)
         if hit is not None:
             return hit
-        try:
-            if self._client is not None:
-                response = await self._client.post(
-                    self._endpoint, timeout=self._timeout, **self._request_args(token)
-                )
-            else:
-                async with httpx.AsyncClient(
-                    timeout=self._timeout, follow_redirects=False
-                ) as client:
-                    response = await client.post(self._endpoint, **self._request_args(token))
-        except httpx.HTTPError as exc:
-            raise _unavailable("introspection", exc) from None
-        return self._interpret(response, key, now)
+        body = await _afetch_document(
+            self._client,
+            "POST",
+            self._endpoint,
+            what="introspection",
+            seconds=self._timeout,
+            data=self._form(token),
+            headers={"Authorization": self._auth},
+        )
+        return self._interpret(body, key, now)

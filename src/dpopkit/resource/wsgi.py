@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from dpopkit.core.http import ResponseView
 from dpopkit.errors import DPoPError
-from dpopkit.resource._site import ProtectedResourceMetadata, ProxyTrust, Site, reason_phrase
+from dpopkit.resource._site import (
+    ProtectedResourceMetadata,
+    ProxyTrust,
+    Site,
+    check_guard,
+    reason_phrase,
+)
 from dpopkit.resource.guard import ResourceGuard
 
 if TYPE_CHECKING:
@@ -53,6 +59,7 @@ class DPoPWSGIMiddleware:
         metadata: ProtectedResourceMetadata | None = None,
         on_error: OnError | None = None,
     ) -> None:
+        check_guard(guard, ResourceGuard, "DPoPWSGIMiddleware")
         self.app = app
         self.guard = guard
         self.on_error = on_error
