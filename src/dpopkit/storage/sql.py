@@ -915,19 +915,28 @@ class SQLGrantStore:
                 changed += 1
         return changed
 
-    def check_signing_keys(self) -> int:
-        """Read every stored signing key without writing (``serve --check``).
+    def check(self) -> int:
+        """Read the schema version and every signing key, writing nothing (``serve --check``).
 
         Returns:
             The number of signing keys (0 when the schema does not exist yet).
 
         Raises:
-            StoreError: the database cannot be reached, or a key does not decrypt.
+            StoreError: the database cannot be reached, has a newer schema version, or
+                a signing key does not decrypt with the configured KEKs.
         """
-        t = self._t["keys"]
+        meta = self._t["meta"]
         with self._ro() as conn:
-            if not sa.inspect(conn).has_table(t.name):
+            if not sa.inspect(conn).has_table(meta.name):
                 return 0
+            version = conn.execute(
+                sa.select(meta.c.version).where(meta.c.name == "grants")
+            ).scalar()
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the database has schema version {version}; this dpopkit knows "
+                f"{SCHEMA_VERSION}: upgrade dpopkit"
+            )
         return len(self.signing_keys())
 
     def add_signing_key(self, key: SigningKeyRecord, *, retire_others_at: float | None) -> None:
