@@ -200,20 +200,28 @@ def _refuse_exposed(path: Path, what: str) -> None:
         )
 
 
+#: The files the server keeps in ``data_dir`` (each SQLite database with its side files).
+DATA_FILES = (
+    "nonce-secret",
+    "csrf-secret",
+    "demo-client-secret",
+    "demo-user-password",
+    *(
+        f"{db}{side}"
+        for db in ("dpopkit-as.db", "replay.db", "rs-replay.db")
+        for side in ("", "-wal", "-shm", "-journal")
+    ),
+)
+
+
 def _check_private_paths(data_dir: Path, storage_url: str, kek_file: Path | None) -> None:
-    """The data dir and every file in it, the SQLite grant store, the KEK file: owner only."""
+    """The data dir and the server's files in it, the SQLite grant store, the KEK file."""
     _refuse_exposed(data_dir, "data_dir")
-    if data_dir.is_dir():
-        try:
-            entries = sorted(data_dir.iterdir())
-        except OSError as exc:
-            raise ConfigError(f"cannot read data_dir {data_dir}: {exc.strerror}") from None
-        for entry in entries:
-            if entry.is_file():
-                _refuse_exposed(entry, "data_dir file")
+    for name in DATA_FILES:
+        _refuse_exposed(data_dir / name, "data_dir file")
     database = SQLGrantStore.sqlite_path(storage_url)
     if database is not None:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-journal"):
             _refuse_exposed(Path(database + suffix), "storage_url database")
     if kek_file is not None:
         _refuse_exposed(kek_file, "key_encryption_keys_file")
@@ -484,6 +492,20 @@ def describe(config: ServeConfig) -> str:
     )
 
 
+def _server_settings(config: ServeConfig) -> Any:
+    """The validated :class:`~dpopkit.server.service.ServerSettings` of ``config``."""
+    from dpopkit.server.app import is_loopback_host
+    from dpopkit.server.service import ServerSettings
+
+    try:
+        settings = ServerSettings(**config.settings)
+    except DPoPError as exc:
+        raise ConfigError(exc.description) from None
+    if settings.test_mode_user is not None and not is_loopback_host(config.host):
+        raise ConfigError("test_mode_user: test mode listens on a loopback address only")
+    return settings
+
+
 def build_server(
     config: ServeConfig,
     *,
@@ -503,17 +525,12 @@ def build_server(
     """
     from dpopkit.core.nonce import NonceIssuer
     from dpopkit.core.replay import ReplayCache
-    from dpopkit.server.app import create_app, is_loopback_host
+    from dpopkit.server.app import create_app
     from dpopkit.server.authorize import ConfigUsers
     from dpopkit.server.service import ServerSettings, TokenService
     from dpopkit.storage.sql import StoreError
 
-    try:
-        settings = ServerSettings(**config.settings)
-    except DPoPError as exc:
-        raise ConfigError(exc.description) from None
-    if settings.test_mode_user is not None and not is_loopback_host(config.host):
-        raise ConfigError("test_mode_user: test mode listens on a loopback address only")
+    settings: ServerSettings = _server_settings(config)
     try:
         make_private_dir(config.data_dir)
     except OSError as exc:
@@ -604,14 +621,17 @@ def check_backends(config: ServeConfig) -> None:
     directory; Redis must answer ``PING`` and PostgreSQL ``SELECT 1``, each within
     :data:`CHECK_TIMEOUT` seconds.
 
+    The server settings are validated first, as :func:`build_server` does.
+
     Raises:
         BackendUnavailableError: a store does not answer (one line naming the setting).
-        ConfigError: a store needs a driver that is not installed.
+        ConfigError: an invalid setting, or a store needs a driver that is not installed.
     """
     from urllib.parse import quote
 
     from dpopkit.storage.sql import StoreError
 
+    _server_settings(config)
     database = SQLGrantStore.sqlite_path(config.storage_url)
     url: str | None = config.storage_url
     if database is not None:
