@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -208,9 +209,12 @@ def test_serve_refuses_exposed_key_material(
     data = tmp_path / "as-data"
     _first_start(data)
     os.chmod(data / target, mode)
-    argv = ["serve", "--data-dir", str(data), "--port", "1"]
-    capsys.readouterr()
-    code = main([*argv, "--check"] if check else argv)
+    with socket.socket() as busy:  # should the refusal not happen, uvicorn fails to bind
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        argv = ["serve", "--data-dir", str(data), "--port", str(busy.getsockname()[1])]
+        capsys.readouterr()
+        code = main([*argv, "--check"] if check else argv)
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1, err
@@ -383,7 +387,9 @@ def test_serve_start_encrypts_with_kek_from_env(
 
 
 @pytest.mark.parametrize(
-    "value", ["", "not base64 !", secrets.token_urlsafe(16), "{a}\n{a}".format(a=_kek())]
+    "value",
+    ["", "not base64 !", secrets.token_urlsafe(16), "{a}\n{a}".format(a=_kek())],
+    ids=["empty", "not-base64url", "16-bytes", "repeated"],
 )
 def test_malformed_kek_is_a_config_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str
