@@ -35,6 +35,7 @@ CORE_DEPENDENCIES = {"dpopkit", "cryptography"}
 LAZY_OK: dict[str, str] = {
     "dpopkit._threads": "anyio is optional there: asyncio.to_thread is the fallback",
     "dpopkit.resource.tokens": "the validators that fetch keys check httpx at construction",
+    "dpopkit.server.config": "serve --check turns a missing store driver into a ConfigError",
 }
 
 #: Packages that come with another one (anyio with httpx, asgiref with Django).

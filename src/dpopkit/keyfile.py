@@ -21,16 +21,15 @@ Only the standard library and the dpopkit core are used.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from dpopkit._private import write_private_file
 from dpopkit.core.algorithms import EC_CURVES, spec_for
 from dpopkit.core.jws import JWSError, b64url_encode, json_loads_object, public_key_from_jwk
 from dpopkit.core.keys import DPoPKey
@@ -85,64 +84,8 @@ def save_key(
     else:
         data = key.to_pem(password=password)
     target = Path(path)
-    _write_private_file(target, data, overwrite=overwrite)
+    write_private_file(target, data, overwrite=overwrite)
     return target
-
-
-def _write_private_file(target: Path, data: bytes, *, overwrite: bool) -> None:
-    directory = target.parent
-    tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, 0o600)  # the umask may have taken bits away; make it exact
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            _link_no_clobber(tmp, target)
-        _fsync_directory(directory)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # after os.link the temporary name remains
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Make the new name durable too (POSIX); not possible everywhere, and not required.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _link_no_clobber(tmp: Path, target: Path) -> None:
-    try:
-        # Atomic "create if absent": fails with FileExistsError when target exists.
-        os.link(tmp, target)
-    except FileExistsError:
-        raise FileExistsError(
-            f"{target} already exists (pass overwrite=True to replace it)"
-        ) from None
-    except OSError:
-        # A file system without hard links: check, then move (a narrow race remains).
-        if target.exists() or target.is_symlink():
-            raise FileExistsError(
-                f"{target} already exists (pass overwrite=True to replace it)"
-            ) from None
-        os.replace(tmp, target)
 
 
 def _read(path: str | os.PathLike[str]) -> bytes:

@@ -170,8 +170,9 @@ def test_hd23_serve_refuses_a_bad_kept_secret(
     """HD-23: the secret ``serve`` keeps in its data dir is read by the same reader; a file
     that is not base64url of >= 32 bytes is one error line naming the file, exit 2."""
     data = tmp_path / "as"
-    data.mkdir()
+    data.mkdir(mode=0o700)
     (data / "nonce-secret").write_text("ab" * 32, encoding="utf-8")
+    (data / "nonce-secret").chmod(0o600)
     config = tmp_path / "as.toml"
     config.write_text(
         f'issuer = "http://127.0.0.1:8000"\ndata_dir = "{data}"\n[dpop]\nnonce = "always"\n',

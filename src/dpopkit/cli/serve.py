@@ -2,7 +2,9 @@
 
 Without ``--config`` it starts a demo AS on 127.0.0.1 with a demo client and
 user (printed at start), keeping its database, signing keys and secrets in
-``--data-dir``. A bad configuration prints one line and exits 2.
+``--data-dir`` (created 0700, its files 0600). A bad configuration, or key material
+that group or others can read, prints one line and exits 2. ``--check`` writes
+nothing and exits 1 when a configured store does not answer.
 """
 
 from __future__ import annotations
@@ -46,7 +48,12 @@ def register(subparsers: Any) -> None:
         default=1,
         help="uvicorn worker processes (needs a shared replay cache: sqlite or redis)",
     )
-    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration and reach every store, writing nothing; "
+        "exit 1 when a store does not answer, 2 when the configuration is invalid",
+    )
     add_nonce_secret_flag(
         parser, "AS nonce secrets (default: [dpop] nonce_secrets, else one kept in --data-dir)"
     )
@@ -134,11 +141,11 @@ def whoami_mounts(
 _ENV = "DPOPKIT_SERVE_ARGS"
 
 
-def _build(args: dict[str, Any]) -> tuple[Any, Any, Any]:
-    from dpopkit.server.config import build_server, load_config
+def _load(args: dict[str, Any], *, create: bool = True) -> Any:
+    from dpopkit.server.config import load_config
 
     path = args["config"]
-    config = load_config(
+    return load_config(
         None if path is None else Path(path),
         host=args["host"],
         port=args["port"],
@@ -146,7 +153,14 @@ def _build(args: dict[str, Any]) -> tuple[Any, Any, Any]:
         now=time.time(),
         # Variable names travel to --workers processes, never the secrets themselves.
         nonce_secrets=nonce_secrets_from_env(args.get("nonce_secret_env")),
+        create=create,
     )
+
+
+def _build(args: dict[str, Any]) -> tuple[Any, Any, Any]:
+    from dpopkit.server.config import build_server
+
+    config = _load(args)
     from dpopkit.server.spa import spa_mounts
 
     def mounts(svc: Any) -> list[tuple[str, Any]]:
@@ -169,7 +183,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401 - fail here, before anything is built
 
-        from dpopkit.server.config import ConfigError, describe
+        from dpopkit.server.config import (
+            BackendUnavailableError,
+            ConfigError,
+            check_backends,
+            describe,
+        )
     except ImportError as exc:
         raise missing_extra("server", exc) from None
     spec = {
@@ -182,6 +201,19 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.workers < 1:
         raise CommandError("--workers must be >= 1", 2)
+    if args.check:
+        # Validate and reach every store without creating or changing anything on disk.
+        try:
+            checked = _load(spec, create=False)
+            check_backends(checked)
+        except ConfigError as exc:
+            raise CommandError(str(exc), 2) from None
+        except BackendUnavailableError as exc:
+            raise CommandError(str(exc), 1) from None
+        if args.workers > 1 and checked.replay_url == "memory":
+            raise CommandError("replay_url = memory cannot be shared by several workers", 2)
+        print(describe(checked))
+        return 0
     try:
         # Built once here even with workers: it validates everything and creates the
         # schema, the signing key and the secrets before any worker starts.
@@ -190,9 +222,6 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), 2) from None
     if args.workers > 1 and config.replay_url == "memory":
         raise CommandError("replay_url = memory cannot be shared by several workers", 2)
-    if args.check:
-        print(describe(config))
-        return 0
     sock = bind(config.host, config.port)  # before the banner: a port in use is one line
     for line in config.demo_notes:
         print(line, file=sys.stderr)

@@ -10,6 +10,7 @@ Example::
 
     issuer = "http://127.0.0.1:8000"
     data_dir = "./as-data"                  # SQLite grant store, replay cache, secrets
+    # key_encryption_keys_file = "/run/secrets/dpopkit-kek"   # signing keys encrypted at rest
     # storage_url = "postgresql+psycopg://user@db/as"
     # replay_url = "redis://127.0.0.1:6379/0"   # or postgresql://..., sqlite (default), memory
     # replay_schema = "dpopkit"               # PostgreSQL replay cache: its schema
@@ -48,8 +49,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dpopkit._private import exposed_mode, make_private_dir, write_private_file
+from dpopkit.core.nonce import NonceIssuer
 from dpopkit.errors import DPoPError
-from dpopkit.storage.sql import ClientRecord, hash_secret
+from dpopkit.storage.kek import KeyEncryptionError, KeyEncryptionKeys
+from dpopkit.storage.sql import ClientRecord, SQLGrantStore, hash_secret
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -57,7 +61,19 @@ if TYPE_CHECKING:
 
     from dpopkit.server.service import TokenService
 
-__all__ = ["ConfigError", "ServeConfig", "build_server", "describe", "load_config"]
+__all__ = [
+    "KEK_ENV",
+    "BackendUnavailableError",
+    "ConfigError",
+    "ServeConfig",
+    "build_server",
+    "check_backends",
+    "describe",
+    "load_config",
+]
+
+#: The environment variable holding the key-encryption keys (one base64url key per line).
+KEK_ENV = "DPOPKIT_KEY_ENCRYPTION_KEYS"
 
 _TOP = {
     "issuer",
@@ -67,6 +83,7 @@ _TOP = {
     "storage_url",
     "replay_url",
     "replay_schema",
+    "key_encryption_keys_file",
     "cors_origins",
     "test_mode_user",
     "registration_enabled",
@@ -113,6 +130,10 @@ class ConfigError(Exception):
     """The configuration is invalid; the message is one line for the operator."""
 
 
+class BackendUnavailableError(Exception):
+    """A configured store does not answer (``serve --check``); one line for the operator."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServeConfig:
     """Everything ``dpopkit serve`` needs, validated."""
@@ -125,6 +146,7 @@ class ServeConfig:
     replay_url: str
     cors_origins: tuple[str, ...]
     replay_schema: str | None = None
+    key_encryption: KeyEncryptionKeys | None = field(default=None, repr=False)
     settings: dict[str, Any]
     users: dict[str, str] = field(repr=False)
     clients: list[ClientRecord] = field(repr=False)
@@ -146,16 +168,101 @@ def _typed(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], wh
     return value
 
 
-def _persisted_secret(data_dir: Path, name: str, nbytes: int = 32) -> str:
-    """A random secret generated on first start and kept in the data directory."""
+def _persisted_secret(data_dir: Path, name: str, nbytes: int = 32, *, create: bool = True) -> str:
+    """A random secret generated on first start and kept (0600) in the data directory.
+
+    With ``create=False`` a missing secret is generated but not kept (``serve --check``).
+    """
     path = data_dir / name
-    if path.exists():
+    try:
         return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     value = secrets.token_urlsafe(nbytes)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value)
+    if create:
+        try:
+            write_private_file(path, value.encode(), overwrite=False)
+        except FileExistsError:  # written meanwhile by another process: use that one
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
     return value
+
+
+def _refuse_exposed(path: Path, what: str) -> None:
+    """Refuse key material (or its directory) that group or others can access."""
+    try:
+        mode = exposed_mode(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot inspect {what} {path}: {exc.strerror}") from None
+    if mode is not None:
+        fix = "700" if path.is_dir() else "600"
+        raise ConfigError(
+            f"{what} {path} is accessible by group or others (mode {mode:04o}): "
+            f"run chmod {fix} {path}"
+        )
+
+
+#: The files the server keeps in ``data_dir`` (each SQLite database with its side files).
+DATA_FILES = (
+    "nonce-secret",
+    "csrf-secret",
+    "demo-client-secret",
+    "demo-user-password",
+    *(
+        f"{db}{side}"
+        for db in ("dpopkit-as.db", "replay.db", "rs-replay.db")
+        for side in ("", "-wal", "-shm", "-journal")
+    ),
+)
+
+
+def _check_private_paths(data_dir: Path, storage_url: str, kek_file: Path | None) -> None:
+    """The data dir and the server's files in it, the SQLite grant store, the KEK file."""
+    _refuse_exposed(data_dir, "data_dir")
+    for name in DATA_FILES:
+        _refuse_exposed(data_dir / name, "data_dir file")
+    database = SQLGrantStore.sqlite_path(storage_url)
+    if database is not None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            _refuse_exposed(Path(database + suffix), "storage_url database")
+    if kek_file is not None:
+        _refuse_exposed(kek_file, "key_encryption_keys_file")
+
+
+def _key_encryption(
+    raw: Mapping[str, Any], base: Path | None
+) -> tuple[KeyEncryptionKeys | None, Path | None]:
+    """The KEKs from the environment or ``key_encryption_keys_file`` (never both)."""
+    env = os.environ.get(KEK_ENV)
+    name = raw.get("key_encryption_keys_file")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError("config.key_encryption_keys_file must be a file name")
+    if env is not None and name is not None:
+        raise ConfigError(f"set {KEK_ENV} or config.key_encryption_keys_file, not both")
+    path: Path | None = None
+    if name is not None:
+        path = Path(name)
+        if base is not None and not path.is_absolute():
+            path = base / path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise ConfigError(f"cannot read key_encryption_keys_file {path}: {reason}") from None
+        where = "config.key_encryption_keys_file"
+    elif env is not None:
+        text, where = env, KEK_ENV
+    else:
+        return None, None
+    try:
+        return KeyEncryptionKeys.from_text(text), path
+    except KeyEncryptionError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _client(raw: Any, index: int, now: float) -> ClientRecord:
@@ -208,9 +315,11 @@ def _operator_settings(record: ClientRecord, raw: Mapping[str, Any], where: str)
     )
 
 
-def _demo(data_dir: Path, issuer: str) -> tuple[dict[str, str], list[ClientRecord], list[str]]:
-    secret = _persisted_secret(data_dir, "demo-client-secret", 18)
-    password = _persisted_secret(data_dir, "demo-user-password", 12)
+def _demo(
+    data_dir: Path, issuer: str, *, create: bool
+) -> tuple[dict[str, str], list[ClientRecord], list[str]]:
+    secret = _persisted_secret(data_dir, "demo-client-secret", 18, create=create)
+    password = _persisted_secret(data_dir, "demo-user-password", 12, create=create)
     users = {"demo": hash_secret(password)}
     redirect = "http://127.0.0.1:8765/callback"
     clients = [
@@ -253,14 +362,19 @@ def load_config(
     data_dir: Path | None = None,
     now: float = 0.0,
     nonce_secrets: Sequence[bytes] | None = None,
+    create: bool = True,
 ) -> ServeConfig:
     """Read and validate a TOML configuration; demo defaults when ``path`` is None.
 
     Command-line ``host``/``port``/``data_dir`` and ``nonce_secrets`` (from
-    ``--nonce-secret-env``) override the file.
+    ``--nonce-secret-env``) override the file. The data
+    directory is created ``0700`` (and the demo secrets ``0600`` in it) unless
+    ``create`` is False, which writes nothing at all (``serve --check``). An
+    existing data directory, a file in it, the SQLite database or the KEK file
+    that group or others can access is refused.
 
     Raises:
-        ConfigError: any invalid or unreadable setting (one line).
+        ConfigError: any invalid or unreadable setting, or exposed key material (one line).
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -283,10 +397,6 @@ def load_config(
     ddir = data_dir if data_dir is not None else Path(raw.get("data_dir", "dpopkit-data"))
     if path is not None and not ddir.is_absolute() and data_dir is None:
         ddir = path.parent / ddir
-    try:
-        ddir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create data_dir {ddir}: {exc.strerror}") from None
     storage_url = raw.get("storage_url", f"sqlite:///{(ddir / 'dpopkit-as.db').resolve()}")
     replay_url = raw.get("replay_url", "sqlite")
     for key, value in (("storage_url", storage_url), ("replay_url", replay_url)):
@@ -302,6 +412,13 @@ def load_config(
     replay_schema = raw.get("replay_schema")
     if replay_schema is not None and (not isinstance(replay_schema, str) or not replay_schema):
         raise ConfigError("config.replay_schema must be a schema name")
+    key_encryption, kek_file = _key_encryption(raw, None if path is None else path.parent)
+    _check_private_paths(ddir, storage_url, kek_file)
+    if create:
+        try:
+            make_private_dir(ddir)
+        except OSError as exc:
+            raise ConfigError(f"cannot create data_dir {ddir}: {exc.strerror}") from None
     cors = raw.get("cors_origins", ["*"])
     if not isinstance(cors, list) or not all(isinstance(o, str) for o in cors):
         raise ConfigError("config.cors_origins must be a list of strings")
@@ -374,7 +491,12 @@ def load_config(
 
         if not is_loopback_host(h):
             raise ConfigError("demo mode (no --config) listens on a loopback address only")
-        users, clients, notes = _demo(ddir, issuer)
+        users, clients, notes = _demo(ddir, issuer, create=create)
+    if key_encryption is None and not storage_url.startswith("sqlite"):
+        notes.append(
+            "WARNING: signing keys are stored unencrypted in storage_url: "
+            f"set {KEK_ENV} or key_encryption_keys_file"
+        )
     return ServeConfig(
         issuer=issuer,
         host=h,
@@ -384,6 +506,7 @@ def load_config(
         replay_url=replay_url,
         cors_origins=tuple(cors),
         replay_schema=replay_schema,
+        key_encryption=key_encryption,
         settings=settings,
         users=users,
         clients=clients,
@@ -418,9 +541,24 @@ def describe(config: ServeConfig) -> str:
             "listen": f"{config.host}:{config.port}",
             "storage": config.storage_url.split("://", 1)[0],
             "replay": config.replay_url.split("://", 1)[0],
+            "key_encryption": list(config.key_encryption.ids) if config.key_encryption else None,
             "clients": [c.client_id for c in config.clients],
         }
     )
+
+
+def _server_settings(config: ServeConfig) -> Any:
+    """The validated :class:`~dpopkit.server.service.ServerSettings` of ``config``."""
+    from dpopkit.server.app import is_loopback_host
+    from dpopkit.server.service import ServerSettings
+
+    try:
+        settings = ServerSettings(**config.settings)
+    except DPoPError as exc:
+        raise ConfigError(exc.description) from None
+    if settings.test_mode_user is not None and not is_loopback_host(config.host):
+        raise ConfigError("test_mode_user: test mode listens on a loopback address only")
+    return settings
 
 
 def build_server(
@@ -431,28 +569,29 @@ def build_server(
 ) -> tuple[Starlette, TokenService]:
     """Open the stores, register the configured clients, make the keys, build the app.
 
-    Signing keys are generated on first start and persisted in the grant store;
-    the nonce and CSRF secrets are generated once and kept in ``data_dir``.
+    Signing keys are generated on first start and persisted in the grant store
+    (encrypted under the newest KEK when ``key_encryption`` is configured: keys
+    sealed with an older KEK, or stored in clear, are re-encrypted here); the
+    nonce and CSRF secrets are generated once and kept (0600) in ``data_dir`` (0700).
     ``mounts`` receives the service and returns extra ``(path, app)`` routes.
 
     Raises:
         ConfigError: a setting is invalid or a store cannot be opened.
     """
-    from dpopkit.core.nonce import NonceIssuer
     from dpopkit.core.replay import ReplayCache
-    from dpopkit.server.app import create_app, is_loopback_host
+    from dpopkit.server.app import create_app
     from dpopkit.server.authorize import ConfigUsers
     from dpopkit.server.service import ServerSettings, TokenService
-    from dpopkit.storage.sql import SQLGrantStore, StoreError
+    from dpopkit.storage.sql import StoreError
 
+    settings: ServerSettings = _server_settings(config)
     try:
-        settings = ServerSettings(**config.settings)
-    except DPoPError as exc:
-        raise ConfigError(exc.description) from None
-    if settings.test_mode_user is not None and not is_loopback_host(config.host):
-        raise ConfigError("test_mode_user: test mode listens on a loopback address only")
+        make_private_dir(config.data_dir)
+    except OSError as exc:
+        raise ConfigError(f"cannot create data_dir {config.data_dir}: {exc.strerror}") from None
     try:
-        store = SQLGrantStore(config.storage_url)
+        store = SQLGrantStore(config.storage_url, key_encryption=config.key_encryption)
+        store.reseal_signing_keys()
         for client in config.clients:
             store.put_client(client)
     except (StoreError, ValueError) as exc:
@@ -478,16 +617,7 @@ def build_server(
         from dpopkit.storage.redis import RedisReplayCache
 
         replay = RedisReplayCache.from_url(config.replay_url)
-    # Shared secrets (TOML or --nonce-secret-env) for several instances and rotation;
-    # else one kept in data_dir, in the same text format (base64url of 32 bytes).
-    nonce_secret_file = config.data_dir / "nonce-secret"
-    try:
-        nonces = NonceIssuer(
-            list(config.nonce_secrets) or [_persisted_secret(config.data_dir, "nonce-secret")],
-            context="as",
-        )
-    except ValueError as exc:
-        raise ConfigError(f"{nonce_secret_file}: {exc}") from None
+    nonces = _nonce_issuer(config)
     csrf = _persisted_secret(config.data_dir, "csrf-secret").encode()
     service = TokenService(settings, store=store, replay=replay, nonces=nonces, clock=clock)
     try:
@@ -502,3 +632,128 @@ def build_server(
         mounts=mounts(service) if mounts is not None else (),
     )
     return app, service
+
+
+#: Seconds ``serve --check`` waits for each backend.
+CHECK_TIMEOUT = 3.0
+
+
+def _check_sqlite_file(path: Path, what: str) -> bool:
+    """True when the SQLite file exists (and is one); else its directory must be writable."""
+    if path.exists():
+        try:
+            with path.open("rb") as fh:
+                header = fh.read(16)
+        except OSError as exc:
+            raise BackendUnavailableError(f"{what}: cannot read {path}: {exc.strerror}") from None
+        if header and header != b"SQLite format 3\x00":
+            raise BackendUnavailableError(f"{what}: {path} is not a SQLite database")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise BackendUnavailableError(f"{what}: {path} is not writable")
+        return bool(header)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BackendUnavailableError(f"{what}: cannot create {path} ({parent} is not writable)")
+    return False
+
+
+def _with_connect_timeout(url: str) -> str:
+    if "connect_timeout=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}connect_timeout={int(CHECK_TIMEOUT)}"
+
+
+def _nonce_issuer(config: ServeConfig, *, create: bool = True) -> NonceIssuer:
+    """The AS nonce issuer, for ``serve`` and ``serve --check`` alike.
+
+    The configured secrets (TOML or ``--nonce-secret-env``) serve several instances and
+    rotation; else one is kept in the data directory, in the same text format.
+    """
+    path = config.data_dir / "nonce-secret"
+    try:
+        return NonceIssuer(
+            list(config.nonce_secrets)
+            or [_persisted_secret(config.data_dir, "nonce-secret", create=create)],
+            context="as",
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def check_backends(config: ServeConfig) -> None:
+    """Check that every configured store answers, writing nothing anywhere (``serve --check``).
+
+    The grant store is read (schema version, and every signing key decrypted with
+    the configured KEKs); a SQLite file that does not exist yet needs a writable
+    directory; Redis must answer ``PING`` and PostgreSQL ``SELECT 1``, each within
+    :data:`CHECK_TIMEOUT` seconds.
+
+    The server settings and the nonce secrets are validated first, as
+    :func:`build_server` does.
+
+    Raises:
+        BackendUnavailableError: a store does not answer (one line naming the setting).
+        ConfigError: an invalid setting, or a store needs a driver that is not installed.
+    """
+    from urllib.parse import quote
+
+    from dpopkit.storage.sql import StoreError
+
+    _server_settings(config)
+    _nonce_issuer(config, create=False)
+    database = SQLGrantStore.sqlite_path(config.storage_url)
+    url: str | None = config.storage_url
+    if database is not None:
+        exists = _check_sqlite_file(Path(database), "storage_url")
+        # immutable=1: read without creating the -wal and -shm files.
+        url = f"sqlite:///file:{quote(database)}?mode=ro&immutable=1&uri=true" if exists else None
+    else:
+        url = _with_connect_timeout(config.storage_url)
+    if url is not None:
+        try:
+            store = SQLGrantStore(url, create=False, key_encryption=config.key_encryption)
+            try:
+                store.check()
+            finally:
+                store.close()
+        except (StoreError, ValueError) as exc:
+            cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ else ""
+            raise BackendUnavailableError(f"storage_url: {exc}{cause}") from None
+        except ImportError as exc:
+            raise ConfigError(
+                f"storage_url needs a driver that is not installed ({exc.name})"
+            ) from None
+
+    replay = config.replay_url
+    if replay == "sqlite":
+        _check_sqlite_file(config.data_dir / "replay.db", "replay_url")
+    elif replay.startswith(("redis://", "rediss://")):
+        try:
+            import redis
+        except ImportError:
+            raise ConfigError("replay_url needs redis: pip install 'dpopkit[redis]'") from None
+        client = redis.Redis.from_url(
+            replay, socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT
+        )
+        try:
+            client.ping()
+        except (redis.RedisError, OSError) as exc:
+            raise BackendUnavailableError(
+                f"replay_url: Redis does not answer ({type(exc).__name__})"
+            ) from None
+        finally:
+            client.close()
+    elif replay.startswith(("postgresql://", "postgres://")):
+        try:
+            import psycopg
+        except ImportError:
+            raise ConfigError("replay_url needs psycopg: pip install 'dpopkit[postgres]'") from None
+        try:
+            with psycopg.connect(replay, connect_timeout=int(CHECK_TIMEOUT)) as conn:
+                conn.execute("SELECT 1")
+        except (psycopg.Error, OSError) as exc:
+            raise BackendUnavailableError(
+                f"replay_url: PostgreSQL does not answer ({type(exc).__name__})"
+            ) from None

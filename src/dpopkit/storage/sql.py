@@ -15,6 +15,10 @@ Secrets are never stored in the clear: codes, refresh tokens and request URIs
 are stored as their SHA-256 (they carry 256 random bits); client secrets and
 passwords are hashed with scrypt and a salt by :func:`hash_secret`.
 
+Private signing JWKs are encrypted (AES-256-GCM, bound to their ``kid``) when the
+store is given :class:`~dpopkit.storage.kek.KeyEncryptionKeys`; a SQLite file is
+created ``0600`` (its ``-wal`` and ``-shm`` files take the same mode).
+
 SQLite write transactions start with ``BEGIN IMMEDIATE`` (the write lock is
 taken up front, so two writers queue on ``busy_timeout`` instead of failing
 with a lock upgrade error); the file runs in WAL mode.
@@ -28,7 +32,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +41,9 @@ from dpopkit.errors import requires_extra
 with requires_extra("server", needed_by=__name__):
     import sqlalchemy as sa
     from sqlalchemy.engine import Connection, Engine
+
+from dpopkit._private import create_private_file
+from dpopkit.storage.kek import KeyEncryptionError, KeyEncryptionKeys
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -381,16 +388,26 @@ class SQLGrantStore:
         url: the database URL. ``postgresql://`` is read as ``postgresql+psycopg://``.
         table_prefix: prepended to every table name (several stores in one database).
         create: create the schema (idempotent) and check its version now.
+        key_encryption: encrypt private signing JWKs at rest with these KEKs (the
+            first encrypts, all decrypt); without it they are stored as plain JWKs.
 
     Raises:
         StoreError: the database is unreachable or has a newer schema version.
     """
 
-    def __init__(self, url: str, *, table_prefix: str = "", create: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        table_prefix: str = "",
+        create: bool = True,
+        key_encryption: KeyEncryptionKeys | None = None,
+    ) -> None:
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.key_encryption = key_encryption
         self._metadata = sa.MetaData()
         self._t = _tables(self._metadata, table_prefix)
         self._insert = {name: table.insert() for name, table in self._t.items()}
@@ -407,7 +424,20 @@ class SQLGrantStore:
             self.create_schema()
 
     @staticmethod
+    def sqlite_path(url: str) -> str | None:
+        """The database file of a ``sqlite:///`` URL (None for another database)."""
+        if not url.startswith("sqlite"):
+            return None
+        database = sa.engine.make_url(url).database
+        return None if not database or database == ":memory:" else database
+
+    @staticmethod
     def _sqlite_engine(url: str) -> Engine:
+        path = SQLGrantStore.sqlite_path(url)
+        if path is not None and not path.startswith("file:"):
+            # 0600 before SQLite creates it 0644; a missing directory: SQLite reports it.
+            with suppress(OSError):
+                create_private_file(path)
         engine = sa.create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -876,12 +906,86 @@ class SQLGrantStore:
             SigningKeyRecord(
                 kid=row.kid,
                 alg=row.alg,
-                private_jwk=json.loads(row.private_jwk),
+                private_jwk=self._open_jwk(row.private_jwk, kid=row.kid),
                 created_at=row.created_at,
                 retire_at=row.retire_at,
             )
             for row in rows
         ]
+
+    def _open_jwk(self, stored: str, *, kid: str) -> dict[str, Any]:
+        value = json.loads(stored)
+        if not KeyEncryptionKeys.is_envelope(value):
+            return dict(value)
+        if self.key_encryption is None:
+            raise StoreError(
+                f"the signing key {kid!r} is encrypted: configure the key-encryption key"
+            )
+        try:
+            return dict(json.loads(self.key_encryption.open(value, kid=kid)))
+        except KeyEncryptionError as exc:
+            raise StoreError(str(exc)) from None
+
+    def _seal_jwk(self, jwk: Mapping[str, Any], *, kid: str) -> str:
+        plain = json.dumps(dict(jwk))
+        if self.key_encryption is None:
+            return plain
+        return self.key_encryption.seal(plain.encode("utf-8"), kid=kid)
+
+    def reseal_signing_keys(self) -> int:
+        """Encrypt every signing key under the newest KEK (plain or sealed with an older one).
+
+        Run at start (``dpopkit serve`` does): after a KEK is added or rotated, the
+        rows no longer need the older KEK. Without ``key_encryption`` nothing changes.
+
+        Returns:
+            The number of rows rewritten.
+
+        Raises:
+            StoreError: a row cannot be decrypted with the configured KEKs.
+        """
+        kek = self.key_encryption
+        if kek is None:
+            return 0
+        t = self._t["keys"]
+        changed = 0
+        with self._tx() as conn:
+            for row in conn.execute(sa.select(t.c.kid, t.c.private_jwk)).all():
+                value = json.loads(row.private_jwk)
+                if KeyEncryptionKeys.is_envelope(value) and value.get("kek") == kek.primary:
+                    continue
+                jwk = self._open_jwk(row.private_jwk, kid=row.kid)
+                conn.execute(
+                    t.update()
+                    .where(t.c.kid == row.kid)
+                    .values(private_jwk=self._seal_jwk(jwk, kid=row.kid))
+                )
+                changed += 1
+        return changed
+
+    def check(self) -> int:
+        """Read the schema version and every signing key, writing nothing (``serve --check``).
+
+        Returns:
+            The number of signing keys (0 when the schema does not exist yet).
+
+        Raises:
+            StoreError: the database cannot be reached, has a newer schema version, or
+                a signing key does not decrypt with the configured KEKs.
+        """
+        meta = self._t["meta"]
+        with self._ro() as conn:
+            if not sa.inspect(conn).has_table(meta.name):
+                return 0
+            version = conn.execute(
+                sa.select(meta.c.version).where(meta.c.name == "grants")
+            ).scalar()
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the database has schema version {version}; this dpopkit knows "
+                f"{SCHEMA_VERSION}: upgrade dpopkit"
+            )
+        return len(self.signing_keys())
 
     def add_signing_key(self, key: SigningKeyRecord, *, retire_others_at: float | None) -> None:
         """Store a new signing key; older keys without a retirement time get one."""
@@ -895,7 +999,7 @@ class SQLGrantStore:
                 t.insert().values(
                     kid=key.kid,
                     alg=key.alg,
-                    private_jwk=json.dumps(dict(key.private_jwk)),
+                    private_jwk=self._seal_jwk(key.private_jwk, kid=key.kid),
                     created_at=key.created_at,
                     retire_at=key.retire_at,
                 )

@@ -27,6 +27,7 @@ raises :class:`~dpopkit.errors.ReplayStoreError`; it never answers "not seen".
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
@@ -35,6 +36,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from dpopkit._private import create_private_file
 from dpopkit._threads import to_thread
 from dpopkit.errors import ReplayStoreError
 
@@ -102,6 +104,9 @@ class SQLiteReplayCache:
     # -- connections -----------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        if self.path not in ("", ":memory:"):
+            with contextlib.suppress(OSError):  # a missing directory fails in connect below
+                create_private_file(self.path)  # 0600, and so its -wal and -shm files
         conn = sqlite3.connect(
             self.path,
             timeout=self.busy_timeout,
