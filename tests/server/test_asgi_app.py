@@ -275,7 +275,13 @@ def test_test_mode_refuses_non_loopback_issuer(store: SQLGrantStore, clock: Cloc
 
 async def test_dynamic_registration(store: SQLGrantStore, clock: Clock) -> None:
     """RFC 7591: register a confidential client, then use it with DPoP."""
-    svc = make_service(store, clock, registration_enabled=True)
+    svc = make_service(
+        store,
+        clock,
+        registration_enabled=True,
+        registration_allowed_scopes=("read",),
+        registration_allowed_grant_types=("client_credentials",),
+    )
     async with _client(create_app(svc, authenticator=ConfigUsers({}))) as http:
         meta = (await http.get("/.well-known/oauth-authorization-server")).json()
         assert meta["registration_endpoint"] == ISSUER + "/register"

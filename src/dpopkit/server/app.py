@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.errors import Reason, ServerConfigurationError
 from dpopkit.server.authorize import Authenticator, AuthorizationEndpoint
-from dpopkit.server.registration import handle_register
+from dpopkit.server.registration import handle_register, registration_rate_limiter
 from dpopkit.server.service import TokenService
 
 __all__ = ["create_app", "is_loopback_host"]
@@ -136,11 +136,13 @@ class _Endpoint:
             chunks.append(chunk)
             more = message.get("more_body", False)
         query = scope.get("query_string", b"").decode("latin-1")
+        peer = scope.get("client")
         view = RequestView(
             method=method,
             url=self.base_url + (f"?{query}" if query else ""),
             headers=headers,
             body=b"".join(chunks),
+            client_address=None if not peer else str(peer[0]),
         )
         response = await run_in_threadpool(self.handler, view)
         await _send(send, response, cors)
@@ -219,9 +221,10 @@ def create_app(
     for path in dict.fromkeys([well_known, well_known + issuer_path]):
         routes.append(Route(path, endpoint(metadata, path), methods=["GET", "OPTIONS"]))
     if settings.registration_enabled:
+        limiter = registration_rate_limiter(settings)
 
         def register(view: RequestView) -> ResponseView:
-            return handle_register(service, view)
+            return handle_register(service, view, limiter=limiter)
 
         routes.append(Route("/register", endpoint(register, "/register"), methods=api))
     for path, app in mounts:

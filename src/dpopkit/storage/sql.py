@@ -116,6 +116,8 @@ class ClientRecord:
     is RFC 9126 §6; ``dpop_nonce_required`` is dpopkit's per-client nonce switch;
     ``access_token_format`` (``jwt`` or ``opaque``) overrides the server's default
     access-token format for this client (None: the server's default).
+    ``registered`` marks a client made by dynamic registration (RFC 7591): the
+    server's registration policy (allowed audiences) applies to it for its lifetime.
     """
 
     client_id: str
@@ -131,6 +133,7 @@ class ClientRecord:
     dpop_nonce_required: bool = False
     access_token_format: str | None = None
     created_at: float = 0.0
+    registered: bool = False
 
     @property
     def is_public(self) -> bool:
@@ -348,6 +351,7 @@ def _client_from_row(row: Any) -> ClientRecord:
         dpop_nonce_required=bool(meta.get("dpop_nonce_required", False)),
         access_token_format=meta.get("access_token_format"),
         created_at=row.created_at,
+        registered=bool(meta.get("dpopkit_registered", False)),
     )
 
 
@@ -479,6 +483,7 @@ class SQLGrantStore:
         t = self._t["clients"]
         meta = client.metadata()
         meta["dpop_nonce_required"] = client.dpop_nonce_required
+        meta["dpopkit_registered"] = client.registered
         values = {
             "metadata": json.dumps(meta),
             "secret_hash": client.secret_hash,
