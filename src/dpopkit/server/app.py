@@ -221,7 +221,7 @@ def create_app(
     for path in dict.fromkeys([well_known, well_known + issuer_path]):
         routes.append(Route(path, endpoint(metadata, path), methods=["GET", "OPTIONS"]))
     if settings.registration_enabled:
-        limiter = registration_rate_limiter(settings)
+        limiter = registration_rate_limiter(settings, clock=service.clock)
 
         def register(view: RequestView) -> ResponseView:
             return handle_register(service, view, limiter=limiter)

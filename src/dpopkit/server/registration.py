@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -161,9 +162,15 @@ def apply_registration_policy(meta: Mapping[str, Any], settings: ServerSettings)
     return out
 
 
-def registration_rate_limiter(settings: ServerSettings) -> RateLimiter:
-    """The per-address limiter of ``/register``: ``registration_rate_limit`` an hour."""
-    return RateLimiter(limit=settings.registration_rate_limit, window=3600.0)
+def registration_rate_limiter(
+    settings: ServerSettings, *, clock: Callable[[], float] = time.time
+) -> RateLimiter:
+    """The per-address limiter of ``/register``: ``registration_rate_limit`` an hour.
+
+    In memory and per process (bounded to 10,000 addresses): several processes each
+    allow the limit; put a shared limiter in front for a cluster.
+    """
+    return RateLimiter(limit=settings.registration_rate_limit, window=3600.0, clock=clock)
 
 
 def handle_register(
