@@ -194,6 +194,9 @@ def create_app(
     def jwks(_: RequestView) -> ResponseView:
         return service.jwks()
 
+    def favicon(_: RequestView) -> ResponseView:
+        return ResponseView(status=204, headers=(("Cache-Control", "max-age=86400"),))
+
     def endpoint(handler: Handler, path: str, *, cors: bool = True) -> _Endpoint:
         return _Endpoint(
             handler,
@@ -216,6 +219,8 @@ def create_app(
             methods=["GET", "POST"],
         ),
     ]
+    # Browsers ask every origin for /favicon.ico; an empty answer keeps their consoles clean.
+    routes.append(Route("/favicon.ico", endpoint(favicon, "/favicon.ico"), methods=["GET"]))
     well_known = "/.well-known/oauth-authorization-server"
     issuer_path = urlsplit(issuer).path
     for path in dict.fromkeys([well_known, well_known + issuer_path]):

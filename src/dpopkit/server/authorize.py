@@ -151,7 +151,7 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
+<style>*{{box-sizing:border-box}}body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
 label,input,button{{display:block;width:100%;margin:.4rem 0}}input,button{{padding:.5rem}}
 .error{{color:#a00}}.row{{display:flex;gap:.5rem}}</style></head>
 <body><h1>{title}</h1>{body}</body></html>
@@ -362,9 +362,9 @@ class AuthorizationEndpoint:
             '<button type="submit" name="action" value="deny" formnovalidate>Cancel</button>'
             "</div></form>"
         )
-        if status is None:
-            status = 200 if error is None else 401
-        return _page(status, "Sign in", body, *headers)
+        # A wrong password re-renders the form with 200, as Keycloak and node-oidc-provider
+        # do: a 401 would need a WWW-Authenticate challenge (RFC 9110 §15.5.2).
+        return _page(200 if status is None else status, "Sign in", body, *headers)
 
     def _consent_page(
         self,
