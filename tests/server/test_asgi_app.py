@@ -146,7 +146,9 @@ async def test_authorize_html_login_consent_redirect(http: httpx.AsyncClient) ->
     wrong = await http.post(
         "/authorize", data={**fields, "username": "alice", "password": "nope", "action": "login"}
     )
-    assert wrong.status_code == 401
+    # The form again with an error: 200, a 401 would need a challenge (RFC 9110 §15.5.2).
+    assert wrong.status_code == 200
+    assert 'role="alert"' in wrong.text
     fields = hidden_fields(wrong.text)
     consent = await http.post(
         "/authorize",

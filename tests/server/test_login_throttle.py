@@ -17,12 +17,14 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
 from dpopkit import Headers, RequestView, ResponseView
 from dpopkit.server.authorize import AuthorizationEndpoint, ConfigUsers
+from dpopkit.server.config import ConfigError, build_server, load_config
 from dpopkit.server.registration import handle_register
 from dpopkit.server.throttle import SCRYPT_LIMITER, LoginThrottle
 from dpopkit.storage.sql import SQLGrantStore
@@ -97,7 +99,7 @@ def _fail_until_locked(browser: Browser, clock: Clock, username: str) -> list[in
         if resp.status == 429:
             wait = int(resp.header("Retry-After") or "0")
             if wait > 60:
-                return waits + [wait]
+                return [*waits, wait]
             waits.append(wait)
             clock.now += wait
             continue
@@ -285,3 +287,37 @@ def test_hd3_slot_released_after_work(store: SQLGrantStore, clock: Clock) -> Non
     for _ in range(free):
         SCRYPT_LIMITER._sem.release()
     assert free == SCRYPT_LIMITER.slots
+
+
+def test_hd3_login_settings_from_toml(tmp_path: Path, store: SQLGrantStore, clock: Clock) -> None:
+    """HD-3: ``[login]`` in the TOML file sets the budgets the endpoint enforces; an
+    inconsistent pair is one ConfigError line."""
+    path = tmp_path / "as.toml"
+    path.write_text(
+        'issuer = "http://as.test"\n[login]\nfree_failures = 0\nlockout_failures = 2\n'
+        "lockout_seconds = 60\n"
+    )
+    settings = load_config(path, data_dir=tmp_path).settings
+    assert settings["login_lockout_failures"] == 2
+    service = make_service(store, clock, **{k: v for k, v in settings.items() if k != "issuer"})
+    endpoint = AuthorizationEndpoint(service, ConfigUsers(USERS))
+    browser = Browser(endpoint, "192.0.2.30")
+    assert _wrong_password_page(browser.login("alice", WRONG))
+    clock.now += 1
+    assert _wrong_password_page(browser.login("alice", WRONG))
+    locked = browser.login("alice", ALICE_PASSWORD)
+    assert locked.status == 429
+    assert locked.header("Retry-After") == "60"
+    clock.now += 61
+    assert _consented(Browser(endpoint, "192.0.2.30").login("alice", ALICE_PASSWORD))
+    path.write_text('issuer = "http://as.test"\n[login]\nfree_failures = 5\nlockout_failures = 2\n')
+    with pytest.raises(ConfigError):
+        build_server(load_config(path, data_dir=tmp_path))
+
+
+def test_hd3_long_usernames_do_not_grow_memory() -> None:
+    """HD-3: a throttle key never holds a huge submitted username."""
+    throttle = LoginThrottle(clock=lambda: 1000.0)
+    throttle.failure(username="x" * 60000, address="192.0.2.31")
+    assert max(len(k) for k in throttle._keys) < 200
+    assert throttle.retry_after(username="x" * 60000, address=None) == 0

@@ -131,7 +131,8 @@ async def test_hd6_registration_stores_what_it_validated(
     assert resp.status_code == 201, resp.text
     assert resp.json()["redirect_uris"] == [uri]
     stored = store.get_client(resp.json()["client_id"])
-    assert stored is not None and stored.redirect_uris == (uri,)
+    assert stored is not None
+    assert stored.redirect_uris == (uri,)
 
 
 def _toml_string(value: str) -> str:

@@ -94,7 +94,10 @@ async def _cc_token(
     )
 
 
-MACHINE = {"grant_types": ["client_credentials"], "token_endpoint_auth_method": "client_secret_basic"}
+MACHINE = {
+    "grant_types": ["client_credentials"],
+    "token_endpoint_auth_method": "client_secret_basic",
+}
 
 
 @pytest.mark.parametrize(
@@ -126,7 +129,7 @@ async def test_hd2_registration_refuses_widening_metadata(
 ) -> None:
     """HD-2: metadata outside the server's registration policy → 400
     ``invalid_client_metadata`` (RFC 7591 §3.2.2) and no client is stored."""
-    connect, service = server(**policy)
+    connect, _ = server(**policy)
     async with connect() as http:
         resp = await http.post("/register", json=meta)
     assert resp.status_code == 400, resp.text
@@ -208,9 +211,7 @@ async def test_hd2_audience_limited_for_code_and_refresh(
     client_id = reg["client_id"]
     endpoint = AuthorizationEndpoint(service, ConfigUsers(USERS))
     verifier, challenge = pkce()
-    url = ISSUER + "/authorize?" + urlencode(
-        authorize_params(client_id, challenge, resource=EVIL)
-    )
+    url = ISSUER + "/authorize?" + urlencode(authorize_params(client_id, challenge, resource=EVIL))
     start = endpoint.handle(RequestView(method="GET", url=url))
     assert start.status == 303
     query = parse_qs(urlsplit(start.header("Location") or "").query)
@@ -282,7 +283,8 @@ async def test_hd2_registrant_cannot_choose_client_id_or_secret(
         assert hijack.status_code == 401
         assert hijack.json()["error"] == "invalid_client"
     conf = store.get_client("conf")
-    assert conf is not None and not conf.registered
+    assert conf is not None
+    assert not conf.registered
     assert conf.scope == "read write"
 
 
@@ -290,7 +292,7 @@ async def test_hd2_register_rate_limited_per_address(server: Factory, clock: Clo
     """HD-2: ``registration_rate_limit`` registrations per address and hour, then 429
     with ``Retry-After`` (RFC 6585 §4); other addresses are unaffected; the window
     passes on the service clock."""
-    connect, service = server(registration_rate_limit=2)
+    connect, _ = server(registration_rate_limit=2)
     meta = {"redirect_uris": [REDIRECT]}
     async with connect("198.51.100.1") as http:
         for _ in range(2):

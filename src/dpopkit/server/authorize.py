@@ -151,7 +151,8 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
-<style>*{{box-sizing:border-box}}body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
+<style>*{{box-sizing:border-box}}
+body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
 label,input,button{{display:block;width:100%;margin:.4rem 0}}input,button{{padding:.5rem}}
 .error{{color:#a00}}.row{{display:flex;gap:.5rem}}</style></head>
 <body><h1>{title}</h1>{body}</body></html>
@@ -213,7 +214,17 @@ class AuthorizationEndpoint:
     ) -> None:
         self.service = service
         self.authenticator = authenticator
-        self.throttle = throttle if throttle is not None else LoginThrottle(clock=service.clock)
+        settings = service.settings
+        self.throttle = (
+            throttle
+            if throttle is not None
+            else LoginThrottle(
+                free_failures=settings.login_free_failures,
+                lockout_failures=settings.login_lockout_failures,
+                lockout_seconds=float(settings.login_lockout_seconds),
+                clock=service.clock,
+            )
+        )
         self._csrf_secret = csrf_secret or secrets.token_bytes(32)
         self._secure_cookie = service.settings.issuer.startswith("https:")
         self._action = urlsplit(service.settings.issuer).path + "/authorize"
@@ -362,8 +373,9 @@ class AuthorizationEndpoint:
             '<button type="submit" name="action" value="deny" formnovalidate>Cancel</button>'
             "</div></form>"
         )
-        # A wrong password re-renders the form with 200, as Keycloak and node-oidc-provider
-        # do: a 401 would need a WWW-Authenticate challenge (RFC 9110 §15.5.2).
+        # A wrong password re-renders the form with 200 (as node-oidc-provider's interaction
+        # example does): a 401 would need a WWW-Authenticate challenge (RFC 9110 §15.5.2)
+        # and browsers log it as a console error.
         return _page(200 if status is None else status, "Sign in", body, *headers)
 
     def _consent_page(

@@ -78,6 +78,7 @@ _TOP = {
     "allowed_resources",
     "tokens",
     "dpop",
+    "login",
     "users",
     "clients",
 }
@@ -92,6 +93,7 @@ _TOKENS = {
     "access_token_format",
 }
 _DPOP = {"nonce", "algorithms", "max_age"}
+_LOGIN = {"free_failures", "lockout_failures", "lockout_seconds"}
 _CLIENT = {
     "client_id",
     "client_secret",
@@ -307,6 +309,13 @@ def load_config(
     if "test_mode_user" in raw:
         settings["test_mode_user"] = _typed(raw, "test_mode_user", str, "config")
     _registration_policy(raw, settings)
+    login = raw.get("login", {})
+    if not isinstance(login, dict):
+        raise ConfigError("[login] must be a table")
+    _check_keys(login, _LOGIN, "login")
+    for key in sorted(_LOGIN):
+        if key in login:
+            settings[f"login_{key}"] = _typed(login, key, int, "login")
     if "allowed_resources" in raw:
         settings["allowed_resources"] = tuple(_typed(raw, "allowed_resources", list, "config"))
     tokens = raw.get("tokens", {})

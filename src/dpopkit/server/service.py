@@ -134,6 +134,10 @@ class ServerSettings:
         registration_allow_unbound_tokens: let a registered client opt out of DPoP
             binding (``dpop_bound_access_tokens: false``); off by default.
         registration_rate_limit: registrations per client address and hour (per process).
+        login_free_failures: failed sign-ins per username before delays start (an
+            address gets five times each login budget).
+        login_lockout_failures: failed sign-ins per username that lock it temporarily.
+        login_lockout_seconds: how long such a lockout lasts.
     """
 
     issuer: str
@@ -158,6 +162,9 @@ class ServerSettings:
     registration_allowed_grant_types: tuple[str, ...] = ("authorization_code", "refresh_token")
     registration_allow_unbound_tokens: bool = False
     registration_rate_limit: int = 20
+    login_free_failures: int = 3
+    login_lockout_failures: int = 10
+    login_lockout_seconds: int = 900
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.issuer)
@@ -198,6 +205,12 @@ class ServerSettings:
             raise ServerConfigurationError(
                 Reason.CONFIGURATION, "registration_allowed_grant_types: unknown grant type"
             )
+        if not 0 <= self.login_free_failures < self.login_lockout_failures:
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "need 0 <= login free_failures < lockout_failures"
+            )
+        if self.login_lockout_seconds < 1:
+            raise ServerConfigurationError(Reason.CONFIGURATION, "login lockout_seconds >= 1")
         if self.registration_rate_limit < 1:
             raise ServerConfigurationError(
                 Reason.CONFIGURATION, "registration_rate_limit must be >= 1"

@@ -28,6 +28,7 @@ throttled caller is refused at once with a typed error.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import threading
@@ -174,8 +175,15 @@ class LoginThrottle:
         self._lock = threading.Lock()
         self._keys: OrderedDict[str, _Failures] = OrderedDict()
 
+    @staticmethod
+    def _user_key(username: str) -> str:
+        # Bounded memory whatever the submitted username: long ones are kept as a digest.
+        if len(username) <= 128:
+            return f"u:{username}"
+        return "u#" + hashlib.sha256(username.encode("utf-8", "surrogatepass")).hexdigest()
+
     def _keys_for(self, username: str, address: str | None) -> list[tuple[str, int]]:
-        keys = [(f"u:{username}", 1)]
+        keys = [(self._user_key(username), 1)]
         if address:
             keys.append((f"a:{address}", self.address_factor))
         return keys
@@ -216,7 +224,7 @@ class LoginThrottle:
     def success(self, *, username: str) -> None:
         """Forget the failures of ``username`` (the address keeps its count)."""
         with self._lock:
-            self._keys.pop(f"u:{username}", None)
+            self._keys.pop(self._user_key(username), None)
 
 
 class RateLimiter:

@@ -71,9 +71,9 @@ def _headers(content_type: str, length: int) -> list[tuple[bytes, bytes]]:
 class SPAApp:
     """The ASGI app serving the single-page client under ``prefix``.
 
-    ``GET``/``HEAD`` of ``<prefix>/`` (or ``<prefix>/index.html``), ``<prefix>/app.js``
-    ``<prefix>/style.css`` and ``<prefix>/favicon.svg`` answer the packaged files; any other path under the
-    prefix is 404 and any other method 405. The scope is read as a plain route
+    ``GET``/``HEAD`` of ``<prefix>/`` (or ``<prefix>/index.html``), ``<prefix>/app.js``,
+    ``<prefix>/style.css`` and ``<prefix>/favicon.svg`` answer the packaged files; any
+    other path under the prefix is 404 and any other method 405. The scope is read as a plain route
     mount delivers it (the full ``path``). A class, not a function, so that
     Starlette's ``Route`` treats it as an ASGI app rather than an endpoint.
 
