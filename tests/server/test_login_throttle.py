@@ -16,8 +16,12 @@ import base64
 import hashlib
 import logging
 import secrets
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -321,3 +325,48 @@ def test_hd3_long_usernames_do_not_grow_memory() -> None:
     throttle.failure(username="x" * 60000, address="192.0.2.31")
     assert max(len(k) for k in throttle._keys) < 200
     assert throttle.retry_after(username="x" * 60000, address=None) == 0
+
+
+def test_hd3_scrypt_flood_never_exceeds_the_slots(
+    store: SQLGrantStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HD-3: many concurrent wrong client secrets never run more scrypt computations at
+    once than the shared limiter has slots; each request ends promptly with
+    ``invalid_client`` or 503 ``temporarily_unavailable``, none hangs."""
+    real = hashlib.scrypt
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+
+    def counting_scrypt(*args: Any, **kwargs: Any) -> bytes:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            time.sleep(0.02)  # widen the window in which computations could overlap
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(hashlib, "scrypt", counting_scrypt)
+    as_ = AS(make_service(store, clock), store, clock)
+
+    def attempt(i: int) -> tuple[str, float]:
+        started = time.monotonic()
+        auth = base64.b64encode(f"conf:wrong-{i}".encode()).decode()
+        resp = as_.token(
+            {"grant_type": "client_credentials"},
+            client=None,
+            headers=[("Authorization", "Basic " + auth)],
+            proof=False,
+        )
+        return error_of(resp), time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(attempt, range(24)))
+    assert peak <= SCRYPT_LIMITER.slots
+    assert {code for code, _ in results} <= {"invalid_client", "temporarily_unavailable"}
+    assert "invalid_client" in {code for code, _ in results}
+    assert max(elapsed for _, elapsed in results) < SCRYPT_LIMITER.wait + 2.0

@@ -27,6 +27,7 @@ from dpopkit.storage.sql import SQLGrantStore
 from .conftest import (
     AS,
     ISSUER,
+    PAR_URL,
     REDIRECT,
     SECRET,
     TOKEN_URL,
@@ -38,6 +39,7 @@ from .conftest import (
     code_params,
     drive_login,
     error_of,
+    form_request,
     jwt_parts,
     make_service,
     pkce,
@@ -194,7 +196,8 @@ async def test_hd2_audience_limited_for_code_and_refresh(
     server: Factory, store: SQLGrantStore, clock: Clock
 ) -> None:
     """HD-2: the same audience limit at ``/authorize`` (error redirect, RFC 6749
-    §4.1.2.1), at the code exchange and at refresh (RFC 8707 §2 ``invalid_target``)."""
+    §4.1.2.1), at ``/par``, at the code exchange and at refresh (RFC 8707 §2
+    ``invalid_target``)."""
     connect, service = server(registration_allowed_scopes=("read",))
     async with connect() as http:
         resp = await http.post(
@@ -217,9 +220,18 @@ async def test_hd2_audience_limited_for_code_and_refresh(
     query = parse_qs(urlsplit(start.header("Location") or "").query)
     assert query["error"] == ["invalid_target"]
 
+    as_ = AS(service, store, clock)
+    par = service.handle_par(
+        form_request(
+            PAR_URL,
+            {**authorize_params(client_id, challenge), "resource": EVIL},
+            headers=[("DPoP", as_.proof(url=PAR_URL))],
+        )
+    )
+    assert error_of(par) == "invalid_target"
+
     url = ISSUER + "/authorize?" + urlencode(authorize_params(client_id, challenge))
     code = code_from(drive_login(endpoint, url))
-    as_ = AS(service, store, clock)
     evil = as_.token({**code_params(code, verifier, client_id), "resource": EVIL}, client=None)
     assert error_of(evil) == "invalid_target"
     ok = as_.token(code_params(code, verifier, client_id), client=None)
