@@ -11,7 +11,8 @@ connection or break a ``Location`` header at ``/authorize``.
 :func:`redirect_uri_allowed` compares a presented URI with the registered ones
 (RFC 6749 §3.1.2.3: simple string comparison) and, for public (native) clients
 only, ignores the port of an ``http`` loopback IP literal (RFC 8252 §7.3), as
-node-oidc-provider, Keycloak and Duende do.
+node-oidc-provider does only for native clients and Duende only through its
+opt-in native-app redirect URI validator.
 """
 
 from __future__ import annotations

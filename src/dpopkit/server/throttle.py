@@ -3,9 +3,7 @@
 Login throttling, a registration rate limit and one bound on concurrent scrypt
 computations.
 
-All three are in-memory and per process (like Keycloak's brute-force detector
-without a cluster cache, and node-oidc-provider's advice to rate limit in front
-of it): a deployment with several processes multiplies the budgets by the number
+All three are in-memory and per process: a deployment with several processes multiplies the budgets by the number
 of processes, and a restart forgets them. Each is bounded in memory, takes an
 injected clock (tests never sleep) and never blocks a request for long: a busy or
 throttled caller is refused at once with a typed error.
