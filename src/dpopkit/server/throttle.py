@@ -3,10 +3,11 @@
 Login throttling, a registration rate limit and one bound on concurrent scrypt
 computations.
 
-All three are in-memory and per process: a deployment with several processes multiplies the budgets by the number
-of processes, and a restart forgets them. Each is bounded in memory, takes an
-injected clock (tests never sleep) and never blocks a request for long: a busy or
-throttled caller is refused at once with a typed error.
+All three are in-memory and per process: a deployment with several processes
+multiplies the budgets by the number of processes, and a restart forgets them.
+Each is bounded in memory and never blocks a request for long: a throttled caller
+is refused at once and a busy one after a short wait, with a typed error. The two
+counters take an injected clock (tests never sleep).
 
 * :class:`LoginThrottle`: failed sign-ins counted per username and per client
   address; after ``free_failures`` each further failure imposes a delay that
