@@ -121,6 +121,8 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = "store_unavailable"
     STORE_FULL = "store_full"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    SERVER_BUSY = "server_busy"
+    RATE_LIMITED = "rate_limited"
     # client
     NONCE_RETRY_EXHAUSTED = "nonce_retry_exhausted"
     MISSING_NONCE = "missing_nonce"

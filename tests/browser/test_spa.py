@@ -12,6 +12,9 @@ elsewhere these tests are skipped loudly.
    with it). Covers C-18 (``dpop_jkt``), AS-21, C-23 (non-extractable key).
 2. An AS that always demands nonces and an API that demands its own: the page
    retries exactly once at each (C-10) and keeps AS and RS nonces apart (C-11, C-14).
+3. On a 390 px wide screen, through a wrong password and a full sign-in: no console
+   error on any page (HD-31), no word wrapped mid-word outside token blocks and no
+   horizontal scrolling, and the login page keeps the username.
 
 A screenshot of the final page is saved under the test's ``tmp_path``.
 """
@@ -415,3 +418,73 @@ def test_c19_spa_forget_replaces_the_key(browser: BrowserContext, demo_as: tuple
     assert "generated" in page.inner_text("#key-origin")
     assert jwk_thumbprint(page.evaluate(READ_STORED_KEY)["publicJwk"]) == second
     assert page.evaluate("sessionStorage.getItem('dpopkit.tokens')") is None
+
+
+# Every word (split at spaces, hyphens and slashes) of every text outside code/pre must
+# sit on one line; tokens and thumbprints (code, pre) may wrap anywhere.
+MID_WORD_WRAPS = """() => {
+  const bad = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (node.parentElement.closest("code, pre, script, style, noscript")) continue;
+    const words = /[^\\s\\-\\/]+/g;
+    let m;
+    while ((m = words.exec(node.data))) {
+      const range = document.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      const lines = new Set(
+        [...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top))
+      );
+      if (lines.size > 1) bad.push(m[0]);
+    }
+  }
+  return { bad, overflow: document.documentElement.scrollWidth - window.innerWidth };
+}"""
+
+
+def _layout_ok(page: Page, where: str) -> None:
+    result = page.evaluate(MID_WORD_WRAPS)
+    assert result["bad"] == [], f"{where}: words wrapped mid-word: {result['bad']}"
+    assert result["overflow"] <= 0, f"{where}: {result['overflow']} px horizontal overflow"
+
+
+def test_hd31_phone_width_no_console_errors_no_mid_word_wraps(
+    browser: BrowserContext, demo_as: tuple[str, str]
+) -> None:
+    """HD-31: at 390 px, every page of the flow (the app, the AS's login page after a
+    wrong password, consent, the app with a token and an API answer) logs no console
+    error (a favicon is served), wraps no word mid-word and does not scroll sideways;
+    the login page keeps the username after a wrong password."""
+    base, password = demo_as
+    page = browser.new_page()
+    page.set_viewport_size({"width": 390, "height": 844})
+    errors: list[str] = []
+    page.on(
+        "console", lambda m: errors.append(f"{m.text} @ {page.url}") if m.type == "error" else None
+    )
+    page.on("pageerror", lambda exc: errors.append(f"{exc} @ {page.url}"))
+    _open_app(page, base)
+    _layout_ok(page, "app")
+    page.click("#login")
+    page.wait_for_url("**/authorize?**")
+    _layout_ok(page, "login")
+    page.fill("#username", "demo")
+    page.fill("#password", "not-the-password")
+    page.click("button[value=login]")
+    page.wait_for_selector("p.error")
+    assert page.input_value("#username") == "demo"
+    assert page.input_value("#password") == ""
+    _layout_ok(page, "login after a wrong password")
+    page.fill("#password", password)
+    page.click("button[value=login]")
+    page.wait_for_selector("button[value=approve]")
+    _layout_ok(page, "consent")
+    page.click("button[value=approve]")
+    page.wait_for_url("**/app/")
+    page.wait_for_selector("body[data-ready=true]")
+    assert _call_api(page)["sub"] == "demo"
+    _layout_ok(page, "app with a token")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert errors == []

@@ -62,6 +62,7 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         ("/app/index.html", "index.html", "text/html; charset=utf-8"),
         ("/app/app.js", "app.js", "text/javascript; charset=utf-8"),
         ("/app/style.css", "style.css", "text/css; charset=utf-8"),
+        ("/app/favicon.svg", "favicon.svg", "image/svg+xml"),
     ],
 )
 async def test_spa_files_served_with_strict_headers(
@@ -87,7 +88,7 @@ async def test_spa_bare_prefix_redirects_to_slash(client: httpx.AsyncClient) -> 
 
 
 @pytest.mark.parametrize("path", ["/app/__init__.py", "/app/x/app.js", "/app/app.jsx"])
-async def test_spa_serves_only_its_three_files(client: httpx.AsyncClient, path: str) -> None:
+async def test_spa_serves_only_its_own_files(client: httpx.AsyncClient, path: str) -> None:
     assert (await client.get(path)).status_code == 404
 
 
@@ -120,7 +121,7 @@ def test_spa_loads_everything_from_its_own_origin() -> None:
     """No CDN, no build step: only relative references, no inline code (CSP-compatible)."""
     parser = _Refs()
     parser.feed(ASSETS.joinpath("index.html").read_text("utf-8"))
-    assert sorted(parser.refs) == ["app.js", "style.css"]
+    assert sorted(parser.refs) == ["app.js", "favicon.svg", "style.css"]
     assert parser.inline_scripts == 0
     assert parser.inline_handlers == []
     for name in ("app.js", "style.css"):

@@ -69,6 +69,7 @@ class Ours:
             test_mode_user="alice",
             access_token_lifetime=300,
             registration_enabled=True,
+            registration_allowed_grant_types=("client_credentials",),
         )
         self.service = TokenService(
             settings,

@@ -146,7 +146,9 @@ async def test_authorize_html_login_consent_redirect(http: httpx.AsyncClient) ->
     wrong = await http.post(
         "/authorize", data={**fields, "username": "alice", "password": "nope", "action": "login"}
     )
-    assert wrong.status_code == 401
+    # The form again with an error: 200, a 401 would need a challenge (RFC 9110 §15.5.2).
+    assert wrong.status_code == 200
+    assert 'role="alert"' in wrong.text
     fields = hidden_fields(wrong.text)
     consent = await http.post(
         "/authorize",
@@ -275,7 +277,13 @@ def test_test_mode_refuses_non_loopback_issuer(store: SQLGrantStore, clock: Cloc
 
 async def test_dynamic_registration(store: SQLGrantStore, clock: Clock) -> None:
     """RFC 7591: register a confidential client, then use it with DPoP."""
-    svc = make_service(store, clock, registration_enabled=True)
+    svc = make_service(
+        store,
+        clock,
+        registration_enabled=True,
+        registration_allowed_scopes=("read",),
+        registration_allowed_grant_types=("client_credentials",),
+    )
     async with _client(create_app(svc, authenticator=ConfigUsers({}))) as http:
         meta = (await http.get("/.well-known/oauth-authorization-server")).json()
         assert meta["registration_endpoint"] == ISSUER + "/register"

@@ -130,7 +130,13 @@ def test_hd4_registration_cannot_grant_introspection(store: SQLGrantStore, clock
     """HD-4: introspection_audiences is an operator setting; a client registered at
     /register asking for it cannot introspect other clients' tokens (RFC 7591 §2:
     the server may ignore metadata it does not accept)."""
-    as_ = _server(store, clock, "jwt", registration_enabled=True)
+    as_ = _server(
+        store,
+        clock,
+        "jwt",
+        registration_enabled=True,
+        registration_allowed_grant_types=("client_credentials",),
+    )
     svc = as_.service
     meta = {
         "grant_types": ["client_credentials"],

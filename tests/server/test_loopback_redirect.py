@@ -59,7 +59,7 @@ REGISTERED = "http://127.0.0.1:8765/callback"
 )
 def test_rfc8252_loopback_any_port_allowed(registered: str, candidate: str) -> None:
     """RFC 8252 §7.3: any port on a registered loopback IP literal."""
-    assert redirect_uri_allowed((registered,), candidate)
+    assert redirect_uri_allowed((registered,), candidate, loopback_any_port=True)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_rfc8252_loopback_any_port_allowed(registered: str, candidate: str) -> N
 )
 def test_rfc8252_loopback_everything_else_exact(registered: str, candidate: str) -> None:
     """RFC 6749 §3.1.2.3: apart from a loopback port, a simple string comparison."""
-    assert not redirect_uri_allowed((registered,), candidate)
+    assert not redirect_uri_allowed((registered,), candidate, loopback_any_port=True)
 
 
 NATIVE = ClientRecord(

@@ -366,7 +366,12 @@ def test_registration_access_token_format(
     ``invalid_client_metadata`` (RFC 7591 §3.2.2)."""
     from dpopkit.server.registration import handle_register
 
-    svc = make_service(store, clock, registration_enabled=True)
+    svc = make_service(
+        store,
+        clock,
+        registration_enabled=True,
+        registration_allowed_grant_types=("client_credentials",),
+    )
     meta = {"grant_types": ["client_credentials"], "access_token_format": fmt}
     resp = handle_register(
         svc,

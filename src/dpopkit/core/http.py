@@ -93,12 +93,15 @@ class RequestView:
             from configuration, never from ``Host`` alone).
         headers: the request header fields.
         body: the request body when the handler needs it (token endpoint), else None.
+        client_address: the peer's IP address as the server saw it (for per-address
+            limits such as login throttling), or None when unknown.
     """
 
     method: str
     url: str
     headers: Headers = field(default_factory=Headers)
     body: bytes | None = None
+    client_address: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.errors import Reason, ServerConfigurationError, requires_extra
 from dpopkit.server.authorize import Authenticator, AuthorizationEndpoint
-from dpopkit.server.registration import handle_register
+from dpopkit.server.registration import handle_register, registration_rate_limiter
 from dpopkit.server.service import TokenService
 
 with requires_extra("server", needed_by=__name__):
@@ -137,11 +137,13 @@ class _Endpoint:
             chunks.append(chunk)
             more = message.get("more_body", False)
         query = scope.get("query_string", b"").decode("latin-1")
+        peer = scope.get("client")
         view = RequestView(
             method=method,
             url=self.base_url + (f"?{query}" if query else ""),
             headers=headers,
             body=b"".join(chunks),
+            client_address=None if not peer else str(peer[0]),
         )
         response = await run_in_threadpool(self.handler, view)
         await _send(send, response, cors)
@@ -193,6 +195,9 @@ def create_app(
     def jwks(_: RequestView) -> ResponseView:
         return service.jwks()
 
+    def favicon(_: RequestView) -> ResponseView:
+        return ResponseView(status=204, headers=(("Cache-Control", "max-age=86400"),))
+
     def endpoint(handler: Handler, path: str, *, cors: bool = True) -> _Endpoint:
         return _Endpoint(
             handler,
@@ -215,14 +220,17 @@ def create_app(
             methods=["GET", "POST"],
         ),
     ]
+    # Browsers ask every origin for /favicon.ico; an empty answer keeps their consoles clean.
+    routes.append(Route("/favicon.ico", endpoint(favicon, "/favicon.ico"), methods=["GET"]))
     well_known = "/.well-known/oauth-authorization-server"
     issuer_path = urlsplit(issuer).path
     for path in dict.fromkeys([well_known, well_known + issuer_path]):
         routes.append(Route(path, endpoint(metadata, path), methods=["GET", "OPTIONS"]))
     if settings.registration_enabled:
+        limiter = registration_rate_limiter(settings, clock=service.clock)
 
         def register(view: RequestView) -> ResponseView:
-            return handle_register(service, view)
+            return handle_register(service, view, limiter=limiter)
 
         routes.append(Route("/register", endpoint(register, "/register"), methods=api))
     for path, app in mounts:

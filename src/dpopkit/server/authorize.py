@@ -18,9 +18,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import logging
+import math
 import re
 import secrets
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -34,7 +36,9 @@ from dpopkit.errors import (
     Reason,
     UnauthorizedClientError,
 )
+from dpopkit.server.redirects import redirect_uri_allowed
 from dpopkit.server.service import PAR_URN_PREFIX, Form, TokenService
+from dpopkit.server.throttle import SCRYPT_LIMITER, LoginThrottle, ServerBusyError, WorkLimiter
 from dpopkit.storage.sql import (
     ClientRecord,
     CodeRecord,
@@ -42,7 +46,6 @@ from dpopkit.storage.sql import (
     StoreError,
     hash_secret,
     sha256_hex,
-    verify_secret,
 )
 
 __all__ = [
@@ -55,9 +58,8 @@ __all__ = [
 ]
 
 _B64URL_43 = re.compile(r"[A-Za-z0-9_-]{43}")
-# RFC 8252 §7.3: the loopback IP literals (never the name "localhost", §8.3).
-_LOOPBACK_NETLOC = re.compile(r"(127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?")
 _COOKIE = "dpopkit_ia"
+_log = logging.getLogger("dpopkit.server.login")
 _DUMMY_HASH = hash_secret(secrets.token_urlsafe(16))
 
 
@@ -81,52 +83,23 @@ class ConfigUsers:
 
     Args:
         users: username → :func:`~dpopkit.storage.sql.hash_secret` value.
+        limiter: bounds concurrent scrypt computations (the process-wide
+            :data:`~dpopkit.server.throttle.SCRYPT_LIMITER` by default).
     """
 
-    def __init__(self, users: Mapping[str, str]) -> None:
+    def __init__(self, users: Mapping[str, str], *, limiter: WorkLimiter | None = None) -> None:
         self._users = dict(users)
+        self._limiter = limiter if limiter is not None else SCRYPT_LIMITER
 
     def authenticate(self, username: str, password: str) -> str | None:
-        """Return ``username`` when the password matches (constant work for unknown users)."""
+        """Return ``username`` when the password matches (constant work for unknown users).
+
+        Raises:
+            ServerBusyError: every scrypt slot is taken (503, never a silent failure).
+        """
         stored = self._users.get(username)
-        ok = verify_secret(password, stored if stored is not None else _DUMMY_HASH)
+        ok = self._limiter.verify(password, stored if stored is not None else _DUMMY_HASH)
         return username if ok and stored is not None else None
-
-
-def _loopback_without_port(uri: str) -> tuple[str, str, str] | None:
-    """``(host, path, query)`` of an ``http`` loopback IP-literal URI, else None.
-
-    The URI must be exactly ``http://`` + host + optional port + path + optional
-    query: nothing that :func:`urllib.parse.urlsplit` would drop or normalise
-    (control characters, an empty ``?``, a fragment, user information).
-    """
-    if not uri.startswith("http://"):
-        return None
-    parts = urlsplit(uri)
-    match = _LOOPBACK_NETLOC.fullmatch(parts.netloc)
-    if match is None or parts.fragment:
-        return None
-    port = match.group(2)
-    if port is not None and not 1 <= int(port) <= 65535:
-        return None
-    if uri != f"http://{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else ""):
-        return None
-    return match.group(1), parts.path, parts.query
-
-
-def redirect_uri_allowed(registered: Collection[str], redirect_uri: str) -> bool:
-    """Whether ``redirect_uri`` may be used by a client that registered ``registered``.
-
-    RFC 6749 §3.1.2.3: a simple string comparison with a registered URI; RFC 8252
-    §7.3: for an ``http`` URI on the loopback IP literals ``127.0.0.1`` or ``[::1]``
-    the port is left out of the comparison (a native app listens on a port the
-    operating system picks), everything else (host literal, path, query) still
-    matches exactly. Never for ``localhost`` (RFC 8252 §8.3), other hosts or https.
-    """
-    if redirect_uri in registered:
-        return True
-    key = _loopback_without_port(redirect_uri)
-    return key is not None and any(_loopback_without_port(r) == key for r in registered)
 
 
 def validate_authorization_request(
@@ -145,7 +118,7 @@ def validate_authorization_request(
     # RFC 6749 §3.1.2.3: exact string match against a registered redirect URI
     # (any port on a loopback IP literal, RFC 8252 §7.3).
     if not isinstance(redirect_uri, str) or not redirect_uri_allowed(
-        client.redirect_uris, redirect_uri
+        client.redirect_uris, redirect_uri, loopback_any_port=client.is_public
     ):
         raise InvalidRequestError(Reason.INVALID_REQUEST, "redirect_uri not registered")
     if params.get("response_type") != "code":
@@ -166,7 +139,9 @@ def validate_authorization_request(
     if scope is not None:
         service.resolve_scope(str(scope), allowed=client.scope)
     resource = params.get("resource", [])
-    service.resolve_resource(resource if isinstance(resource, list) else [str(resource)])
+    service.resolve_resource(
+        resource if isinstance(resource, list) else [str(resource)], client=client
+    )
     state = params.get("state")
     if state is not None and (not isinstance(state, str) or len(state) > 2048):
         raise InvalidRequestError(Reason.INVALID_REQUEST, "state too long")
@@ -176,7 +151,8 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
+<style>*{{box-sizing:border-box}}
+body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}
 label,input,button{{display:block;width:100%;margin:.4rem 0}}input,button{{padding:.5rem}}
 .error{{color:#a00}}.row{{display:flex;gap:.5rem}}</style></head>
 <body><h1>{title}</h1>{body}</body></html>
@@ -209,6 +185,13 @@ def _redirect(url: str, *headers: tuple[str, str]) -> ResponseView:
     )
 
 
+def _first(form: Form, name: str) -> str:
+    try:
+        return form.one(name) or ""
+    except DPoPError:
+        return ""
+
+
 class AuthorizationEndpoint:
     """``/authorize``: request validation, login and consent pages, code issuance.
 
@@ -216,6 +199,9 @@ class AuthorizationEndpoint:
         service: the :class:`TokenService` (settings, store, clock).
         authenticator: checks user credentials (:class:`ConfigUsers` built in).
         csrf_secret: 32+ random bytes keying the CSRF tokens.
+        throttle: failed sign-ins per username and client address (growing delays,
+            then a temporary lockout); a :class:`~dpopkit.server.throttle.LoginThrottle`
+            on the service's clock by default.
     """
 
     def __init__(
@@ -224,9 +210,21 @@ class AuthorizationEndpoint:
         authenticator: Authenticator,
         *,
         csrf_secret: bytes | None = None,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self.service = service
         self.authenticator = authenticator
+        settings = service.settings
+        self.throttle = (
+            throttle
+            if throttle is not None
+            else LoginThrottle(
+                free_failures=settings.login_free_failures,
+                lockout_failures=settings.login_lockout_failures,
+                lockout_seconds=float(settings.login_lockout_seconds),
+                clock=service.clock,
+            )
+        )
         self._csrf_secret = csrf_secret or secrets.token_bytes(32)
         self._secure_cookie = service.settings.issuer.startswith("https:")
         self._action = urlsplit(service.settings.issuer).path + "/authorize"
@@ -313,7 +311,7 @@ class AuthorizationEndpoint:
         redirect_uri = params.get("redirect_uri")
         # RFC 6749 §3.1.2.3, RFC 8252 §7.3: checked before anything is redirected there.
         if not isinstance(redirect_uri, str) or not redirect_uri_allowed(
-            client.redirect_uris, redirect_uri
+            client.redirect_uris, redirect_uri, loopback_any_port=client.is_public
         ):
             return self._error_page(400, "The redirect_uri is not registered for this client")
         try:
@@ -352,10 +350,14 @@ class AuthorizationEndpoint:
         browser: str,
         error: str | None,
         *headers: tuple[str, str],
+        username: str = "",
+        status: int | None = None,
     ) -> ResponseView:
         esc = html.escape
         name = client.client_name or client.client_id
-        err = f'<p class="error">{esc(error)}</p>' if error else ""
+        err = f'<p class="error" role="alert">{esc(error)}</p>' if error else ""
+        # The username survives a failed attempt (escaped); the password never does.
+        kept = f' value="{esc(username)}"' if username else ""
         body = (
             f"<p><strong>{esc(name)}</strong> asks to sign you in.</p>{err}"
             f'<form method="post" action="{esc(self._action)}">'
@@ -363,7 +365,7 @@ class AuthorizationEndpoint:
             f'<input type="hidden" name="csrf" value="{esc(self._csrf(interaction, browser))}">'
             '<input type="hidden" name="step" value="login">'
             '<label for="username">Username</label>'
-            '<input id="username" name="username" autocomplete="username" required>'
+            f'<input id="username" name="username" autocomplete="username" required{kept}>'
             '<label for="password">Password</label>'
             '<input id="password" name="password" type="password" '
             'autocomplete="current-password" required>'
@@ -371,7 +373,10 @@ class AuthorizationEndpoint:
             '<button type="submit" name="action" value="deny" formnovalidate>Cancel</button>'
             "</div></form>"
         )
-        return _page(200 if error is None else 401, "Sign in", body, *headers)
+        # A wrong password re-renders the form with 200 (as node-oidc-provider's interaction
+        # example does): a 401 would need a WWW-Authenticate challenge (RFC 9110 §15.5.2)
+        # and browsers log it as a console error.
+        return _page(200 if status is None else status, "Sign in", body, *headers)
 
     def _consent_page(
         self,
@@ -433,20 +438,86 @@ class AuthorizationEndpoint:
                 password = form.need("password")
             except DPoPError:
                 return self._login_page(
-                    client, params, interaction, browser, "Enter your username and password"
+                    client,
+                    params,
+                    interaction,
+                    browser,
+                    "Enter your username and password",
+                    username=_first(form, "username"),
                 )
-            sub = self.authenticator.authenticate(username, password)
-            if sub is None:
-                return self._login_page(
-                    client, params, interaction, browser, "Wrong username or password"
-                )
-            svc.store.set_request_subject(record.id_hash, sub)
-            return self._consent_page(client, params, interaction, browser, sub)
+            return self._login(request, client, record, interaction, browser, username, password)
         if step == "consent" and action == "approve" and record.sub is not None:
             if svc.store.consume_request(record.id_hash, kind="interaction", now=now) is None:
                 return self._error_page(400, "This sign-in page has expired; start again")
             return self._issue_code(client, params, record.sub, now)
         return self._error_page(400, "Unexpected form submission")
+
+    def _login(
+        self,
+        request: RequestView,
+        client: ClientRecord,
+        record: InteractionRecord,
+        interaction: str,
+        browser: str,
+        username: str,
+        password: str,
+    ) -> ResponseView:
+        """Check a password under the login throttle; the consent page on success."""
+        params = record.params
+        address = request.client_address
+        wait = self.throttle.retry_after(username=username, address=address)
+        if wait > 0:
+            # Growing delay or lockout: the password is not even checked (Keycloak model).
+            _log.warning(
+                "login refused: reason=throttled username=%r address=%s retry_after=%d",
+                username[:64],
+                address,
+                math.ceil(wait),
+            )
+            return self._login_page(
+                client,
+                params,
+                interaction,
+                browser,
+                f"Too many failed sign-ins; try again in {math.ceil(wait)} seconds",
+                ("Retry-After", str(math.ceil(wait))),
+                username=username,
+                status=429,
+            )
+        try:
+            sub = self.authenticator.authenticate(username, password)
+        except ServerBusyError:
+            _log.warning(
+                "login refused: reason=server_busy username=%r address=%s", username[:64], address
+            )
+            return self._login_page(
+                client,
+                params,
+                interaction,
+                browser,
+                "The service is busy; try again in a moment",
+                ("Retry-After", "1"),
+                username=username,
+                status=503,
+            )
+        if sub is None:
+            self.throttle.failure(username=username, address=address)
+            _log.warning(
+                "login failed: reason=bad_credentials username=%r address=%s",
+                username[:64],
+                address,
+            )
+            return self._login_page(
+                client,
+                params,
+                interaction,
+                browser,
+                "Wrong username or password",
+                username=username,
+            )
+        self.throttle.success(username=username)
+        self.service.store.set_request_subject(record.id_hash, sub)
+        return self._consent_page(client, params, interaction, browser, sub)
 
     def _issue_code(
         self, client: ClientRecord, params: Mapping[str, Any], sub: str, now: float

@@ -87,10 +87,16 @@ _TOP = {
     "cors_origins",
     "test_mode_user",
     "registration_enabled",
+    "registration_allowed_scopes",
+    "registration_allowed_audiences",
+    "registration_allowed_grant_types",
+    "registration_allow_unbound_tokens",
+    "registration_rate_limit",
     "require_pushed_authorization_requests",
     "allowed_resources",
     "tokens",
     "dpop",
+    "login",
     "users",
     "clients",
 }
@@ -106,6 +112,7 @@ _TOKENS = {
     "refresh_reuse_leeway",
 }
 _DPOP = {"nonce", "algorithms", "max_age", "nonce_secrets"}
+_LOGIN = {"free_failures", "lockout_failures", "lockout_seconds"}
 _CLIENT = {
     "client_id",
     "client_secret",
@@ -263,6 +270,26 @@ def _key_encryption(
         return KeyEncryptionKeys.from_text(text), path
     except KeyEncryptionError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _registration_policy(raw: Mapping[str, Any], settings: dict[str, Any]) -> None:
+    """The dynamic registration policy keys (see docs/authorization-server.md)."""
+    for key in (
+        "registration_allowed_scopes",
+        "registration_allowed_audiences",
+        "registration_allowed_grant_types",
+    ):
+        if key in raw:
+            values = _typed(raw, key, list, "config")
+            if not all(isinstance(v, str) and v for v in values):
+                raise ConfigError(f"config.{key} must be a list of strings")
+            settings[key] = tuple(values)
+    if "registration_allow_unbound_tokens" in raw:
+        settings["registration_allow_unbound_tokens"] = _typed(
+            raw, "registration_allow_unbound_tokens", bool, "config"
+        )
+    if "registration_rate_limit" in raw:
+        settings["registration_rate_limit"] = _typed(raw, "registration_rate_limit", int, "config")
 
 
 def _client(raw: Any, index: int, now: float) -> ClientRecord:
@@ -429,6 +456,14 @@ def load_config(
             settings[key] = _typed(raw, key, bool, "config")
     if "test_mode_user" in raw:
         settings["test_mode_user"] = _typed(raw, "test_mode_user", str, "config")
+    _registration_policy(raw, settings)
+    login = raw.get("login", {})
+    if not isinstance(login, dict):
+        raise ConfigError("[login] must be a table")
+    _check_keys(login, _LOGIN, "login")
+    for key in sorted(_LOGIN):
+        if key in login:
+            settings[f"login_{key}"] = _typed(login, key, int, "login")
     if "allowed_resources" in raw:
         settings["allowed_resources"] = tuple(_typed(raw, "allowed_resources", list, "config"))
     tokens = raw.get("tokens", {})

@@ -36,7 +36,7 @@ def client_credentials(ctx: GrantContext) -> dict[str, Any]:
     if client.is_public:
         raise UnauthorizedClientError(Reason.UNAUTHORIZED_CLIENT, "confidential clients only")
     scope = svc.resolve_scope(ctx.form.one("scope"), allowed=client.scope)
-    resource = svc.resolve_resource(ctx.form.all("resource"))
+    resource = svc.resolve_resource(ctx.form.all("resource"), client=client)
     token, record = svc.mint_access_token(
         client_id=client.client_id,
         sub=client.client_id,
@@ -104,7 +104,7 @@ def authorization_code(ctx: GrantContext) -> dict[str, Any]:
     check_code_verifier(verifier, rec.code_challenge)
     if rec.dpop_jkt is not None:
         _require_key(ctx, rec.dpop_jkt)
-    resource = svc.resolve_resource(form.all("resource")) or rec.resource
+    resource = svc.resolve_resource(form.all("resource"), client=client) or rec.resource
     if rec.resource and not set(resource) <= set(rec.resource):
         raise InvalidTargetError(Reason.INVALID_REQUEST, "resource not granted")
     family_id = new_family_id()
@@ -198,7 +198,7 @@ def refresh_token(ctx: GrantContext) -> dict[str, Any]:
     if rec.jkt is not None:
         _require_key(ctx, rec.jkt)
     scope = svc.resolve_scope(form.one("scope"), allowed=rec.scope)
-    resource = svc.resolve_resource(form.all("resource")) or rec.resource
+    resource = svc.resolve_resource(form.all("resource"), client=client) or rec.resource
     if rec.resource and not set(resource) <= set(rec.resource):
         raise InvalidTargetError(Reason.INVALID_REQUEST, "resource not granted")
     token, access = svc.mint_access_token(

@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping
-from ipaddress import ip_address
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from dpopkit.core.http import RequestView, ResponseView
 from dpopkit.core.jws import PRIVATE_JWK_MEMBERS
 from dpopkit.errors import DPoPError, OAuthError, Reason
-from dpopkit.server.service import ACCESS_TOKEN_FORMATS, AUTH_METHODS, TokenService
-from dpopkit.storage.sql import ClientRecord, StoreError, hash_secret
+from dpopkit.server.redirects import InvalidRedirectURIError, validate_redirect_uri
+from dpopkit.server.service import ACCESS_TOKEN_FORMATS, AUTH_METHODS, ServerSettings, TokenService
+from dpopkit.server.throttle import SCRYPT_LIMITER, RateLimitedError, RateLimiter, WorkLimiter
+from dpopkit.storage.sql import ClientRecord, StoreError
 
 __all__ = [
     "InvalidClientMetadataError",
     "InvalidRedirectURIError",
+    "apply_registration_policy",
     "client_from_metadata",
     "handle_register",
+    "registration_rate_limiter",
 ]
 
 MAX_BODY = 65536
@@ -36,36 +40,6 @@ class InvalidClientMetadataError(OAuthError):
 
     error = "invalid_client_metadata"
     default_reason = Reason.INVALID_REQUEST
-
-
-class InvalidRedirectURIError(OAuthError):
-    """A redirect URI is invalid (RFC 7591 §3.2.2)."""
-
-    error = "invalid_redirect_uri"
-    default_reason = Reason.INVALID_REQUEST
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_redirect_uri(uri: object) -> str:
-    # RFC 6749 §3.1.2: absolute, no fragment; https, or http on loopback (RFC 8252 §7.3).
-    if not isinstance(uri, str) or len(uri) > 2048:
-        raise InvalidRedirectURIError(Reason.INVALID_REQUEST, "redirect_uris must be strings")
-    parts = urlsplit(uri)
-    if "#" in uri or not parts.netloc:
-        raise InvalidRedirectURIError(Reason.INVALID_REQUEST, "redirect_uri must be absolute")
-    if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(parts.hostname)):
-        raise InvalidRedirectURIError(Reason.INVALID_REQUEST, "redirect_uri must use https")
-    return uri
 
 
 def client_from_metadata(
@@ -97,7 +71,7 @@ def client_from_metadata(
     redirect_uris = meta.get("redirect_uris", [])
     if not isinstance(redirect_uris, list):
         raise InvalidRedirectURIError(Reason.INVALID_REQUEST, "redirect_uris must be a list")
-    uris = tuple(_check_redirect_uri(u) for u in redirect_uris)
+    uris = tuple(validate_redirect_uri(u) for u in redirect_uris)
     if "authorization_code" in grant_types and not uris:
         raise InvalidRedirectURIError(Reason.INVALID_REQUEST, "redirect_uris required")
     scope = meta.get("scope", "")
@@ -146,31 +120,105 @@ def client_from_metadata(
     )
 
 
-def handle_register(service: TokenService, request: RequestView) -> ResponseView:
-    """Register a client (RFC 7591 §3); 201 with its metadata and credentials."""
+def apply_registration_policy(meta: Mapping[str, Any], settings: ServerSettings) -> dict[str, Any]:
+    """Apply the server's registration policy to RFC 7591 §2 metadata (RFC 7591 §3.2.2).
+
+    A registrant widens nothing the server did not allow, as with Keycloak's client
+    registration policies ("Allowed Client Scopes"), node-oidc-provider's
+    ``features.registration`` ``policies`` and Duende's registration validator:
+
+    * ``scope``: only :attr:`~ServerSettings.registration_allowed_scopes` (default:
+      none); an omitted scope means all of them.
+    * ``grant_types``: only :attr:`~ServerSettings.registration_allowed_grant_types`.
+    * ``dpop_bound_access_tokens``: forced to ``true`` (RFC 9449 §5.2); an explicit
+      ``false`` is refused unless :attr:`~ServerSettings.registration_allow_unbound_tokens`.
+
+    Audiences are limited at the token endpoint (the stored client is marked
+    ``registered``; see :meth:`TokenService.resolve_resource`).
+
+    Raises:
+        InvalidClientMetadataError: a value outside the policy.
+    """
+
+    def bad(what: str) -> InvalidClientMetadataError:
+        return InvalidClientMetadataError(Reason.INVALID_REQUEST, what)
+
+    out = dict(meta)
+    allowed_scopes = settings.registration_allowed_scopes
+    scope = out.get("scope")
+    if scope is None:
+        out["scope"] = " ".join(allowed_scopes)
+    elif not isinstance(scope, str) or not set(scope.split()) <= set(allowed_scopes):
+        raise bad("scope not allowed for registered clients")
+    grant_types = out.get("grant_types", ["authorization_code"])
+    if not isinstance(grant_types, list) or not all(
+        isinstance(g, str) and g in settings.registration_allowed_grant_types for g in grant_types
+    ):
+        raise bad("grant_types not allowed for registered clients")
+    bound = out.get("dpop_bound_access_tokens")
+    if bound is None:
+        out["dpop_bound_access_tokens"] = not settings.registration_allow_unbound_tokens
+    elif bound is not True and not settings.registration_allow_unbound_tokens:
+        raise bad("registered clients must use dpop_bound_access_tokens")
+    return out
+
+
+def registration_rate_limiter(
+    settings: ServerSettings, *, clock: Callable[[], float] = time.time
+) -> RateLimiter:
+    """The per-address limiter of ``/register``: ``registration_rate_limit`` an hour.
+
+    In memory and per process (bounded to 10,000 addresses): several processes each
+    allow the limit; put a shared limiter in front for a cluster.
+    """
+    return RateLimiter(limit=settings.registration_rate_limit, window=3600.0, clock=clock)
+
+
+def handle_register(
+    service: TokenService,
+    request: RequestView,
+    *,
+    limiter: RateLimiter | None = None,
+    scrypt: WorkLimiter | None = None,
+) -> ResponseView:
+    """Register a client (RFC 7591 §3); 201 with its metadata and credentials.
+
+    Args:
+        service: the token service (settings with the registration policy, store).
+        request: the registration request.
+        limiter: per-client-address rate limit (429 with ``Retry-After`` when spent).
+        scrypt: bounds concurrent scrypt work (the shared limiter by default).
+    """
     now = service.clock()
     headers = (("Content-Type", "application/json"), ("Cache-Control", "no-store"))
     try:
+        if limiter is not None:
+            wait = limiter.hit(request.client_address or "unknown")
+            if wait:
+                raise RateLimitedError(wait)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = request.body or b""
         if request.method != "POST" or ctype != "application/json" or len(body) > MAX_BODY:
             raise InvalidClientMetadataError(Reason.INVALID_REQUEST, "POST JSON metadata")
         try:
             meta = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidClientMetadataError(Reason.INVALID_REQUEST, "malformed JSON") from None
         if not isinstance(meta, dict):
             raise InvalidClientMetadataError(Reason.INVALID_REQUEST, "metadata must be an object")
+        meta = apply_registration_policy(meta, service.settings)
         method = meta.get("token_endpoint_auth_method", "client_secret_basic")
         if not isinstance(method, str):
             raise InvalidClientMetadataError(Reason.INVALID_REQUEST, "bad auth method")
         secret = secrets.token_urlsafe(32) if method.startswith("client_secret") else None
+        # Validate everything before paying for scrypt.
         client = client_from_metadata(
-            meta,
-            client_id=secrets.token_urlsafe(16),
-            secret_hash=None if secret is None else hash_secret(secret),
-            now=now,
+            meta, client_id=secrets.token_urlsafe(16), secret_hash=None, now=now
         )
+        if secret is not None:
+            secret_hash = (scrypt or SCRYPT_LIMITER).hash(secret)
+            client = replace(client, secret_hash=secret_hash)
+        client = replace(client, registered=True)
         service.store.put_client(client)
         out = client.metadata()
         if secret is not None:

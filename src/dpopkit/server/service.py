@@ -51,6 +51,7 @@ from dpopkit.errors import (
     UnsupportedGrantTypeError,
 )
 from dpopkit.server.jwt import JWTError, KeyRing, verify_jwt
+from dpopkit.server.throttle import SCRYPT_LIMITER, WorkLimiter
 from dpopkit.storage.sql import (
     AccessTokenRecord,
     ClientRecord,
@@ -59,7 +60,6 @@ from dpopkit.storage.sql import (
     SQLGrantStore,
     StoreError,
     sha256_hex,
-    verify_secret,
 )
 
 __all__ = [
@@ -139,6 +139,19 @@ class ServerSettings:
             refresh whose answer it lost. 0 (the default) turns it off; at most 60.
             Outside it, or with another key or no proof, reuse revokes the family
             (RFC 9700 §4.14.2).
+        registration_allowed_scopes: the scopes a dynamically registered client may
+            have (RFC 7591 §2 ``scope``); empty (the default) allows none.
+        registration_allowed_audiences: the ``resource`` values (RFC 8707) a registered
+            client may ask tokens for; empty means :attr:`aud` (the configured audiences).
+        registration_allowed_grant_types: the grant types a registered client may use
+            (``authorization_code`` and ``refresh_token`` by default: a user consents).
+        registration_allow_unbound_tokens: let a registered client opt out of DPoP
+            binding (``dpop_bound_access_tokens: false``); off by default.
+        registration_rate_limit: registrations per client address and hour (per process).
+        login_free_failures: failed sign-ins per username before delays start (an
+            address gets five times each login budget).
+        login_lockout_failures: failed sign-ins per username that lock it temporarily.
+        login_lockout_seconds: how long such a lockout lasts.
     """
 
     issuer: str
@@ -159,6 +172,14 @@ class ServerSettings:
     test_mode_user: str | None = None
     access_token_format: AccessTokenFormat = "jwt"  # noqa: S105 - a format name
     refresh_reuse_leeway: float = 0.0
+    registration_allowed_scopes: tuple[str, ...] = ()
+    registration_allowed_audiences: tuple[str, ...] = ()
+    registration_allowed_grant_types: tuple[str, ...] = ("authorization_code", "refresh_token")
+    registration_allow_unbound_tokens: bool = False
+    registration_rate_limit: int = 20
+    login_free_failures: int = 3
+    login_lockout_failures: int = 10
+    login_lockout_seconds: int = 900
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.issuer)
@@ -199,6 +220,21 @@ class ServerSettings:
                 Reason.CONFIGURATION,
                 f"refresh_reuse_leeway must be 0 to {MAX_REFRESH_REUSE_LEEWAY:g} seconds",
             )
+        known_grants = {"authorization_code", "client_credentials", "refresh_token"}
+        if not set(self.registration_allowed_grant_types) <= known_grants:
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "registration_allowed_grant_types: unknown grant type"
+            )
+        if not 0 <= self.login_free_failures < self.login_lockout_failures:
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "need 0 <= login free_failures < lockout_failures"
+            )
+        if self.login_lockout_seconds < 1:
+            raise ServerConfigurationError(Reason.CONFIGURATION, "login lockout_seconds >= 1")
+        if self.registration_rate_limit < 1:
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "registration_rate_limit must be >= 1"
+            )
         try:
             ProofPolicy(algorithms=self.proof_algorithms, max_age=self.proof_max_age)
         except ValueError as exc:
@@ -222,6 +258,11 @@ class ServerSettings:
     def aud(self) -> tuple[str, ...]:
         """The default access-token audience."""
         return self.audience or (self.issuer,)
+
+    @property
+    def registered_client_audiences(self) -> tuple[str, ...]:
+        """The ``resource`` values a dynamically registered client may ask for."""
+        return self.registration_allowed_audiences or self.aud
 
 
 class Form:
@@ -342,13 +383,14 @@ class _SecretCache:
 
     entries: dict[tuple[str, str], bytes] = field(default_factory=dict)
     maxsize: int = 1024
+    limiter: WorkLimiter = field(default_factory=lambda: SCRYPT_LIMITER)
 
     def check(self, client_id: str, stored: str, secret: str) -> bool:
         probe = hashlib.sha256(secret.encode("utf-8")).digest()
         known = self.entries.get((client_id, stored))
         if known is not None:
             return hmac.compare_digest(known, probe)
-        if not verify_secret(secret, stored):
+        if not self.limiter.verify(secret, stored):  # ServerBusyError: 503, never a hang
             return False
         if len(self.entries) >= self.maxsize:
             self.entries.clear()
@@ -660,8 +702,13 @@ class TokenService:
             raise InvalidScopeError(Reason.INVALID_SCOPE, "scope not allowed")
         return " ".join(dict.fromkeys(wanted))
 
-    def resolve_resource(self, values: Sequence[str]) -> tuple[str, ...]:
+    def resolve_resource(
+        self, values: Sequence[str], *, client: ClientRecord | None = None
+    ) -> tuple[str, ...]:
         """Check RFC 8707 ``resource`` values: absolute URIs, no fragment, allowed.
+
+        A dynamically registered ``client`` may only name the server-side
+        :attr:`ServerSettings.registered_client_audiences`.
 
         Raises:
             InvalidTargetError: a value is not acceptable.
@@ -672,6 +719,14 @@ class TokenService:
                 raise InvalidTargetError(Reason.INVALID_REQUEST, "resource must be absolute")
             if self.settings.allowed_resources and value not in self.settings.allowed_resources:
                 raise InvalidTargetError(Reason.INVALID_REQUEST, "unknown resource")
+            if (
+                client is not None
+                and client.registered
+                and value not in self.settings.registered_client_audiences
+            ):
+                raise InvalidTargetError(
+                    Reason.INVALID_REQUEST, "resource not allowed for this client"
+                )
         return tuple(dict.fromkeys(values))
 
     def mint_access_token(

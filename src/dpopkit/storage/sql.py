@@ -133,6 +133,9 @@ class ClientRecord:
     client learns only about its own tokens. ``token_endpoint_auth_method_strict``
     pins ``client_secret_basic`` / ``client_secret_post`` to the registered one (by
     default the two are interchangeable for a secret client, RFC 6749 §2.3.1).
+
+    ``registered`` marks a client made by dynamic registration (RFC 7591): the
+    server's registration policy (allowed audiences) applies to it for its lifetime.
     """
 
     client_id: str
@@ -150,6 +153,7 @@ class ClientRecord:
     introspection_audiences: tuple[str, ...] = ()
     token_endpoint_auth_method_strict: bool = False
     created_at: float = 0.0
+    registered: bool = False
 
     @property
     def is_public(self) -> bool:
@@ -378,6 +382,7 @@ def _client_from_row(row: Any) -> ClientRecord:
             meta.get("token_endpoint_auth_method_strict", False)
         ),
         created_at=row.created_at,
+        registered=bool(meta.get("dpopkit_registered", False)),
     )
 
 
@@ -537,6 +542,7 @@ class SQLGrantStore:
             meta["introspection_audiences"] = list(client.introspection_audiences)
         if client.token_endpoint_auth_method_strict:
             meta["token_endpoint_auth_method_strict"] = True
+        meta["dpopkit_registered"] = client.registered
         values = {
             "metadata": json.dumps(meta),
             "secret_hash": client.secret_hash,

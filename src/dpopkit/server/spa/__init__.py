@@ -8,8 +8,8 @@ AS's login page, redeems the code with a DPoP proof (RFC 9449 §4, §5), retries
 once on ``use_dpop_nonce`` (§8, §9) and calls the protected API with
 ``Authorization: DPoP`` and a proof carrying ``ath`` (§7).
 
-:class:`SPAApp` (:func:`create_spa_app`) is a tiny pure ASGI app serving exactly those three
-files (no directory walking, so no path traversal) with a strict
+:class:`SPAApp` (:func:`create_spa_app`) is a tiny pure ASGI app serving exactly those
+files and the page's icon (no directory walking, so no path traversal) with a strict
 ``Content-Security-Policy``: scripts and styles from the same origin only, and
 ``fetch`` to the same origin only (the AS and the API it calls). Mount it with
 :func:`spa_mounts`, e.g. ``create_app(..., mounts=spa_mounts())``.
@@ -45,6 +45,7 @@ _TYPES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 
 #: Same-origin scripts, styles and fetches only; no inline code, no frames, no forms.
@@ -70,9 +71,9 @@ def _headers(content_type: str, length: int) -> list[tuple[bytes, bytes]]:
 class SPAApp:
     """The ASGI app serving the single-page client under ``prefix``.
 
-    ``GET``/``HEAD`` of ``<prefix>/`` (or ``<prefix>/index.html``), ``<prefix>/app.js``
-    and ``<prefix>/style.css`` answer the packaged files; any other path under the
-    prefix is 404 and any other method 405. The scope is read as a plain route
+    ``GET``/``HEAD`` of ``<prefix>/`` (or ``<prefix>/index.html``), ``<prefix>/app.js``,
+    ``<prefix>/style.css`` and ``<prefix>/favicon.svg`` answer the packaged files; any
+    other path under the prefix is 404 and any other method 405. The scope is read as a plain route
     mount delivers it (the full ``path``). A class, not a function, so that
     Starlette's ``Route`` treats it as an ASGI app rather than an endpoint.
 

@@ -369,7 +369,7 @@
     $("api-jkt").textContent = json && json.jkt ? json.jkt : "–";
     $("api-body").textContent = json ? JSON.stringify(json, null, 2) : "";
     if (resp.status === 200 && json && json.jkt === state.jkt) {
-      setStatus("api-result", `Success: the API accepted the proof for jkt ${json.jkt}.`, "ok");
+      setStatus("api-result", "Success: the API accepted the proof of this browser's key (same jkt).", "ok");
       setStatus("overall", "Success: DPoP-bound call from this browser's key.", "ok");
     } else {
       const challenge = resp.headers.get("WWW-Authenticate") || "";
