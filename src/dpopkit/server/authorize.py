@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Collection, Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from dpopkit.core.http import RequestView, ResponseView
 from dpopkit.errors import (
@@ -34,6 +34,7 @@ from dpopkit.errors import (
     Reason,
     UnauthorizedClientError,
 )
+from dpopkit.server.parsing import parse_query
 from dpopkit.server.service import PAR_URN_PREFIX, Form, TokenService
 from dpopkit.storage.sql import (
     ClientRecord,
@@ -276,8 +277,11 @@ class AuthorizationEndpoint:
 
     def _start(self, request: RequestView) -> ResponseView:
         svc, now = self.service, self.service.clock()
-        query = urlsplit(request.url).query
-        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=64)
+        try:
+            # Bounded and checked before anything is looked up (dpopkit.server.parsing).
+            pairs = parse_query(request)
+        except DPoPError:
+            return self._error_page(400, "Malformed request")
         form = Form(pairs)
         try:
             client_id = form.need("client_id")

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 from dpopkit.core.http import RequestView, ResponseView
 from dpopkit.core.jws import PRIVATE_JWK_MEMBERS
-from dpopkit.errors import DPoPError, OAuthError, Reason
+from dpopkit.errors import DPoPError, InvalidRequestError, OAuthError, Reason
+from dpopkit.server.parsing import MAX_BODY_BYTES, parse_json_object
 from dpopkit.server.service import ACCESS_TOKEN_FORMATS, AUTH_METHODS, TokenService
 from dpopkit.storage.sql import ClientRecord, StoreError, hash_secret
 
@@ -28,7 +29,7 @@ __all__ = [
     "handle_register",
 ]
 
-MAX_BODY = 65536
+MAX_BODY = MAX_BODY_BYTES
 
 
 class InvalidClientMetadataError(OAuthError):
@@ -150,16 +151,13 @@ def handle_register(service: TokenService, request: RequestView) -> ResponseView
     now = service.clock()
     headers = (("Content-Type", "application/json"), ("Cache-Control", "no-store"))
     try:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = request.body or b""
-        if request.method != "POST" or ctype != "application/json" or len(body) > MAX_BODY:
+        if request.method != "POST":
             raise InvalidClientMetadataError(Reason.INVALID_REQUEST, "POST JSON metadata")
         try:
-            meta = json.loads(body)
-        except ValueError:
-            raise InvalidClientMetadataError(Reason.INVALID_REQUEST, "malformed JSON") from None
-        if not isinstance(meta, dict):
-            raise InvalidClientMetadataError(Reason.INVALID_REQUEST, "metadata must be an object")
+            # One JSON object, bounded and checked (dpopkit.server.parsing).
+            meta = parse_json_object(request)
+        except InvalidRequestError as exc:
+            raise InvalidClientMetadataError(exc.reason, exc.description) from None
         method = meta.get("token_endpoint_auth_method", "client_secret_basic")
         if not isinstance(method, str):
             raise InvalidClientMetadataError(Reason.INVALID_REQUEST, "bad auth method")
