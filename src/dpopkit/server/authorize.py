@@ -34,7 +34,7 @@ from dpopkit.errors import (
     Reason,
     UnauthorizedClientError,
 )
-from dpopkit.server.parsing import parse_query
+from dpopkit.server.parsing import equal_text, parse_query
 from dpopkit.server.service import PAR_URN_PREFIX, Form, TokenService
 from dpopkit.storage.sql import (
     ClientRecord,
@@ -420,7 +420,7 @@ class AuthorizationEndpoint:
             browser is None
             or record.browser_hash is None
             or not hmac.compare_digest(sha256_hex(browser), record.browser_hash)
-            or not hmac.compare_digest(csrf, self._csrf(interaction, browser))
+            or not equal_text(csrf, self._csrf(interaction, browser))
         ):
             return self._error_page(403, "The form could not be verified; start again")
         client = svc.store.get_client(record.client_id)

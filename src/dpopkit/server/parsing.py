@@ -25,6 +25,7 @@ Which parameters are required, repeated or well-formed stays with the endpoints.
 from __future__ import annotations
 
 import binascii
+import hmac
 import re
 from typing import Any
 from urllib.parse import unquote_plus
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_PARAMS",
     "MAX_QUERY_BYTES",
     "check_text",
+    "equal_text",
     "is_text",
     "media_type",
     "parse_basic_credentials",
@@ -79,6 +81,17 @@ def check_text(value: str, *, what: str) -> str:
     if not is_text(value):
         raise InvalidRequestError(Reason.INVALID_REQUEST, f"{what} holds a forbidden character")
     return value
+
+
+def equal_text(received: str, expected: str) -> bool:
+    """Compare a received value with a secret or stored one in constant time.
+
+    :func:`hmac.compare_digest` refuses ``str`` arguments with non-ASCII characters
+    (``TypeError``), which any request can send; the UTF-8 bytes compare instead.
+    """
+    return hmac.compare_digest(
+        received.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 def media_type(request: RequestView) -> str:

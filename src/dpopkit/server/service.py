@@ -50,7 +50,13 @@ from dpopkit.errors import (
     UnsupportedGrantTypeError,
 )
 from dpopkit.server.jwt import JWTError, KeyRing, verify_jwt
-from dpopkit.server.parsing import MAX_BODY_BYTES, is_text, parse_basic_credentials, parse_form
+from dpopkit.server.parsing import (
+    MAX_BODY_BYTES,
+    equal_text,
+    is_text,
+    parse_basic_credentials,
+    parse_form,
+)
 from dpopkit.storage.sql import (
     AccessTokenRecord,
     ClientRecord,
@@ -817,7 +823,7 @@ class TokenService:
             if proof is not None:
                 jkt = params.get("dpop_jkt")
                 # RFC 9449 §10.1: dpop_jkt and the PAR proof must name the same key (AS-25).
-                if jkt is not None and not hmac.compare_digest(str(jkt), proof.jkt):
+                if jkt is not None and not equal_text(str(jkt), proof.jkt):
                     raise InvalidRequestError(Reason.JKT_MISMATCH, "dpop_jkt does not match")
                 params["dpop_jkt"] = proof.jkt
             validate_authorization_request(self, client, params)
@@ -964,11 +970,15 @@ class TokenService:
         return self._finish(response, None, None, now)
 
     def jwks(self) -> ResponseView:
-        """The JWK Set of the access-token signing keys (RFC 7517 §5)."""
+        """The JWK Set of the access-token signing keys (RFC 7517 §5); 503 if the store fails."""
+        try:
+            keys = self.keyring.jwks(now=self.clock())
+        except StoreError as exc:
+            return self.error_response(exc)
         return ResponseView(
             status=200,
             headers=(("Content-Type", "application/json"), ("Cache-Control", "max-age=60")),
-            body=json.dumps(self.keyring.jwks(now=self.clock())).encode(),
+            body=json.dumps(keys).encode(),
         )
 
     def metadata(self) -> dict[str, Any]:
