@@ -262,10 +262,16 @@ def send_asgi(app: object, base_url: str, request: Request) -> httpx.Response:
 
 
 def send_wsgi(app: object, base_url: str, request: Request) -> httpx.Response:
-    """Send ``request`` to a WSGI app."""
+    """Send ``request`` to a WSGI app.
+
+    httpx's WSGI transport decodes header values as ASCII (PEP 3333 servers use
+    latin-1), so bytes above 0x7F are dropped from header values here.
+    """
+    headers = [(k, bytes(b for b in v if b < 0x80)) for k, v in request.headers]
+    ascii_request = Request(request.method, request.path, headers, request.body)
     transport = httpx.WSGITransport(app=app)  # type: ignore[arg-type]
     with httpx.Client(transport=transport, base_url=base_url) as client:
-        return client.send(_build(client, request))
+        return client.send(_build(client, ascii_request))
 
 
 def _build(client: httpx.Client | httpx.AsyncClient, request: Request) -> httpx.Request:
