@@ -10,7 +10,7 @@ media types and odd methods. :func:`check_oauth_error` is the shared verdict.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -206,7 +206,7 @@ def _basic(client_id: str, secret: str) -> bytes:
     return b"Basic " + base64.b64encode(raw)
 
 
-def signed_jwt(key: DPoPKey, header: dict[str, object], payload: bytes) -> str:
+def signed_jwt(key: DPoPKey, header: Mapping[str, object], payload: bytes) -> str:
     """A compact JWS over an arbitrary payload (raw bytes: huge numbers survive)."""
     signing_input = f"{b64url_encode(json_dumps(header))}.{b64url_encode(payload)}"
     return f"{signing_input}.{b64url_encode(key.sign(signing_input.encode()))}"

@@ -138,16 +138,18 @@ def _proof(method: str, url: str, token: str) -> str:
 def _hostile_token(draw: st.DrawFn, target: Target) -> str:
     """An access token signed by the trusted issuer, with hostile claim values."""
     name = draw(st.sampled_from(["exp", "iat", "nbf", "sub", "scope", "cnf", "aud", "client_id"]))
-    value = draw(
+    value: object = draw(
         st.sampled_from(
             [10**400, -(10**400), 1e308, "\x00", "\ud800", [], {}, {"jkt": "\x00"}, True, None]
         )
         | values
     )
     try:
-        return target.issuer.token(jkt=KEY.jkt, now=time.time(), lifetime=3600, **{name: value})
+        claims: dict[str, Any] = {name: value}
+        return target.issuer.token(jkt=KEY.jkt, now=time.time(), lifetime=3600, **claims)
     except (UnicodeEncodeError, ValueError):  # a lone surrogate cannot be signed as UTF-8
-        return target.issuer.token(jkt=KEY.jkt, now=time.time(), **{name: HUGE})
+        huge: dict[str, Any] = {name: HUGE}
+        return target.issuer.token(jkt=KEY.jkt, now=time.time(), **huge)
 
 
 @st.composite

@@ -166,7 +166,10 @@ def test_hd7_authorize_with_more_than_64_parameters_is_a_400_page(server: Server
 def test_hd7_register_deeply_nested_json_is_invalid_client_metadata(
     server: Server, body: bytes
 ) -> None:
-    """HD-7: deeply nested JSON at ``/register`` is ``invalid_client_metadata`` (RFC 7591 §3.2.2)."""
+    """HD-7: deeply nested JSON at ``/register`` is ``invalid_client_metadata`` (RFC 7591).
+
+    RFC 7591 §3.2.2; the core parser bounds nesting at 32 (a RecursionError before).
+    """
     resp = server.send(Request("POST", "/register", [(b"content-type", b"application/json")], body))
     assert resp.status_code == 400
     check_oauth_error(resp)
@@ -701,3 +704,32 @@ def test_hd7_store_outage_is_503_at_every_endpoint(dead_server: Server, request_
     assert resp.headers["cache-control"] == "no-store"
     if not request_.path.startswith("/authorize"):
         assert resp.json()["error"] == "temporarily_unavailable"
+
+
+def test_hd7_last_resort_handler_logs_and_answers_json(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HD-7: a defect in a handler (here a grant function that raises) is logged with its
+    stack and answered 500 ``server_error`` JSON with ``no-store``, never a bare page."""
+
+    def broken(ctx: Any) -> dict[str, Any]:
+        raise RuntimeError("defect")
+
+    store = SQLGrantStore(f"sqlite:///{tmp_path}/grants.db")
+    service = TokenService(
+        ServerSettings(issuer=ISSUER),
+        store=store,
+        replay=MemoryReplayCache(single_process=True),
+        grants={"client_credentials": broken},
+    )
+    for client in CLIENTS:
+        store.put_client(client)
+    app = create_app(service, authenticator=ConfigUsers(USERS))
+    auth = (b"authorization", basic("conf", SECRET).encode())
+    with caplog.at_level("ERROR", logger="dpopkit.server"):
+        resp = send_asgi(app, ISSUER, _form("/token", {"grant_type": "client_credentials"}, auth))
+    service.close()
+    assert resp.status_code == 500
+    assert resp.headers["cache-control"] == "no-store"
+    assert resp.json()["error"] == "server_error"
+    assert any(r.exc_info and "/token" in r.getMessage() for r in caplog.records)

@@ -140,8 +140,8 @@ class _Endpoint:
         if method not in self.methods:
             # RFC 9110 §15.5.6, with the endpoint's OAuth error shape.
             allow = ", ".join((*self.methods, "OPTIONS"))
-            view = _oauth_error(405, "invalid_request", "method not allowed", ("Allow", allow))
-            await _send(send, view, cors)
+            refused = _oauth_error(405, "invalid_request", "method not allowed", ("Allow", allow))
+            await _send(send, refused, cors)
             return
         chunks: list[bytes] = []
         size = 0
@@ -153,8 +153,8 @@ class _Endpoint:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY:
-                view = _oauth_error(413, "invalid_request", "request body too large")
-                await _send(send, view, cors)
+                too_large = _oauth_error(413, "invalid_request", "request body too large")
+                await _send(send, too_large, cors)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
