@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import anyio
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -733,3 +734,56 @@ def test_hd7_last_resort_handler_logs_and_answers_json(
     assert resp.headers["cache-control"] == "no-store"
     assert resp.json()["error"] == "server_error"
     assert any(r.exc_info and "/token" in r.getMessage() for r in caplog.records)
+
+
+async def _raw_asgi(app: Any, path: str, query: bytes) -> tuple[int, dict[bytes, bytes]]:
+    """One GET through the app's ASGI interface with a query no HTTP client would send."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": [(b"host", b"as.test")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("as.test", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    return start["status"], dict(start["headers"])
+
+
+_VALID_QUERY = urlencode(
+    {
+        "client_id": "public",
+        "response_type": "code",
+        "redirect_uri": REDIRECT,
+        "code_challenge": CHALLENGE,
+        "code_challenge_method": "S256",
+    }
+).encode()
+
+
+@pytest.mark.parametrize("hostile", [b"&state=\xff", b"&state=a\x00", b"&state=a b", b"&\x80"])
+def test_hd7_raw_bytes_in_the_authorize_query_are_a_400_page(
+    server: Server, hostile: bytes
+) -> None:
+    """HD-7: raw non-ASCII, NUL or space bytes in the ``/authorize`` query (RFC 3986 §3.4,
+    RFC 9112 §3.2: a request target is visible ASCII) are a 400 page, never a 500."""
+    status, headers = anyio.run(_raw_asgi, server.app, "/authorize", _VALID_QUERY)
+    assert status == 200  # the login page: the request itself is fine
+    status, headers = anyio.run(_raw_asgi, server.app, "/authorize", _VALID_QUERY + hostile)
+    assert status == 400
+    assert headers[b"cache-control"] == b"no-store"
