@@ -51,6 +51,7 @@ from tests.resource._rs_support import (
     Issuer,
     KeyServer,
     asgi_app,
+    free_port,
     http_server,
     wsgi_app,
 )
@@ -241,3 +242,33 @@ def test_hd7_serve_api_other_methods_get_an_oauth_error(serve_api: Target, metho
     assert resp.status_code == 405
     check_oauth_error(resp)
     assert resp.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_hd7_replay_store_outage_is_503_json(kind: str) -> None:
+    """HD-7: with the replay store unreachable (Redis on a closed port) a valid request is
+    503 ``temporarily_unavailable`` JSON with ``no-store`` (fail closed, RFC 9449 §11.1)."""
+    from dpopkit.storage.redis import AsyncRedisReplayCache, RedisReplayCache
+
+    issuer = Issuer()
+    tokens = JWTAccessTokens(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks())
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    token = issuer.token(jkt=KEY.jkt, now=time.time(), lifetime=3600)
+    url = ORIGIN + "/hello"
+    headers = [
+        (b"authorization", f"DPoP {token}".encode()),
+        (b"dpop", _proof("GET", url, token).encode()),
+    ]
+    if kind == "asgi":
+        areplay = AsyncRedisReplayCache.from_url(dead, timeout=0.5, check_server=False)
+        aguard = AsyncResourceGuard(tokens=tokens, replay=areplay)
+        app: Any = DPoPMiddleware(asgi_app(Calls()), guard=aguard, public_origin=ORIGIN)
+        resp = send_asgi(app, ORIGIN, Request("GET", "/hello", headers))
+    else:
+        replay = RedisReplayCache.from_url(dead, timeout=0.5, check_server=False)
+        guard = ResourceGuard(tokens=tokens, replay=replay)
+        wapp: Any = DPoPWSGIMiddleware(wsgi_app(Calls()), guard=guard, public_origin=ORIGIN)
+        resp = send_wsgi(wapp, ORIGIN, Request("GET", "/hello", headers))
+    assert resp.status_code == 503
+    check_oauth_error(resp)
+    assert resp.json()["error"] == "temporarily_unavailable"
