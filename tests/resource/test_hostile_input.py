@@ -12,12 +12,14 @@ JSON (RFC 6750 §3, RFC 9449 §7.1) or the bare challenge (RFC 6750 §3.1), alwa
 from __future__ import annotations
 
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,6 +32,7 @@ from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
 from dpopkit.resource.tokens import JWTAccessTokens
 from dpopkit.resource.wsgi import DPoPWSGIMiddleware
 from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
+from tests.conftest import PG_DSN, missing_real_part
 from tests.hostile import (
     HUGE,
     METHODS,
@@ -68,6 +71,7 @@ class Target:
     token: str
     path: str
     proxied: bool = False
+    examples: int = 80
 
 
 def _guard_options() -> dict[str, Any]:
@@ -82,13 +86,13 @@ _METADATA = ProtectedResourceMetadata(resource=ORIGIN, authorization_servers=[IS
 _PROXIES = ProxyTrust(forwarded=1, port=1, prefix=1)
 
 
-def _middleware(kind: str, proxied: bool) -> Target:
+def _middleware(kind: str, proxied: bool, replay: Any = None) -> Target:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SecurityWarning)  # accept_bearer=True, on purpose
-        return _build_middleware(kind, proxied)
+        return _build_middleware(kind, proxied, replay)
 
 
-def _build_middleware(kind: str, proxied: bool) -> Target:
+def _build_middleware(kind: str, proxied: bool, replay: Any) -> Target:
     issuer = Issuer()
     tokens = JWTAccessTokens(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks())
     site: dict[str, Any] = {"metadata": _METADATA}
@@ -103,7 +107,7 @@ def _build_middleware(kind: str, proxied: bool) -> Target:
         )
         app: Any = DPoPMiddleware(asgi_app(Calls()), guard=aguard, **site)
         return Target(lambda r: send_asgi(app, ORIGIN, r), issuer, token, "/hello", proxied)
-    guard = ResourceGuard(tokens=tokens, replay=MemoryReplayCache(), **_guard_options())
+    guard = ResourceGuard(tokens=tokens, replay=replay or MemoryReplayCache(), **_guard_options())
     wapp: Any = DPoPWSGIMiddleware(wsgi_app(Calls()), guard=guard, **site)
     return Target(lambda r: send_wsgi(wapp, ORIGIN, r), issuer, token, "/hello", proxied)
 
@@ -119,14 +123,41 @@ def serve_api() -> Iterator[Target]:
         yield Target(lambda r: send_asgi(app, ORIGIN, r), issuer, token, WHOAMI_PATH)
 
 
-TARGETS = ["asgi", "asgi-proxied", "wsgi", "wsgi-proxied", "serve-api"]
+TARGETS = [
+    "asgi",
+    "asgi-proxied",
+    "wsgi",
+    "wsgi-proxied",
+    "serve-api",
+    pytest.param("wsgi-postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(scope="module")
+def postgres_target() -> Iterator[Target]:
+    """The WSGI middleware over a real PostgreSQL replay cache (a schema of its own)."""
+    from dpopkit.storage.postgres import PostgresReplayCache
+
+    schema = f"hd7rs_{uuid.uuid4().hex[:12]}"
+    try:
+        replay = PostgresReplayCache(PG_DSN, schema=schema)
+        replay.check_and_store("probe", time.time() + 1, now=time.time())
+    except Exception as exc:  # the server is absent: skip (or fail under CI)
+        missing_real_part(f"PostgreSQL at {PG_DSN}: {type(exc).__name__}")
+    target = _middleware("wsgi", False, replay)
+    target.examples = 25
+    yield target
+    replay.close()
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture(scope="module", params=TARGETS)
 def target(request: pytest.FixtureRequest) -> Target:
     name: str = request.param
-    if name == "serve-api":
-        served: Target = request.getfixturevalue("serve_api")
+    if name in ("serve-api", "wsgi-postgres"):
+        fixture = "serve_api" if name == "serve-api" else "postgres_target"
+        served: Target = request.getfixturevalue(fixture)
         return served
     return _middleware(name.split("-")[0], name.endswith("proxied"))
 
@@ -199,7 +230,7 @@ def test_hd7_hostile_requests_get_oauth_errors_never_5xx(target: Target) -> None
     """HD-7: hostile requests at each RS adapter get a 2xx or an RFC 6750 §3 / RFC 9449
     §7.1 error (JSON, ``WWW-Authenticate``, ``no-store``); 503 at most."""
 
-    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=target.examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(request=_rs_request(target))
     def run(request: Request) -> None:
         resp = target.send(request)

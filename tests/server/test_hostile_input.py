@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -94,7 +95,7 @@ def _open_store(backend: str, tmp: Any) -> SQLGrantStore:
     if backend == "sqlite":
         return SQLGrantStore(f"sqlite:///{tmp}/grants.db")
     try:
-        return SQLGrantStore(PG_DSN, table_prefix="hd7_hostile_")
+        return SQLGrantStore(PG_DSN, table_prefix=f"hd7_{uuid.uuid4().hex[:12]}_")
     except Exception as exc:  # the server is absent: skip (or fail under CI)
         missing_real_part(f"PostgreSQL at {PG_DSN}: {type(exc).__name__}")
 
