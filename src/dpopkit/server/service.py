@@ -82,7 +82,7 @@ __all__ = [
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 PAR_URN_PREFIX = "urn:ietf:params:oauth:request_uri:"
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
-MAX_FORM_BYTES = 65536  # = dpopkit.server.parsing.MAX_BODY_BYTES
+MAX_FORM_BYTES = 65536
 _UNRESERVED_VERIFIER = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
 )
