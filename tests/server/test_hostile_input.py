@@ -14,7 +14,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -25,8 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dpopkit import DPoPKey, NonceIssuer, create_proof
+from dpopkit import DPoPKey, Headers, InvalidRequestError, NonceIssuer, RequestView, create_proof
 from dpopkit.cli.serve import whoami_mounts
+from dpopkit.core.jws import numeric_date
+from dpopkit.server import parsing
 from dpopkit.server.app import create_app
 from dpopkit.server.authorize import ConfigUsers
 from dpopkit.server.service import JWT_BEARER_ASSERTION, ServerSettings, TokenService
@@ -788,3 +790,60 @@ def test_hd7_raw_bytes_in_the_authorize_query_are_a_400_page(
     status, headers = anyio.run(_raw_asgi, server.app, "/authorize", _VALID_QUERY + hostile)
     assert status == 400
     assert headers[b"cache-control"] == b"no-store"
+
+
+# --- the parsing layer and NumericDate on their own -------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(st.text(), urlencoded(["a", "client_id"])),
+    body=st.one_of(st.binary(max_size=300), raw_json()),
+    ctype=st.sampled_from(CONTENT_TYPES),
+)
+def test_hd7_parsing_layer_is_total(text: str, body: bytes, ctype: str) -> None:
+    """HD-7: whatever the text or body, the parsing layer returns checked values or raises
+    ``InvalidRequestError`` (``ValueError`` for Basic credentials), nothing else."""
+    headers = Headers([("Content-Type", ctype)])
+    view = RequestView(method="POST", url=f"{ISSUER}/x?{text}", headers=headers, body=body)
+    calls: list[Callable[[], object]] = [
+        lambda: parsing.parse_urlencoded(text),
+        lambda: parsing.parse_query(view),
+        lambda: parsing.parse_form(view),
+        lambda: parsing.parse_json_object(view),
+    ]
+    for call in calls:
+        try:
+            result = call()
+        except InvalidRequestError:
+            continue
+        if isinstance(result, list):
+            assert all(parsing.is_text(n) and parsing.is_text(v) for n, v in result)
+    try:
+        client_id, secret = parsing.parse_basic_credentials(text)
+    except ValueError:
+        return
+    assert parsing.is_text(client_id)
+    assert parsing.is_text(secret)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (10**400, None),
+        (-(10**400), None),
+        (True, None),
+        ("1", None),
+        (None, None),
+        ([1], None),
+        (1700000000, 1700000000.0),
+        (1.5, 1.5),
+        (2**1023, float(2**1023)),
+    ],
+)
+def test_hd7_numeric_date_refuses_what_a_float_cannot_hold(
+    value: object, expected: float | None
+) -> None:
+    """HD-7: RFC 7519 §2 NumericDate: a finite number within the float range, else None
+    (the caller's typed error); 10^400 is valid JSON and must not reach float arithmetic."""
+    assert numeric_date(value) == expected
