@@ -113,10 +113,17 @@ async def http(store: SQLGrantStore, clock: Clock) -> AsyncIterator[httpx.AsyncC
 @pytest.mark.anyio
 @pytest.mark.parametrize("uri", HOSTILE)
 async def test_hd6_registration_refuses_hostile(http: httpx.AsyncClient, uri: str) -> None:
-    """HD-6: ``/register`` answers 400 ``invalid_redirect_uri`` (RFC 7591 §3.2.2)."""
+    """HD-6: ``/register`` answers 400 ``invalid_redirect_uri`` (RFC 7591 §3.2.2).
+
+    A control character is refused earlier, by the parsing layer that checks every JSON
+    string (HD-7), as ``invalid_client_metadata``; either way nothing is stored.
+    """
     resp = await http.post("/register", json={"redirect_uris": [REDIRECT, uri]})
     assert resp.status_code == 400, resp.text
-    assert resp.json()["error"] == "invalid_redirect_uri"
+    # RFC 6749 Appendix A admits TAB in parameter values: that one reaches the validator.
+    control = any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in uri)
+    expected = "invalid_client_metadata" if control else "invalid_redirect_uri"
+    assert resp.json()["error"] == expected
 
 
 @pytest.mark.anyio

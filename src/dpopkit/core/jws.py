@@ -32,6 +32,7 @@ __all__ = [
     "b64url_encode",
     "json_dumps",
     "json_loads_object",
+    "numeric_date",
     "public_key_from_jwk",
     "sign_compact",
     "split_compact",
@@ -191,6 +192,26 @@ def _check_strings(value: object, depth: int = 0) -> None:
     elif isinstance(value, list):
         for item in value:
             _check_strings(item, depth + 1)
+
+
+def numeric_date(value: object) -> float | None:
+    """Read a NumericDate claim (RFC 7519 §2) from parsed JSON: a finite number as a float.
+
+    The strict parser above already refuses ``NaN``, ``Infinity`` and floats that
+    overflow; an integer has no such bound in Python (``1e400`` written as 401
+    digits), so it is converted here, where the overflow is caught.
+
+    Returns:
+        The value as a float, or None for a boolean, a non-number or an integer
+        beyond the float range (the caller turns None into its own error).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def json_dumps(value: Mapping[str, Any]) -> bytes:

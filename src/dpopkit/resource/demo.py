@@ -125,7 +125,10 @@ def _whoami_endpoint(
             await _json(send, 404, {"error": "not_found"})
             return
         if scope["method"] not in ("GET", "POST"):
-            await _json(send, 405, {"error": "method_not_allowed"})
+            # An OAuth error code (RFC 6750 §3.1), as every other rejection of this API.
+            await _json(
+                send, 405, {"error": "invalid_request", "error_description": "use GET or POST"}
+            )
             return
         principal = scope["dpop"]
         await _json(

@@ -14,6 +14,7 @@ enabled, ``/register`` (RFC 7591). Browser-facing API endpoints answer CORS with
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from ipaddress import ip_address
 from typing import Any
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.errors import Reason, ServerConfigurationError, requires_extra
 from dpopkit.server.authorize import Authenticator, AuthorizationEndpoint
+from dpopkit.server.parsing import MAX_BODY_BYTES
 from dpopkit.server.registration import handle_register, registration_rate_limiter
 from dpopkit.server.service import TokenService
 
@@ -33,11 +35,12 @@ with requires_extra("server", needed_by=__name__):
 
 __all__ = ["create_app", "is_loopback_host"]
 
-MAX_BODY = 65536
+MAX_BODY = MAX_BODY_BYTES
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, DPoP"
 _CORS_EXPOSE_HEADERS = "DPoP-Nonce, WWW-Authenticate"
 
 Handler = Callable[[RequestView], ResponseView]
+logger = logging.getLogger("dpopkit.server")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -58,6 +61,17 @@ async def _send(send: Send, view: ResponseView, extra: Sequence[tuple[str, str]]
     await send({"type": "http.response.body", "body": view.body})
 
 
+def _oauth_error(
+    status: int, error: str, description: str, *extra: tuple[str, str]
+) -> ResponseView:
+    """An RFC 6749 §5.2 error body for answers given before a handler runs."""
+    return ResponseView(
+        status=status,
+        headers=(("Content-Type", "application/json"), ("Cache-Control", "no-store"), *extra),
+        body=json.dumps({"error": error, "error_description": description}).encode(),
+    )
+
+
 def _plain(status: int, text: str) -> ResponseView:
     return ResponseView(
         status=status,
@@ -75,10 +89,12 @@ class _Endpoint:
         *,
         issuer: str,
         path: str,
+        methods: Sequence[str] = ("POST",),
         cors_origins: Sequence[str] = (),
         loopback_only: bool = False,
     ) -> None:
         self.handler = handler
+        self.methods = tuple(methods)
         self.base_url = issuer + path
         self.cors_origins = tuple(cors_origins)
         self.loopback_only = loopback_only
@@ -122,6 +138,12 @@ class _Endpoint:
             ]
             await _send(send, ResponseView(status=204), preflight if cors else ())
             return
+        if method not in self.methods:
+            # RFC 9110 §15.5.6, with the endpoint's OAuth error shape.
+            allow = ", ".join((*self.methods, "OPTIONS"))
+            refused = _oauth_error(405, "invalid_request", "method not allowed", ("Allow", allow))
+            await _send(send, refused, cors)
+            return
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -132,7 +154,8 @@ class _Endpoint:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY:
-                await _send(send, _plain(413, "request body too large"))
+                too_large = _oauth_error(413, "invalid_request", "request body too large")
+                await _send(send, too_large, cors)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -145,7 +168,13 @@ class _Endpoint:
             body=b"".join(chunks),
             client_address=None if not peer else str(peer[0]),
         )
-        response = await run_in_threadpool(self.handler, view)
+        try:
+            response = await run_in_threadpool(self.handler, view)
+        except Exception:
+            # Last resort only: input errors are typed and answered by the handlers, store
+            # outages are 503. Anything reaching here is a defect: logged with its stack.
+            logger.exception("unhandled error at %s", self.base_url)
+            response = _oauth_error(500, "server_error", "internal error")
         await _send(send, response, cors)
 
 
@@ -198,41 +227,44 @@ def create_app(
     def favicon(_: RequestView) -> ResponseView:
         return ResponseView(status=204, headers=(("Cache-Control", "max-age=86400"),))
 
-    def endpoint(handler: Handler, path: str, *, cors: bool = True) -> _Endpoint:
+    def endpoint(
+        handler: Handler, path: str, *, cors: bool = True, methods: Sequence[str] = ("POST",)
+    ) -> _Endpoint:
         return _Endpoint(
             handler,
             issuer=issuer,
             path=path,
+            methods=methods,
             cors_origins=cors_origins if cors else (),
             loopback_only=path == "/authorize" and settings.test_mode_user is not None,
         )
 
-    api = ["POST", "OPTIONS"]
+    # Every method reaches the endpoint, which answers 405 itself in the OAuth error shape.
+    get = ("GET", "HEAD")
     routes: list[BaseRoute] = [
-        Route("/token", endpoint(service.handle_token, "/token"), methods=api),
-        Route("/par", endpoint(service.handle_par, "/par"), methods=api),
-        Route("/introspect", endpoint(service.handle_introspect, "/introspect"), methods=api),
-        Route("/revoke", endpoint(service.handle_revoke, "/revoke"), methods=api),
-        Route("/jwks", endpoint(jwks, "/jwks"), methods=["GET", "OPTIONS"]),
+        Route("/token", endpoint(service.handle_token, "/token")),
+        Route("/par", endpoint(service.handle_par, "/par")),
+        Route("/introspect", endpoint(service.handle_introspect, "/introspect")),
+        Route("/revoke", endpoint(service.handle_revoke, "/revoke")),
+        Route("/jwks", endpoint(jwks, "/jwks", methods=get)),
         Route(
             "/authorize",
-            endpoint(authorize.handle, "/authorize", cors=False),
-            methods=["GET", "POST"],
+            endpoint(authorize.handle, "/authorize", cors=False, methods=("GET", "POST")),
         ),
     ]
     # Browsers ask every origin for /favicon.ico; an empty answer keeps their consoles clean.
-    routes.append(Route("/favicon.ico", endpoint(favicon, "/favicon.ico"), methods=["GET"]))
+    routes.append(Route("/favicon.ico", endpoint(favicon, "/favicon.ico", methods=get)))
     well_known = "/.well-known/oauth-authorization-server"
     issuer_path = urlsplit(issuer).path
     for path in dict.fromkeys([well_known, well_known + issuer_path]):
-        routes.append(Route(path, endpoint(metadata, path), methods=["GET", "OPTIONS"]))
+        routes.append(Route(path, endpoint(metadata, path, methods=get)))
     if settings.registration_enabled:
         limiter = registration_rate_limiter(settings, clock=service.clock)
 
         def register(view: RequestView) -> ResponseView:
             return handle_register(service, view, limiter=limiter)
 
-        routes.append(Route("/register", endpoint(register, "/register"), methods=api))
+        routes.append(Route("/register", endpoint(register, "/register")))
     for path, app in mounts:
         # A plain route keeps the scope (path, root_path) exactly as the mounted app expects.
         routes.append(Route(path, app))

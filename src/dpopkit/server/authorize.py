@@ -25,7 +25,7 @@ import secrets
 from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from dpopkit.core.http import RequestView, ResponseView
 from dpopkit.errors import (
@@ -36,6 +36,7 @@ from dpopkit.errors import (
     Reason,
     UnauthorizedClientError,
 )
+from dpopkit.server.parsing import equal_text, parse_query
 from dpopkit.server.redirects import redirect_uri_allowed
 from dpopkit.server.service import PAR_URN_PREFIX, Form, TokenService
 from dpopkit.server.throttle import SCRYPT_LIMITER, LoginThrottle, ServerBusyError, WorkLimiter
@@ -274,8 +275,11 @@ class AuthorizationEndpoint:
 
     def _start(self, request: RequestView) -> ResponseView:
         svc, now = self.service, self.service.clock()
-        query = urlsplit(request.url).query
-        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=64)
+        try:
+            # Bounded and checked before anything is looked up (dpopkit.server.parsing).
+            pairs = parse_query(request)
+        except DPoPError:
+            return self._error_page(400, "Malformed request")
         form = Form(pairs)
         try:
             client_id = form.need("client_id")
@@ -421,7 +425,7 @@ class AuthorizationEndpoint:
             browser is None
             or record.browser_hash is None
             or not hmac.compare_digest(sha256_hex(browser), record.browser_hash)
-            or not hmac.compare_digest(csrf, self._csrf(interaction, browser))
+            or not equal_text(csrf, self._csrf(interaction, browser))
         ):
             return self._error_page(403, "The form could not be verified; start again")
         client = svc.store.get_client(record.client_id)

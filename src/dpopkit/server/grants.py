@@ -13,6 +13,7 @@ import secrets
 from typing import Any, NoReturn
 
 from dpopkit.errors import InvalidGrantError, InvalidProofError, Reason, UnauthorizedClientError
+from dpopkit.server.parsing import equal_text
 from dpopkit.server.service import (
     Grant,
     GrantContext,
@@ -99,7 +100,7 @@ def authorization_code(ctx: GrantContext) -> dict[str, Any]:
         raise InvalidGrantError(Reason.INVALID_GRANT, "invalid authorization code")
     # RFC 6749 §4.1.3: redirect_uri identical to the authorization request's (for a
     # loopback redirect, RFC 8252 §7.3, that one carries the port the app listened on).
-    if redirect_uri is None or not hmac.compare_digest(redirect_uri, rec.redirect_uri):
+    if redirect_uri is None or not equal_text(redirect_uri, rec.redirect_uri):
         raise InvalidGrantError(Reason.INVALID_GRANT, "redirect_uri mismatch")
     check_code_verifier(verifier, rec.code_challenge)
     if rec.dpop_jkt is not None:

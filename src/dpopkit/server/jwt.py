@@ -22,6 +22,7 @@ from dpopkit.core.jws import (
     check_crit,
     json_dumps,
     json_loads_object,
+    numeric_date,
     public_key_from_jwk,
     split_compact,
 )
@@ -200,15 +201,19 @@ def verify_jwt(
         claims = json_loads_object(b64url_decode(parts.payload_b64))
     except JWSError as exc:
         raise JWTError(exc.reason, exc.description) from None
-    exp = claims.get("exp")
-    if isinstance(exp, bool) or not isinstance(exp, int | float):
+    # RFC 7519 §2, §4.1.4-4.1.6: NumericDate values, finite and within the float range
+    # (an integer of 400 digits is valid JSON and must not reach float arithmetic).
+    exp = numeric_date(claims.get("exp"))
+    if exp is None:
         raise JWTError(Reason.BAD_CLAIM, "exp is required")
     if now > exp + leeway:
         raise JWTError(Reason.TOKEN_EXPIRED, "the JWT has expired")
-    nbf = claims.get("nbf")
-    if nbf is not None and (not isinstance(nbf, int | float) or now + leeway < nbf):
-        raise JWTError(Reason.BAD_CLAIM, "the JWT is not yet valid")
-    iat = claims.get("iat")
-    if iat is not None and (not isinstance(iat, int | float) or iat > now + leeway):
-        raise JWTError(Reason.BAD_CLAIM, "iat is in the future")
+    if "nbf" in claims:
+        nbf = numeric_date(claims["nbf"])
+        if nbf is None or now + leeway < nbf:
+            raise JWTError(Reason.BAD_CLAIM, "the JWT is not yet valid")
+    if "iat" in claims:
+        iat = numeric_date(claims["iat"])
+        if iat is None or iat > now + leeway:
+            raise JWTError(Reason.BAD_CLAIM, "iat is in the future")
     return claims

@@ -17,7 +17,8 @@ from typing import Any
 
 from dpopkit.core.http import RequestView, ResponseView
 from dpopkit.core.jws import PRIVATE_JWK_MEMBERS
-from dpopkit.errors import DPoPError, OAuthError, Reason
+from dpopkit.errors import DPoPError, InvalidRequestError, OAuthError, Reason
+from dpopkit.server.parsing import MAX_BODY_BYTES, parse_json_object
 from dpopkit.server.redirects import InvalidRedirectURIError, validate_redirect_uri
 from dpopkit.server.service import ACCESS_TOKEN_FORMATS, AUTH_METHODS, ServerSettings, TokenService
 from dpopkit.server.throttle import SCRYPT_LIMITER, RateLimitedError, RateLimiter, WorkLimiter
@@ -32,7 +33,7 @@ __all__ = [
     "registration_rate_limiter",
 ]
 
-MAX_BODY = 65536
+MAX_BODY = MAX_BODY_BYTES
 
 
 class InvalidClientMetadataError(OAuthError):
@@ -196,16 +197,13 @@ def handle_register(
             wait = limiter.hit(request.client_address or "unknown")
             if wait:
                 raise RateLimitedError(wait)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = request.body or b""
-        if request.method != "POST" or ctype != "application/json" or len(body) > MAX_BODY:
+        if request.method != "POST":
             raise InvalidClientMetadataError(Reason.INVALID_REQUEST, "POST JSON metadata")
         try:
-            meta = json.loads(body)
-        except (ValueError, RecursionError):
-            raise InvalidClientMetadataError(Reason.INVALID_REQUEST, "malformed JSON") from None
-        if not isinstance(meta, dict):
-            raise InvalidClientMetadataError(Reason.INVALID_REQUEST, "metadata must be an object")
+            # One JSON object, bounded and checked (dpopkit.server.parsing).
+            meta = parse_json_object(request)
+        except InvalidRequestError as exc:
+            raise InvalidClientMetadataError(exc.reason, exc.description) from None
         meta = apply_registration_policy(meta, service.settings)
         method = meta.get("token_endpoint_auth_method", "client_secret_basic")
         if not isinstance(method, str):

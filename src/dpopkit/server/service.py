@@ -16,7 +16,6 @@ a refresh token. A ``use_dpop_nonce`` answer therefore never burns a code.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -26,7 +25,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote_plus, urlsplit
+from urllib.parse import urlsplit
 
 from dpopkit.core.algorithms import ALGORITHMS
 from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, RequestView, ResponseView
@@ -51,6 +50,12 @@ from dpopkit.errors import (
     UnsupportedGrantTypeError,
 )
 from dpopkit.server.jwt import JWTError, KeyRing, verify_jwt
+from dpopkit.server.parsing import (
+    equal_text,
+    is_text,
+    parse_basic_credentials,
+    parse_form,
+)
 from dpopkit.server.throttle import SCRYPT_LIMITER, WorkLimiter
 from dpopkit.storage.sql import (
     AccessTokenRecord,
@@ -285,22 +290,10 @@ class Form:
         """Parse a request body, refusing other media types and oversized bodies.
 
         Raises:
-            InvalidRequestError: wrong content type, too large, or not UTF-8.
+            InvalidRequestError: wrong content type, too large, not UTF-8, too many
+                parameters or a forbidden character (:func:`~dpopkit.server.parsing.parse_form`).
         """
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/x-www-form-urlencoded":
-            raise InvalidRequestError(
-                Reason.INVALID_REQUEST, "expected application/x-www-form-urlencoded"
-            )
-        body = request.body or b""
-        if len(body) > MAX_FORM_BYTES:
-            raise InvalidRequestError(Reason.INVALID_REQUEST, "request body too large")
-        try:
-            text = body.decode("utf-8")
-            pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=64)
-        except (UnicodeDecodeError, ValueError):
-            raise InvalidRequestError(Reason.INVALID_REQUEST, "malformed form body") from None
-        return cls(pairs)
+        return cls(parse_form(request))  # bounded and checked (dpopkit.server.parsing)
 
     def __contains__(self, name: str) -> bool:
         return name in self._data
@@ -565,16 +558,12 @@ class TokenService:
                     challenge_scheme="Basic",
                 )
             try:
-                decoded = binascii.a2b_base64(cred.strip(), strict_mode=True).decode("utf-8")
-                raw_id, sep, raw_secret = decoded.partition(":")
-                if not sep:
-                    raise ValueError
-            except (ValueError, binascii.Error, UnicodeDecodeError):
+                # RFC 6749 §2.3.1: id and secret are form-urlencoded inside Basic.
+                basic = parse_basic_credentials(cred)
+            except ValueError:
                 raise InvalidClientError(
                     Reason.INVALID_CLIENT, "malformed Basic credentials", challenge_scheme="Basic"
                 ) from None
-            # RFC 6749 §2.3.1: id and secret are form-urlencoded inside Basic.
-            basic = (unquote_plus(raw_id), unquote_plus(raw_secret))
         body_secret = form.one("client_secret")
         assertion = form.one("client_assertion")
         used = [m for m, on in (("basic", basic), ("post", body_secret), ("jwt", assertion)) if on]
@@ -627,7 +616,8 @@ class TokenService:
         except (JWSError, IndexError, ValueError):
             return None
         sub = payload.get("sub")
-        return sub if isinstance(sub, str) else None
+        # Checked like a client_id parameter before it is looked up (no NUL reaches the store).
+        return sub if isinstance(sub, str) and is_text(sub) else None
 
     def _check_assertion(
         self, client: ClientRecord, form: Form, assertion: str, *, endpoint: str, now: float
@@ -923,7 +913,7 @@ class TokenService:
             if proof is not None:
                 jkt = params.get("dpop_jkt")
                 # RFC 9449 §10.1: dpop_jkt and the PAR proof must name the same key (AS-25).
-                if jkt is not None and not hmac.compare_digest(str(jkt), proof.jkt):
+                if jkt is not None and not equal_text(str(jkt), proof.jkt):
                     raise InvalidRequestError(Reason.JKT_MISMATCH, "dpop_jkt does not match")
                 params["dpop_jkt"] = proof.jkt
             validate_authorization_request(self, client, params)
@@ -1102,11 +1092,15 @@ class TokenService:
         return self._finish(response, None, None, now)
 
     def jwks(self) -> ResponseView:
-        """The JWK Set of the access-token signing keys (RFC 7517 §5)."""
+        """The JWK Set of the access-token signing keys (RFC 7517 §5); 503 if the store fails."""
+        try:
+            keys = self.keyring.jwks(now=self.clock())
+        except StoreError as exc:
+            return self.error_response(exc)
         return ResponseView(
             status=200,
             headers=(("Content-Type", "application/json"), ("Cache-Control", "max-age=60")),
-            body=json.dumps(self.keyring.jwks(now=self.clock())).encode(),
+            body=json.dumps(keys).encode(),
         )
 
     def metadata(self) -> dict[str, Any]:
