@@ -96,9 +96,18 @@ class FreezeProxy:
         """Where clients connect."""
         return ("127.0.0.1", self.port)
 
-    def freeze(self) -> None:
-        """Stop forwarding in both directions; connections stay open."""
+    def freeze(self, *, thaw_after: float | None = None) -> None:
+        """Stop forwarding in both directions; connections stay open.
+
+        Args:
+            thaw_after: forward again by itself after this many seconds (an outage of
+                bounded length, which also bounds a test whose client never gives up).
+        """
         self._flowing.clear()
+        if thaw_after is not None:
+            timer = threading.Timer(thaw_after, self.thaw)
+            timer.daemon = True
+            timer.start()
 
     def thaw(self) -> None:
         """Forward again (what was held is delivered)."""

@@ -1,0 +1,262 @@
+"""A store that keeps its connections open but stops answering gives 503 within the timeout.
+
+Every network store sits behind a :class:`~tests.storage.freeze_proxy.FreezeProxy`
+(a real PostgreSQL or Redis behind it). After a warm-up the proxy freezes: the
+connections stay open and nothing comes back, as with a frozen server or a
+stalled proxy or pooler. Then:
+
+* each of several concurrent requests is refused with 503 within the store's
+  timeout plus a margin smaller than that timeout, so none waited for another
+  (one stuck operation would have queued the rest behind it);
+* after the proxy thaws, requests succeed again.
+
+This runs for the resource server (WSGI + sync cache, ASGI + async cache, over
+PostgreSQL and Redis) and for the authorization server's token endpoint (its
+ASGI app over a PostgreSQL grant store).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+import psycopg
+import pytest
+import redis
+
+from dpopkit import DPoPKey, create_proof
+from dpopkit.resource.asgi import DPoPMiddleware
+from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
+from dpopkit.resource.tokens import JWTAccessTokens
+from dpopkit.resource.wsgi import DPoPWSGIMiddleware
+from dpopkit.server.app import create_app
+from dpopkit.server.authorize import ConfigUsers
+from dpopkit.storage.postgres import AsyncPostgresReplayCache, PostgresReplayCache
+from dpopkit.storage.redis import AsyncRedisReplayCache, RedisReplayCache
+from dpopkit.storage.sql import SQLGrantStore
+from tests.resource._rs_support import (
+    AUDIENCE,
+    ISSUER,
+    ORIGIN,
+    Calls,
+    Clock,
+    Issuer,
+    asgi_app,
+    dpop_headers,
+    wsgi_app,
+)
+from tests.server.conftest import SECRET, TOKEN_URL, USERS, basic, make_service
+from tests.server.conftest import Clock as ASClock
+from tests.storage.freeze_proxy import FreezeProxy, frozen_proxy
+
+pytestmark = pytest.mark.anyio
+
+#: The store timeout the stacks are built with (the PostgreSQL default; Redis is set to it).
+TIMEOUT = 2.0
+#: Scheduling slack on a busy machine; below TIMEOUT, so a queued request cannot pass.
+MARGIN = 1.5
+#: Concurrent requests while frozen.
+PARALLEL = 3
+#: How long the store stays frozen at most (it thaws earlier once every request is answered).
+OUTAGE = 3 * TIMEOUT + MARGIN
+#: No test may run longer than this, whatever happens.
+TEST_BOUND = 60.0
+
+Send = Callable[[], Awaitable[httpx.Response]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Stack:
+    """One server over a store behind the proxy: ``request()`` makes a fresh, valid request."""
+
+    proxy: FreezeProxy
+    request: Callable[[], Awaitable[httpx.Response]]
+    ok: int  # the status of a request the store can answer
+
+
+async def _timed(send: Send) -> tuple[int, float]:
+    start = time.monotonic()
+    response = await send()
+    return response.status_code, time.monotonic() - start
+
+
+async def _concurrently(stack: Stack, n: int) -> list[tuple[int, float]]:
+    results: list[tuple[int, float]] = []
+
+    async def one() -> None:
+        results.append(await _timed(stack.request))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return results
+
+
+async def _freeze_then_thaw(stack: Stack) -> None:
+    """The scenario shared by every stack (see the module docstring)."""
+    with anyio.fail_after(TEST_BOUND):
+        warm = await _concurrently(stack, PARALLEL)  # opens (pools) connections
+        assert [status for status, _ in warm] == [stack.ok] * PARALLEL
+
+        # A client that never gives up is released when the outage ends (and then fails the
+        # bound below), so the test ends either way.
+        stack.proxy.freeze(thaw_after=OUTAGE)
+        start = time.monotonic()
+        frozen = await _concurrently(stack, PARALLEL)
+        wall = time.monotonic() - start
+        assert [status for status, _ in frozen] == [503] * PARALLEL
+        assert max(elapsed for _, elapsed in frozen) < TIMEOUT + MARGIN, frozen
+        assert wall < TIMEOUT + MARGIN  # concurrent, not one after the other
+
+        stack.proxy.thaw()
+        recovered = await _concurrently(stack, PARALLEL)
+        assert [status for status, _ in recovered] == [stack.ok] * PARALLEL
+
+
+# -- resource server ------------------------------------------------------------------------
+
+
+def _rs_cache(kind: str, url: str, prefix: str, *, is_async: bool) -> Any:
+    if kind == "postgres":
+        cls = AsyncPostgresReplayCache if is_async else PostgresReplayCache
+        return cls(url, schema=prefix, timeout=TIMEOUT)
+    rcls = AsyncRedisReplayCache if is_async else RedisReplayCache
+    return rcls.from_url(url, prefix=f"{prefix}:", timeout=TIMEOUT)
+
+
+@asynccontextmanager
+async def _rs_stack(kind: str, url: str, prefix: str, *, is_async: bool) -> AsyncIterator[Stack]:
+    issuer, clock = Issuer(), Clock(time.time())
+    tokens = JWTAccessTokens(issuer=ISSUER, audience=AUDIENCE, jwks=issuer.jwks())
+    key = DPoPKey.generate("ES256")
+    token = issuer.token(jkt=key.jkt, now=clock.now)
+    default_port = 5432 if kind == "postgres" else 6379
+    with frozen_proxy(url, default_port) as (proxy, proxied):
+        cache = _rs_cache(kind, proxied, prefix, is_async=is_async)
+        calls = Calls()
+        try:
+            if is_async:
+                app = DPoPMiddleware(
+                    asgi_app(calls),
+                    guard=AsyncResourceGuard(tokens=tokens, replay=cache, clock=clock),
+                    public_origin=ORIGIN,
+                )
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
+
+                    async def via_asgi() -> httpx.Response:
+                        return await client.get("/hello", headers=dpop_headers(key, token, now=clock.now))
+
+                    yield Stack(proxy, via_asgi, 200)
+            else:
+                wsgi = DPoPWSGIMiddleware(
+                    wsgi_app(calls),
+                    guard=ResourceGuard(tokens=tokens, replay=cache, clock=clock),
+                    public_origin=ORIGIN,
+                )
+
+                def one_request() -> httpx.Response:  # a worker thread, as a WSGI server has
+                    transport = httpx.WSGITransport(app=wsgi)
+                    with httpx.Client(transport=transport, base_url=ORIGIN) as client:
+                        return client.get("/hello", headers=dpop_headers(key, token, now=clock.now))
+
+                async def via_wsgi() -> httpx.Response:
+                    return await anyio.to_thread.run_sync(one_request)
+
+                yield Stack(proxy, via_wsgi, 200)
+        finally:
+            close = getattr(cache, "aclose", None)
+            if close is not None:
+                await close()
+            else:
+                cache.close()
+
+
+@pytest.fixture
+def cleanup(request: pytest.FixtureRequest, unique_prefix: str) -> Iterator[None]:
+    yield
+    if "pg_dsn" in request.fixturenames:
+        with psycopg.connect(request.getfixturevalue("pg_dsn"), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{unique_prefix}" CASCADE')
+    if "redis_url" in request.fixturenames:
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        try:
+            keys = list(client.scan_iter(match=f"{unique_prefix}:*"))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("is_async", [False, True], ids=["wsgi-sync", "asgi-async"])
+async def test_hd19_rs_frozen_postgres_replay_store_gives_503_within_timeout(
+    is_async: bool, pg_dsn: str, unique_prefix: str, cleanup: None
+) -> None:
+    """HD-19: a frozen PostgreSQL replay store → 503 within its timeout for concurrent
+    requests (none queued behind a stuck one), then recovery (RFC 9449 §11.1 fail closed)."""
+    async with _rs_stack("postgres", pg_dsn, unique_prefix, is_async=is_async) as stack:
+        await _freeze_then_thaw(stack)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("is_async", [False, True], ids=["wsgi-sync", "asgi-async"])
+async def test_hd19_rs_frozen_redis_replay_store_gives_503_within_timeout(
+    is_async: bool, redis_url: str, unique_prefix: str, cleanup: None
+) -> None:
+    """HD-19: a frozen Redis replay store → 503 within its timeout for concurrent requests,
+    then recovery (RFC 9449 §11.1 fail closed)."""
+    async with _rs_stack("redis", redis_url, unique_prefix, is_async=is_async) as stack:
+        await _freeze_then_thaw(stack)
+
+
+# -- authorization server -------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_hd19_as_token_endpoint_frozen_postgres_grant_store_gives_503(
+    pg_dsn: str, unique_prefix: str
+) -> None:
+    """HD-19: the token endpoint over a frozen PostgreSQL grant store answers 503
+    ``temporarily_unavailable`` (RFC 6749 §5.2) within the store timeout for concurrent
+    requests, then issues tokens again once the database answers."""
+    prefix = f"{unique_prefix}_"
+    with frozen_proxy(pg_dsn, 5432) as (proxy, proxied):
+        store = SQLGrantStore(proxied, table_prefix=prefix, timeout=TIMEOUT)
+        try:
+            clock = ASClock(time.time())
+            app = create_app(make_service(store, clock), authenticator=ConfigUsers(USERS))
+            key = DPoPKey.generate("ES256")
+            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+            async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as client:
+
+                async def token_request() -> httpx.Response:
+                    proof = create_proof(
+                        key, htm="POST", htu=TOKEN_URL, now=clock.now, allow_insecure_http=True
+                    )
+                    response = await client.post(
+                        "/token",
+                        data={"grant_type": "client_credentials"},
+                        headers={"Authorization": basic("conf", SECRET), "DPoP": proof},
+                    )
+                    if response.status_code == 503:
+                        assert response.json()["error"] == "temporarily_unavailable"
+                    return response
+
+                await _freeze_then_thaw(Stack(proxy, token_request, 200))
+        finally:
+            store.close()
+            direct = SQLGrantStore(pg_dsn, table_prefix=prefix, create=False)
+            direct.drop_schema()
+            direct.close()
