@@ -727,7 +727,8 @@ def test_redis_noeviction_policy_no_warning_clock_skew_warns(redis_url: str) -> 
     """The shared test Redis runs noeviction (no warning: warnings are errors here); a
     zero clock-skew tolerance makes the first-use clock check warn."""
     quiet = RedisReplayCache.from_url(redis_url)
-    strict = RedisReplayCache(redis.Redis.from_url(redis_url), max_clock_skew=0.0)
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.5)
+    strict = RedisReplayCache(client, max_clock_skew=0.0)
     try:
         quiet.check_server()
         with pytest.warns(SecurityWarning):

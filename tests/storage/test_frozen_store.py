@@ -29,6 +29,7 @@ import httpx
 import psycopg
 import pytest
 import redis
+import redis.asyncio
 
 from dpopkit import DPoPKey, create_proof
 from dpopkit.resource.asgi import DPoPMiddleware
@@ -260,3 +261,37 @@ async def test_hd19_as_token_endpoint_frozen_postgres_grant_store_gives_503(
             direct = SQLGrantStore(pg_dsn, table_prefix=prefix, create=False)
             direct.drop_schema()
             direct.close()
+
+
+# -- every store has a client-side deadline ---------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [RedisReplayCache, AsyncRedisReplayCache])
+async def test_hd19_redis_client_without_socket_timeout_is_refused(cls: Any) -> None:
+    """HD-19: a Redis client with no socket time-out would wait for a frozen server forever,
+    so the replay cache refuses it; one with a time-out is taken (nothing connects yet)."""
+    module = redis.asyncio if cls is AsyncRedisReplayCache else redis
+    with pytest.raises(ValueError):
+        cls(module.Redis.from_url("redis://127.0.0.1:1/0"))
+    client = module.Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.5)
+    cls(client)
+    await client.aclose() if module is redis.asyncio else client.close()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda t: PostgresReplayCache("postgresql://127.0.0.1:1/x", timeout=t),
+        lambda t: AsyncPostgresReplayCache("postgresql://127.0.0.1:1/x", timeout=t),
+        lambda t: SQLGrantStore("postgresql://127.0.0.1:1/x", create=False, timeout=t),
+    ],
+    ids=["postgres-replay", "postgres-replay-async", "sql-grant-store"],
+)
+@pytest.mark.parametrize("timeout", [0, -1.0, float("inf"), float("nan")])
+async def test_hd19_store_timeout_must_be_a_positive_bound(
+    make: Callable[[float], object], timeout: float
+) -> None:
+    """HD-19: a store's timeout is a finite positive number of seconds; no way to turn the
+    client-side deadline off."""
+    with pytest.raises(ValueError):
+        make(timeout)
