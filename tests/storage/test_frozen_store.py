@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -38,6 +39,7 @@ from dpopkit.resource.tokens import JWTAccessTokens
 from dpopkit.resource.wsgi import DPoPWSGIMiddleware
 from dpopkit.server.app import create_app
 from dpopkit.server.authorize import ConfigUsers
+from dpopkit.server.config import ConfigError, build_server, load_config
 from dpopkit.storage.postgres import AsyncPostgresReplayCache, PostgresReplayCache
 from dpopkit.storage.redis import AsyncRedisReplayCache, RedisReplayCache
 from dpopkit.storage.sql import SQLGrantStore
@@ -295,3 +297,47 @@ async def test_hd19_store_timeout_must_be_a_positive_bound(
     client-side deadline off."""
     with pytest.raises(ValueError):
         make(timeout)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "61", "true", '"2"'])
+def test_hd19_serve_store_timeout_is_validated(tmp_path: Path, value: str) -> None:
+    """HD-19: ``store_timeout`` in the ``dpopkit serve`` TOML is a bounded number of seconds;
+    anything else is a one-line configuration error."""
+    path = tmp_path / "as.toml"
+    path.write_text(f'issuer = "http://127.0.0.1:8000"\nstore_timeout = {value}\n')
+    with pytest.raises(ConfigError):
+        load_config(path, data_dir=tmp_path)
+
+
+@pytest.mark.postgres
+def test_hd19_serve_store_timeout_reaches_every_network_store(
+    tmp_path: Path, pg_dsn: str, unique_prefix: str
+) -> None:
+    """HD-19: ``store_timeout`` configures the grant store and the PostgreSQL replay cache
+    that ``dpopkit serve`` builds (nothing hard-wired)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{unique_prefix}"')
+    # the grant store's tables go to this test's schema through the search path
+    storage = f"{pg_dsn}?options=-csearch_path%3D{unique_prefix}"
+    path = tmp_path / "as.toml"
+    path.write_text(
+        'issuer = "http://127.0.0.1:8000"\n'
+        f'storage_url = "{storage}"\nreplay_url = "{pg_dsn}"\n'
+        f'replay_schema = "{unique_prefix}"\nstore_timeout = 1.25\n'
+    )
+    try:
+        config = load_config(path, data_dir=tmp_path)
+        assert config.store_timeout == 1.25
+        _, service = build_server(config)
+        try:
+            assert service.store.timeout == 1.25
+            assert isinstance(service.replay, PostgresReplayCache)
+            assert service.replay.timeout == 1.25
+            assert service.store.count_access_tokens() == 0  # the store answers through it
+        finally:
+            service.store.close()
+            if isinstance(service.replay, PostgresReplayCache):
+                service.replay.close()
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{unique_prefix}" CASCADE')

@@ -13,6 +13,7 @@ Example::
     # storage_url = "postgresql+psycopg://user@db/as"
     # replay_url = "redis://127.0.0.1:6379/0"   # or postgresql://..., sqlite (default), memory
     # replay_schema = "dpopkit"               # PostgreSQL replay cache: its schema
+    # store_timeout = 2.0                     # seconds per store call (PostgreSQL, Redis)
     cors_origins = ["*"]
 
     [tokens]
@@ -66,6 +67,7 @@ _TOP = {
     "storage_url",
     "replay_url",
     "replay_schema",
+    "store_timeout",
     "cors_origins",
     "test_mode_user",
     "registration_enabled",
@@ -121,6 +123,7 @@ class ServeConfig:
     replay_url: str
     cors_origins: tuple[str, ...]
     replay_schema: str | None = None
+    store_timeout: float | None = None
     settings: dict[str, Any]
     users: dict[str, str] = field(repr=False)
     clients: list[ClientRecord] = field(repr=False)
@@ -271,6 +274,13 @@ def load_config(
     replay_schema = raw.get("replay_schema")
     if replay_schema is not None and (not isinstance(replay_schema, str) or not replay_schema):
         raise ConfigError("config.replay_schema must be a schema name")
+    store_timeout = raw.get("store_timeout")
+    if store_timeout is not None and (
+        isinstance(store_timeout, bool)
+        or not isinstance(store_timeout, int | float)
+        or not 0 < store_timeout <= 60
+    ):
+        raise ConfigError("config.store_timeout must be a number of seconds in (0, 60]")
     cors = raw.get("cors_origins", ["*"])
     if not isinstance(cors, list) or not all(isinstance(o, str) for o in cors):
         raise ConfigError("config.cors_origins must be a list of strings")
@@ -349,6 +359,7 @@ def load_config(
         replay_url=replay_url,
         cors_origins=tuple(cors),
         replay_schema=replay_schema,
+        store_timeout=None if store_timeout is None else float(store_timeout),
         settings=settings,
         users=users,
         clients=clients,
@@ -389,6 +400,7 @@ def build_server(
     from dpopkit.server.app import create_app, is_loopback_host
     from dpopkit.server.authorize import ConfigUsers
     from dpopkit.server.service import ServerSettings, TokenService
+    from dpopkit.storage._deadline import DEFAULT_STORE_TIMEOUT
     from dpopkit.storage.sql import SQLGrantStore, StoreError
 
     try:
@@ -397,8 +409,10 @@ def build_server(
         raise ConfigError(exc.description) from None
     if settings.test_mode_user is not None and not is_loopback_host(config.host):
         raise ConfigError("test_mode_user: test mode listens on a loopback address only")
+    # A client-side bound on every network store call: a frozen database answers 503.
+    timeout = config.store_timeout
     try:
-        store = SQLGrantStore(config.storage_url)
+        store = SQLGrantStore(config.storage_url, timeout=timeout or DEFAULT_STORE_TIMEOUT)
         for client in config.clients:
             store.put_client(client)
     except (StoreError, ValueError) as exc:
@@ -419,11 +433,15 @@ def build_server(
     elif config.replay_url.startswith(("postgresql://", "postgres://")):
         from dpopkit.storage.postgres import PostgresReplayCache
 
-        replay = PostgresReplayCache(config.replay_url, schema=config.replay_schema)
+        replay = PostgresReplayCache(
+            config.replay_url,
+            schema=config.replay_schema,
+            timeout=timeout or DEFAULT_STORE_TIMEOUT,
+        )
     else:
-        from dpopkit.storage.redis import RedisReplayCache
+        from dpopkit.storage.redis import DEFAULT_TIMEOUT, RedisReplayCache
 
-        replay = RedisReplayCache.from_url(config.replay_url)
+        replay = RedisReplayCache.from_url(config.replay_url, timeout=timeout or DEFAULT_TIMEOUT)
     nonces = NonceIssuer(
         [_persisted_secret(config.data_dir, "nonce-secret").encode()], context="as"
     )
