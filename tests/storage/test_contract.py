@@ -357,8 +357,8 @@ def test_replay_50_concurrent_presenters_over_10_postgres_connections(
 ) -> None:
     """Attacks "Atomicity": races decided by PostgreSQL itself (10 sessions, 50 threads, 20 keys).
 
-    One PostgresReplayCache serialises its callers on its connection; ten caches
-    make the database arbitrate between concurrent sessions.
+    Ten caches (each with its own connection pool) make the database arbitrate between
+    concurrent sessions.
     """
     caches = [PostgresReplayCache(pg_dsn, schema=unique_prefix) for _ in range(10)]
     n, keys = 50, [_key() for _ in range(20)]
