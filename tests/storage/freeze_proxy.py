@@ -141,7 +141,7 @@ class FreezeProxy:
 
 
 def via_proxy(url: str, proxy: FreezeProxy) -> str:
-    """``url`` (``postgresql://``, ``redis://``, ...) with its host and port replaced by the proxy's."""
+    """``url`` (``postgresql://``, ``redis://``, ...) with the proxy's host and port."""
     parts = urlsplit(url)
     userinfo = parts.netloc.rpartition("@")[0]
     netloc = f"{userinfo}@" if userinfo else ""

@@ -159,7 +159,9 @@ async def _rs_stack(kind: str, url: str, prefix: str, *, is_async: bool) -> Asyn
                 async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
 
                     async def via_asgi() -> httpx.Response:
-                        return await client.get("/hello", headers=dpop_headers(key, token, now=clock.now))
+                        return await client.get(
+                            "/hello", headers=dpop_headers(key, token, now=clock.now)
+                        )
 
                     yield Stack(proxy, via_asgi, 200)
             else:
@@ -289,14 +291,14 @@ async def test_hd19_redis_client_without_socket_timeout_is_refused(cls: Any) -> 
     ],
     ids=["postgres-replay", "postgres-replay-async", "sql-grant-store"],
 )
-@pytest.mark.parametrize("timeout", [0, -1.0, float("inf"), float("nan")])
-async def test_hd19_store_timeout_must_be_a_positive_bound(
-    make: Callable[[float], object], timeout: float
+@pytest.mark.parametrize("seconds", [0, -1.0, float("inf"), float("nan")])
+def test_hd19_store_timeout_must_be_a_positive_bound(
+    make: Callable[[float], object], seconds: float
 ) -> None:
     """HD-19: a store's timeout is a finite positive number of seconds; no way to turn the
     client-side deadline off."""
     with pytest.raises(ValueError):
-        make(timeout)
+        make(seconds)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "61", "true", '"2"'])

@@ -52,9 +52,8 @@ def sever(fd: int) -> None:
         dup = socket.socket(fileno=os.dup(fd))
     except OSError:
         return
-    with dup:
-        with contextlib.suppress(OSError):
-            dup.shutdown(socket.SHUT_RDWR)
+    with dup, contextlib.suppress(OSError):
+        dup.shutdown(socket.SHUT_RDWR)
 
 
 class Deadline:

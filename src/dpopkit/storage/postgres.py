@@ -195,7 +195,8 @@ class PostgresReplayCache:
         self._schedule = _Schedule(purge_interval, purge_grace)
         self._idle: list[psycopg.Connection[Any]] = []
         self._slots = threading.BoundedSemaphore(max_connections)
-        self._lock = threading.Lock()  # guards _idle and _schedule
+        self._lock = threading.Lock()  # guards _idle, _generation and _schedule
+        self._generation = 0  # bumped by close(): older connections are not pooled again
         self._created = not create_table
 
     def _run(self, op: Callable[[psycopg.Connection[Any]], _T]) -> _T:
@@ -208,6 +209,7 @@ class PostgresReplayCache:
         try:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
+                generation = self._generation
             if conn is None or conn.closed:
                 conn = psycopg.connect(self.dsn, **self._kwargs)  # bounded by connect_timeout
             with Deadline(conn.pgconn.socket, budget.left()) as deadline:
@@ -231,11 +233,13 @@ class PostgresReplayCache:
             raise
         else:
             assert deadline is not None
-            if deadline.fired:  # cut just as it finished: the answer stands, the socket not
-                conn.close()
-            else:
-                with self._lock:
+            with self._lock:
+                # cut just as it finished (the answer stands, the socket not), or closed meanwhile
+                keep = not deadline.fired and generation == self._generation
+                if keep:
                     self._idle.append(conn)
+            if not keep:
+                conn.close()
             return result
         finally:
             self._slots.release()
@@ -279,6 +283,7 @@ class PostgresReplayCache:
         """Close the idle connections (a call in flight closes its own when it ends)."""
         with self._lock:
             idle, self._idle = self._idle, []
+            self._generation += 1
         for conn in idle:
             conn.close()
 
@@ -317,6 +322,7 @@ class AsyncPostgresReplayCache:
         self._schedule = _Schedule(purge_interval, purge_grace)
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._slots: asyncio.Semaphore | None = None
+        self._generation = 0  # bumped by aclose(): older connections are not pooled again
         self._created = not create_table
 
     def _get_slots(self) -> asyncio.Semaphore:
@@ -328,13 +334,15 @@ class AsyncPostgresReplayCache:
         budget = _Budget(self.timeout)
         slots = self._get_slots()
         try:
-            await asyncio.wait_for(slots.acquire(), self.timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout):
+                await slots.acquire()
+        except TimeoutError:
             raise _timed_out("pool") from None
         conn: psycopg.AsyncConnection[Any] | None = None
         deadline: Deadline | None = None
         try:
             conn = self._idle.pop() if self._idle else None
+            generation = self._generation
             if conn is None or conn.closed:
                 conn = await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs)
             with Deadline(conn.pgconn.socket, budget.left()) as deadline:
@@ -358,7 +366,7 @@ class AsyncPostgresReplayCache:
             raise
         else:
             assert deadline is not None
-            if deadline.fired:
+            if deadline.fired or generation != self._generation:
                 await conn.close()
             else:
                 self._idle.append(conn)
@@ -404,6 +412,7 @@ class AsyncPostgresReplayCache:
     async def aclose(self) -> None:
         """Close the idle connections (a call in flight closes its own when it ends)."""
         idle, self._idle = self._idle, []
+        self._generation += 1
         for conn in idle:
             await conn.close()
 
