@@ -17,6 +17,7 @@ ASGI app over a PostgreSQL grant store).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ import redis
 import redis.asyncio
 
 from dpopkit import DPoPKey, create_proof
+from dpopkit.errors import Reason, ReplayStoreError
 from dpopkit.resource.asgi import DPoPMiddleware
 from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
 from dpopkit.resource.tokens import JWTAccessTokens
@@ -343,3 +345,53 @@ def test_hd19_serve_store_timeout_reaches_every_network_store(
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{unique_prefix}" CASCADE')
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_hd19_postgres_pool_wait_shares_the_call_budget(
+    is_async: bool, pg_dsn: str, unique_prefix: str, cleanup: None
+) -> None:
+    """HD-19: with its only pooled connection stuck, a second call waits for the slot within
+    its own budget and does not then open a connection to the frozen server (which would add
+    ``connect_timeout``): each call fails closed (STORE_UNAVAILABLE) within the timeout, then
+    the cache works again (RFC 9449 §11.1)."""
+    timeout = 0.5
+    with anyio.fail_after(TEST_BOUND), frozen_proxy(pg_dsn, 5432) as (proxy, proxied):
+        kind = AsyncPostgresReplayCache if is_async else PostgresReplayCache
+        cache = kind(proxied, schema=unique_prefix, timeout=timeout, max_connections=1)
+        now = time.time()
+
+        async def call(key: str) -> bool:
+            if is_async:
+                return bool(await cache.check_and_store(key, now + 60, now=now))
+            store = functools.partial(cache.check_and_store, key, now + 60, now=now)
+            return bool(await anyio.to_thread.run_sync(store))
+
+        results: list[tuple[str, float]] = []
+
+        async def one(key: str, delay: float) -> None:
+            await anyio.sleep(delay)
+            start = time.monotonic()
+            with pytest.raises(ReplayStoreError) as info:
+                await call(key)
+            assert info.value.reason is Reason.STORE_UNAVAILABLE
+            results.append((key, time.monotonic() - start))
+
+        try:
+            assert await call("warm") is True  # the one pooled connection
+            proxy.freeze(thaw_after=OUTAGE)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, "a", 0.0)  # takes the connection and is cut at the deadline
+                tg.start_soon(one, "b", 0.2)  # waits for the slot, which comes back empty
+            assert len(results) == 2
+            assert max(elapsed for _, elapsed in results) < timeout + MARGIN, results
+            proxy.thaw()
+            assert await call("after") is True
+            assert await call("after") is False  # a replay, answered by the store again
+        finally:
+            close = getattr(cache, "aclose", None)
+            if close is not None:
+                await close()
+            else:
+                cache.close()

@@ -151,8 +151,10 @@ class PostgresReplayCache:
     :class:`~dpopkit.errors.ReplayStoreError` within ``timeout`` seconds, measured
     on the client: the wait for a free connection and the statements share that
     budget, and a connection whose statement overruns it is cut
-    (:mod:`dpopkit.storage._deadline`) and discarded. Opening a connection is
-    bounded by ``connect_timeout``.
+    (:mod:`dpopkit.storage._deadline`) and discarded. A call that opens a new
+    connection may take ``connect_timeout`` instead when that is longer; a call
+    that had to wait for a free slot never opens one (it fails closed if the slot
+    came back without a connection), so the two bounds never add up.
 
     Args:
         dsn: a libpq connection string or URL.
@@ -202,7 +204,8 @@ class PostgresReplayCache:
     def _run(self, op: Callable[[psycopg.Connection[Any]], _T]) -> _T:
         """Run ``op`` on a pooled connection within the budget; fail closed otherwise."""
         budget = _Budget(self.timeout)
-        if not self._slots.acquire(timeout=self.timeout):
+        waited = not self._slots.acquire(blocking=False)
+        if waited and not self._slots.acquire(timeout=self.timeout):
             raise _timed_out("pool")
         conn: psycopg.Connection[Any] | None = None
         deadline: Deadline | None = None
@@ -211,6 +214,8 @@ class PostgresReplayCache:
                 conn = self._idle.pop() if self._idle else None
                 generation = self._generation
             if conn is None or conn.closed:
+                if waited:  # the slot freed without a connection: one failed; do not stack
+                    raise _timed_out("pool")  # a connect_timeout on top of the wait
                 conn = psycopg.connect(self.dsn, **self._kwargs)  # bounded by connect_timeout
             with Deadline(conn.pgconn.socket, budget.left()) as deadline:
                 if not self._created:
@@ -333,6 +338,7 @@ class AsyncPostgresReplayCache:
     async def _run(self, op: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
         budget = _Budget(self.timeout)
         slots = self._get_slots()
+        waited = slots.locked()
         try:
             async with asyncio.timeout(self.timeout):
                 await slots.acquire()
@@ -344,6 +350,8 @@ class AsyncPostgresReplayCache:
             conn = self._idle.pop() if self._idle else None
             generation = self._generation
             if conn is None or conn.closed:
+                if waited:  # as in PostgresReplayCache._run
+                    raise _timed_out("pool")
                 conn = await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs)
             with Deadline(conn.pgconn.socket, budget.left()) as deadline:
                 if not self._created:
