@@ -359,7 +359,7 @@ async def test_hd19_postgres_pool_wait_shares_the_call_budget(
     timeout = 0.5
     with anyio.fail_after(TEST_BOUND), frozen_proxy(pg_dsn, 5432) as (proxy, proxied):
         kind = AsyncPostgresReplayCache if is_async else PostgresReplayCache
-        cache = kind(proxied, schema=unique_prefix, timeout=timeout, max_connections=1)
+        cache: Any = kind(proxied, schema=unique_prefix, timeout=timeout, max_connections=1)
         now = time.time()
 
         async def call(key: str) -> bool:
