@@ -44,7 +44,7 @@ from dpopkit.server.authorize import ConfigUsers
 from dpopkit.server.config import ConfigError, build_server, load_config
 from dpopkit.storage.postgres import AsyncPostgresReplayCache, PostgresReplayCache
 from dpopkit.storage.redis import AsyncRedisReplayCache, RedisReplayCache
-from dpopkit.storage.sql import SQLGrantStore
+from dpopkit.storage.sql import ClientRecord, SQLGrantStore, StoreError
 from tests.resource._rs_support import (
     AUDIENCE,
     ISSUER,
@@ -395,3 +395,47 @@ async def test_hd19_postgres_pool_wait_shares_the_call_budget(
                 await close()
             else:
                 cache.close()
+
+
+@pytest.mark.postgres
+async def test_hd19_grant_store_reads_and_writes_fail_closed_within_timeout(
+    pg_dsn: str, unique_prefix: str
+) -> None:
+    """HD-19: every kind of grant-store operation (a read and a write transaction) raises
+    StoreError within the timeout on a frozen PostgreSQL, concurrently, and works after."""
+    prefix = f"{unique_prefix}_"
+    client = ClientRecord(client_id="c1", token_endpoint_auth_method="none")
+    with anyio.fail_after(TEST_BOUND), frozen_proxy(pg_dsn, 5432) as (proxy, proxied):
+        store = SQLGrantStore(proxied, table_prefix=prefix, timeout=TIMEOUT)
+        try:
+            ops: list[Callable[[], object]] = [
+                lambda: store.get_client("c1"),
+                lambda: store.put_client(client),
+                lambda: store.count_access_tokens(),
+            ]
+            for op in ops:  # each one works and leaves a pooled connection
+                op()
+            proxy.freeze(thaw_after=OUTAGE)
+            outcomes: list[tuple[str, float]] = []
+
+            async def run(op: Callable[[], object]) -> None:
+                start = time.monotonic()
+                try:
+                    await anyio.to_thread.run_sync(op)
+                except StoreError:
+                    outcomes.append(("StoreError", time.monotonic() - start))
+                else:
+                    outcomes.append(("answered", time.monotonic() - start))
+
+            async with anyio.create_task_group() as tg:
+                for op in ops:
+                    tg.start_soon(run, op)
+            assert [kind for kind, _ in outcomes] == ["StoreError"] * len(ops)
+            assert max(elapsed for _, elapsed in outcomes) < TIMEOUT + MARGIN, outcomes
+            proxy.thaw()
+            assert store.get_client("c1") == client
+        finally:
+            store.close()
+            direct = SQLGrantStore(pg_dsn, table_prefix=prefix, create=False)
+            direct.drop_schema()
+            direct.close()
