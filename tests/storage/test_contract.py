@@ -357,8 +357,8 @@ def test_replay_50_concurrent_presenters_over_10_postgres_connections(
 ) -> None:
     """Attacks "Atomicity": races decided by PostgreSQL itself (10 sessions, 50 threads, 20 keys).
 
-    One PostgresReplayCache serialises its callers on its connection; ten caches
-    make the database arbitrate between concurrent sessions.
+    Ten caches (each with its own connection pool) make the database arbitrate between
+    concurrent sessions.
     """
     caches = [PostgresReplayCache(pg_dsn, schema=unique_prefix) for _ in range(10)]
     n, keys = 50, [_key() for _ in range(20)]
@@ -727,7 +727,8 @@ def test_redis_noeviction_policy_no_warning_clock_skew_warns(redis_url: str) -> 
     """The shared test Redis runs noeviction (no warning: warnings are errors here); a
     zero clock-skew tolerance makes the first-use clock check warn."""
     quiet = RedisReplayCache.from_url(redis_url)
-    strict = RedisReplayCache(redis.Redis.from_url(redis_url), max_clock_skew=0.0)
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.5)
+    strict = RedisReplayCache(client, max_clock_skew=0.0)
     try:
         quiet.check_server()
         with pytest.warns(SecurityWarning):

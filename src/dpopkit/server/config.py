@@ -14,6 +14,7 @@ Example::
     # storage_url = "postgresql+psycopg://user@db/as"
     # replay_url = "redis://127.0.0.1:6379/0"   # or postgresql://..., sqlite (default), memory
     # replay_schema = "dpopkit"               # PostgreSQL replay cache: its schema
+    # store_timeout = 2.0                     # seconds per store call (PostgreSQL, Redis)
     cors_origins = ["*"]
 
     [tokens]
@@ -84,6 +85,7 @@ _TOP = {
     "replay_url",
     "replay_schema",
     "key_encryption_keys_file",
+    "store_timeout",
     "cors_origins",
     "test_mode_user",
     "registration_enabled",
@@ -154,6 +156,7 @@ class ServeConfig:
     cors_origins: tuple[str, ...]
     replay_schema: str | None = None
     key_encryption: KeyEncryptionKeys | None = field(default=None, repr=False)
+    store_timeout: float | None = None
     settings: dict[str, Any]
     users: dict[str, str] = field(repr=False)
     clients: list[ClientRecord] = field(repr=False)
@@ -446,6 +449,13 @@ def load_config(
             make_private_dir(ddir)
         except OSError as exc:
             raise ConfigError(f"cannot create data_dir {ddir}: {exc.strerror}") from None
+    store_timeout = raw.get("store_timeout")
+    if store_timeout is not None and (
+        isinstance(store_timeout, bool)
+        or not isinstance(store_timeout, int | float)
+        or not 0 < store_timeout <= 60
+    ):
+        raise ConfigError("config.store_timeout must be a number of seconds in (0, 60]")
     cors = raw.get("cors_origins", ["*"])
     if not isinstance(cors, list) or not all(isinstance(o, str) for o in cors):
         raise ConfigError("config.cors_origins must be a list of strings")
@@ -542,6 +552,7 @@ def load_config(
         cors_origins=tuple(cors),
         replay_schema=replay_schema,
         key_encryption=key_encryption,
+        store_timeout=None if store_timeout is None else float(store_timeout),
         settings=settings,
         users=users,
         clients=clients,
@@ -617,6 +628,7 @@ def build_server(
     from dpopkit.server.app import create_app
     from dpopkit.server.authorize import ConfigUsers
     from dpopkit.server.service import ServerSettings, TokenService
+    from dpopkit.storage._deadline import DEFAULT_STORE_TIMEOUT
     from dpopkit.storage.sql import StoreError
 
     settings: ServerSettings = _server_settings(config)
@@ -624,8 +636,14 @@ def build_server(
         make_private_dir(config.data_dir)
     except OSError as exc:
         raise ConfigError(f"cannot create data_dir {config.data_dir}: {exc.strerror}") from None
+    # A client-side bound on every network store call: a frozen database answers 503.
+    timeout = config.store_timeout
     try:
-        store = SQLGrantStore(config.storage_url, key_encryption=config.key_encryption)
+        store = SQLGrantStore(
+            config.storage_url,
+            key_encryption=config.key_encryption,
+            timeout=timeout or DEFAULT_STORE_TIMEOUT,
+        )
         store.reseal_signing_keys()
         for client in config.clients:
             store.put_client(client)
@@ -647,11 +665,15 @@ def build_server(
     elif config.replay_url.startswith(("postgresql://", "postgres://")):
         from dpopkit.storage.postgres import PostgresReplayCache
 
-        replay = PostgresReplayCache(config.replay_url, schema=config.replay_schema)
+        replay = PostgresReplayCache(
+            config.replay_url,
+            schema=config.replay_schema,
+            timeout=timeout or DEFAULT_STORE_TIMEOUT,
+        )
     else:
-        from dpopkit.storage.redis import RedisReplayCache
+        from dpopkit.storage.redis import DEFAULT_TIMEOUT, RedisReplayCache
 
-        replay = RedisReplayCache.from_url(config.replay_url)
+        replay = RedisReplayCache.from_url(config.replay_url, timeout=timeout or DEFAULT_TIMEOUT)
     nonces = _nonce_issuer(config)
     csrf = _persisted_secret(config.data_dir, "csrf-secret").encode()
     service = TokenService(settings, store=store, replay=replay, nonces=nonces, clock=clock)

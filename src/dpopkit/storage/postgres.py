@@ -18,9 +18,16 @@ row, so exactly one presenter wins.
 
 Expired rows are purged periodically, only ``purge_grace`` seconds after their
 expiry, so a backward clock step smaller than that cannot revive a key
-(attacks SEC-76). Connect and statement time-outs are bounded; any database
-error raises :class:`~dpopkit.errors.ReplayStoreError` (fail closed, SEC-80)
-and the next call reconnects.
+(attacks SEC-76).
+
+Fail closed (attacks SEC-80): any database error raises
+:class:`~dpopkit.errors.ReplayStoreError` and that connection is discarded.
+Each call has a client-side deadline (``timeout``, 2 s by default): a server
+that keeps the connection open but stops answering (frozen, or behind a
+stalled proxy or pooler) is cut off when it passes
+(:mod:`dpopkit.storage._deadline`), because ``statement_timeout`` runs on the
+server and TCP keepalives see a live peer. Calls run on a small pool of
+connections, so a stuck call holds only its own.
 
 The psycopg package is imported only by this module (``pip install dpopkit[postgres]``).
 """
@@ -28,10 +35,14 @@ The psycopg package is imported only by this module (``pip install dpopkit[postg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from dpopkit.errors import ReplayStoreError, requires_extra
+from dpopkit.storage._deadline import DEFAULT_STORE_TIMEOUT, Deadline, check_timeout
 
 with requires_extra("postgres", needed_by=__name__):
     import psycopg
@@ -48,6 +59,10 @@ _CREATE_RACES = (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject)
 DEFAULT_CONNECT_TIMEOUT = 2
 #: Milliseconds a statement (or a lock wait) may take on the server.
 DEFAULT_STATEMENT_TIMEOUT_MS = 1000
+#: Connections one cache holds at most.
+DEFAULT_MAX_CONNECTIONS = 10
+
+_T = TypeVar("_T")
 
 
 class _Statements:
@@ -112,11 +127,35 @@ class _Schedule:
         return last is None or now >= last + self.interval or now < last - self.interval
 
 
+class _Budget:
+    """One operation's time budget (monotonic), shared by its pool wait and statements."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, timeout: float) -> None:
+        self.at = time.monotonic() + timeout
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+
+def _timed_out(stage: str) -> ReplayStoreError:
+    return ReplayStoreError(detail={"error": "Timeout", "stage": stage, "backend": "postgres"})
+
+
 class PostgresReplayCache:
     """A :class:`~dpopkit.ReplayCache` in a PostgreSQL table, shared by hosts.
 
-    One connection, used under a lock (thread-safe), opened lazily and reopened
-    after an error.
+    Thread-safe: every call takes a connection of its own from a small pool
+    (opened lazily, at most ``max_connections``), so one stuck call never makes
+    the others wait. Every call finishes or raises
+    :class:`~dpopkit.errors.ReplayStoreError` within ``timeout`` seconds, measured
+    on the client: the wait for a free connection and the statements share that
+    budget, and a connection whose statement overruns it is cut
+    (:mod:`dpopkit.storage._deadline`) and discarded. A call that opens a new
+    connection may take ``connect_timeout`` instead when that is longer; a call
+    that had to wait for a free slot never opens one (it fails closed if the slot
+    came back without a connection), so the two bounds never add up.
 
     Args:
         dsn: a libpq connection string or URL.
@@ -124,7 +163,10 @@ class PostgresReplayCache:
             search path.
         table: the table name.
         create_table: create the schema, table and index on first use.
-        connect_timeout: seconds to establish a connection.
+        timeout: client-side seconds one call may take (default 2).
+        max_connections: connections held at most; further callers wait (within
+            ``timeout``) for a free one.
+        connect_timeout: seconds to establish a connection (libpq: at least 2).
         statement_timeout_ms: server-side bound on every statement and lock wait.
         purge_interval: seconds (on the injected clock) between purges.
         purge_grace: rows are deleted only this many seconds after their expiry, so a
@@ -138,40 +180,75 @@ class PostgresReplayCache:
         schema: str | None = None,
         table: str = "dpopkit_replay",
         create_table: bool = True,
+        timeout: float = DEFAULT_STORE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
         statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
         purge_interval: float = 60.0,
         purge_grace: float = 300.0,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
         self.dsn = dsn
+        self.timeout = check_timeout(timeout)
+        self.max_connections = max_connections
         self._sql = _Statements(schema, table)
         self._create_table = create_table
         self._kwargs = _conn_kwargs(connect_timeout, statement_timeout_ms)
         self._schedule = _Schedule(purge_interval, purge_grace)
-        self._conn: psycopg.Connection[Any] | None = None
-        self._lock = threading.Lock()
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()  # guards _idle, _generation and _schedule
+        self._generation = 0  # bumped by close(): older connections are not pooled again
+        self._created = not create_table
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        conn = self._conn
-        if conn is None or conn.closed:
-            conn = psycopg.connect(self.dsn, **self._kwargs)
-            try:
-                if self._create_table:
+    def _run(self, op: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """Run ``op`` on a pooled connection within the budget; fail closed otherwise."""
+        budget = _Budget(self.timeout)
+        waited = not self._slots.acquire(blocking=False)
+        if waited and not self._slots.acquire(timeout=self.timeout):
+            raise _timed_out("pool")
+        conn: psycopg.Connection[Any] | None = None
+        deadline: Deadline | None = None
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+                generation = self._generation
+            if conn is None or conn.closed:
+                if waited:  # the slot freed without a connection: one failed; do not stack
+                    raise _timed_out("pool")  # a connect_timeout on top of the wait
+                conn = psycopg.connect(self.dsn, **self._kwargs)  # bounded by connect_timeout
+            with Deadline(conn.pgconn.socket, budget.left()) as deadline:
+                if not self._created:
                     for stmt in self._sql.create:
                         try:
                             conn.execute(stmt)
                         except _CREATE_RACES:  # another process created it meanwhile
                             conn.execute(stmt)
-            except BaseException:
+                    self._created = True
+                result = op(conn)
+        except psycopg.Error as exc:
+            if conn is not None:
                 conn.close()
-                raise
-            self._conn = conn
-        return conn
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+            if deadline is not None and deadline.fired:
+                raise _timed_out("statement") from exc
+            raise _store_error(exc) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        else:
+            assert deadline is not None
+            with self._lock:
+                # cut just as it finished (the answer stands, the socket not), or closed meanwhile
+                keep = not deadline.fired and generation == self._generation
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
+            return result
+        finally:
+            self._slots.release()
 
     def check_and_store(self, key: str, expires_at: float, *, now: float) -> bool:
         """Atomically store ``key`` until ``expires_at``; True if it was not live (RFC 9449 §11.1).
@@ -180,53 +257,50 @@ class PostgresReplayCache:
         the same statement, so an expired key is new again and a live one is not.
 
         Raises:
-            ReplayStoreError: PostgreSQL failed or timed out; the caller refuses the request.
+            ReplayStoreError: PostgreSQL failed or did not answer within ``timeout``;
+                the caller refuses the request.
         """
         with self._lock:
-            if self._schedule.due(now):
-                self._purge_locked(now)  # a store that cannot purge cannot answer either
-            try:
-                # RFC 9449 §11.1: one atomic statement decides (attacks "Atomicity")
-                row = (
-                    self._connection()
-                    .execute(self._sql.upsert, (key, float(expires_at), float(now)))
-                    .fetchone()
-                )
-            except psycopg.Error as exc:
-                self._drop()
-                raise _store_error(exc) from exc
-            return row is not None
+            purge = self._schedule.due(now)
+            if purge:
+                self._schedule.last = now
+        params = (key, float(expires_at), float(now))
 
-    def _purge_locked(self, now: float) -> int:
-        self._schedule.last = now
-        try:
-            cur = self._connection().execute(self._sql.purge, (now - self._schedule.grace,))
-        except psycopg.Error as exc:
-            self._drop()
-            raise _store_error(exc) from exc
-        return cur.rowcount
+        def op(conn: psycopg.Connection[Any]) -> bool:
+            if purge:  # a store that cannot purge cannot answer either
+                conn.execute(self._sql.purge, (now - self._schedule.grace,))
+            # RFC 9449 §11.1: one atomic statement decides (attacks "Atomicity")
+            return conn.execute(self._sql.upsert, params).fetchone() is not None
+
+        return self._run(op)
 
     def purge(self, *, now: float) -> int:
         """Delete rows expired for more than ``purge_grace`` seconds; return how many.
 
         Raises:
-            ReplayStoreError: PostgreSQL failed.
+            ReplayStoreError: PostgreSQL failed or did not answer within ``timeout``.
         """
         with self._lock:
-            return self._purge_locked(now)
+            self._schedule.last = now
+        cutoff = now - self._schedule.grace
+        return self._run(lambda conn: conn.execute(self._sql.purge, (cutoff,)).rowcount)
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the idle connections (a call in flight closes its own when it ends)."""
         with self._lock:
-            self._drop()
+            idle, self._idle = self._idle, []
+            self._generation += 1
+        for conn in idle:
+            conn.close()
 
 
 class AsyncPostgresReplayCache:
     """The asyncio :class:`~dpopkit.AsyncReplayCache` over ``psycopg.AsyncConnection``.
 
     psycopg's async connections run on asyncio only; under trio use
-    :class:`PostgresReplayCache` in a worker thread. Arguments as
-    :class:`PostgresReplayCache`.
+    :class:`PostgresReplayCache` in a worker thread. Arguments and time bounds as
+    :class:`PostgresReplayCache`: each call uses a pooled connection of its own and
+    finishes or fails within ``timeout``.
     """
 
     def __init__(
@@ -236,85 +310,123 @@ class AsyncPostgresReplayCache:
         schema: str | None = None,
         table: str = "dpopkit_replay",
         create_table: bool = True,
+        timeout: float = DEFAULT_STORE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
         statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
         purge_interval: float = 60.0,
         purge_grace: float = 300.0,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
         self.dsn = dsn
+        self.timeout = check_timeout(timeout)
+        self.max_connections = max_connections
         self._sql = _Statements(schema, table)
         self._create_table = create_table
         self._kwargs = _conn_kwargs(connect_timeout, statement_timeout_ms)
         self._schedule = _Schedule(purge_interval, purge_grace)
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._lock: asyncio.Lock | None = None
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots: asyncio.Semaphore | None = None
+        self._generation = 0  # bumped by aclose(): older connections are not pooled again
+        self._created = not create_table
 
-    def _get_lock(self) -> asyncio.Lock:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        return self._lock
+    def _get_slots(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_connections)
+        return self._slots
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        conn = self._conn
-        if conn is None or conn.closed:
-            conn = await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs)
-            try:
-                if self._create_table:
+    async def _run(self, op: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
+        budget = _Budget(self.timeout)
+        slots = self._get_slots()
+        waited = slots.locked()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise _timed_out("pool") from None
+        conn: psycopg.AsyncConnection[Any] | None = None
+        deadline: Deadline | None = None
+        try:
+            conn = self._idle.pop() if self._idle else None
+            generation = self._generation
+            if conn is None or conn.closed:
+                if waited:  # as in PostgresReplayCache._run
+                    raise _timed_out("pool")
+                conn = await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs)
+            with Deadline(conn.pgconn.socket, budget.left()) as deadline:
+                if not self._created:
                     for stmt in self._sql.create:
                         try:
                             await conn.execute(stmt)
                         except _CREATE_RACES:
                             await conn.execute(stmt)
-            except BaseException:
+                    self._created = True
+                result = await op(conn)
+        except psycopg.Error as exc:
+            if conn is not None:
                 await conn.close()
-                raise
-            self._conn = conn
-        return conn
-
-    async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
+            if deadline is not None and deadline.fired:
+                raise _timed_out("statement") from exc
+            raise _store_error(exc) from exc
+        except BaseException:
+            if conn is not None:
+                await _close_quietly(conn)
+            raise
+        else:
+            assert deadline is not None
+            if deadline.fired or generation != self._generation:
+                await conn.close()
+            else:
+                self._idle.append(conn)
+            return result
+        finally:
+            slots.release()
 
     async def check_and_store(self, key: str, expires_at: float, *, now: float) -> bool:
         """Atomically store ``key`` until ``expires_at``; True if it was not live (RFC 9449 §11.1).
 
         Raises:
-            ReplayStoreError: PostgreSQL failed or timed out; the caller refuses the request.
+            ReplayStoreError: PostgreSQL failed or did not answer within ``timeout``;
+                the caller refuses the request.
         """
-        async with self._get_lock():
-            if self._schedule.due(now):
-                await self._purge_locked(now)
-            try:
-                # RFC 9449 §11.1: one atomic statement decides (attacks "Atomicity")
-                conn = await self._connection()
-                cur = await conn.execute(self._sql.upsert, (key, float(expires_at), float(now)))
-                row = await cur.fetchone()
-            except psycopg.Error as exc:
-                await self._drop()
-                raise _store_error(exc) from exc
-            return row is not None
+        purge = self._schedule.due(now)
+        if purge:
+            self._schedule.last = now
+        params = (key, float(expires_at), float(now))
 
-    async def _purge_locked(self, now: float) -> int:
-        self._schedule.last = now
-        try:
-            conn = await self._connection()
-            cur = await conn.execute(self._sql.purge, (now - self._schedule.grace,))
-        except psycopg.Error as exc:
-            await self._drop()
-            raise _store_error(exc) from exc
-        return cur.rowcount
+        async def op(conn: psycopg.AsyncConnection[Any]) -> bool:
+            if purge:
+                await conn.execute(self._sql.purge, (now - self._schedule.grace,))
+            # RFC 9449 §11.1: one atomic statement decides (attacks "Atomicity")
+            cur = await conn.execute(self._sql.upsert, params)
+            return await cur.fetchone() is not None
+
+        return await self._run(op)
 
     async def purge(self, *, now: float) -> int:
         """Delete rows expired for more than ``purge_grace`` seconds; return how many.
 
         Raises:
-            ReplayStoreError: PostgreSQL failed.
+            ReplayStoreError: PostgreSQL failed or did not answer within ``timeout``.
         """
-        async with self._get_lock():
-            return await self._purge_locked(now)
+        self._schedule.last = now
+        cutoff = now - self._schedule.grace
+
+        async def op(conn: psycopg.AsyncConnection[Any]) -> int:
+            return (await conn.execute(self._sql.purge, (cutoff,))).rowcount
+
+        return await self._run(op)
 
     async def aclose(self) -> None:
-        """Close the connection."""
-        async with self._get_lock():
-            await self._drop()
+        """Close the idle connections (a call in flight closes its own when it ends)."""
+        idle, self._idle = self._idle, []
+        self._generation += 1
+        for conn in idle:
+            await conn.close()
+
+
+async def _close_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
+    # A cancelled call: closing must not raise over the cancellation.
+    with contextlib.suppress(Exception):
+        await conn.close()

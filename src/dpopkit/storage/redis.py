@@ -15,7 +15,11 @@ compares them and warns when they do not.
 Fail closed (attacks SEC-80): any Redis error or time-out raises
 :class:`~dpopkit.errors.ReplayStoreError`, never "not seen". Socket and
 connect time-outs are bounded (0.5 s by default) and commands are not
-retried, so an outage costs at most about one time-out per request.
+retried, so an outage costs at most about one time-out per request. The
+socket time-out is the client-side deadline that also catches a server which
+keeps the connection open but stops answering, so a client without one is
+refused. redis-py gives each concurrent command its own pooled connection: a
+stuck command holds up no other.
 
 Eviction (attacks "Memory pressure and eviction"): run the replay keyspace
 with ``maxmemory-policy noeviction``, so that a full Redis refuses writes (and
@@ -75,6 +79,18 @@ def _store_error(exc: BaseException) -> ReplayStoreError:
     return ReplayStoreError(detail={"error": type(exc).__name__, "backend": "redis"})
 
 
+def _require_socket_timeout(client: object) -> None:
+    # Without a socket time-out a frozen server (connection open, no reply) hangs the
+    # request until it comes back: nothing else bounds a read on the client side.
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if isinstance(kwargs, Mapping) and kwargs.get("socket_timeout") is None:
+        raise ValueError(
+            "the Redis client needs a socket_timeout (a client-side deadline); "
+            "use from_url(), which sets 0.5 s"
+        )
+
+
 def _inspect(info: Mapping[str, Any], server_time: tuple[int, int] | None, max_skew: float) -> None:
     policy = str(info.get("maxmemory_policy", ""))
     if eviction_policy_is_risky(policy):
@@ -99,11 +115,14 @@ class RedisReplayCache:
     """A :class:`~dpopkit.ReplayCache` in Redis (``SET NX PXAT``), shared by hosts.
 
     Args:
-        client: a ``redis.Redis`` (give it bounded time-outs; see :meth:`from_url`).
+        client: a ``redis.Redis`` with a ``socket_timeout`` (see :meth:`from_url`).
         prefix: a namespace prepended to every key.
         check_server: on first use, check ``maxmemory-policy`` and the clock skew
             and emit a :class:`~dpopkit.errors.SecurityWarning` if they are unsafe.
         max_clock_skew: seconds of clock disagreement tolerated by that check.
+
+    Raises:
+        ValueError: the client has no ``socket_timeout``.
     """
 
     def __init__(
@@ -114,6 +133,7 @@ class RedisReplayCache:
         check_server: bool = True,
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
+        _require_socket_timeout(client)
         self.client = client
         self.prefix = prefix
         self.max_clock_skew = max_clock_skew
@@ -203,6 +223,7 @@ class AsyncRedisReplayCache:
         check_server: bool = True,
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
+        _require_socket_timeout(client)
         self.client = client
         self.prefix = prefix
         self.max_clock_skew = max_clock_skew

@@ -22,6 +22,13 @@ created ``0600`` (its ``-wal`` and ``-shm`` files take the same mode).
 SQLite write transactions start with ``BEGIN IMMEDIATE`` (the write lock is
 taken up front, so two writers queue on ``busy_timeout`` instead of failing
 with a lock upgrade error); the file runs in WAL mode.
+
+Over PostgreSQL every operation has a client-side deadline (``timeout``, 2 s
+by default): the wait for a pooled connection, its liveness ping and the
+transaction share it, and a connection whose server stops answering is cut
+(:mod:`dpopkit.storage._deadline`) and invalidated, so the operation raises
+:class:`StoreError` (HTTP 503) instead of waiting for the server to come back.
+Each operation holds its own pooled connection; a stuck one blocks no other.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -43,6 +51,7 @@ with requires_extra("server", needed_by=__name__):
     from sqlalchemy.engine import Connection, Engine
 
 from dpopkit._private import create_private_file
+from dpopkit.storage._deadline import DEFAULT_STORE_TIMEOUT, Deadline, check_timeout
 from dpopkit.storage.kek import KeyEncryptionError, KeyEncryptionKeys
 
 __all__ = [
@@ -395,6 +404,10 @@ class SQLGrantStore:
         create: create the schema (idempotent) and check its version now.
         key_encryption: encrypt private signing JWKs at rest with these KEKs (the
             first encrypts, all decrypt); without it they are stored as plain JWKs.
+        timeout: PostgreSQL: client-side seconds one operation may take (pool wait,
+            ping and transaction) before it fails with :class:`StoreError`. A new
+            connection is bounded by ``connect_timeout`` (the URL's, else
+            ``timeout`` rounded up, at least 2 s as in libpq).
 
     Raises:
         StoreError: the database is unreachable or has a newer schema version.
@@ -407,10 +420,12 @@ class SQLGrantStore:
         table_prefix: str = "",
         create: bool = True,
         key_encryption: KeyEncryptionKeys | None = None,
+        timeout: float = DEFAULT_STORE_TIMEOUT,
     ) -> None:
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         self.url = url
+        self.timeout = check_timeout(timeout)
         self.is_sqlite = url.startswith("sqlite")
         self.key_encryption = key_encryption
         self._metadata = sa.MetaData()
@@ -422,9 +437,7 @@ class SQLGrantStore:
             self._read = self._sqlite_engine(url)
             self._write = self._sqlite_engine(url)
         else:
-            self._read = self._write = sa.create_engine(
-                url, pool_pre_ping=True, pool_size=10, max_overflow=20
-            )
+            self._read = self._write = self._network_engine(url, self.timeout)
         if create:
             self.create_schema()
 
@@ -470,25 +483,81 @@ class SQLGrantStore:
         if self._write is not self._read:
             self._write.dispose()
 
+    @staticmethod
+    def _network_engine(url: str, timeout: float) -> Engine:
+        # No pool_pre_ping: SQLAlchemy's ping runs before any deadline could be armed,
+        # so _connection pings under the deadline itself.
+        connect_args: dict[str, Any] = {}
+        if "connect_timeout" not in sa.engine.make_url(url).query:
+            connect_args["connect_timeout"] = max(2, int(-(-timeout // 1)))
+        return sa.create_engine(
+            url,
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=timeout,
+            connect_args=connect_args,
+        )
+
+    @contextmanager
+    def _connection(self, engine: Engine) -> Iterator[Connection]:
+        """One pooled connection for one operation, under the store's deadline (PostgreSQL)."""
+        if self.is_sqlite:
+            with engine.connect() as conn:
+                yield conn
+            return
+        at = time.monotonic() + self.timeout
+        for attempt in (1, 2):
+            conn = engine.connect()  # pool_timeout; a new connection: connect_timeout
+            dbapi = conn.connection.dbapi_connection
+            try:
+                deadline = Deadline(dbapi.fileno(), at - time.monotonic()).arm()  # type: ignore[union-attr]
+            except BaseException:
+                conn.invalidate()
+                conn.close()
+                raise
+            try:
+                engine.dialect.do_ping(dbapi)  # type: ignore[arg-type]
+            except Exception as exc:  # a stale pooled connection, or the deadline passed
+                deadline.disarm()
+                conn.invalidate()
+                conn.close()
+                if deadline.fired or attempt == 2:
+                    raise StoreError("the grant store cannot be reached") from exc
+                continue
+            try:
+                yield conn
+            except sa.exc.DBAPIError as exc:
+                if deadline.fired:
+                    raise StoreError(
+                        f"the grant store did not answer within {self.timeout:g} s"
+                    ) from exc
+                raise
+            finally:
+                deadline.disarm()
+                if deadline.fired:  # the socket is cut: never hand it out again
+                    conn.invalidate()
+                conn.close()
+            return
+
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
         try:
-            with self._write.begin() as conn:
+            with self._connection(self._write) as conn, conn.begin():
                 if self.is_sqlite:
                     # The write lock up front: writers queue on busy_timeout (module doc).
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                 yield conn
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
             raise StoreError("the grant store cannot be reached") from exc
 
     @contextmanager
     def _ro(self) -> Iterator[Connection]:
         try:
-            with self._read.begin() as conn:
+            with self._connection(self._read) as conn, conn.begin():
                 if self.is_sqlite:
                     conn.exec_driver_sql("BEGIN")  # one snapshot for the whole read
                 yield conn
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
             raise StoreError("the grant store cannot be reached") from exc
 
     # -- schema ---------------------------------------------------------------------------
