@@ -120,12 +120,22 @@ def _strip_credentials(request: httpx.Request) -> None:
     request.headers.pop("Authorization", None)
 
 
-def _htu(url: str) -> str:
-    """``url`` as a proof's ``htu`` compares (RFC 9449 §4.3), or "" when it cannot be one."""
+def _send_key(method: str, host: str, url: str) -> tuple[str, str, str]:
+    """What names one send: its method, ``Host`` and ``htu`` path (RFC 9449 §4.3).
+
+    Not the connection's URL: a transport may route a request elsewhere (a load
+    balancer keeps the ``Host`` and path it was given), and it is still the request
+    the proof was made for.
+    """
     try:
-        return normalize_htu(url)
+        path = "/" + normalize_htu(url).split("/", 3)[3]
     except ValueError:
-        return ""
+        path = ""
+    return method, host.lower(), path
+
+
+def _field(fields: list[tuple[bytes, bytes]], name: bytes) -> str:
+    return next((value.decode("latin-1") for key, value in fields if key.lower() == name), "")
 
 
 def _wire_url(wire: httpcore.Request) -> str:
@@ -144,8 +154,7 @@ def _wire_url(wire: httpcore.Request) -> str:
 class _WireFix(NamedTuple):
     """What the trace changed on the wire for one send: ``flow`` None means stripped."""
 
-    method: str
-    htu: str
+    send: tuple[str, str, str]  # see _send_key
     flow: DPoPFlow | None
     headers: dict[str, str]
 
@@ -190,8 +199,8 @@ class _Exchange:
         # its answers are not acted on (no retry, no nonce learned, no token refresh).
         self.left = False
         self.sent: list[httpx.Request] = [request]  # requests whose credentials we set
-        # Proofs set on a request and not yet on the wire → the (htm, htu) each was made for.
-        self.minted: dict[str, tuple[str, str]] = {}
+        # Proofs set on a request and not yet on the wire → the send each was made for.
+        self.minted: dict[str, tuple[str, str, str]] = {}
         self.wire: _WireFix | None = None  # what the trace changed on the last send
 
     def start(self) -> httpx.Request:
@@ -221,7 +230,8 @@ class _Exchange:
     def _apply(self, request: httpx.Request, headers: Mapping[str, str]) -> None:
         """Set ``headers`` on ``request`` and remember whom their proof was made for."""
         _set_headers(request, headers)
-        self.minted[headers[DPOP_HEADER]] = (request.method, _htu(str(request.url)))
+        host = request.headers.get("host", "")
+        self.minted[headers[DPOP_HEADER]] = _send_key(request.method, host, str(request.url))
 
     def may_follow(self, url: str) -> bool:
         """Whether credentials may go to ``url``, a redirect hop of this exchange.
@@ -264,10 +274,11 @@ class _Exchange:
     def on_trace(self, event: str, info: Mapping[str, Any]) -> None:
         """Fix a header block before httpcore writes it (httpx's ``trace`` extension).
 
-        A block whose proof was made for exactly this method and URL and has not
-        been sent goes as it is (the first send, a retry, a hop the request hook
-        signed). Anything else is a redirect httpx followed with copied headers:
-        it gets its own credentials, or none (:meth:`_credentials`).
+        A block whose proof was made for this very send (method, ``Host`` and path)
+        and has not been on the wire goes as it is: the first send, a retry, a hop
+        the request hook signed. Anything else is a redirect httpx followed with
+        copied headers: it gets its own credentials for the URL it goes to, or
+        none (:meth:`_credentials`).
         """
         wire = info.get("request")
         if event not in _HEADER_EVENTS or not isinstance(wire, httpcore.Request):
@@ -276,17 +287,16 @@ class _Exchange:
             return  # a proxy tunnel being opened, not one of our requests
         method = wire.method.decode("latin-1")
         url = _wire_url(wire)
-        htu = _htu(url)
-        proof = next((v for k, v in wire.headers if k.lower() == b"dpop"), b"")
-        made_for = self.minted.pop(proof.decode("latin-1"), None)
-        if htu and made_for == (method, htu) and not self.left:
+        send = _send_key(method, _field(wire.headers, b"host"), url)
+        made_for = self.minted.pop(_field(wire.headers, b"dpop"), None)  # a proof goes once
+        if made_for == send and send[2] and not self.left:
             self.wire = None
             return
         flow, headers = self._credentials(method, url)
         fields = [(k, v) for k, v in wire.headers if k.lower() not in _CREDENTIAL_FIELDS]
         fields += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
         wire.headers = fields  # httpcore reads the list after this call
-        self.wire = _WireFix(method, htu, flow, headers)
+        self.wire = _WireFix(send, flow, headers)
 
     def _adopt(self, answered: httpx.Request) -> None:
         """Make the flow speak for ``answered``, the request a response answers.
@@ -298,11 +308,8 @@ class _Exchange:
         """
         fixed, self.wire = self.wire, None
         mine = any(answered is request for request in self.sent)
-        if (
-            fixed is not None
-            and fixed.method == answered.method
-            and fixed.htu == _htu(str(answered.url))
-        ):
+        host = answered.headers.get("host", "")
+        if fixed is not None and fixed.send == _send_key(answered.method, host, str(answered.url)):
             if not mine:
                 self.sent.append(answered)
             if fixed.flow is None:
