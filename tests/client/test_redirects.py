@@ -329,6 +329,34 @@ def test_httpx_request_shows_what_went_on_the_wire(
     assert (landed.claims is not None) is (where == "same")
 
 
+@pytest.mark.parametrize("hooks", [True, False], ids=["hooks", "no-hooks"])
+@pytest.mark.parametrize("where", ["same", "port"])
+def test_httpx_callers_own_authorization_without_a_token(
+    lab: dict[str, RedirectLab], key: DPoPKey, where: str, hooks: bool
+) -> None:
+    """HD-10: with no token, a caller's own ``Authorization`` follows as httpx would keep it.
+
+    The auth replaces only the fields it sets: a same-origin hop keeps the caller's
+    ``Authorization`` next to its fresh proof; another origin gets neither.
+    """
+    auth = dpop_httpx.DPoPAuth(key, allow_insecure_http=True)
+    with httpx.Client(
+        auth=auth,
+        follow_redirects=True,
+        event_hooks=auth.event_hooks if hooks else None,
+        trust_env=False,
+    ) as client:
+        url = lab["a"].base + "/r/307?to=" + _target(lab, where)
+        response = client.get(url, headers={"Authorization": "Basic Y2xpOnM="})
+    assert response.status_code == 200
+    _, landed = lab["a"].hops
+    if where == "same":
+        assert landed.claims is not None, landed.refused
+        assert landed.headers["authorization"] == "Basic Y2xpOnM="
+    else:
+        assert _no_credentials(landed), landed.headers
+
+
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 def test_httpx_callers_trace_still_called(
     lab: dict[str, RedirectLab], key: DPoPKey, asynchronous: bool

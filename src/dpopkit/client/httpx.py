@@ -73,7 +73,7 @@ _NO_FIELDS: Final = Headers()
 _HEADER_EVENTS: Final = frozenset(
     {"http11.send_request_headers.started", "http2.send_request_headers.started"}
 )
-_CREDENTIAL_FIELDS: Final = (b"dpop", b"authorization")
+_CREDENTIALS: Final = [b"dpop", b"authorization"]  # the fields another origin never gets
 
 
 def dpop_error(response: httpx.Response) -> ClientError | None:
@@ -293,7 +293,12 @@ class _Exchange:
             self.wire = None
             return
         flow, headers = self._credentials(method, url)
-        fields = [(k, v) for k, v in wire.headers if k.lower() not in _CREDENTIAL_FIELDS]
+        # Another origin loses both fields; on this one only ours are replaced (a caller's
+        # own Authorization, sent with a proof but no token, stays as httpx would keep it).
+        names = (
+            [name.lower().encode("ascii") for name in headers] if flow is not None else _CREDENTIALS
+        )
+        fields = [(k, v) for k, v in wire.headers if k.lower() not in names]
         fields += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
         wire.headers = fields  # httpcore reads the list after this call
         self.wire = _WireFix(send, flow, headers)
