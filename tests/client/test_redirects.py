@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -28,30 +30,33 @@ CODES = [301, 302, 303, 307, 308]
 #: where the redirect points: the same origin, or another one (port, host or scheme differs)
 TARGETS = ["same", "port", "host", "scheme"]
 Send = Callable[[DPoPKey, str, str, bytes | None], tuple[int, list[str]]]
+Labs = tuple[dict[str, RedirectLab], Path]  # the running labs and the CA file of the https one
 
 
 @pytest.fixture(scope="module")
-def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, RedirectLab], Path]]:
+def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Labs]:
     cert, key = loopback_certificate(tmp_path_factory.mktemp("lab-tls"))
     with redirect_labs(str(cert), str(key)) as running:
         yield running, cert
 
 
 @pytest.fixture
-def lab(labs: tuple[dict[str, RedirectLab], Path]) -> dict[str, RedirectLab]:
+def lab(labs: Labs) -> dict[str, RedirectLab]:
     running, _ = labs
     running["a"].hops.clear()  # one log shared by the three labs
     return running
 
 
-def _send_httpx(cafile: Path) -> Send:
+def _send_httpx(labs: Labs, *, hooks: bool) -> Send:
+    _, cafile = labs
+
     def send(key: DPoPKey, method: str, url: str, body: bytes | None) -> tuple[int, list[str]]:
         auth = dpop_httpx.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
         verify = ssl.create_default_context(cafile=str(cafile))
         with httpx.Client(
             auth=auth,
             follow_redirects=True,
-            event_hooks=auth.event_hooks,
+            event_hooks=auth.event_hooks if hooks else None,
             verify=verify,
             trust_env=False,
         ) as client:
@@ -61,7 +66,9 @@ def _send_httpx(cafile: Path) -> Send:
     return send
 
 
-def _send_httpx_async(cafile: Path) -> Send:
+def _send_httpx_async(labs: Labs, *, hooks: bool) -> Send:
+    _, cafile = labs
+
     def send(key: DPoPKey, method: str, url: str, body: bytes | None) -> tuple[int, list[str]]:
         auth = dpop_httpx.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
         verify = ssl.create_default_context(cafile=str(cafile))
@@ -70,7 +77,7 @@ def _send_httpx_async(cafile: Path) -> Send:
             async with httpx.AsyncClient(
                 auth=auth,
                 follow_redirects=True,
-                event_hooks=auth.async_event_hooks,
+                event_hooks=auth.async_event_hooks if hooks else None,
                 verify=verify,
                 trust_env=False,
             ) as client:
@@ -82,8 +89,9 @@ def _send_httpx_async(cafile: Path) -> Send:
     return send
 
 
-def _send_httpx_manual(cafile: Path) -> Send:
+def _send_httpx_manual(labs: Labs) -> Send:
     """The caller follows ``response.next_request`` itself (httpx's default: no following)."""
+    _, cafile = labs
 
     def send(key: DPoPKey, method: str, url: str, body: bytes | None) -> tuple[int, list[str]]:
         auth = dpop_httpx.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
@@ -99,7 +107,9 @@ def _send_httpx_manual(cafile: Path) -> Send:
     return send
 
 
-def _send_requests(cafile: Path) -> Send:
+def _send_requests(labs: Labs) -> Send:
+    _, cafile = labs
+
     def send(key: DPoPKey, method: str, url: str, body: bytes | None) -> tuple[int, list[str]]:
         auth = dpop_requests.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
         with requests.Session() as session:
@@ -112,19 +122,54 @@ def _send_requests(cafile: Path) -> Send:
     return send
 
 
-ADAPTERS: dict[str, Callable[[Path], Send]] = {
-    "httpx": _send_httpx,
-    "httpx-async": _send_httpx_async,
+def _asgi_mounts(running: dict[str, RedirectLab]) -> dict[str, httpx.AsyncBaseTransport]:
+    """Every lab origin (and ``localhost`` for ``a``) served in-process, not through httpcore."""
+    mounts: dict[str, httpx.AsyncBaseTransport] = {
+        lab.base: httpx.ASGITransport(app=lab.app) for lab in running.values()
+    }
+    mounts[running["a"].base.replace("127.0.0.1", "localhost")] = mounts[running["a"].base]
+    return mounts
+
+
+def _send_httpx_asgi(labs: Labs) -> Send:
+    """In-process apps (``ASGITransport`` never calls the trace): the request hook signs hops."""
+    running, _ = labs
+
+    def send(key: DPoPKey, method: str, url: str, body: bytes | None) -> tuple[int, list[str]]:
+        auth = dpop_httpx.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
+
+        async def main() -> httpx.Response:
+            async with httpx.AsyncClient(
+                auth=auth,
+                follow_redirects=True,
+                event_hooks=auth.async_event_hooks,
+                mounts=_asgi_mounts(running),
+                trust_env=False,
+            ) as client:
+                return await client.request(method, url, content=body)
+
+        response = anyio.run(main)
+        return response.status_code, [str(r.url) for r in response.history]
+
+    return send
+
+
+ADAPTERS: dict[str, Callable[[Labs], Send]] = {
+    # httpx's own transports (httpcore): the auth's trace extension fixes every hop on the
+    # wire, so the request hook is optional; both ways must pass the same assertions.
+    "httpx-hooks": partial(_send_httpx, hooks=True),
+    "httpx": partial(_send_httpx, hooks=False),
+    "httpx-async-hooks": partial(_send_httpx_async, hooks=True),
+    "httpx-async": partial(_send_httpx_async, hooks=False),
     "httpx-manual": _send_httpx_manual,
+    "httpx-asgi-hooks": _send_httpx_asgi,
     "requests": _send_requests,
 }
 
 
 @pytest.fixture(params=list(ADAPTERS))
-def send(request: pytest.FixtureRequest, labs: tuple[dict[str, RedirectLab], Path]) -> Send:
-    _, cafile = labs
-    maker = ADAPTERS[request.param]
-    return maker(cafile)
+def send(request: pytest.FixtureRequest, labs: Labs) -> Send:
+    return ADAPTERS[request.param](labs)
 
 
 def _target(lab: dict[str, RedirectLab], where: str, path: str = "/land") -> str:
@@ -235,19 +280,118 @@ def test_nonce_retry_after_a_redirect_resends_the_hop(
     assert len({h.claims["jti"] for h in (first, challenged, retried) if h.claims}) == 3
 
 
-def test_httpx_following_without_the_hooks_is_refused(
+def test_httpx_in_process_following_without_the_hooks_is_refused(
     lab: dict[str, RedirectLab], key: DPoPKey
 ) -> None:
-    """HD-10: httpx followed a redirect the auth could not sign: a typed error, never success.
+    """HD-10: a redirect followed where the auth could not sign it: a typed error, never success.
 
     httpx runs an auth flow once and follows redirects inside it, copying the
-    headers; only the client's request hook sees the hops.
+    headers; an in-process transport (``ASGITransport``) never calls httpcore's
+    trace, so only the client's request hook sees the hops there.
     """
     auth = dpop_httpx.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
     url = lab["a"].base + "/r/307?to=" + lab["a"].base + "/land"
-    with (
-        httpx.Client(auth=auth, follow_redirects=True, trust_env=False) as client,
-        pytest.raises(ClientError) as info,
-    ):
-        client.get(url)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(
+            auth=auth, follow_redirects=True, mounts=_asgi_mounts(lab), trust_env=False
+        ) as client:
+            await client.get(url)
+
+    with pytest.raises(ClientError) as info:
+        anyio.run(main)
     assert info.value.reason is Reason.REDIRECT_NOT_SIGNED
+
+
+@pytest.mark.parametrize("hooks", [True, False], ids=["hooks", "no-hooks"])
+@pytest.mark.parametrize("where", ["same", "port"])
+def test_httpx_request_shows_what_went_on_the_wire(
+    lab: dict[str, RedirectLab], key: DPoPKey, where: str, hooks: bool
+) -> None:
+    """HD-10: the hop httpx reports is the one sent: signed once, by the hook or on the wire.
+
+    A hop the request hook signed is not signed again by the trace, and a hop the
+    trace fixed has its ``response.request`` headers fixed too (RFC 9449 §4.2: one
+    proof per send).
+    """
+    auth = dpop_httpx.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
+    with httpx.Client(
+        auth=auth,
+        follow_redirects=True,
+        event_hooks=auth.event_hooks if hooks else None,
+        trust_env=False,
+    ) as client:
+        response = client.post(lab["a"].base + "/r/307?to=" + _target(lab, where), content=b"x")
+    assert response.status_code == 200
+    _, landed = lab["a"].hops
+    for name in ("dpop", "authorization"):
+        assert response.request.headers.get(name) == landed.headers.get(name)
+    assert (landed.claims is not None) is (where == "same")
+
+
+@pytest.mark.parametrize("hooks", [True, False], ids=["hooks", "no-hooks"])
+@pytest.mark.parametrize("where", ["same", "port"])
+def test_httpx_callers_own_authorization_without_a_token(
+    lab: dict[str, RedirectLab], key: DPoPKey, where: str, hooks: bool
+) -> None:
+    """HD-10: with no token, a caller's own ``Authorization`` follows as httpx would keep it.
+
+    The auth replaces only the fields it sets: a same-origin hop keeps the caller's
+    ``Authorization`` next to its fresh proof; another origin gets neither.
+    """
+    auth = dpop_httpx.DPoPAuth(key, allow_insecure_http=True)
+    with httpx.Client(
+        auth=auth,
+        follow_redirects=True,
+        event_hooks=auth.event_hooks if hooks else None,
+        trust_env=False,
+    ) as client:
+        url = lab["a"].base + "/r/307?to=" + _target(lab, where)
+        response = client.get(url, headers={"Authorization": "Basic Y2xpOnM="})
+    assert response.status_code == 200
+    _, landed = lab["a"].hops
+    if where == "same":
+        assert landed.claims is not None, landed.refused
+        assert landed.headers["authorization"] == "Basic Y2xpOnM="
+    else:
+        assert _no_credentials(landed), landed.headers
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_httpx_callers_trace_still_called(
+    lab: dict[str, RedirectLab], key: DPoPKey, asynchronous: bool
+) -> None:
+    """HD-10: a ``trace`` extension the caller set keeps working, and sees what goes out.
+
+    The auth's own trace runs first, so a logging trace never records the stale
+    proof a followed redirect would have carried to another origin.
+    """
+    auth = dpop_httpx.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
+    url = lab["a"].base + "/r/302?to=" + _target(lab, "port")
+    blocks: list[list[bytes]] = []
+    events: list[str] = []
+
+    def record(event: str, info: dict[str, Any]) -> None:
+        events.append(event)
+        if event == "http11.send_request_headers.started":
+            blocks.append([name.lower() for name, _ in info["request"].headers])
+
+    async def arecord(event: str, info: dict[str, Any]) -> None:
+        record(event, info)
+
+    if asynchronous:
+
+        async def main() -> None:
+            async with httpx.AsyncClient(
+                auth=auth, follow_redirects=True, trust_env=False
+            ) as client:
+                await client.get(url, extensions={"trace": arecord})
+
+        anyio.run(main)
+    else:
+        with httpx.Client(auth=auth, follow_redirects=True, trust_env=False) as client:
+            client.get(url, extensions={"trace": record})
+    assert "http11.receive_response_headers.complete" in events
+    first, away = blocks
+    assert {b"dpop", b"authorization"} <= set(first)
+    assert not {b"dpop", b"authorization"} & set(away)
