@@ -191,6 +191,38 @@ except MissingExtraError as exc:
     assert [line for m, _, _, line in GUARDED if line < 0] != []
 
 
+def test_hd22_validators_that_fetch_need_httpx_at_construction() -> None:
+    """HD-22: without httpx, a validator that would fetch fails when built, not at a request."""
+    code = """
+import sys
+sys.modules["httpx"] = None
+from dpopkit import MissingExtraError
+from dpopkit.resource import (
+    AsyncIntrospectionTokens, AsyncJWTAccessTokens, IntrospectionTokens, JWTAccessTokens,
+)
+idp = {"issuer": "https://idp.example", "audience": "https://api.example"}
+intro = {"endpoint": "https://idp.example/introspect", "client_id": "rs", "client_secret": "s"}
+for build in (
+    lambda: JWTAccessTokens(**idp),
+    lambda: AsyncJWTAccessTokens(**idp),
+    lambda: IntrospectionTokens(**intro, audience="https://api.example"),
+    lambda: AsyncIntrospectionTokens(**intro, audience="https://api.example"),
+):
+    try:
+        build()
+    except MissingExtraError as exc:
+        print(exc.extra)
+    else:
+        print("built")
+JWTAccessTokens(**idp, jwks={"keys": []})  # static keys: nothing to fetch, no httpx needed
+print("static")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["httpx", "httpx", "httpx", "httpx", "static"]
+
+
 # -- each extra alone in a fresh virtualenv ------------------------------------------------------
 
 #: Extra -> the example it must run (tests/extras/example_<name>.py, or a dpopkit command).

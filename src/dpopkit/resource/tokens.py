@@ -56,6 +56,7 @@ from dpopkit.errors import (
     SecurityWarning,
     ServerConfigurationError,
     TemporarilyUnavailableError,
+    requires_extra,
 )
 
 if TYPE_CHECKING:
@@ -121,6 +122,12 @@ class AsyncTokenValidator(Protocol):
     async def validate(self, token: str, *, now: float) -> TokenInfo:
         """Return the token's :class:`TokenInfo` or raise a :class:`~dpopkit.DPoPError`."""
         ...
+
+
+def _require_httpx(needed_by: str) -> None:
+    """Fail at construction, not at the first request, when httpx is not installed."""
+    with requires_extra("httpx", needed_by=needed_by):
+        import httpx  # noqa: F401
 
 
 class CallableTokens:
@@ -569,6 +576,8 @@ class _JWTBase:
         if timeout <= 0 or min_refresh_interval < 0 or cache_ttl <= 0:
             raise ValueError("timeout and cache_ttl must be > 0, min_refresh_interval >= 0")
         self._static = jwks is not None
+        if not self._static:
+            _require_httpx(type(self).__name__)
         self._keys = _KeySet.parse(jwks, fetched_at=math.inf) if jwks is not None else _KeySet()
         self._allow_http = allow_insecure_http
         if jwks_uri is not None:
@@ -909,6 +918,7 @@ class _IntrospectionBase:
         timeout: float,
         allow_insecure_http: bool,
     ) -> None:
+        _require_httpx(type(self).__name__)
         self._endpoint = _check_https(endpoint, allow_insecure_http, "endpoint")
         if not client_id:
             raise ValueError("client_id is required")
