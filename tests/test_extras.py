@@ -38,8 +38,8 @@ LAZY_OK: dict[str, str] = {
     "dpopkit.server.config": "serve --check turns a missing store driver into a ConfigError",
 }
 
-#: Packages that come with another one (anyio with httpx, asgiref with Django).
-COMES_WITH = {"anyio": "httpx", "asgiref": "django"}
+#: Packages that come with another one (anyio and httpcore with httpx, asgiref with Django).
+COMES_WITH = {"anyio": "httpx", "httpcore": "httpx", "asgiref": "django"}
 
 #: Distribution names whose import name differs.
 IMPORT_NAMES = {"prometheus-client": "prometheus_client", "psycopg[binary]": "psycopg"}

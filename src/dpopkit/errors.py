@@ -297,6 +297,7 @@ class DPoPError(Exception):
             status=status,
             headers=tuple(headers),
             body=json.dumps(body, separators=(",", ":")).encode(),
+            reason=self.reason.value,
         )
 
 

@@ -18,6 +18,7 @@ ASGI app over a PostgreSQL grant store).
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -88,6 +89,7 @@ class Stack:
     proxy: FreezeProxy
     request: Callable[[], Awaitable[httpx.Response]]
     ok: int  # the status of a request the store can answer
+    store: str = "replay"  # the name its outage is logged under
 
 
 async def _timed(send: Send) -> tuple[int, float]:
@@ -108,8 +110,13 @@ async def _concurrently(stack: Stack, n: int) -> list[tuple[int, float]]:
     return results
 
 
-async def _freeze_then_thaw(stack: Stack) -> None:
-    """The scenario shared by every stack (see the module docstring)."""
+async def _freeze_then_thaw(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """The scenario shared by every stack (see the module docstring).
+
+    HD-25: the outage is logged once when it starts and once when it ends, on the
+    ``dpopkit.storage`` logger, whatever the number of refused requests.
+    """
+    caplog.set_level(logging.WARNING, logger="dpopkit.storage")
     with anyio.fail_after(TEST_BOUND):
         warm = await _concurrently(stack, PARALLEL)  # opens (pools) connections
         assert [status for status, _ in warm] == [stack.ok] * PARALLEL
@@ -127,6 +134,9 @@ async def _freeze_then_thaw(stack: Stack) -> None:
         stack.proxy.thaw()
         recovered = await _concurrently(stack, PARALLEL)
         assert [status for status, _ in recovered] == [stack.ok] * PARALLEL
+    logged = [r.getMessage().split()[:3] for r in caplog.records if r.name == "dpopkit.storage"]
+    store = f"store={stack.store}"
+    assert logged == [["store", "unavailable", store], ["store", "recovered", store]]
 
 
 # -- resource server ------------------------------------------------------------------------
@@ -209,23 +219,31 @@ def cleanup(request: pytest.FixtureRequest, unique_prefix: str) -> Iterator[None
 @pytest.mark.postgres
 @pytest.mark.parametrize("is_async", [False, True], ids=["wsgi-sync", "asgi-async"])
 async def test_hd19_rs_frozen_postgres_replay_store_gives_503_within_timeout(
-    is_async: bool, pg_dsn: str, unique_prefix: str, cleanup: None
+    is_async: bool,
+    pg_dsn: str,
+    unique_prefix: str,
+    cleanup: None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """HD-19: a frozen PostgreSQL replay store → 503 within its timeout for concurrent
     requests (none queued behind a stuck one), then recovery (RFC 9449 §11.1 fail closed)."""
     async with _rs_stack("postgres", pg_dsn, unique_prefix, is_async=is_async) as stack:
-        await _freeze_then_thaw(stack)
+        await _freeze_then_thaw(stack, caplog)
 
 
 @pytest.mark.redis
 @pytest.mark.parametrize("is_async", [False, True], ids=["wsgi-sync", "asgi-async"])
 async def test_hd19_rs_frozen_redis_replay_store_gives_503_within_timeout(
-    is_async: bool, redis_url: str, unique_prefix: str, cleanup: None
+    is_async: bool,
+    redis_url: str,
+    unique_prefix: str,
+    cleanup: None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """HD-19: a frozen Redis replay store → 503 within its timeout for concurrent requests,
     then recovery (RFC 9449 §11.1 fail closed)."""
     async with _rs_stack("redis", redis_url, unique_prefix, is_async=is_async) as stack:
-        await _freeze_then_thaw(stack)
+        await _freeze_then_thaw(stack, caplog)
 
 
 # -- authorization server -------------------------------------------------------------------
@@ -233,7 +251,7 @@ async def test_hd19_rs_frozen_redis_replay_store_gives_503_within_timeout(
 
 @pytest.mark.postgres
 async def test_hd19_as_token_endpoint_frozen_postgres_grant_store_gives_503(
-    pg_dsn: str, unique_prefix: str
+    pg_dsn: str, unique_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """HD-19: the token endpoint over a frozen PostgreSQL grant store answers 503
     ``temporarily_unavailable`` (RFC 6749 §5.2) within the store timeout for concurrent
@@ -261,7 +279,7 @@ async def test_hd19_as_token_endpoint_frozen_postgres_grant_store_gives_503(
                         assert response.json()["error"] == "temporarily_unavailable"
                     return response
 
-                await _freeze_then_thaw(Stack(proxy, token_request, 200))
+                await _freeze_then_thaw(Stack(proxy, token_request, 200, "grant_store"), caplog)
         finally:
             store.close()
             direct = SQLGrantStore(pg_dsn, table_prefix=prefix, create=False)
@@ -350,7 +368,11 @@ def test_hd19_serve_store_timeout_reaches_every_network_store(
 @pytest.mark.postgres
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 async def test_hd19_postgres_pool_wait_shares_the_call_budget(
-    is_async: bool, pg_dsn: str, unique_prefix: str, cleanup: None
+    is_async: bool,
+    pg_dsn: str,
+    unique_prefix: str,
+    cleanup: None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """HD-19: with its only pooled connection stuck, a second call waits for the slot within
     its own budget and does not then open a connection to the frozen server (which would add

@@ -111,6 +111,8 @@ class ResponseView:
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    #: why the request was refused (a reason code), for logs and metrics; never sent
+    reason: str | None = None
 
     def header(self, name: str) -> str | None:
         """Return the first value of the header ``name`` (case-insensitive), or None."""

@@ -61,11 +61,13 @@ from dpopkit.errors import (
     InvalidRequestError,
     InvalidTokenError,
     Reason,
+    ReplayStoreError,
     SecurityWarning,
     ServerConfigurationError,
     requires_extra,
 )
 from dpopkit.resource.tokens import AsyncTokenValidator, TokenInfo, TokenValidator
+from dpopkit.storage._health import StoreHealth
 from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
 
 __all__ = [
@@ -321,6 +323,8 @@ class _GuardBase:
         self.realm = realm
         self.clock = clock
         self.metrics = metrics if metrics is not None else GuardMetrics()
+        #: outages and recoveries of the replay cache, logged on ``dpopkit.storage``
+        self.replay_health = StoreHealth("replay")
         self._algs = self.policy.algs_param.split()
 
     # -- rendering -------------------------------------------------------------------------
@@ -441,6 +445,8 @@ class _GuardBase:
         assert info is not None
         assert attempt.scheme is not None
         proof = attempt.proof
+        if proof is not None:
+            self.replay_health.ok()  # the proof was recorded
         nonce: str | None = None
         # RFC 9449 §8.2, §9: a fresh nonce whenever the client's is not current.
         stale = proof is not None and (proof.nonce_info is None or not proof.nonce_info.current)
@@ -461,6 +467,8 @@ class _GuardBase:
     def _reject(self, error: DPoPError, attempt: _Attempt, request: RequestView) -> None:
         if attempt.scheme is not None:
             error.detail.setdefault("scheme", attempt.scheme)
+        if isinstance(error, ReplayStoreError):
+            self.replay_health.failed(str(error.detail.get("error", error.reason.value)))
         self.metrics.record_reject(error.reason)
         jkt: str | None
         jti_hash: str | None

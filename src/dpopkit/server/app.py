@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from ipaddress import ip_address
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.errors import Reason, ServerConfigurationError, requires_extra
@@ -69,7 +70,23 @@ def _oauth_error(
         status=status,
         headers=(("Content-Type", "application/json"), ("Cache-Control", "no-store"), *extra),
         body=json.dumps({"error": error, "error_description": description}).encode(),
+        reason=error,
     )
+
+
+def _error_code(response: ResponseView) -> str | None:
+    """The ``error`` of an RFC 6749 §5.2 JSON body, or of an error redirect, for logs."""
+    location = response.header("location")
+    if location is not None:
+        values = parse_qs(urlsplit(location).query).get("error")
+        return values[0] if values else None
+    if not (response.header("content-type") or "").startswith("application/json"):
+        return None
+    try:
+        error = json.loads(response.body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error if isinstance(error, str) else None
 
 
 def _plain(status: int, text: str) -> ResponseView:
@@ -96,6 +113,7 @@ class _Endpoint:
         self.handler = handler
         self.methods = tuple(methods)
         self.base_url = issuer + path
+        self.path = path
         self.cors_origins = tuple(cors_origins)
         self.loopback_only = loopback_only
 
@@ -142,7 +160,7 @@ class _Endpoint:
             # RFC 9110 §15.5.6, with the endpoint's OAuth error shape.
             allow = ", ".join((*self.methods, "OPTIONS"))
             refused = _oauth_error(405, "invalid_request", "method not allowed", ("Allow", allow))
-            await _send(send, refused, cors)
+            await self._answer(send, refused, cors, method)
             return
         chunks: list[bytes] = []
         size = 0
@@ -155,7 +173,9 @@ class _Endpoint:
             size += len(chunk)
             if size > MAX_BODY:
                 too_large = _oauth_error(413, "invalid_request", "request body too large")
-                await _send(send, too_large, cors)
+                await self._answer(
+                    send, replace(too_large, reason=Reason.TOO_LARGE.value), cors, method
+                )
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -175,6 +195,25 @@ class _Endpoint:
             # outages are 503. Anything reaching here is a defect: logged with its stack.
             logger.exception("unhandled error at %s", self.base_url)
             response = _oauth_error(500, "server_error", "internal error")
+        await self._answer(send, response, cors, method)
+
+    async def _answer(
+        self, send: Send, response: ResponseView, cors: list[tuple[str, str]], method: str
+    ) -> None:
+        """Send ``response``; a refusal is logged in one line with its reason code.
+
+        Never the request's parameters, tokens, proofs or secrets: only the endpoint, the
+        method, the status and the codes.
+        """
+        if response.status >= 400 or response.reason is not None:
+            logger.info(
+                "as rejected endpoint=%s method=%s status=%d error=%s reason=%s",
+                self.path,
+                method,
+                response.status,
+                _error_code(response),
+                response.reason,
+            )
         await _send(send, response, cors)
 
 

@@ -23,6 +23,7 @@ import math
 import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -241,12 +242,17 @@ class AuthorizationEndpoint:
                 return self._submit(request)
             return self._error_page(405, "Method not allowed")
         except StoreError:
-            return self._error_page(503, "The service is temporarily unavailable")
+            return self._error_page(
+                503, "The service is temporarily unavailable", Reason.STORE_UNAVAILABLE
+            )
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _error_page(self, status: int, message: str) -> ResponseView:
-        return _page(status, "Authorization failed", f'<p class="error">{html.escape(message)}</p>')
+    def _error_page(
+        self, status: int, message: str, reason: Reason = Reason.INVALID_REQUEST
+    ) -> ResponseView:
+        page = _page(status, "Authorization failed", f'<p class="error">{html.escape(message)}</p>')
+        return replace(page, reason=reason.value)
 
     def _respond(self, params: Mapping[str, Any], **values: str) -> ResponseView:
         """Redirect to the (validated) redirect_uri with ``values``, ``state`` and ``iss``."""
@@ -256,7 +262,9 @@ class AuthorizationEndpoint:
             query["state"] = str(params["state"])
         query["iss"] = self.service.settings.issuer  # RFC 9207 §2
         sep = "&" if urlsplit(redirect_uri).query else "?"
-        return _redirect(redirect_uri + sep + urlencode(query))
+        answer = _redirect(redirect_uri + sep + urlencode(query))
+        # An error sent back to the client (RFC 6749 §4.1.2.1) is a refusal: logged.
+        return replace(answer, reason=values["error"]) if "error" in values else answer
 
     def _csrf(self, interaction: str, browser: str) -> str:
         mac = hmac.new(self._csrf_secret, f"{interaction}|{browser}".encode(), hashlib.sha256)
@@ -279,21 +287,23 @@ class AuthorizationEndpoint:
             # Bounded and checked before anything is looked up (dpopkit.server.parsing).
             pairs = parse_query(request)
         except DPoPError:
-            return self._error_page(400, "Malformed request")
+            return self._error_page(400, "Malformed request", Reason.MALFORMED)
         form = Form(pairs)
         try:
             client_id = form.need("client_id")
             client = svc.store.get_client(client_id)
         except DPoPError:
-            return self._error_page(400, "The request is missing a valid client_id")
+            return self._error_page(
+                400, "The request is missing a valid client_id", Reason.INVALID_CLIENT
+            )
         if client is None:
-            return self._error_page(400, "Unknown client")
+            return self._error_page(400, "Unknown client", Reason.INVALID_CLIENT)
         try:
             request_uri = form.one("request_uri")
             # RFC 6749 §3.1: no repeated parameters, by the same rule as at /par.
             query_params = form.as_dict()
         except DPoPError:
-            return self._error_page(400, "Malformed request")
+            return self._error_page(400, "Malformed request", Reason.MALFORMED)
         if request_uri is not None:
             # RFC 9126 §4: a one-time request_uri bound to this client; only its owner
             # spends it (another client's attempt leaves it usable).
@@ -415,7 +425,7 @@ class AuthorizationEndpoint:
             step = form.need("step")
             action = form.one("action") or "login"
         except DPoPError:
-            return self._error_page(400, "Malformed form")
+            return self._error_page(400, "Malformed form", Reason.MALFORMED)
         record = svc.store.get_request(sha256_hex(interaction), kind="interaction", now=now)
         if record is None:
             return self._error_page(400, "This sign-in page has expired; start again")
@@ -430,7 +440,7 @@ class AuthorizationEndpoint:
             return self._error_page(403, "The form could not be verified; start again")
         client = svc.store.get_client(record.client_id)
         if client is None:
-            return self._error_page(400, "Unknown client")
+            return self._error_page(400, "Unknown client", Reason.INVALID_CLIENT)
         params = record.params
         if action == "deny":
             if svc.store.consume_request(record.id_hash, kind="interaction", now=now) is None:

@@ -23,7 +23,7 @@ import secrets
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -57,6 +57,7 @@ from dpopkit.server.parsing import (
     parse_form,
 )
 from dpopkit.server.throttle import SCRYPT_LIMITER, WorkLimiter
+from dpopkit.storage._health import StoreHealth
 from dpopkit.storage.sql import (
     AccessTokenRecord,
     ClientRecord,
@@ -435,6 +436,8 @@ class TokenService:
         self.settings = settings
         self.store = store
         self.replay = replay
+        #: outages and recoveries of the replay cache, logged on ``dpopkit.storage``
+        self.replay_health = StoreHealth("replay")
         self.nonces = nonces if settings.nonce_policy != "off" else None
         self.keyring = keyring or KeyRing(
             store,
@@ -520,11 +523,24 @@ class TokenService:
 
     def _record(self, key: str, expires_at: float, now: float) -> bool:
         try:
-            return self.replay.check_and_store(key, expires_at, now=now)
-        except ReplayStoreError:
+            seen = self.replay.check_and_store(key, expires_at, now=now)
+        except ReplayStoreError as exc:
+            self.replay_health.failed(str(exc.detail.get("error", exc.reason.value)))
             raise
         except Exception as exc:
+            self.replay_health.failed(type(exc).__name__)
             raise ReplayStoreError(detail={"error": type(exc).__name__}) from exc
+        self.replay_health.ok()
+        return seen
+
+    def _record_proof(self, proof: VerifiedProof, *, now: float) -> None:
+        """RFC 9449 §11.1: the atomic replay record of a proof that passed every check."""
+        try:
+            record_proof(self.replay, proof, now=now)
+        except ReplayStoreError as exc:
+            self.replay_health.failed(str(exc.detail.get("error", exc.reason.value)))
+            raise
+        self.replay_health.ok()
 
     def authenticate_client(
         self, request: RequestView, form: Form, *, endpoint: str, now: float
@@ -832,7 +848,7 @@ class TokenService:
             and (proof is None or proof.nonce_info is None or not proof.nonce_info.current)
         ):
             headers.append((DPOP_NONCE_HEADER, self.nonces.issue(now=now)))
-        return ResponseView(status=response.status, headers=tuple(headers), body=response.body)
+        return replace(response, headers=tuple(headers))
 
     def _housekeeping(self, now: float) -> None:
         # Expired rows go every purge_interval seconds; a minute of grace past expiry.
@@ -874,7 +890,7 @@ class TokenService:
             # RFC 9449 §11.1: record the proof only after every check passed; then the
             # assertion jti; only then may the grant spend a code or rotate a token (SEC-99).
             if proof is not None:
-                record_proof(self.replay, proof, now=now)
+                self._record_proof(proof, now=now)
             self.record_assertion(auth, now=now)
             body = grant(GrantContext(service=self, client=client, form=form, proof=proof, now=now))
             response = _json(200, body)
@@ -918,7 +934,7 @@ class TokenService:
                 params["dpop_jkt"] = proof.jkt
             validate_authorization_request(self, client, params)
             if proof is not None:
-                record_proof(self.replay, proof, now=now)
+                self._record_proof(proof, now=now)
             self.record_assertion(auth, now=now)
             request_uri = PAR_URN_PREFIX + secrets.token_urlsafe(32)
             self.store.put_request(

@@ -52,6 +52,7 @@ with requires_extra("server", needed_by=__name__):
 
 from dpopkit._private import create_private_file
 from dpopkit.storage._deadline import DEFAULT_STORE_TIMEOUT, Deadline, check_timeout
+from dpopkit.storage._health import StoreHealth
 from dpopkit.storage.kek import KeyEncryptionError, KeyEncryptionKeys
 
 __all__ = [
@@ -426,6 +427,8 @@ class SQLGrantStore:
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         self.url = url
         self.timeout = check_timeout(timeout)
+        #: outages and recoveries of the database, logged on ``dpopkit.storage``
+        self.health = StoreHealth("grant_store")
         self.is_sqlite = url.startswith("sqlite")
         self.key_encryption = key_encryption
         self._metadata = sa.MetaData()
@@ -541,24 +544,33 @@ class SQLGrantStore:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        try:
-            with self._connection(self._write) as conn, conn.begin():
-                if self.is_sqlite:
-                    # The write lock up front: writers queue on busy_timeout (module doc).
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                yield conn
-        except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
-            raise StoreError("the grant store cannot be reached") from exc
+        with self._watched(), self._connection(self._write) as conn, conn.begin():
+            if self.is_sqlite:
+                # The write lock up front: writers queue on busy_timeout (module doc).
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
 
     @contextmanager
     def _ro(self) -> Iterator[Connection]:
+        with self._watched(), self._connection(self._read) as conn, conn.begin():
+            if self.is_sqlite:
+                conn.exec_driver_sql("BEGIN")  # one snapshot for the whole read
+            yield conn
+
+    @contextmanager
+    def _watched(self) -> Iterator[None]:
+        """Map an unreachable database to :class:`StoreError`; log outages and recoveries."""
         try:
-            with self._connection(self._read) as conn, conn.begin():
-                if self.is_sqlite:
-                    conn.exec_driver_sql("BEGIN")  # one snapshot for the whole read
-                yield conn
+            yield
         except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
+            self.health.failed(type(exc).__name__)
             raise StoreError("the grant store cannot be reached") from exc
+        except StoreError as exc:  # the connection deadline fired, or the ping failed
+            if exc.__cause__ is not None:
+                self.health.failed(type(exc.__cause__).__name__)
+            raise
+        else:
+            self.health.ok()
 
     # -- schema ---------------------------------------------------------------------------
 
