@@ -53,7 +53,12 @@ __all__ = ["AsyncPostgresReplayCache", "PostgresReplayCache"]
 
 
 # CREATE ... IF NOT EXISTS run by two sessions at once can still collide in the catalog.
-_CREATE_RACES = (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject)
+_CREATE_RACES = (
+    psycopg.errors.UniqueViolation,
+    psycopg.errors.DuplicateObject,
+    psycopg.errors.DuplicateTable,
+    psycopg.errors.DuplicateSchema,
+)
 
 #: Seconds allowed to establish a connection (libpq rounds up to at least 2).
 DEFAULT_CONNECT_TIMEOUT = 2
@@ -199,6 +204,7 @@ class PostgresReplayCache:
         self._idle: list[psycopg.Connection[Any]] = []
         self._slots = threading.BoundedSemaphore(max_connections)
         self._lock = threading.Lock()  # guards _idle, _generation and _schedule
+        self._create_lock = threading.Lock()  # one creator of the table per cache
         self._generation = 0  # bumped by close(): older connections are not pooled again
         self._created = not create_table
 
@@ -220,12 +226,14 @@ class PostgresReplayCache:
                 conn = psycopg.connect(self.dsn, **self._kwargs)  # bounded by connect_timeout
             with Deadline(conn.pgconn.socket, budget.left()) as deadline:
                 if not self._created:
-                    for stmt in self._sql.create:
-                        try:
-                            conn.execute(stmt)
-                        except _CREATE_RACES:  # another process created it meanwhile
-                            conn.execute(stmt)
-                    self._created = True
+                    with self._create_lock:  # one creator per cache; other processes may race
+                        if not self._created:
+                            for stmt in self._sql.create:
+                                try:
+                                    conn.execute(stmt)
+                                except _CREATE_RACES:  # another process created it meanwhile
+                                    conn.execute(stmt)
+                            self._created = True
                 result = op(conn)
         except psycopg.Error as exc:
             if conn is not None:
@@ -328,6 +336,7 @@ class AsyncPostgresReplayCache:
         self._schedule = _Schedule(purge_interval, purge_grace)
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._slots: asyncio.Semaphore | None = None
+        self._create_lock: asyncio.Lock | None = None
         self._generation = 0  # bumped by aclose(): older connections are not pooled again
         self._created = not create_table
 
@@ -335,6 +344,11 @@ class AsyncPostgresReplayCache:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_connections)
         return self._slots
+
+    def _get_create_lock(self) -> asyncio.Lock:
+        if self._create_lock is None:
+            self._create_lock = asyncio.Lock()
+        return self._create_lock
 
     async def _run(self, op: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
         budget = _Budget(self.timeout)
@@ -356,12 +370,14 @@ class AsyncPostgresReplayCache:
                 conn = await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs)
             with Deadline(conn.pgconn.socket, budget.left()) as deadline:
                 if not self._created:
-                    for stmt in self._sql.create:
-                        try:
-                            await conn.execute(stmt)
-                        except _CREATE_RACES:
-                            await conn.execute(stmt)
-                    self._created = True
+                    async with self._get_create_lock():  # as in PostgresReplayCache._run
+                        if not self._created:
+                            for stmt in self._sql.create:
+                                try:
+                                    await conn.execute(stmt)
+                                except _CREATE_RACES:
+                                    await conn.execute(stmt)
+                            self._created = True
                 result = await op(conn)
         except psycopg.Error as exc:
             if conn is not None:
