@@ -296,7 +296,7 @@ def test_v2_non_json_header_rejected(es256_key: DPoPKey, now: float) -> None:
 
 
 def test_v2_lenient_base64_alphabet_rejected(es256_key: DPoPKey, now: float) -> None:
-    """V-2 (SEC-17): '+' and '/' (which lenient decoders accept or drop) are refused."""
+    """V-2: '+' and '/' (which lenient decoders accept or drop) are refused."""
     h, p, s = create_proof(es256_key, htm="POST", htu=HTU, now=now).split(".")
     std = s.replace("-", "+").replace("_", "/")
     if std == s:  # make sure the standard alphabet appears
