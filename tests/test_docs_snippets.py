@@ -1,7 +1,6 @@
 """Every Python block of README.md and docs/*.md runs; every ``dpopkit`` command line parses.
 
-Issue 6 item 4 ("every Python snippet in README and docs is executed by a test"), STYLE.md
-B.7. The blocks of one page run **in page order in one namespace**, as a reader would
+The blocks of one page run **in page order in one namespace**, as a reader would
 paste them: a later block may use the names an earlier one defined (the README's token
 block makes ``key`` and ``access_token``; its httpx block uses them). Selecting one block
 (``-k 'README.md:60'``) runs the blocks before it on that page first.
@@ -403,7 +402,7 @@ def test_python_block_runs(
     monkeypatch: pytest.MonkeyPatch,
     in_tmp: Path,
 ) -> None:
-    """Issue 6 item 4: the block runs as written (after the blocks before it on its page)."""
+    """The block runs as written (after the blocks before it on its page)."""
     run = runs.get(block.page)
     if run is None:
         setup = _setup(block.page, request)

@@ -810,7 +810,7 @@ def test_replay_key_namespaced_fixed_size_and_stable(now: float) -> None:
     fig07 = _load("rfc9449-fig07-dpop-proof-refresh-request.json")
     first = verify_proof(fig02["compact"], **_rfc_request(fig02))
     second = verify_proof(fig07["compact"], **_rfc_request(fig07))
-    # Figure 7 reuses Figure 2's jti with the same key (checklist §12 item 3): one replay key.
+    # Figure 7 reuses Figure 2's jti with the same key (RFC 9449 §4.2 examples): one replay key.
     assert first.jti == second.jti
     assert first.replay_key == second.replay_key
     key = DPoPKey.generate("ES256")

@@ -186,7 +186,7 @@ def test_rs16_bearer_refused_when_not_configured(
     build: Build, issuer: Issuer, key: DPoPKey
 ) -> None:
     """Bearer not accepted: any Bearer token is invalid_token on the DPoP challenge, which
-    says the DPoP scheme is required (DESIGN.md error codes; HD-16)."""
+    says the DPoP scheme is required (RFC 6750 §3.1; HD-16)."""
     rs = build()
     for token in (issuer.token(jkt=key.jkt), issuer.token()):
         response = rs.request("GET", "/hello", dpop_headers(key, token, scheme="Bearer"))
