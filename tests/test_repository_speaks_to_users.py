@@ -100,7 +100,7 @@ def test_no_bookkeeping(kind: str) -> None:
 
 
 def test_every_cited_id_is_defined_in_security_md() -> None:
-    """Every catalogue id cited in src, tests, docs, bench or README has a row in docs/security.md."""
+    """Every catalogue id cited in src, tests, docs, bench or README is a docs/security.md row."""
     ids, families = _defined()
     assert {"HD-1", "HD-31", "V-9", "SEC-80"} <= ids  # the tables are where the test looks
     missing: dict[str, str] = {}
