@@ -1,6 +1,6 @@
 """The error tree and its HTTP rendering.
 
-Checklist §3.1 (AS 400 JSON, RS 401 challenge), RS-12 (``algs``), RS-17..RS-20
+RFC 9449 §5, §7.1 (AS 400 JSON, RS 401 challenge), RS-12 (``algs``), RS-17..RS-20
 (Bearer + DPoP challenges), AS-14 / RS nonce challenges (``DPoP-Nonce``), and
 "the description never echoes an expected value".
 """

@@ -3,13 +3,13 @@
 Every backend, sync and async, must: answer True once then False (RFC 9449
 §11.1); keep keys independent; honour the absolute expiry; let exactly one of
 many concurrent presenters win, across threads and across OS processes; and
-raise ``ReplayStoreError`` quickly when the store is down (attacks SEC-80).
+raise ``ReplayStoreError`` quickly when the store is down (SEC-80).
 
 Clocks. memory, SQLite and PostgreSQL judge expiry on the caller's injected
 ``now``; Redis judges it on the server's clock (``PXAT``), so its cases use the
 real time as their base and a short real wait for the expiry test.
 
-Backward clock steps (attacks SEC-76). What each backend can guarantee:
+Backward clock steps (SEC-76). What each backend can guarantee:
 
 * every backend: a key that has not been purged stays live until its absolute
   expiry, whatever ``now`` a later call passes (stepping back never revives it);

@@ -193,7 +193,7 @@ class Site:
     def url(
         self, *, scheme: str, headers: Headers, root_path: str, path: str, query: str = ""
     ) -> str:
-        """The absolute URL the client addressed (RFC 9449 §4.3 (9), checklist §3.2 rule 8).
+        """The absolute URL the client addressed (RFC 9449 §4.3 (9), V-13).
 
         Args:
             scheme: the scheme the server saw (used only with ``trust_host_header``).

@@ -18,9 +18,9 @@ row, so exactly one presenter wins.
 
 Expired rows are purged periodically, only ``purge_grace`` seconds after their
 expiry, so a backward clock step smaller than that cannot revive a key
-(attacks SEC-76).
+(SEC-76).
 
-Fail closed (attacks SEC-80): any database error raises
+Fail closed (SEC-80): any database error raises
 :class:`~dpopkit.errors.ReplayStoreError` and that connection is discarded.
 Each call has a client-side deadline (``timeout``, 2 s by default): a server
 that keeps the connection open but stops answering (frozen, or behind a

@@ -18,9 +18,9 @@ processes presenting the same proof at once cannot both win.
 
 Expired rows are purged periodically, but only once they are ``purge_grace``
 seconds past their expiry: a backward step of the clock smaller than that
-cannot bring a purged key back (attacks SEC-76).
+cannot bring a purged key back (SEC-76).
 
-Fail closed (attacks SEC-80): when the database is locked beyond the bounded
+Fail closed (SEC-80): when the database is locked beyond the bounded
 ``busy_timeout`` and ``retries``, or cannot be opened or written, the cache
 raises :class:`~dpopkit.errors.ReplayStoreError`; it never answers "not seen".
 """
