@@ -1,6 +1,6 @@
 """Timing machinery for dpopkit's benchmarks (a benchmark, not a test).
 
-Method (see docs/performance.md):
+Method (see bench/README.md):
 
 * every op is a ``prepare(n) -> run`` pair: ``prepare`` builds, untimed, whatever
   ``n`` iterations need (pools of fresh, distinct proofs; empty replay stores) and

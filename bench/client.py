@@ -2,7 +2,7 @@
 
 Run: ``python bench/client.py [--quick] [--reps N] [--target-ms MS]``.
 
-The issue's bar (issue 5): the cost ``DPoPAuth`` adds to a request (op − bare)
+The bar: the cost ``DPoPAuth`` adds to a request (op − bare)
 is at most 1.3× a bare ES256 sign, measured next to requests-oauth2client's
 DPoP token doing the same calls in the same run.
 
@@ -35,7 +35,7 @@ bench/client.py --loop mem.httpx.dpopkit --count 1000`` minus the same with
 Each ratio is the median of per-repetition ratios (each repetition's ops run
 seconds apart at most), with the quartiles as the noise. Two verdicts are
 printed against 1.3×: the added cost over the bare sign timed alone in a tight
-loop (the issue's wording, the strictest reading), and over what a bare sign
+loop (the strictest reading), and over what a bare sign
 adds to the same request (``bare+sign − bare``). The exit status is 1 when the
 first verdict fails for httpx.
 """

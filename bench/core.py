@@ -2,7 +2,7 @@
 
 Run: ``python bench/core.py [--quick] [--reps N] [--target-ms MS] [--clock cpu|wall]
 [--verbose]``. Exit status: 0 when every ES256 "must" holds, 2 when one does not,
-1 when the correctness gate fails. Method and results: docs/performance.md.
+1 when the correctness gate fails. Method and results: bench/README.md.
 
 For ES256, Ed25519 (emitted as ``EdDSA``) and RS256 it times, in one run and
 round-robin (see ``bench/_harness.py``):
@@ -27,9 +27,9 @@ Scenario: ``POST https://rs.example.com/api/v1/orders/12345?expand=items&page=2`
 with an 835-character access token (so proofs carry ``ath``), no nonce.
 
 A correctness gate runs first: every verifier must accept a valid proof and
-reject the 12 bad proofs of ``shared/bench/README.md``; timing does not start
-otherwise. Then it prints µs/op per op and the ratios of the issue's
-"Performance bar" with PASS/FAIL against "must" and "goal".
+reject 12 bad proofs (``_gate_cases`` below); timing does not start
+otherwise. Then it prints µs/op per op and the ratios of the
+performance bar (``BAR``) with PASS/FAIL against "must" and "goal".
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ ALGS = ("ES256", "EdDSA", "RS256")
 LABEL = {"ES256": "ES256", "EdDSA": "Ed25519", "RS256": "RS256"}
 RSA_KEYS = 8  # distinct RSA keys cycled through by the RS256 cold ops
 
-# Issue 2, "Performance bar" (ES256): (must, goal); "le" ratios must be at most, "ge" at least.
+# The performance bar (ES256): (must, goal); "le" ratios must be at most, "ge" at least.
 BAR = {
     "cold": (1.30, 1.15),
     "warm": (1.25, 1.10),

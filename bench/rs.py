@@ -19,7 +19,7 @@ Every request carries a distinct, freshly made proof (a pool written before each
 run; wrk's Lua script hands them out without reuse). The JWT access token is the
 same for every request, as with a real client. The report gives requests/s, the
 server's CPU time per request (``/proc/<pid>/stat``), the CPU added over ``bare``,
-non-2xx counts (must be 0), and the ratio dpopkit / pyjwt (issue 3 bar: >= 1.6).
+non-2xx counts (must be 0), and the ratio dpopkit / pyjwt (bar: >= 1.6).
 Variants run round-robin for ``--rounds`` rounds; figures are medians.
 """
 

@@ -1,7 +1,6 @@
 """Every Python block of README.md and docs/*.md runs; every ``dpopkit`` command line parses.
 
-Issue 6 item 4 ("every Python snippet in README and docs is executed by a test"), STYLE.md
-B.7. The blocks of one page run **in page order in one namespace**, as a reader would
+The blocks of one page run **in page order in one namespace**, as a reader would
 paste them: a later block may use the names an earlier one defined (the README's token
 block makes ``key`` and ``access_token``; its httpx block uses them). Selecting one block
 (``-k 'README.md:60'``) runs the blocks before it on that page first.
@@ -403,7 +402,7 @@ def test_python_block_runs(
     monkeypatch: pytest.MonkeyPatch,
     in_tmp: Path,
 ) -> None:
-    """Issue 6 item 4: the block runs as written (after the blocks before it on its page)."""
+    """The block runs as written (after the blocks before it on its page)."""
     run = runs.get(block.page)
     if run is None:
         setup = _setup(block.page, request)
@@ -513,3 +512,19 @@ def test_dpopkit_command_line_parses(args: list[str]) -> None:
         pytest.fail(f"dpopkit {shlex.join(args)}: exit {exc.code}: {stderr.getvalue().strip()}")
     assert parsed.command == args[0]
     assert callable(parsed.func)
+
+
+def test_readme_answers_the_first_hour_questions() -> None:
+    """The README's core example records the proof (RFC 9449 §11.1), and the AS section says
+    how a token gets the audience of another API (RFC 8707 ``resource``, ``--audience``)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    core = readme.split("## The core in five lines", 1)[1].split("\n## ", 1)[0]
+    assert "verify_proof(" in core
+    assert "record_proof(" in core
+    assert "from dpopkit.storage.memory import MemoryReplayCache" in core
+    serve = readme.split("## Run an authorization server", 1)[1].split("\n## ", 1)[0]
+    for needle in ("resource=", "--audience", "[tokens] audience"):
+        assert needle in serve
+    guide = (ROOT / "docs" / "authorization-server.md").read_text(encoding="utf-8")
+    assert "-d resource=" in guide
+    assert "serve-api --audience" in guide

@@ -1,4 +1,4 @@
-"""The public API: ``dpopkit.__all__`` sorted and complete (STYLE.md B.0 (2), B.4; [HTTPX])."""
+"""The public API: ``dpopkit.__all__`` sorted and complete (as httpx does)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_every_dpoperror_subclass_is_importable_from_the_top() -> None:
 
 
 def test_public_callables_are_keyword_only_after_the_first_argument() -> None:
-    # STYLE.md B.10: no positional arguments after the first one on public functions.
+    # No positional arguments after the first one on public functions.
     for name in ("create_proof", "verify_proof", "normalize_htu", "jwk_thumbprint"):
         params = list(inspect.signature(getattr(dpopkit, name)).parameters.values())
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:]), name

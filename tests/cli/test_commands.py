@@ -1,4 +1,4 @@
-"""``dpopkit keygen``, ``thumbprint`` and ``proof`` (issue 2 item 11).
+"""``dpopkit keygen``, ``thumbprint`` and ``proof``.
 
 Checklist: C-23 (key files 0600, the private key printed only when asked),
 G-1 (``http://`` needs an explicit insecure flag), P-* (the printed proof

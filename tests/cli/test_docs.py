@@ -1,4 +1,4 @@
-"""The Python examples of docs/cli.md run as written (STYLE.md B.7: docs are executed)."""
+"""The Python examples of docs/cli.md run as written."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``dpopkit inspect``: every RFC 9449 §4.3 check reported, all failures at once (item 11).
+"""``dpopkit inspect``: every RFC 9449 §4.3 check reported, all failures at once.
 
 Each invalid case names the checklist row (V-1..V-12) or attack it covers and
 lists *every* reason code the inspector must report; the verdict is

@@ -1,4 +1,4 @@
-"""Key files: atomic 0600 writes, no silent overwrite, JWK/PEM detection (issue 2 item 11).
+"""Key files: atomic 0600 writes, no silent overwrite, JWK/PEM detection.
 
 Checklist: C-23 (the private key is never exposed: files are owner-only, no
 world-readable window), X-4 (private and public forms give the same jkt).

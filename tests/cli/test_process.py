@@ -1,6 +1,6 @@
 """The real command in a real process: ``python -m dpopkit`` and the ``dpopkit`` script.
 
-Issue 2 item 11: keygen -> proof -> inspect works end to end, exit codes are 0/1/2,
+keygen -> proof -> inspect works end to end, exit codes are 0/1/2,
 key files are 0600, and failures print one line without a traceback.
 """
 

@@ -72,7 +72,7 @@ def test_docs_snippets_run_as_written(
 def test_readme_httpx_snippet_runs_as_written(
     tls_servers: tuple[Servers, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 5 "Done when": the README calls a DPoP API with httpx in five lines."""
+    """The README calls a DPoP API with httpx in five lines."""
     servers, certfile = tls_servers
     monkeypatch.setenv("SSL_CERT_FILE", certfile)
     readme = DOC.parents[1] / "README.md"

@@ -1,4 +1,4 @@
-"""The sans-I/O client flow, driven step by step (STYLE.md B.7; checklist §4, attacks family M)."""
+"""The sans-I/O client flow, driven step by step (RFC 9449 §7.1, §8, §9; C-1..C-23)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from dpopkit.client.httpx import DPoPAuth, dpop_error
 from .helpers import claims_of
 from .servers import Servers, issue_token
 
-# -- the generator, driven by hand (STYLE B.7) ----------------------------------------------------
+# -- the generator, driven by hand ---------------------------------------------------------------
 
 
 def test_generator_nonce_retry_then_done(key: DPoPKey) -> None:
@@ -76,7 +76,7 @@ def test_generator_missing_nonce_raises(key: DPoPKey) -> None:
 
 
 def test_generator_streaming_body_not_resent(key: DPoPKey) -> None:
-    """STYLE B.5: a non-replayable body is never resent; the 401 comes back with an error."""
+    """A non-replayable body is never resent; the 401 comes back with an error."""
     auth = DPoPAuth(key, token="AT")
 
     def chunks() -> Iterator[bytes]:

@@ -170,7 +170,7 @@ def test_threads_share_one_refresh(servers: Servers, key: DPoPKey) -> None:
 async def test_50_concurrent_async_requests_one_refresh_distinct_jti(
     servers: Servers, key: DPoPKey
 ) -> None:
-    """Issue 5: 50 concurrent requests through one AsyncClient with an expiring token →
+    """50 concurrent requests through one AsyncClient with an expiring token →
     exactly one refresh; every request carries a distinct jti."""
     servers.state.expires_in = 1
     client, tokens = await anyio.to_thread.run_sync(code_tokens, servers, key)

@@ -1,4 +1,4 @@
-"""requests DPoPAuth against real servers on 127.0.0.1 (STYLE B.5: HTTPDigestAuth-style retry)."""
+"""requests DPoPAuth against real servers on 127.0.0.1 (an HTTPDigestAuth-style retry)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_bytes_and_form_bodies_resent(servers: Servers, key: DPoPKey) -> None:
 
 
 def test_generator_body_not_resent(servers: Servers, key: DPoPKey) -> None:
-    """STYLE B.5: a body that cannot be rewound is never resent; the 401 comes back."""
+    """A body that cannot be rewound is never resent; the 401 comes back."""
     at = issue_token(servers, key.jkt)
 
     def chunks() -> Iterator[bytes]:

@@ -1,4 +1,4 @@
-"""``WWW-Authenticate`` build and parse (issue 2 item 10; RFC 9110 §11.6.1, RFC 6750 §3).
+"""``WWW-Authenticate`` build and parse (RFC 9110 §11.6.1, RFC 6750 §3).
 
 Checklist: RS-17 (several challenges), C-15 / RS-13 (unknown params ignored),
 X-9 (RFC 6750 character set, parameters at most once); RFC 9449 Figures 15-19 and 24.

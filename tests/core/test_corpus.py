@@ -5,8 +5,8 @@ The proof is built at run time from the recipe: a freshly signed proof whose
 header, payload, encoding and signature are mutated as the recipe says, then
 presented to :func:`verify_proof` (through :func:`extract_proof` when the case
 gives request header fields). Invalid cases must fail with exactly ``reason`` and
-the exception class ``error``; valid ones must verify. Families follow
-``spec/attacks.md`` (A header handling, B JWS structure, C typ/alg, D jwk,
+the exception class ``error``; valid ones must verify. Families are listed
+in docs/security.md, "Proof corpus families" (A header handling, B JWS structure, C typ/alg, D jwk,
 E signatures, F claims, G ath/key binding, H htu, I replay, J nonces, L sizes).
 
 Recipe operations, applied in this order:

@@ -1,6 +1,6 @@
-"""The error tree and its HTTP rendering (issue 2 item 7; STYLE.md B.4).
+"""The error tree and its HTTP rendering.
 
-Checklist §3.1 (AS 400 JSON, RS 401 challenge), RS-12 (``algs``), RS-17..RS-20
+RFC 9449 §5, §7.1 (AS 400 JSON, RS 401 challenge), RS-12 (``algs``), RS-17..RS-20
 (Bearer + DPoP challenges), AS-14 / RS nonce challenges (``DPoP-Nonce``), and
 "the description never echoes an expected value".
 """
@@ -66,7 +66,7 @@ def make(cls: type[DPoPError], reason: Reason | None = None) -> DPoPError:
     return cls(reason)
 
 
-# error code, AS status, RS status for every class (DESIGN.md error decisions).
+# error code, AS status, RS status for every class (one row per class).
 EXPECTED = {
     "DPoPError": ("invalid_request", 400, 401),
     "InvalidProofError": ("invalid_dpop_proof", 400, 401),

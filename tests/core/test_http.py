@@ -1,4 +1,4 @@
-"""Framework-free HTTP views (STYLE.md B.5): headers, requests, responses."""
+"""Framework-free HTTP views: headers, requests, responses."""
 
 from __future__ import annotations
 

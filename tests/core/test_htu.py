@@ -1,4 +1,4 @@
-"""``htu`` normalisation (issue 2 item 5; checklist V-9, V-13 and §3.2; RFC 3986 §6.2.2-6.2.3)."""
+"""``htu`` normalisation (V-9, V-13; RFC 3986 §6.2.2-6.2.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The strict compact-JWS layer (issue 2 item 3; RFC 7515, RFC 7517, RFC 7518).
+"""The strict compact-JWS layer (RFC 7515, RFC 7517, RFC 7518).
 
 Checklist: P-3 (asymmetric only), P-4 (public JWK only), P-14 (raw R||S), X-13 adjacent
 JSON rules; attacks on JOSE parsing (duplicate members, non-canonical base64, crit).

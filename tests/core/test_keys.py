@@ -1,4 +1,4 @@
-"""DPoPKey: generation, JWK/PEM import and export, signers, repr, pickling (issue 2 item 2).
+"""DPoPKey: generation, JWK/PEM import and export, signers, repr, pickling.
 
 Checklist: P-1, P-2, P-3, P-4, P-14 (keys side), C-23 (no private material in repr,
 no pickling), X-4 (private and public thumbprints agree).

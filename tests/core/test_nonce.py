@@ -1,4 +1,4 @@
-"""Stateless rotating server nonces (issue 2 item 8; RFC 9449 §8, §9).
+"""Stateless rotating server nonces (RFC 9449 §8, §9).
 
 Checklist: AS-13 (unpredictable), AS-16 (window), AS-17 / X-13 (NQCHAR syntax),
 RS-23 (an AS nonce is not an RS nonce).

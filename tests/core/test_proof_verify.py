@@ -296,7 +296,7 @@ def test_v2_non_json_header_rejected(es256_key: DPoPKey, now: float) -> None:
 
 
 def test_v2_lenient_base64_alphabet_rejected(es256_key: DPoPKey, now: float) -> None:
-    """V-2 (SEC-17): '+' and '/' (which lenient decoders accept or drop) are refused."""
+    """V-2: '+' and '/' (which lenient decoders accept or drop) are refused."""
     h, p, s = create_proof(es256_key, htm="POST", htu=HTU, now=now).split(".")
     std = s.replace("-", "+").replace("_", "/")
     if std == s:  # make sure the standard alphabet appears
@@ -810,7 +810,7 @@ def test_replay_key_namespaced_fixed_size_and_stable(now: float) -> None:
     fig07 = _load("rfc9449-fig07-dpop-proof-refresh-request.json")
     first = verify_proof(fig02["compact"], **_rfc_request(fig02))
     second = verify_proof(fig07["compact"], **_rfc_request(fig07))
-    # Figure 7 reuses Figure 2's jti with the same key (checklist §12 item 3): one replay key.
+    # Figure 7 reuses Figure 2's jti with the same key (RFC 9449 §4.2 examples): one replay key.
     assert first.jti == second.jti
     assert first.replay_key == second.replay_key
     key = DPoPKey.generate("ES256")

@@ -1,7 +1,7 @@
-"""Recording verified proofs and the in-memory replay cache (issue 2 item 9; RFC 9449 §11.1).
+"""Recording verified proofs and the in-memory replay cache (RFC 9449 §11.1).
 
 Checklist: AS-10 / RS-14 (replay refused), SEC-80 (a failing store never reports
-"not seen"), attacks SEC-107/108 (a full cache refuses rather than evicting).
+"not seen"), SEC-107/108 (a full cache refuses rather than evicting).
 """
 
 from __future__ import annotations

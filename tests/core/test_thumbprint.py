@@ -1,4 +1,4 @@
-"""RFC 7638 thumbprints and ``ath`` (issue 2 item 4; checklist X-1..X-4, P-11, P-15)."""
+"""RFC 7638 thumbprints and ``ath`` (checklist X-1..X-4, P-11, P-15)."""
 
 from __future__ import annotations
 

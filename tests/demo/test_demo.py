@@ -99,7 +99,7 @@ def test_demo_as_a_process() -> None:
     assert lines[-1].startswith(f"All {len(STEP_NAMES)} steps behaved")
     assert "FAILED" not in proc.stdout
     assert proc.stderr == ""
-    # Tokens and proofs are JWTs; the narration shows thumbprints only (STYLE B.9 rule 8).
+    # Tokens and proofs are JWTs; the narration shows thumbprints only.
     assert re.search(r"eyJ[\w-]*\.[\w-]+\.[\w-]+", proc.stdout) is None
 
 

@@ -1,5 +1,4 @@
-"""Differential tests against joserfc, both ways (issue 2 item 12; DESIGN.md "joserfc is a
-test dependency").
+"""Differential tests against joserfc (a test-only dependency), both ways.
 
 Our proofs verify in joserfc with the embedded ``jwk``; proofs joserfc signs
 (``typ`` dpop+jwt, ``jwk`` header, its own keys) verify in ``verify_proof``;
@@ -39,7 +38,7 @@ EC_SIZES = {"ES256": 32, "ES384": 48, "ES512": 66}
 JoseKey = ECKey | OKPKey | RSAKey
 
 # joserfc warns that the name EdDSA is deprecated (RFC 9864); dpopkit still emits it by
-# default (DESIGN.md), so that interop is exactly what these tests check.
+# by default, so that interop is exactly what these tests check.
 pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated:joserfc.errors.SecurityWarning")
 
 

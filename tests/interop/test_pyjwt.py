@@ -1,4 +1,4 @@
-"""Differential tests against PyJWT, both ways (issue 2 item 12).
+"""Differential tests against PyJWT, both ways.
 
 PyJWT signs DPoP proofs with its own JWK export (``to_jwk``) and ``verify_proof``
 accepts them; PyJWT verifies our proofs with the embedded ``jwk``.

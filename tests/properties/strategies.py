@@ -1,4 +1,4 @@
-"""Shared hypothesis strategies and keys for the property tests (STYLE.md B.7)."""
+"""Shared hypothesis strategies and keys for the property tests."""
 
 from __future__ import annotations
 

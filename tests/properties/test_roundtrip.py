@@ -1,4 +1,4 @@
-"""Round trip: every proof we create verifies and reports what was put in (STYLE.md B.7).
+"""Round trip: every proof we create verifies and reports what was put in.
 
 Checklist P-1..P-13 from the producer side, V-1..V-12 accepting them.
 """

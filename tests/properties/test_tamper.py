@@ -1,4 +1,4 @@
-"""Tamper: any change to any segment of a valid proof makes it invalid (STYLE.md B.7).
+"""Tamper: any change to any segment of a valid proof makes it invalid.
 
 Strict, canonical base64url means two different encoded strings never decode to the
 same bytes, so a changed proof can never be "the same proof" (attacks on JOSE

@@ -1,4 +1,4 @@
-"""Totality: whatever a peer sends, only ``DPoPError`` subclasses escape (STYLE.md B.4, B.7).
+"""Totality: whatever a peer sends, only ``DPoPError`` subclasses escape.
 
 No ``KeyError``, ``IndexError``, ``TypeError``, ``UnicodeDecodeError``,
 ``OverflowError`` or ``RecursionError`` may leak out of ``verify_proof`` or

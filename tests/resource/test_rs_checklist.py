@@ -1,4 +1,4 @@
-"""Checklist §6 (RS-1..RS-25) through the ASGI adapter (asyncio, trio) and the WSGI adapter."""
+"""RFC 9449 §6, §7, §9 (RS-1..RS-25) through the ASGI (asyncio, trio) and WSGI adapters."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_rs3_bound_token_without_proof_rejected(build: Build, issuer: Issuer, ke
 def test_rs2_proof_key_differs_from_cnf_jkt_is_invalid_token(
     build: Build, issuer: Issuer, key: DPoPKey
 ) -> None:
-    """RS-2, Fig. 16 (attacks #2): a proof by another key than cnf.jkt."""
+    """RS-2, Fig. 16 (SEC-61): a proof by another key than cnf.jkt."""
     rs = build()
     other = DPoPKey.generate("ES256")
     token = issuer.token(jkt=key.jkt)
@@ -167,7 +167,7 @@ def test_rs14_never_proxy_authenticate(build: Build, issuer: Issuer, key: DPoPKe
 def test_rs16_bound_token_as_bearer_rejected(
     build: Build, issuer: Issuer, key: DPoPKey, scheme: str
 ) -> None:
-    """RS-16 (attacks #1): a cnf.jkt-bound token sent as Bearer, with a valid DPoP header too."""
+    """RS-16 (SEC-05): a cnf.jkt-bound token sent as Bearer, with a valid DPoP header too."""
     with pytest.warns(UserWarning, match="accept_bearer"):
         rs = build(accept_bearer=True)
     token = issuer.token(jkt=key.jkt)
@@ -186,7 +186,7 @@ def test_rs16_bearer_refused_when_not_configured(
     build: Build, issuer: Issuer, key: DPoPKey
 ) -> None:
     """Bearer not accepted: any Bearer token is invalid_token on the DPoP challenge, which
-    says the DPoP scheme is required (DESIGN.md error codes; HD-16)."""
+    says the DPoP scheme is required (RFC 6750 §3.1; HD-16)."""
     rs = build()
     for token in (issuer.token(jkt=key.jkt), issuer.token()):
         response = rs.request("GET", "/hello", dpop_headers(key, token, scheme="Bearer"))
@@ -376,7 +376,7 @@ def test_rs4_nothing_granted_unless_every_check_passed(
 def test_error_responses_never_echo_token_or_proof(
     build: Build, issuer: Issuer, key: DPoPKey
 ) -> None:
-    """Attack family N: no token, proof or expected value in the answer."""
+    """RFC 6750 §3, RS-11: no token, proof or expected value in the answer."""
     rs = build()
     token = issuer.token(jkt=key.jkt)
     headers = dpop_headers(key, token, url=f"{ORIGIN}/elsewhere")

@@ -1,4 +1,4 @@
-"""Every Python example of docs/resource-server.md runs (STYLE.md B.7: README examples executed)."""
+"""Every Python example of docs/resource-server.md runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The thin FastAPI, Flask and Django adapters (issue 3 item 6), each against real apps."""
+"""The thin FastAPI, Flask and Django adapters, each against real apps."""
 
 from __future__ import annotations
 

@@ -573,7 +573,7 @@ def test_hd16_bearer_at_a_dpop_only_resource_is_invalid_token(
 ) -> None:
     """HD-16: ``Authorization: Bearer`` at a resource accepting only DPoP gets 401 with a
     DPoP challenge carrying error="invalid_token" and an error_description (RFC 9449 §7.1,
-    §7.2; RFC 6750 §3.1; DESIGN.md error codes), reason ``dpop_required``; an unknown
+    §7.2; RFC 6750 §3.1), reason ``dpop_required``; an unknown
     scheme still gets the bare challenge."""
     from dpopkit import Headers, RequestView, parse_challenges
     from tests.resource._rs_support import ORIGIN

@@ -19,7 +19,7 @@ def test_resource_all_sorted_and_importable() -> None:
 
 
 def test_constructors_keyword_only_after_first_argument() -> None:
-    """STYLE.md B.10: no positional arguments after the first one."""
+    """No positional arguments after the first one."""
     classes = [
         getattr(dpopkit.resource, name)
         for name in dpopkit.resource.__all__

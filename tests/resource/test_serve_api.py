@@ -143,7 +143,7 @@ def test_serve_api_whoami_end_to_end(key_server: KeyServer) -> None:
 
 @pytest.mark.slow
 def test_nonce_secret_shared_between_instances(key_server: KeyServer) -> None:
-    """Attacks "nonce secret rotation across instances": instances sharing the secret accept
+    """HD-21: instances sharing the secret accept
     each other's nonces; with different secrets the client gets use_dpop_nonce, never a 500."""
     key = DPoPKey.generate("ES256")
     token = key_server.issuer().token(jkt=key.jkt, now=time.time(), aud=PUBLIC)
@@ -481,7 +481,7 @@ def blackhole() -> Iterator[int]:
 @pytest.mark.redis
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_sec80_hung_redis_bounded_latency_then_503(issuer: Issuer, backend: str) -> None:
-    """Attacks "Redis returns slowly": a store that never answers -> 503 within the time-out.
+    """SEC-80: a store that never answers -> 503 within the time-out.
     On trio the synchronous Redis cache runs in a worker thread."""
     from dpopkit.storage.redis import AsyncRedisReplayCache, RedisReplayCache
 

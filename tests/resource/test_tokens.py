@@ -87,7 +87,7 @@ def _forge(header: dict[str, Any], payload: dict[str, Any], signature: bytes = b
 
 
 def test_x6_alg_none_and_hs256_rejected(issuer: Issuer) -> None:
-    """Attacks #4: alg none / HS256 with the public key as the MAC secret."""
+    """SEC-26 / SEC-28: alg none / HS256 with the public key as the MAC secret."""
     payload = json.loads(base64.urlsafe_b64decode(issuer.token().split(".")[1] + "=="))
     tokens = static(issuer)
     for alg in ("none", "HS256"):

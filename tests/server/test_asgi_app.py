@@ -85,7 +85,7 @@ async def test_token_endpoint_through_asgi(http: httpx.AsyncClient, clock: Clock
 
 
 async def test_token_endpoint_errors_are_json(http: httpx.AsyncClient) -> None:
-    """X-12 / family N: errors are 400 JSON with no-store; GET → 405; oversized → 413."""
+    """X-12 / HD-7: errors are 400 JSON with no-store; GET → 405; oversized → 413."""
     resp = await http.post(
         "/token", data={"grant_type": "client_credentials"}, headers={"DPoP": "x.y"}
     )

@@ -1,4 +1,4 @@
-"""One-time artifacts under concurrency, on SQLite and on PostgreSQL (attacks family L, SEC-99).
+"""One-time artifacts under concurrency, on SQLite and on PostgreSQL (SEC-99).
 
 One code redeemed by 20 parallel requests → exactly one token; one refresh token
 presented 20 times in parallel → exactly one success and its family revoked, unless

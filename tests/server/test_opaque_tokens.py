@@ -1,4 +1,4 @@
-"""Optional opaque access tokens (issue 4 item 3): issued, introspected, revoked, used at an RS.
+"""Optional opaque access tokens: issued, introspected, revoked, used at an RS.
 
 An opaque token is 256 random bits; the store keeps only its SHA-256 with the same
 record as a JWT access token, so introspection reports ``cnf.jkt`` and

@@ -1,4 +1,4 @@
-"""Totality of the token service (family N): any request gets a well-formed answer, never a 500."""
+"""Totality of the token service (HD-7): any request gets a well-formed answer, never a 500."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ _HEADERS = st.lists(
 def test_token_endpoint_is_total(
     as_: AS, pairs: list[tuple[str, str]], headers: list[tuple[str, str]], raw: bytes | None
 ) -> None:
-    """Family N: arbitrary forms and headers → JSON error (400/401/503) or 200, no-store."""
+    """HD-7: arbitrary forms and headers → JSON error (400/401/503) or 200, no-store."""
     body = raw if raw is not None else urlencode(pairs).encode()
     view = RequestView(method="POST", url=TOKEN_URL, headers=Headers(headers), body=body)
     resp = as_.service.handle_token(view)

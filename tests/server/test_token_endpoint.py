@@ -1,4 +1,4 @@
-"""The token service, RequestView in / ResponseView out: checklist §5 (AS-*) and attack family K."""
+"""The token service, RequestView in / ResponseView out: RFC 9449 §5, §8, §10 (AS-*)."""
 
 from __future__ import annotations
 
@@ -332,7 +332,7 @@ def test_sec99_nonce_retry_does_not_burn_assertion_jti(as_nonce: AS) -> None:
     assert _jwt_request(as_nonce, assertion, as_nonce.proof(nonce=nonce)).status == 200
 
 
-# --- request syntax (X-12, family N) ---------------------------------------------------------
+# --- request syntax (X-12; RFC 6749 §5.2) ---------------------------------------------------------
 
 
 def test_x12_request_syntax_errors_are_json(as_: AS) -> None:
@@ -397,7 +397,7 @@ def test_as21_code_bound_without_proof_rejected(as_: AS) -> None:
 
 
 def test_dpop_jkt_not_a_thumbprint_is_invalid_request(as_: AS) -> None:
-    """DESIGN: a dpop_jkt that is not a thumbprint → invalid_request (redirected)."""
+    """RFC 9449 §10: a dpop_jkt that is not a thumbprint → invalid_request (redirected)."""
 
     endpoint = AuthorizationEndpoint(as_.service, ConfigUsers(USERS))
     params = authorize_params("public", pkce()[1], dpop_jkt="short")
@@ -813,7 +813,7 @@ def test_families_b_to_f_bad_proofs_at_token(as_: AS, case: str) -> None:
 
 
 def test_family_a_comma_folded_and_oversized_proofs(as_: AS) -> None:
-    """Family A / SEC-01/02, SEC-107: a comma-folded DPoP field or a huge proof → rejected."""
+    """SEC-01/02, SEC-107: a comma-folded DPoP field or a huge proof → rejected."""
     folded = as_.proof() + ", " + as_.proof()
     assert error_of(as_.token(CC, proof=folded)) == "invalid_dpop_proof"
     huge = as_.proof(claims={"pad": "x" * 9000})
@@ -821,7 +821,7 @@ def test_family_a_comma_folded_and_oversized_proofs(as_: AS) -> None:
 
 
 def test_family_h_htu_query_and_case_normalised(as_: AS) -> None:
-    """Family H: htu compared after RFC 3986 normalisation (query dropped, host case)."""
+    """V-9 / V-13: htu compared after RFC 3986 normalisation (query dropped, host case)."""
     upper = as_.proof(url="HTTP://AS.TEST/token?x=1")
     assert as_.token(CC, proof=upper).status == 200
     slash = as_.proof(url=TOKEN_URL + "/")

@@ -1,15 +1,15 @@
-"""One contract suite for every replay-cache backend (issue 2 item 9, issue 3 item 7).
+"""One contract suite for every replay-cache backend.
 
 Every backend, sync and async, must: answer True once then False (RFC 9449
 §11.1); keep keys independent; honour the absolute expiry; let exactly one of
 many concurrent presenters win, across threads and across OS processes; and
-raise ``ReplayStoreError`` quickly when the store is down (attacks SEC-80).
+raise ``ReplayStoreError`` quickly when the store is down (SEC-80).
 
 Clocks. memory, SQLite and PostgreSQL judge expiry on the caller's injected
 ``now``; Redis judges it on the server's clock (``PXAT``), so its cases use the
 real time as their base and a short real wait for the expiry test.
 
-Backward clock steps (attacks SEC-76). What each backend can guarantee:
+Backward clock steps (SEC-76). What each backend can guarantee:
 
 * every backend: a key that has not been purged stays live until its absolute
   expiry, whatever ``now`` a later call passes (stepping back never revives it);
@@ -322,7 +322,7 @@ async def test_sec76_forward_jump_past_expiry_then_back(store: Store) -> None:
 
 @pytest.mark.anyio
 async def test_replay_50_concurrent_presenters_one_winner(store: Store) -> None:
-    """Attacks "Atomicity": 50 concurrent presenters of each of 10 keys → one True per key."""
+    """SEC-74/75: 50 concurrent presenters of each of 10 keys → one True per key."""
     t, keys = store.t0(), [_key() for _ in range(10)]
     n = 50
     if store.case.is_async:
@@ -355,7 +355,7 @@ async def test_replay_50_concurrent_presenters_one_winner(store: Store) -> None:
 def test_replay_50_concurrent_presenters_over_10_postgres_connections(
     pg_dsn: str, unique_prefix: str
 ) -> None:
-    """Attacks "Atomicity": races decided by PostgreSQL itself (10 sessions, 50 threads, 20 keys).
+    """SEC-74/75: races decided by PostgreSQL itself (10 sessions, 50 threads, 20 keys).
 
     Ten caches (each with its own connection pool) make the database arbitrate between
     concurrent sessions.
@@ -386,7 +386,7 @@ def test_replay_50_concurrent_presenters_over_10_postgres_connections(
 async def test_replay_50_concurrent_tasks_over_5_async_postgres_connections(
     pg_dsn: str, unique_prefix: str
 ) -> None:
-    """Attacks "Atomicity": 50 tasks over five async sessions → exactly one True."""
+    """SEC-74/75: 50 tasks over five async sessions → exactly one True."""
     caches = [AsyncPostgresReplayCache(pg_dsn, schema=unique_prefix) for _ in range(5)]
     key = _key()
     results: list[bool] = []
@@ -432,7 +432,7 @@ def _mp_params(
 def test_replay_two_processes_one_winner_per_key(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique_prefix: str
 ) -> None:
-    """Attacks "Atomicity and multiple instances": two OS processes hammer the same keys.
+    """SEC-74/75: two OS processes hammer the same keys.
 
     Each key is won by exactly one process (the union is every key, no key twice).
     """
@@ -650,7 +650,7 @@ def test_sec107_memory_full_refuses_instead_of_evicting() -> None:
     ],
 )
 def test_redis_eviction_policy_check(policy: str, risky: bool) -> None:
-    """Attacks "Memory pressure": volatile-* and allkeys-* can evict live replay keys."""
+    """SEC-108: volatile-* and allkeys-* can evict live replay keys."""
     assert eviction_policy_is_risky(policy) is risky
 
 
@@ -697,7 +697,7 @@ def throwaway_redis() -> Iterator[Callable[[str], str]]:
 
 @pytest.mark.redis
 def test_redis_volatile_policy_warns_once(throwaway_redis: Callable[[str], str]) -> None:
-    """Attacks "Memory pressure": a volatile-* Redis gets one SecurityWarning, then works."""
+    """SEC-108: a volatile-* Redis gets one SecurityWarning, then works."""
     cache = RedisReplayCache.from_url(throwaway_redis("volatile-lru"))
     try:
         now = time.time()
@@ -712,7 +712,7 @@ def test_redis_volatile_policy_warns_once(throwaway_redis: Callable[[str], str])
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_redis_async_allkeys_policy_warns(throwaway_redis: Callable[[str], str]) -> None:
-    """Attacks "Memory pressure": the async cache checks the policy too."""
+    """SEC-108: the async cache checks the policy too."""
     cache = AsyncRedisReplayCache.from_url(throwaway_redis("allkeys-lru"))
     try:
         now = time.time()

@@ -11,7 +11,7 @@ State shared by many requests lives in a :class:`NonceCache`: per origin, the
 last ``DPoP-Nonce`` the server sent (RFC 9449 §8.2, §9, checklist C-11..C-14)
 and the clock offset learned from that server's ``Date`` header.
 
-Design decisions (DESIGN.md "Client"):
+Design decisions:
 
 * ``DPoP-Nonce`` is harvested from **every** response, success too (C-11).
 * A retry happens only for ``use_dpop_nonce``: a 400 JSON error at an AS

@@ -369,7 +369,7 @@ class _Exchange:
 
     def retry(self, response: httpx.Response, action: Retry) -> httpx.Request | None:
         if not _replayable(self.request):
-            # STYLE B.5: a streaming body is never resent; the answer comes back as it is.
+            # A streaming body is never resent; the answer comes back as it is.
             response.extensions[_ERROR_KEY] = ChallengeError(
                 Reason.BODY_NOT_REPLAYABLE,
                 "the server asked for a retry but the request body cannot be replayed",

@@ -5,7 +5,7 @@ now=...)``: it stores ``key`` until ``expires_at`` and returns True if the key
 was not present, False if it was. Check-then-add in two steps is not allowed:
 two concurrent presenters of one proof must not both win. A backend that
 cannot answer raises :class:`~dpopkit.errors.ReplayStoreError`; it never
-reports "not seen" when it does not know (fail closed, attacks SEC-80).
+reports "not seen" when it does not know (fail closed, SEC-80).
 
 The key is ``dpopkit:jti:<sha256(jkt|jti)>`` (fixed size, SEC-4) and the
 expiry absolute, computed by :func:`~dpopkit.core.proof.verify_proof` from the

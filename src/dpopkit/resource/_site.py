@@ -3,7 +3,7 @@
 The URL a client addressed (the ``htu`` we compare with) comes from
 configuration: a public origin, and/or an explicit count of trusted proxies
 for ``Forwarded`` / ``X-Forwarded-*`` (like werkzeug's ProxyFix). ``Host`` is
-used only with ``trust_host_header=True``, which warns (STYLE.md B.5, SEC-69).
+used only with ``trust_host_header=True``, which warns (SEC-69).
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ class Site:
     def url(
         self, *, scheme: str, headers: Headers, root_path: str, path: str, query: str = ""
     ) -> str:
-        """The absolute URL the client addressed (RFC 9449 §4.3 (9), checklist §3.2 rule 8).
+        """The absolute URL the client addressed (RFC 9449 §4.3 (9), V-13).
 
         Args:
             scheme: the scheme the server saw (used only with ``trust_host_header``).

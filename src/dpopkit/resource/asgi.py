@@ -1,4 +1,4 @@
-"""Pure ASGI middleware protecting an app with DPoP (RFC 9449 §7; STYLE.md B.5).
+"""Pure ASGI middleware protecting an app with DPoP (RFC 9449 §7).
 
 No DPoP logic here: the middleware builds a :class:`~dpopkit.RequestView`
 (URL from configuration), asks the :class:`~dpopkit.resource.guard.AsyncResourceGuard`,

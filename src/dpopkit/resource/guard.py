@@ -10,7 +10,7 @@ comes last, so a rejected request never burns a ``jti``):
    unsupported method (an unknown scheme, a query token), get the bare challenge
    without error information (RFC 6750 §3.1, RS-18). A ``Bearer`` token at an RS
    that accepts only DPoP is ``invalid_token`` saying the DPoP scheme is required
-   (DESIGN.md error codes): the client did present a token, and a bare challenge
+   (RFC 6750 §3.1, HD-16): the client did present a token, and a bare challenge
    left it no way to tell why it was refused.
 2. ``DPoP`` scheme: exactly one ``DPoP`` header (§4.3 (1); a comma-folded value
    counts as two), the proof checked against the request (htm, htu from the
@@ -18,7 +18,7 @@ comes last, so a rejected request never burns a ``jti``):
 3. The token validated by the configured :class:`~dpopkit.resource.tokens.TokenValidator`.
 4. Binding: a ``DPoP`` request needs a bound token whose ``cnf.jkt`` equals the
    proof key (constant time); a ``Bearer`` request needs an unbound token (RS-16).
-   Both mismatches are ``invalid_token`` (DESIGN.md, RS-25).
+   Both mismatches are ``invalid_token`` (RS-25).
 5. Required scopes (403 ``insufficient_scope``).
 6. The replay record (``check_and_store``); store errors are 503 (fail closed).
 
@@ -394,7 +394,7 @@ class _GuardBase:
         elif scheme == "bearer":
             attempt.scheme = "Bearer"
             if not self.accept_bearer:
-                # DESIGN.md (RFC 9449 §7.1, §7.2): a token came, with the wrong scheme.
+                # RFC 9449 §7.1, §7.2: a token came, with the wrong scheme.
                 raise InvalidTokenError(Reason.DPOP_REQUIRED, "the DPoP scheme is required")
         else:
             raise InvalidTokenError(Reason.UNSUPPORTED_SCHEME, "unsupported scheme")
@@ -424,7 +424,7 @@ class _GuardBase:
         else:
             proof = attempt.proof
             assert proof is not None
-            # RS-25 (DESIGN.md): Authorization: DPoP with an unbound token.
+            # RS-25: Authorization: DPoP with an unbound token.
             if info.jkt is None:
                 raise InvalidTokenError(Reason.UNBOUND_TOKEN_AS_DPOP, "the token is not DPoP-bound")
             # RFC 9449 §4.3 (12), §6 (RS-2): cnf.jkt equals the proof key, constant time.
@@ -478,7 +478,7 @@ class _GuardBase:
             jkt, jti_hash = _peek(attempt.raw_proof, self.policy.max_proof_length)
         extra = ""
         if error.reason is Reason.HTU_MISMATCH:
-            # The log, never the response, shows what we expected and what came (issue 3 item 3).
+            # The log, never the response, shows what we expected and what came (RFC 6750 §3).
             expected, received = error.detail.get("expected"), error.detail.get("received")
             extra = f" expected_htu={expected!r} received_htu={received!r}"
         elif "claim" in error.detail:

@@ -1,4 +1,4 @@
-"""WSGI middleware protecting an app with DPoP (RFC 9449 §7; STYLE.md B.5).
+"""WSGI middleware protecting an app with DPoP (RFC 9449 §7).
 
 The mirror of :mod:`dpopkit.resource.asgi` over the synchronous guard. The
 principal goes to ``environ["dpopkit.principal"]``. WSGI servers fold repeated

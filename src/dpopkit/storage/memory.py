@@ -7,13 +7,12 @@ so no request pays for purging a large backlog at once (a table of a million
 entries never stalls one call); since every call adds at most one entry and
 may drop up to 64, the backlog still drains. When the table is full of live
 entries the cache refuses (``ReplayStoreError``, reason STORE_FULL) and the
-caller fails closed: evicting a live entry would reopen replay (attacks
-SEC-107/108).
+caller fails closed: evicting a live entry would reopen replay (SEC-107/108).
 
 Like the SQL backends, an expired entry is forgotten only ``purge_grace`` seconds
 after its expiry (it can be reused as soon as it expires), so a clock that jumps
 forward and steps back inside the window does not revive a used ``jti``
-(attacks SEC-76). A full table makes room by dropping expired entries (grace or
+(SEC-76). A full table makes room by dropping expired entries (grace or
 not), oldest first, never a live one.
 
 It cannot see replays in other worker processes. Construct it with

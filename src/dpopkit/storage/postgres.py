@@ -4,7 +4,7 @@ RFC 9449 §11.1 asks the server to remember every ``jti`` while the proof could
 still be accepted. Rows live in ``dpopkit_replay(key text primary key,
 expires_at double precision)`` with an absolute expiry (seconds since the
 epoch, on the caller's clock, injected as ``now``). One statement decides,
-atomically (attacks "Atomicity and multiple instances")::
+atomically, across instances too (SEC-74, SEC-75)::
 
     INSERT INTO dpopkit_replay (key, expires_at) VALUES (%s, %s)
     ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at
@@ -18,9 +18,9 @@ row, so exactly one presenter wins.
 
 Expired rows are purged periodically, only ``purge_grace`` seconds after their
 expiry, so a backward clock step smaller than that cannot revive a key
-(attacks SEC-76).
+(SEC-76).
 
-Fail closed (attacks SEC-80): any database error raises
+Fail closed (SEC-80): any database error raises
 :class:`~dpopkit.errors.ReplayStoreError` and that connection is discarded.
 Each call has a client-side deadline (``timeout``, 2 s by default): a server
 that keeps the connection open but stops answering (frozen, or behind a
@@ -277,7 +277,7 @@ class PostgresReplayCache:
         def op(conn: psycopg.Connection[Any]) -> bool:
             if purge:  # a store that cannot purge cannot answer either
                 conn.execute(self._sql.purge, (now - self._schedule.grace,))
-            # RFC 9449 §11.1: one atomic statement decides (attacks "Atomicity")
+            # RFC 9449 §11.1: one atomic statement decides (SEC-74)
             return conn.execute(self._sql.upsert, params).fetchone() is not None
 
         return self._run(op)
@@ -414,7 +414,7 @@ class AsyncPostgresReplayCache:
         async def op(conn: psycopg.AsyncConnection[Any]) -> bool:
             if purge:
                 await conn.execute(self._sql.purge, (now - self._schedule.grace,))
-            # RFC 9449 §11.1: one atomic statement decides (attacks "Atomicity")
+            # RFC 9449 §11.1: one atomic statement decides (SEC-74)
             cur = await conn.execute(self._sql.upsert, params)
             return await cur.fetchone() is not None
 

@@ -1,18 +1,18 @@
 """Redis replay cache: several hosts share one Redis (redis-py, sync and asyncio).
 
 RFC 9449 §11.1 asks the server to remember every ``jti`` while the proof could
-still be accepted. One command decides, atomically (attacks "Atomicity and
-multiple instances")::
+still be accepted. One command decides, atomically, across instances too (SEC-74,
+SEC-75)::
 
     SET <prefix><key> 1 NX PXAT <expires_at in ms>
 
-The expiry is absolute (attacks "TTL sizing and clock behaviour"): Redis
+The expiry is absolute (SEC-76): Redis
 drops the key when *its* clock passes ``expires_at``, so a backward step of a
 verifier's clock never revives a key. The verifiers' clocks and the Redis
 server's clock must agree to well within the acceptance window; the first use
 compares them and warns when they do not.
 
-Fail closed (attacks SEC-80): any Redis error or time-out raises
+Fail closed (SEC-80): any Redis error or time-out raises
 :class:`~dpopkit.errors.ReplayStoreError`, never "not seen". Socket and
 connect time-outs are bounded (0.5 s by default) and commands are not
 retried, so an outage costs at most about one time-out per request. The
@@ -21,7 +21,7 @@ keeps the connection open but stops answering, so a client without one is
 refused. redis-py gives each concurrent command its own pooled connection: a
 stuck command holds up no other.
 
-Eviction (attacks "Memory pressure and eviction"): run the replay keyspace
+Eviction (SEC-108): run the replay keyspace
 with ``maxmemory-policy noeviction``, so that a full Redis refuses writes (and
 we fail closed). The ``volatile-*`` and ``allkeys-*`` policies evict exactly
 these TTL-bearing keys and reopen replay; the first use checks the policy

@@ -5,8 +5,8 @@ proof could still be accepted. This backend keeps them in a WAL-mode SQLite
 table ``(key TEXT PRIMARY KEY, expires_at REAL)`` with an absolute expiry
 (seconds since the epoch, on the caller's clock, which is injected as ``now``).
 
-One statement decides, atomically (attacks "Atomicity and multiple
-instances")::
+One statement decides, atomically, across processes too (SEC-74,
+SEC-75)::
 
     INSERT INTO t (key, expires_at) VALUES (?, ?)
     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at
@@ -18,9 +18,9 @@ processes presenting the same proof at once cannot both win.
 
 Expired rows are purged periodically, but only once they are ``purge_grace``
 seconds past their expiry: a backward step of the clock smaller than that
-cannot bring a purged key back (attacks SEC-76).
+cannot bring a purged key back (SEC-76).
 
-Fail closed (attacks SEC-80): when the database is locked beyond the bounded
+Fail closed (SEC-80): when the database is locked beyond the bounded
 ``busy_timeout`` and ``retries``, or cannot be opened or written, the cache
 raises :class:`~dpopkit.errors.ReplayStoreError`; it never answers "not seen".
 """
@@ -187,7 +187,7 @@ class SQLiteReplayCache:
             self.purge(now=now)  # a store that cannot purge cannot answer either
 
         def op(conn: sqlite3.Connection) -> bool:
-            # RFC 9449 §11.1: one atomic statement decides (attacks "Atomicity")
+            # RFC 9449 §11.1: one atomic statement decides (SEC-74)
             cur = conn.execute(self._upsert, (key, float(expires_at), float(now)))
             return cur.rowcount == 1
 
