@@ -29,6 +29,7 @@ from dpopkit.cli import (
     CommandError,
     add_insecure_http_flag,
     add_nonce_secret_flag,
+    http_method,
     load_key_file,
     nonce_secrets_from_env,
     require_https,
@@ -827,7 +828,7 @@ def _print_json(value: Any) -> None:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    password = secret_from_env(args.password_env, "key password")
+    password = secret_from_env(args.password_env, "key password", flag="--password-env")
     if password is not None and args.format != "pem":
         raise CommandError("a password needs --format pem (a JWK file cannot be encrypted)")
     key = DPoPKey.generate(args.alg)  # argparse already restricted alg to ALGORITHMS
@@ -845,9 +846,11 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     try:
         save_key(key, args.out, password=password, format=args.format, overwrite=args.force)
     except FileExistsError:
-        raise CommandError(f"{args.out} already exists (use --force to replace it)") from None
+        raise CommandError(
+            f"--out {args.out}: the file exists (use --force to replace it)"
+        ) from None
     except OSError as exc:
-        raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        raise CommandError(f"--out {args.out}: cannot write: {exc.strerror or exc}") from None
     print(f"wrote the private key to {args.out} (mode 0600)", file=sys.stderr)
     print(f"jkt: {key.jkt}")
     print(f"public_jwk: {json.dumps(key.public_jwk)}")
@@ -855,7 +858,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_thumbprint(args: argparse.Namespace) -> int:
-    password = secret_from_env(args.password_env, "key password")
+    password = secret_from_env(args.password_env, "key password", flag="--password-env")
     try:
         jwk = load_public_jwk(args.keyfile, password=password)
     except OSError as exc:
@@ -874,11 +877,15 @@ def _cmd_proof(args: argparse.Namespace) -> int:
         except JWSError:
             raise CommandError("--claims must be a JSON object") from None
     key = load_key_file(args.key, args.password_env)
-    require_https(args.url, args.allow_insecure_http)
+    require_https(args.url, args.allow_insecure_http, flag="--url")
+    try:
+        normalize_htu(args.url)
+    except ValueError as exc:
+        raise CommandError(f"--url {args.url!r} is not a valid http(s) URL: {exc}") from None
     try:
         proof = create_proof(
             key,
-            htm=args.method,
+            htm=http_method(args.method),
             htu=args.url,
             access_token=args.access_token,
             nonce=args.nonce,
@@ -919,7 +926,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         issuer = NonceIssuer(nonce_secrets, context=args.nonce_context)
     result = inspect_proof(
         proof,
-        htm=args.method,
+        htm=None if args.method is None else http_method(args.method),
         htu=args.url,
         access_token=args.access_token,
         expected_jkt=args.jkt,
@@ -958,9 +965,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Generate a DPoP private key. Without --out the private JWK (or PEM) is printed; "
         "with --out it is written with 0600 permissions and the jkt and public JWK are printed.",
     )
-    p.add_argument("--alg", default=DEFAULT_ALGORITHM, choices=ALGORITHMS, help="(default ES256)")
+    p.add_argument(
+        "--alg",
+        default=DEFAULT_ALGORITHM,
+        choices=ALGORITHMS,
+        help="signing algorithm (default ES256)",
+    )
     p.add_argument("--out", metavar="FILE", help="write the private key to FILE (mode 0600)")
-    p.add_argument("--format", choices=("jwk", "pem"), default="jwk", help="(default jwk)")
+    p.add_argument(
+        "--format", choices=("jwk", "pem"), default="jwk", help="key file format (default jwk)"
+    )
     p.add_argument(
         "--password-env",
         metavar="VAR",
@@ -975,7 +989,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "print the RFC 7638 thumbprint (jkt) of a key file",
         "Print the jkt (RFC 7638 SHA-256 thumbprint) of a private or public JWK or PEM file.",
     )
-    p.add_argument("keyfile", metavar="KEYFILE")
+    p.add_argument("keyfile", metavar="KEYFILE", help="a private or public key file (JWK or PEM)")
     p.add_argument("--password-env", metavar="VAR", help="password of an encrypted PEM")
 
     p = _add(
@@ -987,7 +1001,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--key", required=True, metavar="FILE", help="private key file (JWK or PEM)")
     p.add_argument("--password-env", metavar="VAR", help="password of an encrypted PEM")
-    p.add_argument("--method", required=True, metavar="M", help="HTTP method (case-sensitive)")
+    p.add_argument(
+        "--method",
+        required=True,
+        metavar="M",
+        help="HTTP method (upper-cased, as `request` sends it)",
+    )
     p.add_argument("--url", required=True, metavar="U", help="request URL (https)")
     p.add_argument("--nonce", metavar="N", help="the server's DPoP-Nonce value")
     p.add_argument("--access-token", metavar="T", help="adds ath (RFC 9449 §4.2)")
@@ -1003,7 +1022,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Exit 0 valid, 1 invalid, 2 usage error.",
     )
     p.add_argument("proof", metavar="PROOF", help="the proof, or - to read it from stdin")
-    p.add_argument("--method", metavar="M", help="the request method (checks htm)")
+    p.add_argument("--method", metavar="M", help="the request method (upper-cased; checks htm)")
     p.add_argument("--url", metavar="U", help="the request URL (checks htu)")
     p.add_argument("--access-token", metavar="T", help="the access token (checks ath)")
     p.add_argument("--jkt", metavar="J", help="the token's cnf.jkt (checks the key binding)")
