@@ -52,6 +52,8 @@ from dpopkit.core.jws import (
 from dpopkit.core.keys import DPoPKey
 from dpopkit.core.nonce import NonceInfo, NonceIssuer
 from dpopkit.core.proof import (
+    _NQCHAR_RE,
+    _RESERVED_CLAIMS,
     PROOF_TYP,
     ProofPolicy,
     create_proof,
@@ -876,6 +878,13 @@ def _cmd_proof(args: argparse.Namespace) -> int:
             claims = json_loads_object(args.claims.encode("utf-8"))
         except JWSError:
             raise CommandError("--claims must be a JSON object") from None
+    reserved = sorted(_RESERVED_CLAIMS.intersection(claims or ()))
+    if reserved:
+        raise CommandError(f"--claims may not set {', '.join(reserved)} (the command sets them)")
+    if args.nonce is not None and not _NQCHAR_RE.fullmatch(args.nonce):
+        raise CommandError("--nonce must be 1*NQCHAR (RFC 9449 §8.1)")
+    if args.access_token is not None and not args.access_token:
+        raise CommandError("--access-token must not be empty")
     key = load_key_file(args.key, args.password_env)
     require_https(args.url, args.allow_insecure_http, flag="--url")
     try:
