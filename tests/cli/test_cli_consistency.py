@@ -365,3 +365,32 @@ def test_serve_api_bare_sqlite_is_one_clear_line(
     assert result.err.count("\n") == 1
     assert "--replay" in result.err
     assert "sqlite:///" in result.err
+
+
+# --- module layout ---------------------------------------------------------------------------
+
+
+def test_the_inspector_is_below_the_commands() -> None:
+    """HD-30: the proof inspector imports only the core; the commands import it, not back.
+
+    ``dpopkit.cli.COMMAND_MODULES`` still names every command module.
+    """
+    import ast
+    import importlib
+
+    import dpopkit.cli
+    import dpopkit.cli.inspector
+
+    tree = ast.parse(Path(dpopkit.cli.inspector.__file__).read_text(encoding="utf-8"))
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert not {name for name in imported if name.startswith("dpopkit.cli")}
+    assert "argparse" not in imported
+    for name in dpopkit.cli.COMMAND_MODULES:
+        assert callable(importlib.import_module(f"dpopkit.cli.{name}").register)
