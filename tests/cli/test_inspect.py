@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from dpopkit import DPoPError, DPoPKey, NonceIssuer, access_token_hash, verify_proof
-from dpopkit.cli.offline import CHECKS, inspect_proof
+from dpopkit.cli.inspector import CHECKS, inspect_proof
 from dpopkit.core.jws import b64url_encode
 from dpopkit.errors import Reason
 

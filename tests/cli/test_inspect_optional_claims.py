@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from dpopkit import DPoPKey, NonceIssuer
-from dpopkit.cli.offline import inspect_proof
+from dpopkit.cli.inspector import inspect_proof
 from dpopkit.errors import Reason
 
 from .helpers import HTU, NOW, Run, forge, run

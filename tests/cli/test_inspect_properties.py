@@ -21,7 +21,7 @@ from dpopkit import (
     access_token_hash,
     verify_proof,
 )
-from dpopkit.cli.offline import inspect_proof
+from dpopkit.cli.inspector import inspect_proof
 
 from .helpers import HTU, NOW, TOKEN, forge
 

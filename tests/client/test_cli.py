@@ -267,3 +267,37 @@ def test_g1_every_command_names_the_same_insecure_http_flag(
             code, out, _ = run([*argv, "--key", str(keyfile), flag], capsys)
             assert code == 0
             assert out.count(".") == 2
+
+
+def test_request_lower_case_method_is_sent_and_signed_upper_case(
+    servers: Servers, keyfile: Path, key: DPoPKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """HD-30: ``request get`` signs and sends GET, as ``proof --method get`` signs GET.
+
+    RFC 9110 §9.1: methods are case-sensitive; the CLI normalises them once
+    (:func:`dpopkit.cli.http_method`) so htm always equals the method sent.
+    """
+    at = issue_token(servers, key.jkt)
+    url = servers.state.base + "/api/items"
+    code, out, err = run(
+        [
+            "request",
+            "get",
+            url,
+            "--key",
+            str(keyfile),
+            "--token",
+            at,
+            "-v",
+            "--allow-insecure-http",
+        ],
+        capsys,
+    )
+    assert (code, err) == (0, "")
+    proofs = [
+        json.loads(line.split(": ", 1)[1])
+        for line in out.splitlines()
+        if line.startswith("* proof")
+    ]
+    assert {proof["htm"] for proof in proofs} == {"GET"}
+    assert "HTTP 200 OK" in out.splitlines()  # the RS checked htm against the method it got

@@ -25,12 +25,17 @@ __all__ = [
     "CommandError",
     "add_insecure_http_flag",
     "add_nonce_secret_flag",
+    "add_secret_flags",
+    "command_parsers",
+    "http_method",
+    "join_dash_values",
     "load_key_file",
     "main",
     "missing_extra",
     "nonce_secrets_from_env",
     "require_https",
     "secret_from_env",
+    "value_options",
 ]
 
 #: Modules under dpopkit.cli that add commands (in help order).
@@ -52,18 +57,19 @@ def missing_extra(extra: str, exc: ImportError) -> CommandError:
     )
 
 
-def secret_from_env(var: str | None, what: str) -> str | None:
+def secret_from_env(var: str | None, what: str, *, flag: str) -> str | None:
     """The value of environment variable ``var`` (None when no variable is named).
 
     Secrets come from the environment, not the command line (which ``ps`` shows).
+    ``flag`` is the option that named the variable; errors name it.
     """
     if var is None:
         return None
     value = os.environ.get(var)
     if value is None:
-        raise CommandError(f"environment variable {var} (the {what}) is not set")
+        raise CommandError(f"{flag} {var}: environment variable (the {what}) is not set")
     if not value:
-        raise CommandError(f"environment variable {var} (the {what}) is empty")
+        raise CommandError(f"{flag} {var}: environment variable (the {what}) is empty")
     return value
 
 
@@ -79,7 +85,9 @@ def nonce_secrets_from_env(names: Sequence[str] | None) -> list[bytes] | None:
         return None
     found: list[bytes] = []
     for name in names:
-        value = secret_from_env(name, "nonce secret") or ""  # never empty: it raised
+        value = (
+            secret_from_env(name, "nonce secret", flag="--nonce-secret-env") or ""
+        )  # never empty: it raised
         try:
             found.extend(parse_nonce_secrets(value))
         except ValueError as exc:
@@ -99,15 +107,20 @@ def add_nonce_secret_flag(parser: argparse.ArgumentParser, help: str) -> None:
     )
 
 
-def load_key_file(path: str, password_env: str | None) -> DPoPKey:
-    """A private key file (JWK or PEM, encrypted with the password in ``password_env``)."""
-    password = secret_from_env(password_env, "key password")
+def load_key_file(path: str, password_env: str | None, *, flag: str = "--key") -> DPoPKey:
+    """A private key file (JWK or PEM, encrypted with the password in ``password_env``).
+
+    ``flag`` is the option that named the file; errors name it.
+    """
+    password = secret_from_env(password_env, "key password", flag="--password-env")
     try:
         return load_key(path, password=password)
     except OSError as exc:
-        raise CommandError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+        raise CommandError(
+            f"{flag} {path}: cannot read the key file: {exc.strerror or exc}"
+        ) from None
     except ValueError as exc:
-        raise CommandError(f"cannot load key file {path}: {exc}") from None
+        raise CommandError(f"{flag} {path}: cannot load the key file: {exc}") from None
 
 
 def add_insecure_http_flag(parser: argparse.ArgumentParser, help: str) -> None:
@@ -121,10 +134,109 @@ def add_insecure_http_flag(parser: argparse.ArgumentParser, help: str) -> None:
     )
 
 
-def require_https(url: str, allowed: bool) -> None:
-    """Refuse an ``http://`` URL unless ``--allow-insecure-http`` was given (G-1)."""
+def require_https(url: str, allowed: bool, *, flag: str) -> None:
+    """Refuse an ``http://`` URL unless ``--allow-insecure-http`` was given (G-1).
+
+    ``flag`` is the option that gave the URL; the error names it.
+    """
     if url[:7].lower() == "http://" and not allowed:
-        raise CommandError("DPoP needs https; add --allow-insecure-http for a loopback test server")
+        raise CommandError(
+            f"{flag}: DPoP needs https; add --allow-insecure-http for a loopback test server"
+        )
+
+
+def add_secret_flags(
+    parser: argparse.ArgumentParser, flag: str, *, metavar: str, help: str, env_help: str
+) -> None:
+    """``--FLAG VALUE`` and ``--FLAG-env VAR``: one or the other, never both.
+
+    The pair is an argparse mutually exclusive group, so giving both is a usage
+    error (exit 2) instead of one silently winning.
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(f"--{flag}", metavar=metavar, help=help)
+    group.add_argument(f"--{flag}-env", metavar="VAR", help=env_help)
+
+
+#: RFC 9110 §5.6.2 ``token`` characters: what a method name may hold.
+_TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def http_method(text: str, *, flag: str = "--method") -> str:
+    """The request method every command uses: upper-cased, an RFC 9110 §9.1 token.
+
+    Methods are case-sensitive on the wire (RFC 9110 §9.1) and ``htm`` must equal
+    the method sent (RFC 9449 §4.3), so the CLI normalises ``get`` to ``GET`` once,
+    here, for ``proof``, ``inspect`` and ``request`` alike (HTTP clients such as
+    httpx upper-case the method they send).
+
+    Raises:
+        CommandError: ``text`` is empty or not a token.
+    """
+    if not text or not set(text) <= _TCHARS:
+        raise CommandError(f"{flag} {text!r} is not an HTTP method (RFC 9110 §9.1)")
+    return text.upper()
+
+
+def command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each sub-command's parser in ``parser`` (from :func:`build_parser`), by name."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
+
+
+def value_options(parser: argparse.ArgumentParser) -> dict[str, bool]:
+    """Every option string of ``parser``, mapped to whether it takes a value."""
+    options: dict[str, bool] = {}
+    for action in parser._actions:
+        takes_value = action.nargs != 0
+        for option in action.option_strings:
+            options[option] = takes_value
+    return options
+
+
+def _is_option(token: str, options: dict[str, bool]) -> bool:
+    """Whether argparse reads ``token`` as one of ``options`` (exact, prefix, ``-xVALUE``)."""
+    name = token.split("=", 1)[0]
+    if name in options:
+        return True
+    if token.startswith("--"):
+        return any(option.startswith(name) for option in options if option.startswith("--"))
+    return token[:2] in options
+
+
+def join_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``argv`` with each value that starts with ``-`` joined to its option.
+
+    A base64url ``jkt``, access token or nonce may begin with ``-``; argparse takes
+    ``--jkt -abc`` for two options. When an option that takes one value is followed
+    by a word starting with ``-`` that is not an option of that command, the two
+    become ``--jkt=-abc`` (``-H-abc`` for a one-letter option). Nothing after ``--``
+    changes.
+    """
+    out = list(argv)
+    commands = command_parsers(parser)
+    start = next((i for i, word in enumerate(out) if word in commands), None)
+    if start is None:
+        return out
+    options = value_options(commands[out[start]])
+    options.update(value_options(parser))
+    i = start + 1
+    while i < len(out) - 1:
+        word, following = out[i], out[i + 1]
+        if word == "--":
+            break
+        if (
+            options.get(word)
+            and following.startswith("-")
+            and following not in ("-", "--")
+            and not _is_option(following, options)
+        ):
+            out[i : i + 2] = [f"{word}={following}" if word.startswith("--") else word + following]
+        i += 1
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_dash_values(parser, sys.argv[1:] if argv is None else argv))
     try:
         code: int = args.func(args)
         sys.stdout.flush()  # a closed pipe must surface here, not at interpreter exit

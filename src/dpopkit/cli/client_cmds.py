@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
 from dpopkit.cli import (
     CommandError,
     add_insecure_http_flag,
+    add_secret_flags,
+    http_method,
     load_key_file,
     missing_extra,
     require_https,
@@ -34,9 +37,9 @@ from dpopkit.errors import DPoPError
 __all__ = ["register"]
 
 
-def _secret(value: str | None, env: str | None, what: str) -> str | None:
-    """``value`` from the command line, or the environment variable ``env`` when named."""
-    return value if env is None else secret_from_env(env, what)
+def _secret(value: str | None, env: str | None, what: str, *, flag: str) -> str | None:
+    """``value`` from the command line, or the environment variable ``env`` (``flag``)."""
+    return value if env is None else secret_from_env(env, what, flag=flag)
 
 
 def _dpop_failure(exc: DPoPError) -> CommandError:
@@ -63,9 +66,11 @@ def _as_failure(exc: DPoPError) -> CommandError:
 def _cmd_token(args: argparse.Namespace) -> int:
     from dpopkit.client.tokens import TokenClient
 
-    require_https(args.issuer, args.allow_insecure_http)
+    require_https(args.issuer, args.allow_insecure_http, flag="--issuer")
     key = load_key_file(args.key, args.password_env)
-    secret = _secret(args.client_secret, args.client_secret_env, "client secret")
+    secret = _secret(
+        args.client_secret, args.client_secret_env, "client secret", flag="--client-secret-env"
+    )
     try:
         client = TokenClient.from_issuer(
             args.issuer,
@@ -111,12 +116,14 @@ def _cmd_request(args: argparse.Namespace) -> int:
     if len(args.target) == 1:
         method, url = ("POST" if args.data is not None else "GET"), args.target[0]
     elif len(args.target) == 2:
-        method, url = args.target
+        method, url = http_method(args.target[0], flag="METHOD"), args.target[1]
     else:
         raise CommandError("expected [METHOD] URL")
-    require_https(url, args.allow_insecure_http)
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise CommandError("--timeout must be a positive number of seconds")
+    require_https(url, args.allow_insecure_http, flag="URL")
     key = load_key_file(args.key, args.password_env)
-    token = _secret(args.token, args.token_env, "access token")
+    token = _secret(args.token, args.token_env, "access token", flag="--token-env")
     headers = [_parse_header(h) for h in args.header]
     body: bytes | None = None
     if args.data is not None:
@@ -125,7 +132,9 @@ def _cmd_request(args: argparse.Namespace) -> int:
                 with open(args.data[1:], "rb") as fh:
                     body = fh.read()
             except OSError as exc:
-                raise CommandError(f"cannot read {args.data[1:]}: {exc.strerror}") from None
+                raise CommandError(
+                    f"--data {args.data}: cannot read {args.data[1:]}: {exc.strerror}"
+                ) from None
         else:
             body = args.data.encode()
         if not any(name.lower() == "content-type" for name, _ in headers):
@@ -181,12 +190,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.set_defaults(func=_cmd_token)
     p.add_argument("--issuer", required=True, metavar="URL", help="the AS issuer identifier")
-    p.add_argument("--client-id", required=True, metavar="ID")
-    p.add_argument("--client-secret", metavar="S", help="(client_secret_basic)")
-    p.add_argument("--client-secret-env", metavar="VAR", help="read the secret from VAR")
+    p.add_argument("--client-id", required=True, metavar="ID", help="the client's client_id")
+    add_secret_flags(
+        p,
+        "client-secret",
+        metavar="S",
+        help="the client secret (client_secret_basic); prefer --client-secret-env",
+        env_help="read the client secret from VAR (not with --client-secret)",
+    )
     p.add_argument("--key", required=True, metavar="KEYFILE", help="the DPoP private key")
     p.add_argument("--password-env", metavar="VAR", help="password of an encrypted PEM key")
-    p.add_argument("--scope", metavar="S")
+    p.add_argument("--scope", metavar="S", help="the scope to ask for (space-separated)")
     p.add_argument("--resource", metavar="R", help="RFC 8707 resource indicator")
     add_insecure_http_flag(p, "allow http:// (loopback tests only)")
 
@@ -199,15 +213,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "print the status, headers and body.",
     )
     r.set_defaults(func=_cmd_request)
-    r.add_argument("target", nargs="+", metavar="[METHOD] URL")
+    r.add_argument(
+        "target",
+        nargs="+",
+        metavar="[METHOD] URL",
+        help="the method (default GET, or POST with --data; upper-cased) and the URL",
+    )
     r.add_argument("--key", required=True, metavar="KEYFILE", help="the DPoP private key")
     r.add_argument("--password-env", metavar="VAR", help="password of an encrypted PEM key")
-    r.add_argument("--token", metavar="TOKEN", help="the DPoP-bound access token")
-    r.add_argument("--token-env", metavar="VAR", help="read the access token from VAR")
+    add_secret_flags(
+        r,
+        "token",
+        metavar="TOKEN",
+        help="the DPoP-bound access token; prefer --token-env",
+        env_help="read the access token from VAR (not with --token)",
+    )
     r.add_argument("-d", "--data", metavar="DATA", help="request body (@FILE reads a file)")
     r.add_argument(
         "-H", "--header", action="append", default=[], metavar="'Name: value'", help="add a header"
     )
     r.add_argument("--verbose", "-v", action="store_true", help="print the proofs' claims")
-    r.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    r.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up on the request after SECONDS (default 30)",
+    )
     add_insecure_http_flag(r, "allow http:// (loopback tests only)")

@@ -199,6 +199,15 @@ def run(args: argparse.Namespace) -> int:
         "no_api": args.no_api,
         "nonce_secret_env": args.nonce_secret_env,
     }
+    if args.config is not None:
+        try:
+            args.config.open("rb").close()
+        except OSError as exc:
+            raise CommandError(f"--config {args.config}: cannot read: {exc.strerror}") from None
+    if args.data_dir is not None and args.data_dir.exists() and not args.data_dir.is_dir():
+        raise CommandError(f"--data-dir {args.data_dir}: not a directory")
+    if args.port is not None and not 0 <= args.port < 65536:
+        raise CommandError("--port must be between 0 and 65535")
     if args.workers < 1:
         raise CommandError("--workers must be >= 1", 2)
     if args.check:

@@ -8,7 +8,8 @@ validated with keys found by RFC 8414 / OpenID Connect discovery.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import ipaddress
+import math
 
 from dpopkit.cli import (
     CommandError,
@@ -18,11 +19,13 @@ from dpopkit.cli import (
     nonce_secrets_from_env,
 )
 from dpopkit.cli._serving import add_logging_flags, bind, run_uvicorn
+from dpopkit.core.replay import AsyncReplayCache
+from dpopkit.storage.urls import REPLAY_URL_FORMS, async_replay_cache_from_url, parse_replay_url
 
 __all__ = ["register"]
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "serve-api",
         help="run a DPoP-protected demo API (/api/whoami)",
@@ -40,9 +43,23 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--require-nonce", action="store_true", help="demand RS nonces")
     parser.add_argument(
-        "--replay", help="replay store URL: redis://... (default: in memory, one process)"
+        "--replay",
+        metavar="URL",
+        help="replay store URL, as serve's replay_url: memory (default, one process), "
+        "sqlite:///PATH, redis://, rediss://, unix:// or postgresql://",
     )
-    parser.add_argument("--replay-prefix", default="", help="key prefix in the replay store")
+    parser.add_argument(
+        "--replay-prefix", default="", help="key prefix in a Redis replay store (default none)"
+    )
+    parser.add_argument(
+        "--replay-schema", metavar="SCHEMA", help="schema of a PostgreSQL replay store's table"
+    )
+    parser.add_argument(
+        "--store-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="seconds per replay store call, Redis and PostgreSQL (default 2)",
+    )
     add_nonce_secret_flag(parser, "RS nonce secrets shared by every instance (default: random)")
     parser.add_argument(
         "--metrics",
@@ -61,6 +78,39 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _replay(args: argparse.Namespace) -> AsyncReplayCache | None:
+    """The replay cache ``--replay`` names (as ``serve``'s ``replay_url``), or None."""
+    timeout = args.store_timeout
+    if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= 60):
+        raise CommandError("--store-timeout must be a number of seconds in (0, 60]")
+    if args.replay is None:
+        if args.replay_prefix or args.replay_schema is not None:
+            raise CommandError("--replay-prefix and --replay-schema need --replay")
+        return None
+    if args.replay == "sqlite":
+        raise CommandError("--replay sqlite needs a file: give sqlite:///PATH")
+    try:
+        parsed = parse_replay_url(args.replay)
+    except ValueError:
+        raise CommandError(f"--replay takes {REPLAY_URL_FORMS}") from None
+    if args.replay_prefix and parsed.backend != "redis":
+        raise CommandError("--replay-prefix applies to a redis://, rediss:// or unix:// --replay")
+    if args.replay_schema is not None and parsed.backend != "postgres":
+        raise CommandError("--replay-schema applies to a postgresql:// --replay")
+    try:
+        return async_replay_cache_from_url(
+            args.replay,
+            timeout=timeout,
+            schema=args.replay_schema or None,
+            prefix=args.replay_prefix,
+        )
+    except ImportError as exc:
+        extra = "redis" if parsed.backend == "redis" else "postgres"
+        raise missing_extra(extra, exc) from exc
+    except ValueError as exc:
+        raise CommandError(f"--replay: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401 - fail here, before anything is built
@@ -76,15 +126,17 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--public-origin must be https (or pass --allow-insecure-http)")
     if args.metrics_allow and not args.metrics:
         raise CommandError("--metrics-allow needs --metrics")
-    replay: Any = None
-    if args.replay:
-        if not args.replay.startswith(("redis://", "rediss://", "unix://")):
-            raise CommandError("--replay takes a redis:// URL")
+    for cidr in args.metrics_allow or ():
         try:
-            from dpopkit.storage.redis import AsyncRedisReplayCache
-        except ImportError as exc:
-            raise missing_extra("redis", exc) from exc
-        replay = AsyncRedisReplayCache.from_url(args.replay, prefix=args.replay_prefix)
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise CommandError(f"--metrics-allow {cidr!r}: not an IP network (CIDR)") from None
+    scheme = args.issuer.partition("://")[0].lower()
+    if not (scheme == "https" or (scheme == "http" and args.allow_insecure_http)):
+        raise CommandError(
+            "--issuer must be an https URL (or pass --allow-insecure-http for a loopback AS)"
+        )
+    replay = _replay(args)
     try:
         app = create_whoami_app(
             issuer=args.issuer,

@@ -12,7 +12,7 @@ Example::
     data_dir = "./as-data"                  # SQLite grant store, replay cache, secrets
     # key_encryption_keys_file = "/run/secrets/dpopkit-kek"   # signing keys encrypted at rest
     # storage_url = "postgresql+psycopg://user@db/as"
-    # replay_url = "redis://127.0.0.1:6379/0"   # or postgresql://..., sqlite (default), memory
+    # replay_url = "redis://127.0.0.1:6379/0"   # postgresql://, unix://, sqlite, memory
     # replay_schema = "dpopkit"               # PostgreSQL replay cache: its schema
     # store_timeout = 2.0                     # seconds per store call (PostgreSQL, Redis)
     cors_origins = ["*"]
@@ -55,6 +55,7 @@ from dpopkit.core.nonce import NonceIssuer
 from dpopkit.errors import DPoPError
 from dpopkit.storage.kek import KeyEncryptionError, KeyEncryptionKeys
 from dpopkit.storage.sql import ClientRecord, SQLGrantStore, hash_secret
+from dpopkit.storage.urls import REPLAY_URL_FORMS, parse_replay_url, replay_cache_from_url
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -432,13 +433,10 @@ def load_config(
     for key, value in (("storage_url", storage_url), ("replay_url", replay_url)):
         if not isinstance(value, str):
             raise ConfigError(f"config.{key} must be a string")
-    if not (
-        replay_url in ("sqlite", "memory")
-        or replay_url.startswith(("redis://", "rediss://", "postgresql://", "postgres://"))
-    ):
-        raise ConfigError(
-            "config.replay_url must be sqlite, memory, a redis:// or a postgresql:// URL"
-        )
+    try:
+        parse_replay_url(replay_url)
+    except ValueError:
+        raise ConfigError(f"config.replay_url must be {REPLAY_URL_FORMS}") from None
     replay_schema = raw.get("replay_schema")
     if replay_schema is not None and (not isinstance(replay_schema, str) or not replay_schema):
         raise ConfigError("config.replay_schema must be a schema name")
@@ -624,7 +622,6 @@ def build_server(
     Raises:
         ConfigError: a setting is invalid or a store cannot be opened.
     """
-    from dpopkit.core.replay import ReplayCache
     from dpopkit.server.app import create_app
     from dpopkit.server.authorize import ConfigUsers
     from dpopkit.server.service import ServerSettings, TokenService
@@ -653,27 +650,17 @@ def build_server(
         raise ConfigError(
             f"storage_url needs a driver that is not installed ({exc.name})"
         ) from None
-    replay: ReplayCache
-    if config.replay_url == "memory":
-        from dpopkit.storage.memory import MemoryReplayCache
-
-        replay = MemoryReplayCache(single_process=True)
-    elif config.replay_url == "sqlite":
-        from dpopkit.storage.sqlite import SQLiteReplayCache
-
-        replay = SQLiteReplayCache(config.data_dir / "replay.db")
-    elif config.replay_url.startswith(("postgresql://", "postgres://")):
-        from dpopkit.storage.postgres import PostgresReplayCache
-
-        replay = PostgresReplayCache(
+    try:
+        replay = replay_cache_from_url(
             config.replay_url,
-            schema=config.replay_schema,
+            data_dir=config.data_dir,
             timeout=timeout or DEFAULT_STORE_TIMEOUT,
+            schema=config.replay_schema,
         )
-    else:
-        from dpopkit.storage.redis import DEFAULT_TIMEOUT, RedisReplayCache
-
-        replay = RedisReplayCache.from_url(config.replay_url, timeout=timeout or DEFAULT_TIMEOUT)
+    except ValueError as exc:
+        raise ConfigError(f"replay_url: {exc}") from None
+    except ImportError as exc:
+        raise ConfigError(f"replay_url needs a driver that is not installed ({exc.name})") from None
     nonces = _nonce_issuer(config)
     csrf = _persisted_secret(config.data_dir, "csrf-secret").encode()
     service = TokenService(settings, store=store, replay=replay, nonces=nonces, clock=clock)
@@ -784,9 +771,10 @@ def check_backends(config: ServeConfig) -> None:
             ) from None
 
     replay = config.replay_url
-    if replay == "sqlite":
-        _check_sqlite_file(config.data_dir / "replay.db", "replay_url")
-    elif replay.startswith(("redis://", "rediss://")):
+    parsed = parse_replay_url(replay)
+    if parsed.backend == "sqlite":
+        _check_sqlite_file(parsed.path or config.data_dir / "replay.db", "replay_url")
+    elif parsed.backend == "redis":
         try:
             import redis
         except ImportError:
@@ -802,7 +790,7 @@ def check_backends(config: ServeConfig) -> None:
             ) from None
         finally:
             client.close()
-    elif replay.startswith(("postgresql://", "postgres://")):
+    elif parsed.backend == "postgres":
         try:
             import psycopg
         except ImportError:
