@@ -16,7 +16,8 @@ architecture; every import points down this list, and nothing imports upwards:
 ``grants/``
     one module per grant, each a plain function ``(GrantContext) -> dict``,
     registered in a dict at construction (:data:`DEFAULT_GRANTS`):
-    ``authorization_code``, ``client_credentials``, ``refresh_token``.
+    ``authorization_code_grant``, ``client_credentials_grant``, ``refresh_token_grant``
+    (the grant functions themselves keep the ``grant_type`` names).
 ``authorization_request.py``, ``client_metadata.py``, ``users.py``
     the rules shared by two endpoints (``/par`` and ``/authorize``), client metadata
     for ``/register`` and the TOML, and who may sign in.

@@ -30,7 +30,7 @@ from dpopkit.server.endpoints import revoke as revoke_endpoint
 from dpopkit.server.endpoints import token as token_endpoint
 from dpopkit.server.form import REPEATABLE_PARAMETERS, Form
 from dpopkit.server.grants import DEFAULT_GRANTS
-from dpopkit.server.grants.authorization_code import check_code_verifier
+from dpopkit.server.grants.authorization_code_grant import check_code_verifier
 from dpopkit.server.jwt import KeyRing
 from dpopkit.server.minting import new_family_id
 from dpopkit.server.settings import (
