@@ -204,6 +204,48 @@ def test_core_imports_only_core_and_errors() -> None:
     assert not outside, outside
 
 
+#: The authorization server's layers, lowest first: a module imports only its own layer or
+#: lower ones (the server package docstring describes them). A new module needs a layer.
+SERVER_LAYERS: tuple[tuple[str, ...], ...] = (
+    # request input, settings, keys, throttles, users, client metadata, the browser app
+    (
+        "settings",
+        "parsing",
+        "form",
+        "redirects",
+        "jwt",
+        "throttle",
+        "users",
+        "client_metadata",
+        "spa",
+    ),
+    ("targets", "proofs", "clientauth", "minting"),  # the steps of the core
+    ("core", "authorization_request"),  # the service core; the rules /par and /authorize share
+    ("grants", "endpoints"),  # one module per grant, one per endpoint
+    ("service", "authorize", "registration"),  # TokenService; earlier import paths
+    ("app", "config", ""),  # the ASGI app, ``dpopkit serve`` and the package itself
+)
+
+
+def _server_layer(module: str) -> int:
+    relative = module.removeprefix("dpopkit.server").removeprefix(".")
+    top = relative.partition(".")[0]
+    for level, names in enumerate(SERVER_LAYERS):
+        if top in names:
+            return level
+    raise AssertionError(f"{module} has no layer in SERVER_LAYERS")
+
+
+def test_server_imports_point_down() -> None:
+    """Inside ``dpopkit.server`` every import points to the same layer or a lower one."""
+    upward = [
+        (s, t)
+        for s, t in _edges("dpopkit.server")
+        if _inside(t, "dpopkit.server") and _server_layer(t) > _server_layer(s)
+    ]
+    assert not upward, upward
+
+
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:
     root = tmp_path / "pkg"
     for relative, text in {"__init__.py": "", **files}.items():
