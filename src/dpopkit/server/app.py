@@ -1,9 +1,10 @@
 """The authorization server as a Starlette (ASGI) application.
 
 Endpoints are thin ASGI adapters: read the request once into a
-:class:`~dpopkit.RequestView`, call the framework-free service in a worker
-thread (the grant store is synchronous SQLAlchemy), and copy the
-:class:`~dpopkit.ResponseView` out. No DPoP logic lives here.
+:class:`~dpopkit.RequestView`, call the framework-free endpoint
+(:mod:`dpopkit.server.endpoints`) in a worker thread (the grant store is
+synchronous SQLAlchemy), and copy the :class:`~dpopkit.ResponseView` out. No
+DPoP logic lives here; this module only maps paths to endpoints.
 
 Routes: ``/token``, ``/par``, ``/introspect``, ``/revoke``, ``/jwks``,
 ``/.well-known/oauth-authorization-server`` (RFC 8414), ``/authorize`` and, when
@@ -18,15 +19,17 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from ipaddress import ip_address
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.errors import Reason, ServerConfigurationError, requires_extra
-from dpopkit.server.authorize import Authenticator, AuthorizationEndpoint
+from dpopkit.server.endpoints import jwks as jwks_endpoint
+from dpopkit.server.endpoints import metadata as metadata_endpoint
+from dpopkit.server.endpoints.authorize import AuthorizationEndpoint
+from dpopkit.server.endpoints.register import handle_register, registration_rate_limiter
 from dpopkit.server.parsing import MAX_BODY_BYTES
-from dpopkit.server.registration import handle_register, registration_rate_limiter
 from dpopkit.server.service import TokenService
+from dpopkit.server.users import Authenticator
 
 with requires_extra("server", needed_by=__name__):
     from starlette.applications import Starlette
@@ -217,14 +220,6 @@ class _Endpoint:
         await _send(send, response, cors)
 
 
-def _json_view(data: Any, *, cache: str = "no-store") -> ResponseView:
-    return ResponseView(
-        status=200,
-        headers=(("Content-Type", "application/json"), ("Cache-Control", cache)),
-        body=json.dumps(data).encode(),
-    )
-
-
 def create_app(
     service: TokenService,
     *,
@@ -258,10 +253,10 @@ def create_app(
     issuer = settings.issuer
 
     def metadata(_: RequestView) -> ResponseView:
-        return _json_view(service.metadata(), cache="max-age=300")
+        return metadata_endpoint.handle(service)
 
     def jwks(_: RequestView) -> ResponseView:
-        return service.jwks()
+        return jwks_endpoint.handle(service)
 
     def favicon(_: RequestView) -> ResponseView:
         return ResponseView(status=204, headers=(("Cache-Control", "max-age=86400"),))
