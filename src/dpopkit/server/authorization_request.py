@@ -58,7 +58,7 @@ def validate_authorization_request(
         raise InvalidRequestError(Reason.INVALID_REQUEST, "PKCE with S256 is required")
     if not _B64URL_43.fullmatch(challenge):
         raise InvalidRequestError(Reason.INVALID_REQUEST, "malformed code_challenge")
-    # RFC 9449 §10: dpop_jkt must be a SHA-256 JWK thumbprint (DESIGN: invalid_request).
+    # RFC 9449 §10: dpop_jkt must be a SHA-256 JWK thumbprint (invalid_request).
     jkt = params.get("dpop_jkt")
     if jkt is not None and (not isinstance(jkt, str) or not _B64URL_43.fullmatch(jkt)):
         raise InvalidRequestError(Reason.INVALID_REQUEST, "dpop_jkt is not a JWK thumbprint")
