@@ -15,7 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dpopkit.client.flow import parse_json_body
-from dpopkit.client.tokens import Sender, TokenSet
+from dpopkit.client.senders import Sender
+from dpopkit.client.sources import TokenSet
 from dpopkit.core.challenge import ChallengeSyntaxError, parse_challenges
 from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, Headers, RequestView, ResponseView
 from dpopkit.core.jws import JWSError, b64url_decode, json_loads_object

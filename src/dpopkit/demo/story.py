@@ -35,7 +35,8 @@ from urllib.parse import urlsplit
 
 from dpopkit.client.flow import parse_json_body
 from dpopkit.client.httpx import DPoPAuth, httpx_sender
-from dpopkit.client.tokens import TokenClient, TokenSet
+from dpopkit.client.sources import TokenSet
+from dpopkit.client.tokens import TokenClient
 from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, Headers
 from dpopkit.core.keys import DPoPKey
 from dpopkit.core.proof import create_proof
