@@ -26,7 +26,8 @@ from dpopkit.core.replay import AsyncReplayCache
 from dpopkit.resource._site import ProtectedResourceMetadata
 from dpopkit.resource.asgi import ASGIApp, DPoPMiddleware, Receive, Scope, Send
 from dpopkit.resource.guard import AsyncResourceGuard, GuardMetrics
-from dpopkit.resource.tokens import AsyncJWTAccessTokens, AsyncTokenValidator, TokenValidator
+from dpopkit.resource.jwt_tokens import AsyncJWTAccessTokens
+from dpopkit.resource.validation import AsyncTokenValidator, TokenValidator
 from dpopkit.storage.memory import AsyncMemoryReplayCache
 
 __all__ = ["LOOPBACK_NETWORKS", "METRICS_PATH", "WHOAMI_PATH", "create_whoami_app"]
