@@ -20,6 +20,10 @@ streamed and abandoned past 512 KiB, by one helper for all three.
 
 The guard decides what the binding means (RFC 9449 §7.1, §7.2); validators only
 report it (checklist RS-1).
+
+The names are defined in :mod:`~dpopkit.resource.validation` (the protocols and
+:class:`TokenInfo`), :mod:`~dpopkit.resource.jwt_tokens` and
+:mod:`~dpopkit.resource.introspection`, and importable from here.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ transaction share it, and a connection whose server stops answering is cut
 (:mod:`dpopkit.storage._deadline`) and invalidated, so the operation raises
 :class:`StoreError` (HTTP 503) instead of waiting for the server to come back.
 Each operation holds its own pooled connection; a stuck one blocks no other.
+
+The records live in :mod:`~dpopkit.storage.records`, the tables in
+:mod:`~dpopkit.storage.schema` and the secret hashing in
+:mod:`~dpopkit.storage.hashing`; all are importable from here.
 """
 
 from __future__ import annotations
