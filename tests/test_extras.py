@@ -34,7 +34,8 @@ CORE_DEPENDENCIES = {"dpopkit", "cryptography"}
 #: Imports of optional packages inside functions, and why each cannot fail at a request.
 LAZY_OK: dict[str, str] = {
     "dpopkit._threads": "anyio is optional there: asyncio.to_thread is the fallback",
-    "dpopkit.resource.tokens": "the validators that fetch keys check httpx at construction",
+    "dpopkit.resource._fetch": "the validators that fetch keys check httpx at construction",
+    "dpopkit.resource.jwt_tokens": "anyio comes with httpx, checked at construction",
     "dpopkit.server.config": "serve --check turns a missing store driver into a ConfigError",
 }
 

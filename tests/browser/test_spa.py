@@ -39,7 +39,7 @@ from playwright.sync_api import BrowserContext, Page, sync_playwright
 
 from dpopkit.cli.serve import _build
 from dpopkit.core.thumbprint import access_token_hash, jwk_thumbprint
-from dpopkit.resource.demo import WHOAMI_PATH, create_whoami_app
+from dpopkit.demo.api import WHOAMI_PATH, create_whoami_app
 from dpopkit.server.config import build_server, load_config
 from dpopkit.server.spa import spa_mounts
 from tests.live import serve_in_thread

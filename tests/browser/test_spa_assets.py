@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from dpopkit.cli.serve import _build
-from dpopkit.resource.demo import WHOAMI_PATH
+from dpopkit.demo.api import WHOAMI_PATH
 from dpopkit.server.config import load_config
 from dpopkit.server.spa import SPA_PATH
 

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from dpopkit import DPoPKey, NonceIssuer, SecurityWarning, create_proof
 from dpopkit.core.thumbprint import access_token_hash
+from dpopkit.demo.api import WHOAMI_PATH, create_whoami_app
 from dpopkit.resource.asgi import DPoPMiddleware, ProtectedResourceMetadata, ProxyTrust
-from dpopkit.resource.demo import WHOAMI_PATH, create_whoami_app
 from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
 from dpopkit.resource.tokens import JWTAccessTokens
 from dpopkit.resource.wsgi import DPoPWSGIMiddleware

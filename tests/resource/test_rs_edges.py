@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from dpopkit import DPoPKey, InvalidTokenError, TemporarilyUnavailableError
-from dpopkit.resource.demo import create_whoami_app
+from dpopkit.demo.api import create_whoami_app
 from dpopkit.resource.tokens import AsyncJWTAccessTokens, IntrospectionTokens, JWTAccessTokens
 from tests.resource._rs_support import (
     AUDIENCE,

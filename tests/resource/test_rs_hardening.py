@@ -263,8 +263,8 @@ def test_hd29_the_walk_covers_every_role() -> None:
     """HD-29: the walk below sees the client, resource, server and storage classes."""
     names = {name for name, _ in PUBLIC_CLASSES}
     for expected in (
-        "dpopkit.resource.tokens.JWTAccessTokens",
-        "dpopkit.resource.tokens.IntrospectionTokens",
+        "dpopkit.resource.jwt_tokens.JWTAccessTokens",
+        "dpopkit.resource.introspection.IntrospectionTokens",
         "dpopkit.resource.guard.ResourceGuard",
         "dpopkit.storage.memory.MemoryReplayCache",
         "dpopkit.core.nonce.NonceIssuer",

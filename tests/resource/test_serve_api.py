@@ -23,8 +23,8 @@ import pytest
 
 from dpopkit import DPoPKey, create_proof, parse_challenges
 from dpopkit.core.jws import b64url_encode
+from dpopkit.demo.api import create_whoami_app
 from dpopkit.resource.asgi import DPoPMiddleware
-from dpopkit.resource.demo import create_whoami_app
 from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
 from dpopkit.resource.tokens import JWTAccessTokens
 from dpopkit.resource.wsgi import DPoPWSGIMiddleware

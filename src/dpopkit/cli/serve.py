@@ -75,7 +75,7 @@ def whoami_mounts(
     read ``DPoP-Nonce`` and ``WWW-Authenticate`` (RFC 9449 §9).
     """
     try:
-        from dpopkit.resource.demo import WHOAMI_PATH, create_whoami_app
+        from dpopkit.demo.api import WHOAMI_PATH, create_whoami_app
         from dpopkit.resource.tokens import TokenInfo
     except ImportError:
         return []

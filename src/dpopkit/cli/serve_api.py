@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401 - fail here, before anything is built
 
-        from dpopkit.resource.demo import create_whoami_app
+        from dpopkit.demo.api import create_whoami_app
     except ImportError as exc:
         raise missing_extra("server", exc) from exc
     if not 0 < args.port < 65536:

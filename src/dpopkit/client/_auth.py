@@ -8,7 +8,7 @@ in :class:`~dpopkit.client.flow.DPoPFlow`.
 from __future__ import annotations
 
 from dpopkit.client.flow import Clock, DPoPFlow, NonceCache
-from dpopkit.client.tokens import StaticToken, TokenSource
+from dpopkit.client.sources import StaticToken, TokenSource
 from dpopkit.core.keys import DPoPKey
 
 

@@ -53,7 +53,8 @@ from dpopkit.client.flow import (
     parse_json_body,
     wants_body,
 )
-from dpopkit.client.tokens import Sender, TokenSource
+from dpopkit.client.senders import Sender
+from dpopkit.client.sources import TokenSource
 from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, Headers, RequestView, ResponseView
 from dpopkit.core.htu import normalize_htu
 from dpopkit.core.keys import DPoPKey

@@ -36,7 +36,8 @@ from dpopkit.client.flow import (
     parse_json_body,
     wants_body,
 )
-from dpopkit.client.tokens import Sender, TokenSource
+from dpopkit.client.senders import Sender
+from dpopkit.client.sources import TokenSource
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import ChallengeError, ClientError, Reason, requires_extra

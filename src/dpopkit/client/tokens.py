@@ -21,6 +21,12 @@ standard library's ``urllib`` (no extra dependency, redirects not followed);
 * Token responses are checked: ``token_type`` compared case-insensitively
   (RFC 6749 §5.1, C-7) and ``DPoP`` required when a proof was sent, unless
   ``allow_bearer_downgrade=True`` (SEC-115).
+
+This module holds :class:`TokenClient` and the authorization-code request; the
+pieces it builds on have modules of their own and are importable from here too:
+:mod:`~dpopkit.client.metadata` (discovery, registration),
+:mod:`~dpopkit.client.senders` (the HTTP exchange) and
+:mod:`~dpopkit.client.sources` (token sets and token sources).
 """
 
 from __future__ import annotations
@@ -28,41 +34,27 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import html
-import http.client
-import json
 import math
-import re
 import secrets
-import threading
 import time
-import urllib.error
-import urllib.request
 import webbrowser
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal
 from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
+from dpopkit.client._as_errors import MAX_ERROR_DESCRIPTION as MAX_ERROR_DESCRIPTION
+from dpopkit.client._as_errors import error_from
+from dpopkit.client._loopback import LoopbackListener
 from dpopkit.client.flow import Clock, DPoPFlow, NonceCache, Retry, parse_json_body
+from dpopkit.client.metadata import ServerMetadata, discover, register_client
+from dpopkit.client.senders import MAX_RESPONSE_BODY as MAX_RESPONSE_BODY
+from dpopkit.client.senders import Sender, urllib_sender
+from dpopkit.client.sources import RefreshingToken, StaticToken, TokenSet, TokenSource
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.core.jws import b64url_encode, json_dumps
 from dpopkit.core.keys import DPoPKey
-from dpopkit.errors import (
-    AuthorizationServerError,
-    ClientError,
-    DPoPError,
-    InvalidClientError,
-    InvalidGrantError,
-    InvalidProofError,
-    InvalidRequestError,
-    InvalidScopeError,
-    Reason,
-    TokenResponseError,
-    UnauthorizedClientError,
-    UnsupportedGrantTypeError,
-)
+from dpopkit.errors import ClientError, Reason, TokenResponseError
 
 __all__ = [
     "AuthMethod",
@@ -80,263 +72,10 @@ __all__ = [
     "urllib_sender",
 ]
 
-Sender = Callable[[RequestView], ResponseView]
 AuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 
-#: Largest response body (bytes) the token client reads.
-MAX_RESPONSE_BODY = 1024 * 1024
 _FORM = "application/x-www-form-urlencoded"
-_ERRORS: dict[str, type[DPoPError]] = {
-    "invalid_grant": InvalidGrantError,
-    "invalid_client": InvalidClientError,
-    "unauthorized_client": UnauthorizedClientError,
-    "unsupported_grant_type": UnsupportedGrantTypeError,
-    "invalid_scope": InvalidScopeError,
-    "invalid_request": InvalidRequestError,
-    "invalid_dpop_proof": InvalidProofError,
-}
 _EQUIVALENT_ALGS = {"EdDSA": "Ed25519", "Ed25519": "EdDSA"}
-
-
-# -- HTTP ------------------------------------------------------------------------------------------
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def urllib_sender(*, timeout: float = 10.0) -> Sender:
-    """A sender on the standard library (``urllib``); redirects are not followed.
-
-    Error statuses are returned as responses, not raised. Bodies over
-    :data:`MAX_RESPONSE_BODY` bytes are cut. A server that cannot be reached, or
-    answers with something that is not HTTP, raises :class:`OSError`.
-    """
-    opener = urllib.request.build_opener(_NoRedirect)
-
-    def send(request: RequestView) -> ResponseView:
-        if not request.url.lower().startswith(("https://", "http://")):
-            raise ValueError("only http(s) URLs")
-        req = urllib.request.Request(  # noqa: S310 - scheme checked above
-            request.url,
-            data=request.body,
-            method=request.method,
-            headers=dict(request.headers.items_all()),
-        )
-        try:
-            with opener.open(req, timeout=timeout) as resp:
-                return ResponseView(
-                    status=resp.status,
-                    headers=tuple(resp.headers.items()),
-                    body=resp.read(MAX_RESPONSE_BODY),
-                )
-        except urllib.error.HTTPError as err:
-            with err:
-                return ResponseView(
-                    status=err.code,
-                    headers=tuple(err.headers.items()),
-                    body=err.read(MAX_RESPONSE_BODY),
-                )
-        except http.client.HTTPException as exc:  # a reply that is not HTTP/1.x
-            raise ConnectionError(f"not an HTTP response ({type(exc).__name__})") from exc
-
-    return send
-
-
-# -- metadata --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServerMetadata:
-    """Authorization-server metadata (RFC 8414 §2; RFC 9449 §5.1; RFC 9126 §5)."""
-
-    issuer: str
-    token_endpoint: str
-    authorization_endpoint: str | None = None
-    pushed_authorization_request_endpoint: str | None = None
-    require_pushed_authorization_requests: bool = False
-    revocation_endpoint: str | None = None
-    registration_endpoint: str | None = None
-    dpop_signing_alg_values_supported: tuple[str, ...] | None = None
-    authorization_response_iss_parameter_supported: bool = False
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ServerMetadata:
-        """Build from a metadata document.
-
-        Raises:
-            ClientError: (CONFIGURATION) a required member is missing or mistyped.
-        """
-
-        def text(name: str, required: bool = False) -> str | None:
-            value = data.get(name)
-            if value is None and not required:
-                return None
-            if not isinstance(value, str) or not value:
-                raise ClientError(Reason.CONFIGURATION, f"metadata {name} missing or invalid")
-            return value
-
-        algs = data.get("dpop_signing_alg_values_supported")
-        if algs is not None and (
-            not isinstance(algs, list) or not all(isinstance(a, str) for a in algs)
-        ):
-            raise ClientError(Reason.CONFIGURATION, "bad dpop_signing_alg_values_supported")
-        issuer = text("issuer", True)
-        token_endpoint = text("token_endpoint", True)
-        assert issuer is not None
-        assert token_endpoint is not None
-        return cls(
-            issuer=issuer,
-            token_endpoint=token_endpoint,
-            authorization_endpoint=text("authorization_endpoint"),
-            pushed_authorization_request_endpoint=text("pushed_authorization_request_endpoint"),
-            require_pushed_authorization_requests=data.get("require_pushed_authorization_requests")
-            is True,
-            revocation_endpoint=text("revocation_endpoint"),
-            registration_endpoint=text("registration_endpoint"),
-            dpop_signing_alg_values_supported=None if algs is None else tuple(algs),
-            # RFC 9207 §3: only the JSON value true counts as advertised.
-            authorization_response_iss_parameter_supported=data.get(
-                "authorization_response_iss_parameter_supported"
-            )
-            is True,
-            raw=dict(data),
-        )
-
-
-def _well_known_urls(issuer: str) -> list[str]:
-    parts = urlsplit(issuer)
-    path = parts.path.rstrip("/")
-    # RFC 8414 §3.1: the well-known suffix goes between the host and the issuer's path.
-    rfc8414 = urlunsplit(
-        (parts.scheme, parts.netloc, "/.well-known/oauth-authorization-server" + path, "", "")
-    )
-    # OpenID Connect Discovery 1.0 §4: appended to the issuer.
-    oidc = urlunsplit(
-        (parts.scheme, parts.netloc, path + "/.well-known/openid-configuration", "", "")
-    )
-    return [rfc8414, oidc]
-
-
-def discover(issuer: str, *, sender: Sender | None = None) -> ServerMetadata:
-    """Fetch and check an authorization server's metadata (RFC 8414 §3, then OIDC).
-
-    Raises:
-        ClientError: (CONFIGURATION) no metadata document, or its ``issuer`` is not
-            exactly ``issuer`` (RFC 8414 §3.3, X-16).
-    """
-    send = sender if sender is not None else urllib_sender()
-    for url in _well_known_urls(issuer):
-        response = send(RequestView(method="GET", url=url, headers=_accept_json()))
-        if response.status != 200:
-            continue
-        data = parse_json_body(response.body)
-        if data is None:
-            continue
-        metadata = ServerMetadata.from_dict(data)
-        # RFC 8414 §3.3: the issuer must be identical to the one used to build the URL.
-        if not hmac.compare_digest(metadata.issuer.encode(), issuer.encode()):
-            raise ClientError(
-                Reason.CONFIGURATION, "the metadata issuer does not match", detail={"url": url}
-            )
-        return metadata
-    raise ClientError(Reason.CONFIGURATION, "no authorization server metadata found")
-
-
-def _accept_json() -> Headers:
-    return Headers([("Accept", "application/json")])
-
-
-def register_client(
-    metadata: ServerMetadata,
-    client_metadata: Mapping[str, Any],
-    *,
-    initial_access_token: str | None = None,
-    sender: Sender | None = None,
-) -> dict[str, Any]:
-    """Register a client dynamically (RFC 7591 §3) as a DPoP client (RFC 9449 §5.2).
-
-    ``dpop_bound_access_tokens`` is set to ``true`` (checklist C-22): the AS then
-    refuses token requests from this client without a proof, and
-    :class:`TokenClient` always sends one.
-
-    Args:
-        metadata: the AS metadata (its ``registration_endpoint`` is used).
-        client_metadata: RFC 7591 §2 client metadata (``redirect_uris``,
-            ``token_endpoint_auth_method``, ``grant_types``, ...).
-        initial_access_token: a bearer token for protected registration endpoints.
-        sender: the HTTP sender (``urllib`` by default).
-
-    Returns:
-        The registration response (``client_id``, ``client_secret`` when issued, ...).
-
-    Raises:
-        ClientError: (CONFIGURATION) the AS has no registration endpoint.
-        TokenResponseError / OAuthError subclasses: the AS refused.
-    """
-    endpoint = metadata.registration_endpoint
-    if endpoint is None:
-        raise ClientError(Reason.CONFIGURATION, "the AS has no registration endpoint")
-    body = {**client_metadata, "dpop_bound_access_tokens": True}
-    headers = [("Content-Type", "application/json"), ("Accept", "application/json")]
-    if initial_access_token is not None:
-        headers.append(("Authorization", f"Bearer {initial_access_token}"))
-    send = sender if sender is not None else urllib_sender()
-    response = send(
-        RequestView(
-            method="POST",
-            url=endpoint,
-            headers=Headers(headers),
-            body=json.dumps(body).encode("utf-8"),
-        )
-    )
-    data = parse_json_body(response.body)
-    if response.status not in (200, 201) or data is None:
-        raise _error_from(response, data)
-    client_id = data.get("client_id")
-    if not isinstance(client_id, str) or not client_id:
-        raise TokenResponseError(Reason.TOKEN_RESPONSE, "no client_id in the registration")
-    return dict(data)
-
-
-# -- tokens ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TokenSet:
-    """A checked token response (RFC 6749 §5.1) and the key it is bound to.
-
-    Attributes:
-        key: the DPoP key whose proof obtained the tokens; refreshes must use it (C-8).
-        expires_at: absolute expiry of the access token by the client's clock, if known.
-        issued_at: when the client received the tokens, by its clock (with ``expires_at``
-            it gives the token's lifetime, which bounds a refresh margin).
-        grant: the grant that produced it (``client_credentials``, ``authorization_code``,
-            ``refresh_token``), so a token source can renew it.
-        params: the grant's scope/resource parameters, reused for a renewal.
-    """
-
-    access_token: str = field(repr=False)
-    token_type: str
-    key: DPoPKey
-    expires_at: float | None = None
-    issued_at: float | None = None
-    refresh_token: str | None = field(default=None, repr=False)
-    scope: str | None = None
-    grant: str = ""
-    params: tuple[tuple[str, str], ...] = ()
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def is_dpop(self) -> bool:
-        """Whether the AS bound the token to the key (``token_type`` ``DPoP``, C-7)."""
-        return self.token_type.lower() == "dpop"
-
-    def expired(self, *, now: float, margin: float = 0.0) -> bool:
-        """Whether the access token is (or within ``margin`` seconds will be) expired."""
-        return self.expires_at is not None and now + margin >= self.expires_at
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -365,137 +104,6 @@ class AuthorizationRequest:
     redirect_uri: str
     key: DPoPKey
     scope: str | None = None
-
-
-class TokenSource(Protocol):
-    """Where auth objects get the access token to send (and how to renew it).
-
-    ``current`` never blocks (None means "call ``get``"); ``get`` may refresh;
-    ``invalidate`` is called once after a 401 ``invalid_token`` with the token that
-    was rejected and returns a different token, or None when there is none.
-    Implementations serialise refreshes: many waiting requests cause one refresh.
-    """
-
-    def current(self) -> str | None:
-        """The token to send now, or None when a (blocking) refresh is due."""
-        ...
-
-    def get(self) -> str:
-        """The token to send, refreshing it first when it is (about to be) expired."""
-        ...
-
-    def invalidate(self, rejected: str) -> str | None:
-        """Renew after the server rejected ``rejected``; None when no renewal is possible."""
-        ...
-
-
-class StaticToken:
-    """A fixed access token (no refresh)."""
-
-    __slots__ = ("_token",)
-
-    def __init__(self, token: str) -> None:
-        if not isinstance(cast(object, token), str) or not token:
-            raise ValueError("the access token must be a non-empty string")
-        self._token = token
-
-    def __repr__(self) -> str:
-        return "StaticToken(...)"
-
-    def current(self) -> str:  # noqa: D102
-        return self._token
-
-    def get(self) -> str:  # noqa: D102
-        return self._token
-
-    def invalidate(self, rejected: str) -> None:  # noqa: D102
-        return None
-
-
-class RefreshingToken:
-    """A :class:`TokenSource` that renews a :class:`TokenSet` before ``exp`` and after a 401.
-
-    Renewal uses the refresh token (always with a proof from the token's own key,
-    C-8) or, for a client-credentials token without one, asks for a new token.
-    Refreshes are serialised with a lock: when many threads (or asyncio tasks,
-    through worker threads) find the token expired, one refresh happens and the
-    others get its result.
-
-    Args:
-        client: the :class:`TokenClient` that renews.
-        tokens: the current tokens.
-        margin: seconds before ``expires_at`` at which the token counts as expired; at most
-            half the token's lifetime, so that a token shorter-lived than the margin is
-            not renewed on every request.
-        clock: the time source (``time.time``).
-    """
-
-    def __init__(
-        self,
-        client: TokenClient,
-        tokens: TokenSet,
-        *,
-        margin: float = 30.0,
-        clock: Clock = time.time,
-    ) -> None:
-        self.client = client
-        self._tokens = tokens
-        self.margin = margin
-        self.clock = clock
-        self.refresh_count = 0
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"RefreshingToken(refreshes={self.refresh_count})"
-
-    @property
-    def tokens(self) -> TokenSet:
-        """The current :class:`TokenSet`."""
-        return self._tokens
-
-    def current(self) -> str | None:  # noqa: D102
-        tokens = self._tokens
-        if self._due(tokens) and self._renewable(tokens):
-            return None
-        return tokens.access_token
-
-    def get(self) -> str:  # noqa: D102
-        with self._lock:
-            tokens = self._tokens
-            if self._due(tokens) and self._renewable(tokens):
-                tokens = self._renew(tokens)
-            return tokens.access_token
-
-    def _due(self, tokens: TokenSet) -> bool:
-        margin = self.margin
-        if tokens.issued_at is not None and tokens.expires_at is not None:
-            margin = max(0.0, min(margin, (tokens.expires_at - tokens.issued_at) / 2))
-        return tokens.expired(now=self.clock(), margin=margin)
-
-    def invalidate(self, rejected: str) -> str | None:  # noqa: D102
-        with self._lock:
-            tokens = self._tokens
-            if not hmac.compare_digest(tokens.access_token.encode(), rejected.encode()):
-                return tokens.access_token  # someone else already renewed it
-            if not self._renewable(tokens):
-                return None
-            return self._renew(tokens).access_token
-
-    @staticmethod
-    def _renewable(tokens: TokenSet) -> bool:
-        return tokens.refresh_token is not None or tokens.grant == "client_credentials"
-
-    def _renew(self, tokens: TokenSet) -> TokenSet:
-        if tokens.refresh_token is not None:
-            new = self.client.refresh(tokens)
-        else:
-            params = dict(tokens.params)
-            new = self.client.client_credentials(
-                scope=params.get("scope"), resource=params.get("resource"), key=tokens.key
-            )
-        self.refresh_count += 1
-        self._tokens = new
-        return new
 
 
 # -- the client ------------------------------------------------------------------------------------
@@ -698,7 +306,7 @@ class TokenClient:
     ) -> TokenSet:
         data = parse_json_body(response.body)
         if response.status != 200:
-            raise _error_from(response, data)
+            raise error_from(response, data)
         if data is None:
             raise TokenResponseError(Reason.TOKEN_RESPONSE, "the token response is not JSON")
         access_token = data.get("access_token")
@@ -801,7 +409,7 @@ class TokenClient:
             form["token_type_hint"] = hint
         response, _ = self._post(endpoint, form, key=None)
         if response.status != 200:
-            raise _error_from(response, parse_json_body(response.body))
+            raise error_from(response, parse_json_body(response.body))
 
     def authorization_request(
         self,
@@ -860,7 +468,7 @@ class TokenClient:
             response, _ = self._post(par_endpoint, dict(params), key=key)
             data = parse_json_body(response.body)
             if response.status not in (200, 201):
-                raise _error_from(response, data)
+                raise error_from(response, data)
             request_uri = None if data is None else data.get("request_uri")
             if not isinstance(request_uri, str) or not request_uri:
                 raise TokenResponseError(Reason.TOKEN_RESPONSE, "no request_uri in PAR response")
@@ -944,7 +552,7 @@ class TokenClient:
             TimeoutError: no callback within ``timeout`` seconds.
             TokenResponseError: see :meth:`exchange_code`.
         """
-        with _LoopbackListener(path) as listener:
+        with LoopbackListener(path) as listener:
             request = self.authorization_request(
                 redirect_uri=listener.redirect_uri,
                 scope=scope,
@@ -990,110 +598,3 @@ def _add_query(url: str, params: Mapping[str, str]) -> str:
     query = urlencode(list(params.items()))
     joined = f"{parts.query}&{query}" if parts.query else query
     return urlunsplit((parts.scheme, parts.netloc, parts.path, joined, ""))
-
-
-#: Longest server ``error_description`` kept (RFC 6749 §5.2 sets no limit; a log line does).
-MAX_ERROR_DESCRIPTION = 300
-# RFC 6749 §5.2: error and error_description use only %x20-21 / %x23-5B / %x5D-7E.
-_NOT_ERROR_CHAR = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
-
-
-def _server_text(value: object, limit: int) -> str | None:
-    """A server-supplied ``error``/``error_description`` made safe to print, or None.
-
-    Characters RFC 6749 §5.2 does not allow (control characters, terminal escape
-    sequences, quotes, non-ASCII) become ``?``; the text is cut to ``limit``.
-    """
-    if not isinstance(value, str) or not value:
-        return None
-    text = _NOT_ERROR_CHAR.sub("?", value[:limit])
-    return text + "..." if len(value) > limit else text
-
-
-def _error_from(response: ResponseView, data: Mapping[str, Any] | None) -> DPoPError:
-    """The typed error for an RFC 6749 §5.2 error response (or a non-JSON failure).
-
-    The server's ``error`` code and ``error_description`` are kept: a known code
-    raises its own class (``InvalidGrantError``, ...), any other code, and an
-    answer that is no error object at all, raise :class:`AuthorizationServerError`
-    whose ``error`` is the server's code. ``detail`` holds the HTTP status, the
-    code, the description and ``error_uri`` as the server sent them (cleaned).
-    """
-    code = None if data is None else _server_text(data.get("error"), 100)
-    description = (
-        None if data is None else _server_text(data.get("error_description"), MAX_ERROR_DESCRIPTION)
-    )
-    error_uri = None if data is None else _server_text(data.get("error_uri"), 300)
-    detail: dict[str, object] = {
-        "status": response.status,
-        "error": code,
-        "error_description": description,
-    }
-    if error_uri is not None:
-        detail["error_uri"] = error_uri
-    if code is not None and code in _ERRORS:
-        return _ERRORS[code](
-            None, description or "the authorization server refused the request", detail=detail
-        )
-    text = description
-    if text is None:
-        text = f"the authorization server answered {response.status}"
-        if code is None:
-            text += " without an OAuth error object"
-    return AuthorizationServerError(
-        None,
-        text,
-        status=response.status,
-        code=code,
-        server_description=description,
-        detail=detail,
-    )
-
-
-class _LoopbackListener:
-    """A one-shot HTTP listener on 127.0.0.1 for the authorization callback (RFC 8252 §7.3)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.callback: str | None = None
-        self._done = threading.Event()
-        listener = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if urlsplit(self.path).path != listener.path or listener._done.is_set():
-                    self.send_error(404)
-                    return
-                listener.callback = f"{listener.redirect_uri.split('?')[0]}?" + (
-                    urlsplit(self.path).query
-                )
-                page = html.escape("You can close this window and return to the application.")
-                body = f"<!doctype html><title>dpopkit</title><p>{page}</p>".encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-                listener._done.set()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None  # never log: the query holds the authorization code
-
-        self._server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.redirect_uri = f"http://127.0.0.1:{self._server.server_address[1]}{path}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> _LoopbackListener:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def wait(self, timeout: float) -> str:
-        if not self._done.wait(timeout) or self.callback is None:
-            raise TimeoutError("no authorization callback arrived")
-        return self.callback

@@ -66,7 +66,7 @@ from dpopkit.errors import (
     ServerConfigurationError,
     requires_extra,
 )
-from dpopkit.resource.tokens import AsyncTokenValidator, TokenInfo, TokenValidator
+from dpopkit.resource.validation import AsyncTokenValidator, TokenInfo, TokenValidator
 from dpopkit.storage._health import StoreHealth
 from dpopkit.storage.memory import AsyncMemoryReplayCache, MemoryReplayCache
 

@@ -29,19 +29,18 @@ transaction share it, and a connection whose server stops answering is cut
 (:mod:`dpopkit.storage._deadline`) and invalidated, so the operation raises
 :class:`StoreError` (HTTP 503) instead of waiting for the server to come back.
 Each operation holds its own pooled connection; a stuck one blocks no other.
+
+The records live in :mod:`~dpopkit.storage.records`, the tables in
+:mod:`~dpopkit.storage.schema` and the secret hashing in
+:mod:`~dpopkit.storage.hashing`; all are importable from here.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
-import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from typing import Any
 
 from dpopkit.errors import requires_extra
@@ -53,7 +52,18 @@ with requires_extra("server", needed_by=__name__):
 from dpopkit._private import create_private_file
 from dpopkit.storage._deadline import DEFAULT_STORE_TIMEOUT, Deadline, check_timeout
 from dpopkit.storage._health import StoreHealth
+from dpopkit.storage.hashing import hash_secret, sha256_hex, verify_secret
 from dpopkit.storage.kek import KeyEncryptionError, KeyEncryptionKeys
+from dpopkit.storage.records import (
+    AccessTokenRecord,
+    ClientRecord,
+    CodeRecord,
+    InteractionRecord,
+    RefreshRecord,
+    SigningKeyRecord,
+    StoreError,
+)
+from dpopkit.storage.schema import SCHEMA_VERSION, client_from_row, tables
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -69,331 +79,6 @@ __all__ = [
     "sha256_hex",
     "verify_secret",
 ]
-
-#: The schema version this code writes; a database with a newer one is refused.
-SCHEMA_VERSION = 1
-
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
-
-
-class StoreError(RuntimeError):
-    """The database cannot be used (unreachable, newer schema, corrupt record)."""
-
-
-def sha256_hex(value: str) -> str:
-    """Return the hex SHA-256 of a high-entropy secret (codes, refresh tokens, request URIs)."""
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
-
-
-def hash_secret(secret: str) -> str:
-    """Hash a client secret or password with scrypt and a random salt.
-
-    Returns:
-        ``scrypt$N$r$p$<salt b64>$<hash b64>``.
-    """
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        secret.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
-    )
-    enc = base64.b64encode
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${enc(salt).decode()}${enc(digest).decode()}"
-
-
-def verify_secret(secret: str, stored: str) -> bool:
-    """Check ``secret`` against a :func:`hash_secret` value in constant time."""
-    try:
-        scheme, n, r, p, salt_b64, hash_b64 = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        salt = base64.b64decode(salt_b64, validate=True)
-        expected = base64.b64decode(hash_b64, validate=True)
-        n_i, r_i, p_i = int(n), int(r), int(p)
-        if not (2**10 <= n_i <= 2**20 and 1 <= r_i <= 32 and 1 <= p_i <= 16):
-            return False
-        digest = hashlib.scrypt(
-            secret.encode("utf-8"),
-            salt=salt,
-            n=n_i,
-            r=r_i,
-            p=p_i,
-            dklen=len(expected),
-            maxmem=256 * 1024 * 1024,
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(digest, expected)
-
-
-# --- records ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientRecord:
-    """A registered client, described with RFC 7591 §2 metadata names.
-
-    ``secret_hash`` is a :func:`hash_secret` value (never the secret).
-    ``dpop_bound_access_tokens`` is RFC 9449 §5.2; ``require_pushed_authorization_requests``
-    is RFC 9126 §6; ``dpop_nonce_required`` is dpopkit's per-client nonce switch;
-    ``access_token_format`` (``jwt`` or ``opaque``) overrides the server's default
-    access-token format for this client (None: the server's default).
-
-    Operator settings (configuration only, never taken from RFC 7591 registration):
-    ``introspection_audiences`` lists the token audiences (``aud`` values) this client
-    may introspect tokens for, as a resource server does (RFC 7662 §4); without it a
-    client learns only about its own tokens. ``token_endpoint_auth_method_strict``
-    pins ``client_secret_basic`` / ``client_secret_post`` to the registered one (by
-    default the two are interchangeable for a secret client, RFC 6749 §2.3.1).
-
-    ``registered`` marks a client made by dynamic registration (RFC 7591): the
-    server's registration policy (allowed audiences) applies to it for its lifetime.
-    """
-
-    client_id: str
-    token_endpoint_auth_method: str = "client_secret_basic"  # noqa: S105 - a method name
-    secret_hash: str | None = None
-    grant_types: tuple[str, ...] = ("client_credentials",)
-    redirect_uris: tuple[str, ...] = ()
-    scope: str = ""
-    jwks: Mapping[str, Any] | None = None
-    client_name: str | None = None
-    dpop_bound_access_tokens: bool = False
-    require_pushed_authorization_requests: bool = False
-    dpop_nonce_required: bool = False
-    access_token_format: str | None = None
-    introspection_audiences: tuple[str, ...] = ()
-    token_endpoint_auth_method_strict: bool = False
-    created_at: float = 0.0
-    registered: bool = False
-
-    @property
-    def is_public(self) -> bool:
-        """True for a client that does not authenticate (``none``, RFC 6749 §2.1)."""
-        return self.token_endpoint_auth_method == "none"  # noqa: S105 - a method name
-
-    def metadata(self) -> dict[str, Any]:
-        """The RFC 7591 §3.2.1 view of this client (no secret)."""
-        data: dict[str, Any] = {
-            "client_id": self.client_id,
-            "token_endpoint_auth_method": self.token_endpoint_auth_method,
-            "grant_types": list(self.grant_types),
-            "dpop_bound_access_tokens": self.dpop_bound_access_tokens,
-            "require_pushed_authorization_requests": self.require_pushed_authorization_requests,
-            "client_id_issued_at": int(self.created_at),
-        }
-        if self.redirect_uris:
-            data["redirect_uris"] = list(self.redirect_uris)
-            data["response_types"] = ["code"]
-        if self.scope:
-            data["scope"] = self.scope
-        if self.jwks is not None:
-            data["jwks"] = dict(self.jwks)
-        if self.client_name:
-            data["client_name"] = self.client_name
-        if self.access_token_format is not None:
-            data["access_token_format"] = self.access_token_format
-        return data
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CodeRecord:
-    """An authorization code (stored by hash), with PKCE and ``dpop_jkt`` (RFC 9449 §10)."""
-
-    code_hash: str
-    client_id: str
-    sub: str
-    redirect_uri: str
-    scope: str
-    code_challenge: str
-    dpop_jkt: str | None
-    resource: tuple[str, ...]
-    expires_at: float
-    used: bool = False
-    family_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RefreshRecord:
-    """One refresh token of a rotation family; ``jkt`` binds it (RFC 9449 §5, AS-5).
-
-    Once spent, ``used_at`` is when it was rotated and ``used_jkt`` the DPoP key
-    thumbprint of the proof that rotated it (None without a proof): the reuse leeway
-    compares a second redemption with them.
-    """
-
-    token_hash: str
-    family_id: str
-    client_id: str
-    sub: str
-    scope: str
-    resource: tuple[str, ...]
-    jkt: str | None
-    expires_at: float
-    issued_at: float
-    used: bool = False
-    revoked: bool = False
-    used_at: float | None = None
-    used_jkt: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AccessTokenRecord:
-    """What was issued for an access token (RFC 7662 introspection, RFC 7009).
-
-    A JWT access token is kept by its ``jti`` claim. An opaque token is kept by
-    :func:`sha256_hex` of its value in ``jti`` with ``opaque`` set (the value itself
-    is never stored); a lookup by either kind never matches the other.
-    """
-
-    jti: str
-    client_id: str
-    sub: str
-    scope: str
-    aud: tuple[str, ...]
-    jkt: str | None
-    issued_at: float
-    expires_at: float
-    family_id: str | None = None
-    revoked: bool = False
-    opaque: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InteractionRecord:
-    """A pushed authorization request (RFC 9126) or a login interaction in progress."""
-
-    id_hash: str
-    kind: str  # "par" or "interaction"
-    client_id: str
-    params: Mapping[str, Any]
-    expires_at: float
-    used: bool = False
-    sub: str | None = None
-    browser_hash: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SigningKeyRecord:
-    """An AS signing key (private JWK), published until ``retire_at``."""
-
-    kid: str
-    alg: str
-    private_jwk: Mapping[str, Any] = field(repr=False)
-    created_at: float
-    retire_at: float | None = None
-
-
-# --- schema ----------------------------------------------------------------------------------
-
-
-def _tables(metadata: sa.MetaData, prefix: str) -> dict[str, sa.Table]:
-    t = prefix
-    text, real, boolean = sa.Text, sa.Float, sa.Boolean
-    return {
-        "meta": sa.Table(
-            f"{t}dpopkit_schema",
-            metadata,
-            sa.Column("name", sa.String(64), primary_key=True),
-            sa.Column("version", sa.Integer, nullable=False),
-        ),
-        "clients": sa.Table(
-            f"{t}dpopkit_clients",
-            metadata,
-            sa.Column("client_id", sa.String(255), primary_key=True),
-            sa.Column("metadata", text, nullable=False),
-            sa.Column("secret_hash", text),
-            sa.Column("created_at", real, nullable=False),
-        ),
-        "codes": sa.Table(
-            f"{t}dpopkit_codes",
-            metadata,
-            sa.Column("code_hash", sa.String(64), primary_key=True),
-            sa.Column("client_id", sa.String(255), nullable=False),
-            sa.Column("data", text, nullable=False),
-            sa.Column("expires_at", real, nullable=False, index=True),
-            sa.Column("used", boolean, nullable=False, default=False),
-            sa.Column("family_id", sa.String(64)),
-        ),
-        "refresh": sa.Table(
-            f"{t}dpopkit_refresh_tokens",
-            metadata,
-            sa.Column("token_hash", sa.String(64), primary_key=True),
-            sa.Column("family_id", sa.String(64), nullable=False, index=True),
-            sa.Column("client_id", sa.String(255), nullable=False),
-            sa.Column("data", text, nullable=False),
-            sa.Column("jkt", sa.String(64)),
-            sa.Column("issued_at", real, nullable=False),
-            sa.Column("expires_at", real, nullable=False, index=True),
-            sa.Column("used", boolean, nullable=False, default=False),
-            sa.Column("revoked", boolean, nullable=False, default=False),
-        ),
-        "families": sa.Table(
-            f"{t}dpopkit_refresh_families",
-            metadata,
-            sa.Column("family_id", sa.String(64), primary_key=True),
-            sa.Column("client_id", sa.String(255), nullable=False),
-            sa.Column("created_at", real, nullable=False),
-            sa.Column("revoked", boolean, nullable=False, default=False),
-        ),
-        "access": sa.Table(
-            f"{t}dpopkit_access_tokens",
-            metadata,
-            sa.Column("jti", sa.String(64), primary_key=True),
-            sa.Column("client_id", sa.String(255), nullable=False),
-            sa.Column("family_id", sa.String(64), index=True),
-            sa.Column("data", text, nullable=False),
-            sa.Column("jkt", sa.String(64)),
-            sa.Column("issued_at", real, nullable=False),
-            sa.Column("expires_at", real, nullable=False, index=True),
-            sa.Column("revoked", boolean, nullable=False, default=False),
-        ),
-        "requests": sa.Table(
-            f"{t}dpopkit_requests",
-            metadata,
-            sa.Column("id_hash", sa.String(64), primary_key=True),
-            sa.Column("kind", sa.String(16), nullable=False),
-            sa.Column("client_id", sa.String(255), nullable=False),
-            sa.Column("params", text, nullable=False),
-            sa.Column("expires_at", real, nullable=False, index=True),
-            sa.Column("used", boolean, nullable=False, default=False),
-            sa.Column("sub", sa.String(255)),
-            sa.Column("browser_hash", sa.String(64)),
-        ),
-        "keys": sa.Table(
-            f"{t}dpopkit_signing_keys",
-            metadata,
-            sa.Column("kid", sa.String(64), primary_key=True),
-            sa.Column("alg", sa.String(16), nullable=False),
-            sa.Column("private_jwk", text, nullable=False),
-            sa.Column("created_at", real, nullable=False),
-            sa.Column("retire_at", real),
-        ),
-    }
-
-
-def _client_from_row(row: Any) -> ClientRecord:
-    meta = json.loads(row.metadata)
-    return ClientRecord(
-        client_id=row.client_id,
-        secret_hash=row.secret_hash,
-        token_endpoint_auth_method=meta["token_endpoint_auth_method"],
-        grant_types=tuple(meta.get("grant_types", ())),
-        redirect_uris=tuple(meta.get("redirect_uris", ())),
-        scope=meta.get("scope", ""),
-        jwks=meta.get("jwks"),
-        client_name=meta.get("client_name"),
-        dpop_bound_access_tokens=bool(meta.get("dpop_bound_access_tokens", False)),
-        require_pushed_authorization_requests=bool(
-            meta.get("require_pushed_authorization_requests", False)
-        ),
-        dpop_nonce_required=bool(meta.get("dpop_nonce_required", False)),
-        access_token_format=meta.get("access_token_format"),
-        introspection_audiences=tuple(meta.get("introspection_audiences", ())),
-        token_endpoint_auth_method_strict=bool(
-            meta.get("token_endpoint_auth_method_strict", False)
-        ),
-        created_at=row.created_at,
-        registered=bool(meta.get("dpopkit_registered", False)),
-    )
 
 
 class SQLGrantStore:
@@ -432,7 +117,7 @@ class SQLGrantStore:
         self.is_sqlite = url.startswith("sqlite")
         self.key_encryption = key_encryption
         self._metadata = sa.MetaData()
-        self._t = _tables(self._metadata, table_prefix)
+        self._t = tables(self._metadata, table_prefix)
         self._insert = {name: table.insert() for name, table in self._t.items()}
         if self.is_sqlite:
             if url in ("sqlite://", "sqlite:///:memory:"):
@@ -641,7 +326,7 @@ class SQLGrantStore:
         t = self._t["clients"]
         with self._ro() as conn:
             row = conn.execute(sa.select(t).where(t.c.client_id == client_id)).first()
-        return None if row is None else _client_from_row(row)
+        return None if row is None else client_from_row(row)
 
     # -- codes ----------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """The DPoP story told end to end against a real authorization server and API (``dpopkit demo``).
 
-:func:`demo_servers` starts dpopkit's authorization server (SQLite in a
+:func:`~dpopkit.demo.servers.demo_servers` starts dpopkit's authorization server (SQLite in a
 directory, server nonces required, test-mode login) and the demo protected API
-(:func:`~dpopkit.resource.demo.create_whoami_app`, validating the AS's JWT
+(:func:`~dpopkit.demo.api.create_whoami_app`, validating the AS's JWT
 access tokens through discovery and JWKS) on two free loopback ports.
 :func:`run_story` then plays the client and an attacker against any AS and API
 given by URL, and checks each answer:
@@ -26,267 +26,42 @@ The client uses dpopkit's client library (:class:`~dpopkit.client.tokens.TokenCl
 
 from __future__ import annotations
 
-import hmac
 import json
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
-from itertools import pairwise
-from pathlib import Path
-from typing import Any, TextIO, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO, TypeVar
+from urllib.parse import urlsplit
 
 from dpopkit.client.flow import parse_json_body
 from dpopkit.client.httpx import DPoPAuth, httpx_sender
-from dpopkit.client.tokens import Sender, TokenClient, TokenSet
-from dpopkit.core.challenge import ChallengeSyntaxError, parse_challenges
-from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, Headers, RequestView, ResponseView
-from dpopkit.core.jws import JWSError, b64url_decode, json_loads_object
+from dpopkit.client.sources import TokenSet
+from dpopkit.client.tokens import TokenClient
+from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, Headers
 from dpopkit.core.keys import DPoPKey
 from dpopkit.core.proof import create_proof
 from dpopkit.core.thumbprint import jwk_thumbprint
+from dpopkit.demo._wire import (
+    Answer,
+    Recorder,
+    describe_exchange,
+    nonce_round_trip,
+    read_answer,
+    same_text,
+    token_jkt,
+)
+from dpopkit.demo.report import DemoReport, DemoTarget, StepResult, format_step, format_summary
 from dpopkit.errors import DPoPError, requires_extra
 
 with requires_extra("server", needed_by=__name__):
     import httpx
-    import uvicorn
 
-__all__ = [
-    "DEMO_CLIENT_ID",
-    "DEMO_REDIRECT_URI",
-    "DemoReport",
-    "DemoTarget",
-    "StepResult",
-    "demo_servers",
-    "format_step",
-    "format_summary",
-    "play",
-    "run_story",
-]
-
-#: The public client of ``dpopkit serve``'s demo defaults (authorization code + refresh).
-DEMO_CLIENT_ID = "demo-public"
-#: Its registered redirect URI; nothing needs to listen there (the redirect is not followed).
-DEMO_REDIRECT_URI = "http://127.0.0.1:8765/callback"
-#: The user test mode logs in (the demo defaults' user).
-DEMO_USER = "demo"
-
-_START_TIMEOUT = 10.0
-_STOP_TIMEOUT = 5.0
+__all__ = ["play", "run_story"]
 
 
-# -- results ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepResult:
-    """One step of the story: what should happen, what did, and whether they agree.
-
-    Attributes:
-        name: a stable identifier (``api-call``, ``replayed-proof``, ...).
-        title: one line saying what the step does.
-        expected: the behaviour RFC 9449 requires.
-        observed: what the servers answered.
-        ok: whether ``observed`` is what was expected.
-        ran: False when the step was not started (an earlier step failed or the time
-            budget ran out).
-        details: narration lines (never tokens or proofs).
-    """
-
-    name: str
-    title: str
-    expected: str
-    observed: str
-    ok: bool
-    ran: bool = True
-    details: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        """The machine-readable form (``--json``)."""
-        return {
-            "name": self.name,
-            "expected": self.expected,
-            "observed": self.observed,
-            "ok": self.ok,
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DemoReport:
-    """The outcome of :func:`run_story`: ``ok`` only when every step behaved as expected."""
-
-    issuer: str
-    api_url: str
-    steps: tuple[StepResult, ...]
-
-    @property
-    def ok(self) -> bool:
-        """True when there are steps and every one of them is ok."""
-        return bool(self.steps) and all(step.ok for step in self.steps)
-
-    def as_dict(self) -> dict[str, Any]:
-        """``{ok, issuer, api, steps: [{name, expected, observed, ok}]}``."""
-        return {
-            "ok": self.ok,
-            "issuer": self.issuer,
-            "api": self.api_url,
-            "steps": [step.as_dict() for step in self.steps],
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DemoTarget:
-    """Where the story runs: an authorization server and a protected API.
-
-    The AS must run in test mode (``/authorize`` signs a user in and consents without
-    a page) and accept any RFC 8707 ``resource`` naming the API's origin.
-
-    Attributes:
-        issuer: the AS issuer (its metadata is discovered, RFC 8414).
-        api_url: the protected endpoint's full URL (e.g. ``.../api/whoami``); a 200
-            answer is a JSON object whose ``jkt`` names the caller's key.
-        client_id: a registered public client allowed ``authorization_code`` and
-            ``refresh_token`` whose tokens must be DPoP-bound.
-        redirect_uri: a redirect URI registered for that client.
-    """
-
-    issuer: str
-    api_url: str
-    client_id: str = DEMO_CLIENT_ID
-    redirect_uri: str = DEMO_REDIRECT_URI
-
-    @property
-    def api_origin(self) -> str:
-        """The API's origin: the RFC 8707 ``resource`` and the token audience."""
-        parts = urlsplit(self.api_url)
-        return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
-
-
-# -- observing the wire ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """A response reduced to what the story checks: status, error code, challenges, nonce."""
-
-    status: int
-    error: str | None
-    schemes: tuple[str, ...]
-    nonce: bool
-
-    def __str__(self) -> str:
-        text = str(self.status) if self.error is None else f"{self.status} {self.error}"
-        if self.schemes:
-            text += f" [challenge: {', '.join(self.schemes)}]"
-        return text + (" (+ DPoP-Nonce)" if self.nonce else "")
-
-    def challenged(self, scheme: str) -> bool:
-        return any(s.lower() == scheme.lower() for s in self.schemes)
-
-
-def _read_answer(status: int, headers: Headers, body: bytes) -> _Answer:
-    """The OAuth error: the JSON ``error`` (AS, RFC 6749 §5.2) or the challenge's (RS)."""
-    error: str | None = None
-    data = parse_json_body(body)
-    if data is not None and isinstance(data.get("error"), str):
-        error = str(data["error"])
-    schemes: list[str] = []
-    values = headers.get_all("WWW-Authenticate")
-    try:
-        challenges = parse_challenges(values) if values else []
-    except ChallengeSyntaxError:
-        challenges = []
-    for challenge in challenges:
-        schemes.append(challenge.scheme)
-        if error is None and "error" in challenge.params:
-            error = challenge.params["error"]
-    return _Answer(
-        status=status,
-        error=error,
-        schemes=tuple(schemes),
-        nonce=headers.get(DPOP_NONCE_HEADER) is not None,
-    )
-
-
-def _answer(response: httpx.Response) -> _Answer:
+def _answer(response: httpx.Response) -> Answer:
     headers = Headers(response.headers.multi_items())
-    return _read_answer(response.status_code, headers, response.content)
-
-
-def _view_answer(response: ResponseView) -> _Answer:
-    return _read_answer(response.status, Headers(response.headers), response.body)
-
-
-def _claims(jwt: str) -> dict[str, Any]:
-    """The payload of a compact JWS, unverified (for display: the servers verify)."""
-    parts = jwt.split(".")
-    if len(parts) != 3:
-        return {}
-    try:
-        return json_loads_object(b64url_decode(parts[1]))
-    except JWSError:
-        return {}
-
-
-def _same(value: object, expected: str) -> bool:
-    """Constant-time equality of a received value with an expected string (STYLE B.9 4)."""
-    return isinstance(value, str) and hmac.compare_digest(value.encode(), expected.encode())
-
-
-def _token_jkt(tokens: TokenSet) -> str | None:
-    cnf = _claims(tokens.access_token).get("cnf")
-    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
-    return jkt if isinstance(jkt, str) else None
-
-
-class _Recorder:
-    """A token-client sender that remembers every exchange (to narrate the nonce dance)."""
-
-    def __init__(self, send: Sender) -> None:
-        self._send = send
-        self.exchanges: list[tuple[RequestView, ResponseView]] = []
-
-    def __call__(self, request: RequestView) -> ResponseView:
-        response = self._send(request)
-        self.exchanges.append((request, response))
-        return response
-
-    def since(self, mark: int, url: str) -> list[tuple[RequestView, ResponseView]]:
-        return [(q, r) for q, r in self.exchanges[mark:] if q.url == url]
-
-
-def _describe_exchange(request: RequestView, response: ResponseView) -> str:
-    proof = request.headers.get(DPOP_HEADER)
-    if proof is None:
-        sent = "no proof"
-    elif "nonce" in _claims(proof):
-        sent = "proof with the server's nonce"
-    else:
-        sent = "proof without a nonce"
-    return f"POST {urlsplit(request.url).path} ({sent}) -> {_view_answer(response)}"
-
-
-def _nonce_round_trip(exchanges: list[tuple[RequestView, ResponseView]]) -> bool:
-    """A 400 ``use_dpop_nonce`` with a ``DPoP-Nonce``, then a proof carrying that nonce."""
-    for (_, first), (second, _) in pairwise(exchanges):
-        answer = _view_answer(first)
-        given = Headers(first.headers).get(DPOP_NONCE_HEADER)
-        proof = second.headers.get(DPOP_HEADER)
-        if (
-            answer.status == 400
-            and answer.error == "use_dpop_nonce"
-            and given is not None
-            and proof is not None
-            and _same(_claims(proof).get("nonce"), given)
-        ):
-            return True
-    return False
-
-
-# -- the story -------------------------------------------------------------------------------------
+    return read_answer(response.status_code, headers, response.content)
 
 
 _T = TypeVar("_T")
@@ -303,7 +78,7 @@ class _State:
     target: DemoTarget
     http: httpx.Client
     attacker: httpx.Client
-    recorder: _Recorder
+    recorder: Recorder
     key: DPoPKey | None = None
     client: TokenClient | None = None
     tokens: TokenSet | None = None
@@ -325,7 +100,7 @@ class _Step:
     run: Callable[[_State], tuple[str, bool]]
 
 
-def _expect(answer: _Answer, status: int, error: str) -> bool:
+def _expect(answer: Answer, status: int, error: str) -> bool:
     return answer.status == status and answer.error == error
 
 
@@ -337,7 +112,7 @@ def _step_key(state: _State) -> tuple[str, bool]:
     state.notes.append("the private key never leaves the client; proofs carry the public JWK")
     # RFC 9449 §4.2: the proof's jwk is public; §6.1: cnf.jkt is its RFC 7638 thumbprint.
     private = sorted(set(public) & {"d", "p", "q", "dp", "dq", "qi", "k"})
-    ok = not private and _same(jwk_thumbprint(public), key.jkt)
+    ok = not private and same_text(jwk_thumbprint(public), key.jkt)
     members = f"private members {private}" if private else "no private members"
     return f"{key.alg} key, public JWK with {members}, jkt {key.jkt}", ok
 
@@ -372,11 +147,11 @@ def _step_token(state: _State) -> tuple[str, bool]:
     mark = len(state.recorder.exchanges)
     tokens = client.exchange_code(request, location)
     exchanges = state.recorder.since(mark, client.metadata.token_endpoint)
-    state.notes.extend(_describe_exchange(q, r) for q, r in exchanges)
+    state.notes.extend(describe_exchange(q, r) for q, r in exchanges)
     state.tokens = tokens
-    jkt = _token_jkt(tokens)
-    bound = _same(jkt, key.jkt)
-    round_trip = _nonce_round_trip(exchanges)
+    jkt = token_jkt(tokens)
+    bound = same_text(jkt, key.jkt)
+    round_trip = nonce_round_trip(exchanges)
     state.notes.append(
         f"token_type {tokens.token_type}, cnf.jkt {jkt}, "
         f"refresh token {'issued' if tokens.refresh_token else 'missing'}"
@@ -402,8 +177,8 @@ def _client_call(state: _State, token: str) -> tuple[httpx.Response, bool, str]:
     if body:
         state.notes.append(f"the API answers: sub={body.get('sub')!r}, jkt={jkt!r}")
     # RFC 9449 §7.1: the API resolved the principal bound to the client's key.
-    ok = response.status_code == 200 and _same(jkt, key.jkt)
-    bound = "= client jkt" if _same(jkt, key.jkt) else repr(jkt)
+    ok = response.status_code == 200 and same_text(jkt, key.jkt)
+    bound = "= client jkt" if same_text(jkt, key.jkt) else repr(jkt)
     return response, ok, f"{answer}, principal jkt {bound}"
 
 
@@ -418,7 +193,7 @@ def _step_call(state: _State) -> tuple[str, bool]:
     return observed, ok
 
 
-def _attack(state: _State, headers: dict[str, str]) -> _Answer:
+def _attack(state: _State, headers: dict[str, str]) -> Answer:
     response = state.attacker.get(state.target.api_url, headers=headers)
     answer = _answer(response)
     state.notes.append(f"GET {urlsplit(state.target.api_url).path} -> {answer}")
@@ -473,9 +248,9 @@ def _step_refresh(state: _State) -> tuple[str, bool]:
     # RFC 9449 §5: the refresh request carries a proof from the key that got the token.
     new = client.refresh(tokens)
     exchanges = state.recorder.since(mark, client.metadata.token_endpoint)
-    state.notes.extend(_describe_exchange(q, r) for q, r in exchanges)
+    state.notes.extend(describe_exchange(q, r) for q, r in exchanges)
     state.refreshed = new
-    jkt = _token_jkt(new)
+    jkt = token_jkt(new)
     fresh = new.access_token != tokens.access_token
     rotated = new.refresh_token != tokens.refresh_token
     state.notes.append(
@@ -483,12 +258,12 @@ def _step_refresh(state: _State) -> tuple[str, bool]:
         f"cnf.jkt {jkt}; refresh token {'rotated' if rotated else 'not rotated'}"
     )
     _, api_ok, api_observed = _client_call(state, new.access_token)
-    ok = fresh and new.is_dpop and _same(jkt, key.jkt) and api_ok
-    bound = "client jkt" if _same(jkt, key.jkt) else repr(jkt)
+    ok = fresh and new.is_dpop and same_text(jkt, key.jkt) and api_ok
+    bound = "client jkt" if same_text(jkt, key.jkt) else repr(jkt)
     return f"new token_type {new.token_type} bound to {bound}; API {api_observed}", ok
 
 
-def _attacker_refresh(state: _State, key: DPoPKey | None) -> _Answer:
+def _attacker_refresh(state: _State, key: DPoPKey | None) -> Answer:
     """POST the stolen refresh token as the (public) client would, nonce round trip included."""
     client = state.need(state.client, "no token client")
     tokens = state.need(state.refreshed or state.tokens, "no tokens")
@@ -625,7 +400,7 @@ def run_story(
         httpx.Client(timeout=timeouts, follow_redirects=False) as attacker,
     ):
         state = _State(
-            target=target, http=http, attacker=attacker, recorder=_Recorder(httpx_sender(http))
+            target=target, http=http, attacker=attacker, recorder=Recorder(httpx_sender(http))
         )
         for number, step in enumerate(_STEPS, start=1):
             state.notes = []
@@ -654,29 +429,6 @@ def run_story(
             if on_step is not None:
                 on_step(number, result)
     return DemoReport(issuer=target.issuer, api_url=target.api_url, steps=tuple(results))
-
-
-# -- output ----------------------------------------------------------------------------------------
-
-
-def format_step(number: int, step: StepResult) -> str:
-    """The human-readable block for one step."""
-    mark = "ok" if step.ok else "FAILED"
-    lines = [f"[{number:>2}] {step.title} ... {mark}"]
-    lines += [f"       {line}" for line in step.details]
-    lines.append(f"       expected: {step.expected}")
-    lines.append(f"       observed: {step.observed}")
-    return "\n".join(lines)
-
-
-def format_summary(report: DemoReport) -> str:
-    """The closing lines: how many steps behaved, and which did not."""
-    passed = sum(step.ok for step in report.steps)
-    total = len(report.steps)
-    if report.ok:
-        return f"All {total} steps behaved as RFC 9449 requires: DPoP works end to end."
-    failed = ", ".join(step.name for step in report.steps if not step.ok)
-    return f"{passed} of {total} steps behaved as expected; FAILED: {failed}"
 
 
 def play(
@@ -715,92 +467,3 @@ def play(
         print(file=out)
         print(format_summary(report), file=out)
     return 0 if report.ok else 1
-
-
-# -- the servers -----------------------------------------------------------------------------------
-
-
-def _bind() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-@contextmanager
-def _serve(app: Any, sock: socket.socket) -> Iterator[None]:
-    """Serve ``app`` under uvicorn in a thread on a bound socket; stop it on exit."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-    )
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="dpopkit-demo", daemon=True
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the demo server did not start")
-            time.sleep(0.01)
-        yield
-    finally:
-        server.should_exit = True
-        thread.join(_STOP_TIMEOUT)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(_STOP_TIMEOUT)
-        sock.close()
-
-
-@contextmanager
-def demo_servers(data_dir: Path, *, require_nonces: bool = True) -> Iterator[DemoTarget]:
-    """Run the authorization server and the protected API on free loopback ports.
-
-    The AS uses ``dpopkit serve``'s demo defaults (its clients and user, SQLite in
-    ``data_dir``), requires a server nonce on every proof (RFC 9449 §8,
-    ``nonce_policy = "always"``) and logs the demo user in without a password (test
-    mode, loopback only). The API is :func:`~dpopkit.resource.demo.create_whoami_app`
-    on its own port: it finds the AS's keys by discovery and accepts tokens whose
-    audience is its origin.
-
-    Args:
-        data_dir: where the AS keeps its database, keys and secrets.
-        require_nonces: demand a server nonce in every proof at the AS (``always``);
-            False leaves the demo defaults (``off``), so the story's token step fails.
-
-    Yields:
-        The :class:`DemoTarget` to give :func:`run_story`.
-
-    Raises:
-        dpopkit.server.config.ConfigError: the AS cannot be set up.
-        RuntimeError: a server did not start within 10 seconds.
-    """
-    from dpopkit.resource.demo import WHOAMI_PATH, create_whoami_app
-    from dpopkit.server.config import build_server, load_config
-
-    with ExitStack() as stack:
-        as_sock = _bind()
-        stack.callback(as_sock.close)
-        api_sock = _bind()
-        stack.callback(api_sock.close)
-        config = load_config(
-            None,
-            host="127.0.0.1",
-            port=as_sock.getsockname()[1],
-            data_dir=data_dir,
-            now=time.time(),
-        )
-        settings = {**config.settings, "test_mode_user": DEMO_USER}
-        if require_nonces:
-            settings["nonce_policy"] = "always"
-        config = replace(config, settings=settings)
-        as_app, service = build_server(config)
-        stack.callback(service.close)
-        api_origin = f"http://127.0.0.1:{api_sock.getsockname()[1]}"
-        api_app = create_whoami_app(
-            issuer=config.issuer, public_origin=api_origin, allow_insecure_http=True
-        )
-        stack.enter_context(_serve(as_app, as_sock))
-        stack.enter_context(_serve(api_app, api_sock))
-        yield DemoTarget(issuer=config.issuer, api_url=api_origin + WHOAMI_PATH)
