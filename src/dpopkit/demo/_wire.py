@@ -81,7 +81,7 @@ def unverified_claims(jwt: str) -> dict[str, Any]:
 
 
 def same_text(value: object, expected: str) -> bool:
-    """Constant-time equality of a received value with an expected string (STYLE B.9 4)."""
+    """Constant-time equality of a received value with an expected string."""
     return isinstance(value, str) and hmac.compare_digest(value.encode(), expected.encode())
 
 

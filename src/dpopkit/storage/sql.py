@@ -1,9 +1,9 @@
 """The authorization server's grant store: SQLAlchemy 2 Core over SQLite or PostgreSQL.
 
-One schema and one code path for both databases (DESIGN.md, "Authorization
-server storage"). The store keeps clients, authorization codes, refresh-token
-families, issued access tokens (by ``jti``, for introspection and revocation),
-pushed authorization requests and login interactions, and the AS signing keys.
+One schema and one code path for both databases. The store keeps clients,
+authorization codes, refresh-token families, issued access tokens (by ``jti``, for
+introspection and revocation), pushed authorization requests and login interactions,
+and the AS signing keys.
 
 Every state change is one transaction. The one-time artifacts are spent with a
 conditional ``UPDATE ... WHERE used = false`` whose row count decides the single
