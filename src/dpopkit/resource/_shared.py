@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -35,16 +34,6 @@ def upstream_unavailable(
     return TemporarilyUnavailableError(
         Reason.UPSTREAM_UNAVAILABLE, "the token issuer cannot be reached", detail=detail
     )
-
-
-def finite_number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def granted_scopes(claims: Mapping[str, Any]) -> frozenset[str]:

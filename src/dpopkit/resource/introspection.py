@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from dpopkit.core.jws import numeric_date
 from dpopkit.errors import (
     Reason,
 )
@@ -24,7 +25,6 @@ from dpopkit.resource._fetch import afetch_document, fetch_document, require_htt
 from dpopkit.resource._shared import (
     bound_jkt,
     check_https,
-    finite_number,
     granted_scopes,
     has_audience,
     invalid_token,
@@ -96,7 +96,7 @@ class _IntrospectionBase:
         # RFC 7662 §2.2: active is required; anything but true is inactive.
         if body.get("active") is not True:
             raise invalid_token(Reason.TOKEN_INACTIVE)
-        exp = finite_number(body.get("exp"))
+        exp = numeric_date(body.get("exp"))
         if "exp" in body and exp is None:
             raise invalid_token(claim="exp")
         if exp is not None and now >= exp:

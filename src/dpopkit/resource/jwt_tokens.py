@@ -25,6 +25,7 @@ from dpopkit.core.jws import (
     b64url_decode,
     check_crit,
     json_loads_object,
+    numeric_date,
     public_key_from_jwk,
     split_compact,
 )
@@ -37,7 +38,6 @@ from dpopkit.resource._shared import (
     bound_jkt,
     check_https,
     discovery_urls,
-    finite_number,
     granted_scopes,
     has_audience,
     invalid_token,
@@ -168,19 +168,19 @@ class _JWTRules:
         if self.audiences is not None and not has_audience(claims, self.audiences):
             raise invalid_token(claim="aud")
         # RFC 9068 §4, RFC 7519 §4.1.4: now < exp (with leeway).
-        exp = finite_number(claims.get("exp"))
+        exp = numeric_date(claims.get("exp"))
         if "exp" in claims and exp is None:
             raise invalid_token(claim="exp")
         if exp is not None and now >= exp + self.leeway:
             raise invalid_token(Reason.TOKEN_EXPIRED, claim="exp")
         # RFC 7519 §4.1.5: nbf.
         if "nbf" in claims:
-            nbf = finite_number(claims["nbf"])
+            nbf = numeric_date(claims["nbf"])
             if nbf is None or now < nbf - self.leeway:
                 raise invalid_token(claim="nbf")
         # RFC 7519 §4.1.6: iat is a number and not in the future.
         if "iat" in claims:
-            iat = finite_number(claims["iat"])
+            iat = numeric_date(claims["iat"])
             if iat is None or iat > now + self.leeway:
                 raise invalid_token(claim="iat")
         for name in ("sub", "client_id", "jti", "scope"):
