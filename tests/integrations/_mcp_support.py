@@ -9,6 +9,8 @@ one retry per fresh ``DPoP-Nonce``).
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import socket
 import subprocess
 import sys
@@ -40,7 +42,7 @@ test_mode_user = "alice"
 registration_enabled = true
 registration_allowed_scopes = ["mcp:tools"]
 registration_allowed_audiences = ["{mcp}"]
-allowed_resources = ["{mcp}", "{other}"]
+allowed_resources = {resources}
 
 [tokens]
 audience = ["{mcp}"]
@@ -59,6 +61,16 @@ grant_types = ["authorization_code", "refresh_token"]
 redirect_uris = ["http://127.0.0.1:3000/callback"]
 scope = "mcp:tools"
 """
+
+
+def example_server() -> Any:
+    """``examples/mcp/server.py`` as a module (its ``build_server`` and ``build_app``)."""
+    spec = importlib.util.spec_from_file_location("dpopkit_example_mcp_server", EXAMPLE_SERVER)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:
@@ -98,13 +110,17 @@ def process(argv: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]
 
 
 @contextmanager
-def authorization_server(data: Path, *, mcp: str, other: str) -> Iterator[str]:
-    """``dpopkit serve`` issuing tokens for ``mcp`` (default audience) and ``other``."""
+def authorization_server(data: Path, *, mcp: str, others: list[str]) -> Iterator[str]:
+    """``dpopkit serve`` issuing tokens for ``mcp`` (default audience) and ``others``."""
     port = free_port()
     config = data / "as.toml"
     config.write_text(
         AS_CONFIG.format(
-            as_port=port, data=data / "as-data", mcp=mcp, other=other, secret=AGENT_SECRET
+            as_port=port,
+            data=data / "as-data",
+            mcp=mcp,
+            resources=json.dumps([mcp, *others]),
+            secret=AGENT_SECRET,
         ),
         encoding="utf-8",
     )
@@ -184,11 +200,11 @@ async def call_tools(url: str, auth: ProofAuth) -> tuple[list[str], dict[str, An
 
 
 @contextmanager
-def serve_with_lifespan(app: Any) -> Iterator[str]:
-    """Serve an ASGI app (its lifespan included) on a free loopback port; yield the base URL."""
+def serve_with_lifespan(app: Any, port: int = 0) -> Iterator[str]:
+    """Serve an ASGI app (its lifespan included) on a loopback port; yield the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -204,5 +220,3 @@ def serve_with_lifespan(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
-
-

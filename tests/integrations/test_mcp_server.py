@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -37,13 +36,15 @@ from ._mcp_support import (
     agent_token,
     authorization_server,
     call_tools,
+    example_server,
     free_port,
     process,
     serve_with_lifespan,
 )
 
-sys.path.insert(0, str(EXAMPLE_SERVER.parent))
-from server import build_server  # noqa: E402
+build_server = example_server().build_server
+
+PROXIED = "https://mcp.example.com/mcp"
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Stack:
     mcp: str
     other: str
     metadata_url: str
+    inproc_port: int
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +62,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     port = free_port()
     mcp = f"http://127.0.0.1:{port}/mcp"
     other = f"http://127.0.0.1:{port}/other-mcp"
-    with authorization_server(tmp_path_factory.mktemp("mcp-as"), mcp=mcp, other=other) as iss:
+    inproc = free_port()
+    others = [other, f"http://127.0.0.1:{inproc}/mcp", PROXIED]
+    with authorization_server(tmp_path_factory.mktemp("mcp-as"), mcp=mcp, others=others) as iss:
         argv = [sys.executable, str(EXAMPLE_SERVER), "--host", "127.0.0.1", "--port", str(port)]
         argv += ["--issuer", iss, "--allow-insecure-http"]
         metadata_url = f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
         with process(argv, metadata_url):
-            yield Stack(issuer=iss, mcp=mcp, other=other, metadata_url=metadata_url)
+            yield Stack(
+                issuer=iss, mcp=mcp, other=other, metadata_url=metadata_url, inproc_port=inproc
+            )
 
 
 INIT = {
@@ -91,7 +97,9 @@ def _post(url: str, *, authorization: str | None, proof: str | None) -> httpx.Re
 
 
 def _challenge(response: httpx.Response) -> dict[str, str]:
-    (dpop,) = [c for c in parse_challenges(response.headers["WWW-Authenticate"]) if c.is_scheme("DPoP")]
+    (dpop,) = [
+        c for c in parse_challenges(response.headers["WWW-Authenticate"]) if c.is_scheme("DPoP")
+    ]
     return dict(dpop.params)
 
 
@@ -103,7 +111,7 @@ def _proof(key: DPoPKey, url: str, token: str, *, htm: str = "POST") -> str:
 
 
 def test_mcp_client_calls_a_tool_and_the_tool_sees_the_principal(stack: Stack) -> None:
-    """HD-31: our AS, the example server and the SDK's client; the tool sees sub, client, scopes, jkt (RFC 9449 §6)."""
+    """HD-32: our AS, the example server, the SDK client; tools see the principal (RFC 9449 §6)."""
     key = DPoPKey.generate()
     token = agent_token(stack.issuer, key)
     auth = ProofAuth(key, token)
@@ -119,7 +127,7 @@ def test_mcp_client_calls_a_tool_and_the_tool_sees_the_principal(stack: Stack) -
 
 
 def test_mcp_challenge_points_at_the_resource_metadata(stack: Stack) -> None:
-    """HD-31: a request without a token gets a DPoP challenge with algs and resource_metadata (RFC 9728 §5.1)."""
+    """HD-32: no token: a DPoP challenge with algs and resource_metadata (RFC 9728 §5.1)."""
     response = _post(stack.mcp, authorization=None, proof=None)
     assert response.status_code == 401
     params = _challenge(response)
@@ -134,16 +142,18 @@ def test_mcp_challenge_points_at_the_resource_metadata(stack: Stack) -> None:
 
 
 def test_mcp_stolen_token_without_the_key_is_refused(stack: Stack) -> None:
-    """HD-31: a token used with a proof from another key is invalid_token (RFC 9449 §4.3 (12), §6)."""
+    """HD-32: a token with a proof from another key is invalid_token (RFC 9449 §6)."""
     token = agent_token(stack.issuer, DPoPKey.generate())
     thief = DPoPKey.generate()
-    response = _post(stack.mcp, authorization=f"DPoP {token}", proof=_proof(thief, stack.mcp, token))
+    response = _post(
+        stack.mcp, authorization=f"DPoP {token}", proof=_proof(thief, stack.mcp, token)
+    )
     assert response.status_code == 401
     assert _challenge(response)["error"] == "invalid_token"
 
 
 def test_mcp_replayed_proof_is_refused(stack: Stack) -> None:
-    """HD-31: the second use of a proof is invalid_dpop_proof (RFC 9449 §11.1)."""
+    """HD-32: the second use of a proof is invalid_dpop_proof (RFC 9449 §11.1)."""
     key = DPoPKey.generate()
     token = agent_token(stack.issuer, key)
     proof = _proof(key, stack.mcp, token)
@@ -156,7 +166,7 @@ def test_mcp_replayed_proof_is_refused(stack: Stack) -> None:
 
 @pytest.mark.parametrize("with_proof", [False, True])
 def test_mcp_bearer_downgrade_is_refused(stack: Stack, with_proof: bool) -> None:
-    """HD-31: a DPoP-bound token sent as Bearer is refused (RFC 9449 §7.2)."""
+    """HD-32: a DPoP-bound token sent as Bearer is refused (RFC 9449 §7.2)."""
     key = DPoPKey.generate()
     token = agent_token(stack.issuer, key)
     proof = _proof(key, stack.mcp, token) if with_proof else None
@@ -175,7 +185,7 @@ def test_mcp_bearer_downgrade_is_refused(stack: Stack, with_proof: bool) -> None
     ],
 )
 def test_mcp_proof_for_another_request_is_refused(stack: Stack, htm: str, target: str) -> None:
-    """HD-31: a proof for another URL or method is invalid_dpop_proof (RFC 9449 §4.3 (8), (9))."""
+    """HD-32: a proof for another URL or method is invalid_dpop_proof (RFC 9449 §4.3 (8), (9))."""
     key = DPoPKey.generate()
     token = agent_token(stack.issuer, key)
     origin = stack.mcp.removesuffix("/mcp")
@@ -187,7 +197,7 @@ def test_mcp_proof_for_another_request_is_refused(stack: Stack, htm: str, target
 
 
 def test_mcp_token_for_another_resource_is_refused(stack: Stack) -> None:
-    """HD-31: a token whose aud is another resource is invalid_token (RFC 8707 §2, RFC 9068 §4)."""
+    """HD-32: a token whose aud is another resource is invalid_token (RFC 8707 §2, RFC 9068 §4)."""
     key = DPoPKey.generate()
     token = agent_token(stack.issuer, key, resource=stack.other)
     response = _post(stack.mcp, authorization=f"DPoP {token}", proof=_proof(key, stack.mcp, token))
@@ -197,3 +207,205 @@ def test_mcp_token_for_another_resource_is_refused(stack: Stack) -> None:
     good = agent_token(stack.issuer, key, resource=stack.mcp)
     response = _post(stack.mcp, authorization=f"DPoP {good}", proof=_proof(key, stack.mcp, good))
     assert response.status_code == 200
+
+
+# -- in process: the low-level server, scopes, nonces, the iat window, proxies ------------
+
+
+def _guard(stack: Stack, audience: str, **kw: Any) -> AsyncResourceGuard:
+    tokens = AsyncJWTAccessTokens(issuer=stack.issuer, audience=audience, allow_insecure_http=True)
+    return AsyncResourceGuard(
+        tokens=tokens, replay=AsyncMemoryReplayCache(single_process=True), **kw
+    )
+
+
+def _lowlevel_server() -> Any:
+    from mcp import types
+    from mcp.server.auth.middleware.auth_context import get_access_token
+    from mcp.server.lowlevel import Server
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        schema = {"type": "object", "properties": {}}
+        return types.ListToolsResult(tools=[types.Tool(name="whoami", input_schema=schema)])
+
+    async def call_tool(ctx: Any, params: Any) -> types.CallToolResult:
+        token = get_access_token()
+        assert token is not None
+        who = {
+            "authenticated": True,
+            "sub": token.subject,
+            "client_id": token.client_id,
+            "scopes": token.scopes,
+            "jkt": (token.claims or {}).get("cnf", {}).get("jkt"),
+        }
+        return types.CallToolResult(content=[], structured_content=who)
+
+    return Server("low-level", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+@pytest.mark.parametrize("kind", ["mcpserver", "lowlevel"])
+def test_mcp_both_sdk_servers_hand_the_principal_to_tools(stack: Stack, kind: str) -> None:
+    """HD-32: MCPServer and the low-level Server: get_access_token has it (RFC 9449 §6)."""
+    url = f"http://127.0.0.1:{stack.inproc_port}/mcp"
+    server = build_server() if kind == "mcpserver" else _lowlevel_server()
+    app = MCPResourceAuth(
+        server.streamable_http_app(),
+        guard=_guard(stack, url),
+        resource=url,
+        authorization_servers=[stack.issuer],
+    )
+    key = DPoPKey.generate()
+    token = agent_token(stack.issuer, key, resource=url)
+    with serve_with_lifespan(app, stack.inproc_port):
+        # RFC 9110 §11.1: the scheme is case-insensitive.
+        _, who = anyio.run(call_tools, url, ProofAuth(key, token, scheme="dpop"))
+    assert who["client_id"] == "mcp-agent"
+    assert who["scopes"] == ["mcp:tools"]
+    assert who["jkt"] == key.jkt
+
+
+def test_mcp_missing_scope_is_403_insufficient_scope(stack: Stack) -> None:
+    """HD-32: a missing scope is 403 insufficient_scope with scope= (RFC 6750 §3.1)."""
+    url = f"http://127.0.0.1:{stack.inproc_port}/mcp"
+    app = MCPResourceAuth(
+        build_server().streamable_http_app(),
+        guard=_guard(stack, url, required_scopes=["mcp:admin"]),
+        resource=url,
+        authorization_servers=[stack.issuer],
+    )
+    key = DPoPKey.generate()
+    token = agent_token(stack.issuer, key, resource=url)
+    with serve_with_lifespan(app, stack.inproc_port):
+        response = _post(url, authorization=f"DPoP {token}", proof=_proof(key, url, token))
+    assert response.status_code == 403
+    params = _challenge(response)
+    assert params["error"] == "insufficient_scope"
+    assert params["scope"] == "mcp:admin"
+    assert params["resource_metadata"].endswith("/.well-known/oauth-protected-resource/mcp")
+
+
+def test_mcp_required_nonce_is_answered_once_and_the_call_succeeds(stack: Stack) -> None:
+    """HD-32: a required nonce: 401 use_dpop_nonce with DPoP-Nonce, then the call (RFC 9449 §9)."""
+    url = f"http://127.0.0.1:{stack.inproc_port}/mcp"
+    nonces = NonceIssuer(secrets=[b"n" * 32], context="rs:" + url)
+    app = MCPResourceAuth(
+        build_server().streamable_http_app(),
+        guard=_guard(stack, url, policy=ProofPolicy(require_nonce=True), nonces=nonces),
+        resource=url,
+        authorization_servers=[stack.issuer],
+    )
+    key = DPoPKey.generate()
+    token = agent_token(stack.issuer, key, resource=url)
+    with serve_with_lifespan(app, stack.inproc_port):
+        first = _post(url, authorization=f"DPoP {token}", proof=_proof(key, url, token))
+        assert first.status_code == 401
+        assert _challenge(first)["error"] == "use_dpop_nonce"
+        assert first.headers["DPoP-Nonce"]
+        auth = ProofAuth(key, token)
+        _, who = anyio.run(call_tools, url, auth)
+    assert who["jkt"] == key.jkt
+    assert auth.statuses[0] == 401
+
+
+@pytest.mark.parametrize(
+    ("offset", "accepted"), [(-290, True), (290, True), (-310, False), (310, False)]
+)
+def test_mcp_stateless_preset_is_a_300_second_iat_window(
+    stack: Stack, offset: float, accepted: bool
+) -> None:
+    """HD-32: the stateless preset accepts iat within ±300 s, not beyond (RFC 9449 §11.1)."""
+    import time
+
+    assert STATELESS_IAT_WINDOW == 300
+    url = f"http://127.0.0.1:{stack.inproc_port}/mcp"
+    app = MCPResourceAuth(
+        build_server().streamable_http_app(),
+        guard=_guard(stack, url, policy=stateless_proof_policy()),
+        resource=url,
+        authorization_servers=[stack.issuer],
+    )
+    key = DPoPKey.generate()
+    token = agent_token(stack.issuer, key, resource=url)
+    proof = create_proof(
+        key,
+        htm="POST",
+        htu=url,
+        access_token=token,
+        now=time.time() + offset,
+        allow_insecure_http=True,
+    )
+    with serve_with_lifespan(app, stack.inproc_port):
+        response = _post(url, authorization=f"DPoP {token}", proof=proof)
+    if accepted:
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 401
+        assert _challenge(response)["error"] == "invalid_dpop_proof"
+
+
+def test_mcp_get_stream_needs_its_own_proof(stack: Stack) -> None:
+    """HD-32: the GET/SSE stream needs its own proof with htm GET (RFC 9449 §4.3 (8))."""
+    url = f"http://127.0.0.1:{stack.inproc_port}/mcp"
+    app = MCPResourceAuth(
+        build_server().streamable_http_app(),
+        guard=_guard(stack, url),
+        resource=url,
+        authorization_servers=[stack.issuer],
+    )
+    key = DPoPKey.generate()
+    token = agent_token(stack.issuer, key, resource=url)
+    auth = {"Authorization": f"DPoP {token}"}
+    with serve_with_lifespan(app, stack.inproc_port), httpx.Client(timeout=10) as http:
+        init = _post(url, authorization=auth["Authorization"], proof=_proof(key, url, token))
+        assert init.status_code == 200
+        session = {
+            "Mcp-Session-Id": init.headers["Mcp-Session-Id"],
+            "MCP-Protocol-Version": "2025-11-25",
+        }
+        wrong = http.get(url, headers={**auth, **session, "DPoP": _proof(key, url, token)})
+        assert wrong.status_code == 401
+        assert _challenge(wrong)["error"] == "invalid_dpop_proof"
+        headers = {**auth, **session, "Accept": "text/event-stream"}
+        headers["DPoP"] = _proof(key, url, token, htm="GET")
+        with http.stream("GET", url, headers=headers) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+
+
+def test_mcp_behind_a_proxy_checks_the_public_url(stack: Stack) -> None:
+    """HD-32: behind trusted proxies the htu is the public URL (RFC 9449 §4.3 (9))."""
+    from dpopkit.resource import ProxyTrust
+
+    internal = f"http://127.0.0.1:{stack.inproc_port}/mcp"
+    app = MCPResourceAuth(
+        build_server().streamable_http_app(),
+        guard=_guard(stack, PROXIED),
+        resource=PROXIED,
+        authorization_servers=[stack.issuer],
+        trusted_proxies=ProxyTrust(proto=1, host=1),
+    )
+    key = DPoPKey.generate()
+    token = agent_token(stack.issuer, key, resource=PROXIED)
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "mcp.example.com"}
+    auth = f"DPoP {token}"
+    with serve_with_lifespan(app, stack.inproc_port), httpx.Client(timeout=10) as http:
+        headers = {**MCP_HEADERS, **forwarded, "Authorization": auth}
+        ok = http.post(
+            internal, json=INIT, headers={**headers, "DPoP": _proof(key, PROXIED, token)}
+        )
+        assert ok.status_code == 200
+        bad = http.post(
+            internal, json=INIT, headers={**headers, "DPoP": _proof(key, internal, token)}
+        )
+        assert bad.status_code == 401
+        assert _challenge(bad)["error"] == "invalid_dpop_proof"
+        missing = http.post(
+            internal,
+            json=INIT,
+            headers={**MCP_HEADERS, "Authorization": auth, "DPoP": _proof(key, PROXIED, token)},
+        )
+        assert missing.status_code == 400
+        doc = http.get(
+            f"http://127.0.0.1:{stack.inproc_port}/.well-known/oauth-protected-resource/mcp"
+        ).json()
+    assert doc["resource"] == PROXIED

@@ -202,9 +202,7 @@ class MCPResourceAuth:
         if not values:
             return view
         challenges = [
-            build_challenge(
-                c.scheme, [*c.params.items(), ("resource_metadata", self.metadata_url)]
-            )
+            build_challenge(c.scheme, [*c.params.items(), ("resource_metadata", self.metadata_url)])
             for c in parse_challenges(values)
         ]
         headers = [(k, v) for k, v in view.headers if k.lower() != "www-authenticate"]
