@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,33 @@ def serve_with_lifespan(app: Any, port: int = 0) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+PROXIED = "https://mcp.example.com/mcp"
+
+
+@dataclass
+class Stack:
+    issuer: str
+    mcp: str
+    other: str
+    metadata_url: str
+    inproc_port: int
+
+
+@contextmanager
+def mcp_stack(tmp: Path) -> Iterator[Stack]:
+    """Our AS and the example MCP server as two processes."""
+    port = free_port()
+    mcp = f"http://127.0.0.1:{port}/mcp"
+    other = f"http://127.0.0.1:{port}/other-mcp"
+    inproc = free_port()
+    others = [other, f"http://127.0.0.1:{inproc}/mcp", PROXIED]
+    with authorization_server(tmp, mcp=mcp, others=others) as iss:
+        argv = [sys.executable, str(EXAMPLE_SERVER), "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--issuer", iss, "--allow-insecure-http"]
+        metadata_url = f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
+        with process(argv, metadata_url):
+            yield Stack(
+                issuer=iss, mcp=mcp, other=other, metadata_url=metadata_url, inproc_port=inproc
+            )

@@ -8,16 +8,12 @@ the wire ``error`` (RFC 9449 §7.1, RFC 6750 §3.1).
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
-pytest.importorskip("mcp", reason="needs dpopkit[mcp]")
 
 from dpopkit import DPoPKey, NonceIssuer, ProofPolicy, create_proof
 from dpopkit.core.challenge import parse_challenges
@@ -31,48 +27,16 @@ from dpopkit.resource.jwt_tokens import AsyncJWTAccessTokens
 from dpopkit.storage.memory import AsyncMemoryReplayCache
 
 from ._mcp_support import (
-    EXAMPLE_SERVER,
+    PROXIED,
     ProofAuth,
+    Stack,
     agent_token,
-    authorization_server,
     call_tools,
     example_server,
-    free_port,
-    process,
     serve_with_lifespan,
 )
 
 build_server = example_server().build_server
-
-PROXIED = "https://mcp.example.com/mcp"
-
-
-@dataclass
-class Stack:
-    issuer: str
-    mcp: str
-    other: str
-    metadata_url: str
-    inproc_port: int
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Our AS and the example MCP server as two processes."""
-    port = free_port()
-    mcp = f"http://127.0.0.1:{port}/mcp"
-    other = f"http://127.0.0.1:{port}/other-mcp"
-    inproc = free_port()
-    others = [other, f"http://127.0.0.1:{inproc}/mcp", PROXIED]
-    with authorization_server(tmp_path_factory.mktemp("mcp-as"), mcp=mcp, others=others) as iss:
-        argv = [sys.executable, str(EXAMPLE_SERVER), "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--issuer", iss, "--allow-insecure-http"]
-        metadata_url = f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
-        with process(argv, metadata_url):
-            yield Stack(
-                issuer=iss, mcp=mcp, other=other, metadata_url=metadata_url, inproc_port=inproc
-            )
-
 
 INIT = {
     "jsonrpc": "2.0",
