@@ -79,6 +79,7 @@ def _open_like_a_browser(url: str) -> None:
 
 
 def main() -> int:
+    """Serve, run the scenarios, return 0 when every one passed."""
     port = _free_port()
     issuer = f"http://127.0.0.1:{port}"
     resource = "http://127.0.0.1:8001/mcp"
@@ -90,7 +91,7 @@ def main() -> int:
             ),
             encoding="utf-8",
         )
-        server = subprocess.Popen(
+        server = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "dpopkit", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -99,7 +100,7 @@ def main() -> int:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    urllib.request.urlopen(issuer + "/jwks", timeout=1).close()
+                    urllib.request.urlopen(issuer + "/jwks", timeout=1).close()  # noqa: S310
                     break
                 except OSError:
                     if time.monotonic() > deadline or server.poll() is not None:
@@ -108,11 +109,12 @@ def main() -> int:
                     time.sleep(0.2)
             args = ["authorization", "--url", issuer, "--client-id", "conformance"]
             args += ["--resource", resource, "--port", str(CALLBACK_PORT)]
-            harness = subprocess.Popen(
+            shell = 'source .ci/mcp-harness.sh && mcp_harness "$@"'
+            harness = subprocess.Popen(  # noqa: S603
                 [
-                    "bash",
+                    "/bin/bash",
                     "-c",
-                    'source .ci/mcp-harness.sh && mcp_harness "$@"',
+                    shell,
                     "mcp_harness",
                     *args,
                 ],
