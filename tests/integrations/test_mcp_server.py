@@ -14,7 +14,6 @@ import anyio
 import httpx
 import pytest
 
-
 from dpopkit import DPoPKey, NonceIssuer, ProofPolicy, create_proof
 from dpopkit.core.challenge import parse_challenges
 from dpopkit.integrations.mcp.server import (
