@@ -8,6 +8,8 @@ the wire ``error`` (RFC 9449 §7.1, RFC 6750 §3.1).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,12 +28,15 @@ from dpopkit.resource.jwt_tokens import AsyncJWTAccessTokens
 from dpopkit.storage.memory import AsyncMemoryReplayCache
 
 from ._mcp_support import (
+    EXAMPLE_SERVER,
     PROXIED,
     ProofAuth,
     Stack,
     agent_token,
     call_tools,
     example_server,
+    free_port,
+    process,
     serve_with_lifespan,
 )
 
@@ -372,3 +377,34 @@ def test_mcp_behind_a_proxy_checks_the_public_url(stack: Stack) -> None:
             f"http://127.0.0.1:{stack.inproc_port}/.well-known/oauth-protected-resource/mcp"
         ).json()
     assert doc["resource"] == PROXIED
+
+
+def test_mcp_example_command_line_static_jwks_audience_and_nonce(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """HD-32: the example's --jwks, --audience and --require-nonce, end to end (RFC 9449 §9)."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(httpx.get(stack.issuer + "/jwks").text, encoding="utf-8")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    argv = [sys.executable, str(EXAMPLE_SERVER), "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--issuer", stack.issuer, "--jwks", str(jwks), "--audience", stack.other]
+    argv += ["--require-nonce", "--allow-insecure-http"]
+    key = DPoPKey.generate()
+    token = agent_token(stack.issuer, key, resource=stack.other)
+    with process(argv, f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"):
+        first = _post(url, authorization=f"DPoP {token}", proof=_proof(key, url, token))
+        assert first.status_code == 401
+        assert _challenge(first)["error"] == "use_dpop_nonce"
+        auth = ProofAuth(key, token)
+        _, who = anyio.run(call_tools, url, auth)
+        # the default audience (the endpoint's own URL) is not what this server expects
+        mine = agent_token(stack.issuer, key, resource=stack.mcp)
+        proof = create_proof(
+            key, htm="POST", htu=url, access_token=mine, nonce=auth.nonce, allow_insecure_http=True
+        )
+        wrong_aud = _post(url, authorization=f"DPoP {mine}", proof=proof)
+    assert who["jkt"] == key.jkt
+    assert auth.statuses[0] == 401
+    assert wrong_aud.status_code == 401
+    assert _challenge(wrong_aud)["error"] == "invalid_token"
