@@ -56,6 +56,12 @@ scope = "mcp:tools"
 dpop_bound_access_tokens = true
 
 [[clients]]
+client_id = "bearer-agent"
+client_secret = "{secret}"
+grant_types = ["client_credentials"]
+scope = "mcp:tools"
+
+[[clients]]
 client_id = "conformance"
 token_endpoint_auth_method = "none"
 grant_types = ["authorization_code", "refresh_token"]
@@ -143,6 +149,18 @@ def agent_token(issuer: str, key: DPoPKey, *, resource: str | None = None) -> st
     tokens = client.client_credentials(scope="mcp:tools", resource=resource)
     assert tokens.token_type.lower() == "dpop"
     return tokens.access_token
+
+
+def unbound_token(issuer: str, *, resource: str) -> str:
+    """An unbound (Bearer) access token: a token request without a proof (RFC 6750)."""
+    response = httpx.post(
+        issuer + "/token",
+        data={"grant_type": "client_credentials", "scope": "mcp:tools", "resource": resource},
+        auth=("bearer-agent", AGENT_SECRET),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["token_type"] == "Bearer"
+    return str(response.json()["access_token"])
 
 
 class ProofAuth(httpx2.Auth):

@@ -18,6 +18,7 @@ import pytest
 
 from dpopkit import DPoPKey, NonceIssuer, ProofPolicy, create_proof
 from dpopkit.core.challenge import parse_challenges
+from dpopkit.errors import SecurityWarning
 from dpopkit.integrations.mcp.server import (
     STATELESS_IAT_WINDOW,
     MCPResourceAuth,
@@ -38,6 +39,7 @@ from ._mcp_support import (
     free_port,
     process,
     serve_with_lifespan,
+    unbound_token,
 )
 
 build_server = example_server().build_server
@@ -408,3 +410,35 @@ def test_mcp_example_command_line_static_jwks_audience_and_nonce(
     assert auth.statuses[0] == 401
     assert wrong_aud.status_code == 401
     assert _challenge(wrong_aud)["error"] == "invalid_token"
+
+
+def test_mcp_unbound_bearer_only_when_allowed(stack: Stack) -> None:
+    """HD-32: an unbound Bearer token is refused unless accept_bearer (RFC 9449 §7.1, §7.2)."""
+    token = unbound_token(stack.issuer, resource=stack.mcp)
+    refused = _post(stack.mcp, authorization=f"Bearer {token}", proof=None)
+    assert refused.status_code == 401
+    assert _challenge(refused)["error"] == "invalid_token"
+    url = f"http://127.0.0.1:{stack.inproc_port}/mcp"
+    inproc = unbound_token(stack.issuer, resource=url)
+    with pytest.warns(SecurityWarning):
+        guard = _guard(stack, url, accept_bearer=True)
+    app = MCPResourceAuth(
+        build_server().streamable_http_app(),
+        guard=guard,
+        resource=url,
+        authorization_servers=[stack.issuer],
+    )
+    with serve_with_lifespan(app, stack.inproc_port):
+        accepted = _post(url, authorization=f"Bearer {inproc}", proof=None)
+        anonymous = _post(url, authorization=None, proof=None)
+        doc = httpx.get(
+            f"http://127.0.0.1:{stack.inproc_port}/.well-known/oauth-protected-resource/mcp"
+        ).json()
+    assert accepted.status_code == 200
+    schemes = [c.scheme for c in parse_challenges(anonymous.headers["WWW-Authenticate"])]
+    assert schemes == ["Bearer", "DPoP"]
+    assert all(
+        c.params["resource_metadata"].endswith("/mcp")
+        for c in parse_challenges(anonymous.headers["WWW-Authenticate"])
+    )
+    assert doc["dpop_bound_access_tokens_required"] is False
