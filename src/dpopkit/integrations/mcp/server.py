@@ -155,6 +155,7 @@ class MCPResourceAuth:
         trusted_proxies: a :class:`~dpopkit.resource.ProxyTrust` for ``Forwarded`` /
             ``X-Forwarded-*`` (see "Behind a proxy" in the MCP guide).
         exclude_paths: app paths served without authentication.
+        extra_metadata: further members of the RFC 9728 document.
     """
 
     def __init__(
