@@ -236,6 +236,7 @@ EXAMPLES: dict[str, list[str]] = {
     "redis": ["-m", "tests.extras.example_redis"],
     "postgres": ["-m", "tests.extras.example_postgres"],
     "metrics": ["-m", "tests.extras.example_metrics"],
+    "mcp": ["-m", "tests.extras.example_mcp"],
     "server": ["-m", "dpopkit", "demo"],
 }
 
