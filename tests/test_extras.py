@@ -43,7 +43,12 @@ LAZY_OK: dict[str, str] = {
 COMES_WITH = {"anyio": "httpx", "httpcore": "httpx", "asgiref": "django"}
 
 #: Distribution names whose import name differs.
-IMPORT_NAMES = {"prometheus-client": "prometheus_client", "psycopg[binary]": "psycopg"}
+IMPORT_NAMES = {
+    "prometheus-client": "prometheus_client",
+    "psycopg[binary]": "psycopg",
+    "python-pkcs11": "pkcs11",
+    "tpm2-pytss": "tpm2_pytss",
+}
 
 
 def _requirement_name(requirement: str) -> str:
