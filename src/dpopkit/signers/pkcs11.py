@@ -92,8 +92,15 @@ _PSS = {
     "384": (Mechanism.SHA384, MGF.SHA384, 48),
     "512": (Mechanism.SHA512, MGF.SHA512, 64),
 }
-# A device gone: the session cannot be used any more.
-_GONE = (p11.TokenNotPresent, p11.DeviceRemoved, p11.SessionHandleInvalid, p11.SessionClosed)
+# A device gone: the session (or the key's handle in it) cannot be used any more.
+_GONE = (
+    p11.TokenNotPresent,
+    p11.DeviceRemoved,
+    p11.SessionHandleInvalid,
+    p11.SessionClosed,
+    p11.ObjectHandleInvalid,
+    p11.KeyHandleInvalid,
+)
 
 _T = TypeVar("_T")
 
@@ -462,10 +469,15 @@ class Pkcs11Signer:
         except SignerError as exc:
             if exc.reason != "token_not_present":
                 raise
-        self._shared = _shared_session(self._uri, self._pin, fresh=True)
-        with self._shared.lock:
-            self._private, _ = self._objects(self._shared.session)
-            return self._sign_once(data)
+        try:
+            self._shared = _shared_session(self._uri, self._pin, fresh=True)
+            with self._shared.lock:
+                self._private, _ = self._objects(self._shared.session)
+                return self._sign_once(data)
+        except SignerError as exc:
+            raise SignerError(
+                "token_not_present", f"the token or its key went away ({exc.reason})"
+            ) from None
 
     def _sign_once(self, data: bytes) -> bytes:
         bits = self._alg[2:]
