@@ -68,9 +68,20 @@ def init_softhsm(root: Path, tokens: tuple[str, ...] = TOKENS) -> SoftHSM:
     env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
     for label in tokens:
         subprocess.run(
-            [tool, "--init-token", "--free", "--label", label, "--pin", USER_PIN,
-             "--so-pin", "0246813579"],
-            check=True, capture_output=True, env=env,
+            [
+                tool,
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                USER_PIN,
+                "--so-pin",
+                "0246813579",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
         )
     return SoftHSM(module=module, conf=conf)
 
@@ -79,6 +90,19 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _free_pair() -> int:
+    """A free port whose successor is free too."""
+    for _ in range(50):
+        port = _free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two adjacent free ports")
 
 
 @dataclass
@@ -99,19 +123,32 @@ def run_swtpm(state: Path) -> Iterator[SwTPM]:
     if tool is None:
         missing_real_part("swtpm (Debian packages swtpm, swtpm-tools) is not installed")
     state.mkdir(parents=True, exist_ok=True)
-    server, ctrl = _free_port(), _free_port()
+    server = _free_pair()
+    ctrl = server + 1  # the swtpm TCTI finds the control channel at port + 1
     proc = subprocess.Popen(
-        [tool, "socket", "--tpm2", "--tpmstate", f"dir={state}",
-         "--server", f"type=tcp,port={server},bindaddr=127.0.0.1",
-         "--ctrl", f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
-         "--flags", "not-need-init,startup-clear"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            tool,
+            "socket",
+            "--tpm2",
+            "--tpmstate",
+            f"dir={state}",
+            "--server",
+            f"type=tcp,port={server},bindaddr=127.0.0.1",
+            "--ctrl",
+            f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
+            "--flags",
+            "not-need-init,startup-clear",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 15
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"swtpm exited: {proc.stderr.read() if proc.stderr else b''!r}")
+                raise AssertionError(
+                    f"swtpm exited: {proc.stderr.read() if proc.stderr else b''!r}"
+                )
             try:
                 socket.create_connection(("127.0.0.1", server), timeout=0.2).close()
                 break

@@ -153,8 +153,15 @@ def test_c23_pin_from_a_file_or_the_environment(
         (lambda h, lab: h.uri(lab).replace(h.module, "/nonexistent/libp11.so"), "module_not_found"),
         (lambda h, lab: "pkcs11:token=dpop", "bad_reference"),
     ],
-    ids=["no-token", "no-key", "pin-value", "pin-file-missing", "unknown-attr", "no-module",
-         "no-object"],
+    ids=[
+        "no-token",
+        "no-key",
+        "pin-value",
+        "pin-file-missing",
+        "unknown-attr",
+        "no-module",
+        "no-object",
+    ],
 )
 def test_c23_each_wrong_reference_is_one_typed_error(
     softhsm: SoftHSM, uri_of: object, reason: str
