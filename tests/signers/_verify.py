@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from joserfc import jws
+from joserfc.errors import BadSignatureError
 from joserfc.jwk import JWKRegistry
 from joserfc.jws import JWSRegistry
 
@@ -30,9 +32,5 @@ def check_proof_verifies(key: DPoPKey) -> None:
     token = jws.deserialize_compact(proof, public, registry=registry)
     assert token.headers()["alg"] == key.alg
     tampered = proof[:-4] + ("AAAA" if not proof.endswith("AAAA") else "BBBB")
-    try:
+    with pytest.raises(BadSignatureError):
         jws.deserialize_compact(tampered, public, registry=registry)
-    except Exception as exc:  # joserfc raises BadSignatureError (or a decode error)
-        assert type(exc).__name__ in {"BadSignatureError", "DecodeError"}
-    else:
-        raise AssertionError("joserfc accepted a tampered signature")

@@ -62,7 +62,8 @@ def init_softhsm(root: Path, tokens: tuple[str, ...] = TOKENS) -> SoftHSM:
     (root / "tokens").mkdir(parents=True)
     conf = root / "softhsm2.conf"
     conf.write_text(
-        f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n",
+        f"directories.tokendir = {root / 'tokens'}\n"
+        "objectstore.backend = file\nlog.level = ERROR\n",
         encoding="utf-8",
     )
     env = {**os.environ, "SOFTHSM2_CONF": str(conf)}

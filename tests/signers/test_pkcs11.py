@@ -92,7 +92,7 @@ def test_c23_the_token_refuses_to_export_the_private_key(softhsm: SoftHSM) -> No
             with pytest.raises(pkcs11.exceptions.KeyUnextractable):
                 wrapper.wrap_key(private, mechanism=pkcs11.Mechanism.AES_KEY_WRAP_PAD)
     key = open_pkcs11_key(softhsm.uri(f"{label}-ES256"), pin=USER_PIN)
-    with pytest.raises(ValueError):  # noqa: PT011 - the message is for people
+    with pytest.raises(ValueError):
         key.private_jwk()
 
 
