@@ -242,6 +242,8 @@ EXAMPLES: dict[str, list[str]] = {
     "postgres": ["-m", "tests.extras.example_postgres"],
     "metrics": ["-m", "tests.extras.example_metrics"],
     "server": ["-m", "dpopkit", "demo"],
+    "pkcs11": ["-m", "tests.extras.example_pkcs11"],
+    "tpm": ["-m", "tests.extras.example_tpm"],
 }
 
 
