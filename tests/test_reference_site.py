@@ -39,6 +39,9 @@ PUBLIC_MODULES = (
     "dpopkit.storage.postgres",
     "dpopkit.storage.sql",
     "dpopkit.keyfile",
+    "dpopkit.signers",
+    "dpopkit.signers.pkcs11",
+    "dpopkit.signers.tpm",
 )
 
 
