@@ -6,13 +6,14 @@ Every signature here is made by the TPM simulator through tpm2-pytss; nothing is
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
 from dpopkit.signers import SignerError, load_key_reference, load_public_jwk_reference
 from dpopkit.signers.tpm import generate_tpm_key, open_tpm_key, parse_tpm_reference
 from tests.signers._verify import check_proof_verifies
-from tests.signers.devices import SwTPM
+from tests.signers.devices import SwTPM, run_swtpm
 
 tpm2 = pytest.importorskip("tpm2_pytss")
 
@@ -133,3 +134,14 @@ def test_c23_tcti_from_the_environment(swtpm: SwTPM, monkeypatch: pytest.MonkeyP
     made = generate_tpm_key(reference)
     monkeypatch.setenv("DPOPKIT_TPM_TCTI", swtpm.tcti)
     assert open_tpm_key(reference.partition("?")[0]).jkt == made.jkt
+
+
+def test_c23_a_tpm_gone_mid_use_is_one_typed_error(tmp_path: Path) -> None:
+    """C-23: signing after the TPM went away is token_not_present, one line, no traceback."""
+    with run_swtpm(tmp_path / "state") as tpm:
+        key = generate_tpm_key(tpm.new_reference())
+        check_proof_verifies(key)
+    with pytest.raises(SignerError) as caught:
+        key.sign(b"after")
+    assert caught.value.reason == "token_not_present"
+    assert "\n" not in str(caught.value)

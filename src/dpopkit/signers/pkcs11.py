@@ -301,7 +301,8 @@ def _shared_session(uri: Pkcs11Uri, pin: str, *, fresh: bool = False) -> _Shared
                 return shared
         if shared is not None:
             _SESSIONS.pop(key, None)
-            _close_quietly(shared.session)
+            with shared.lock:  # not while one of its keys is signing
+                _close_quietly(shared.session)
         shared = _Shared(token, pin)
         _SESSIONS[key] = shared
         return shared

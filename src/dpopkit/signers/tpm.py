@@ -61,6 +61,11 @@ _KEY_ATTRIBUTES = (
 
 _T = TypeVar("_T")
 
+#: The TSS2 layer of errors from the transport to the TPM (TSS2_TCTI_RC_LAYER >> 16).
+_TCTI_LAYER = 10
+#: TPM_RC_HANDLE in a format-one response code, whatever handle number it names.
+_RC_HANDLE, _RC_HANDLE_MASK = 0x08B, 0xFFFF00BF
+
 
 def parse_tpm_reference(reference: str) -> tuple[int, str]:
     """``(persistent handle, TCTI)`` of ``tpm:0x81010010[?tcti=...]``.
@@ -101,10 +106,10 @@ def _tpm(call: Callable[[], _T], what: str) -> _T:
         return call()
     except TSS2_Exception as exc:
         text = str(exc)
-        if "handle" in text:
-            raise SignerError("key_not_found", f"{what}: the TPM has no such key") from None
-        if "tcti" in text.lower() or "io" in text.lower():
+        if (int(exc.rc) >> 16) & 0xFF == _TCTI_LAYER:
             raise SignerError("token_not_present", f"{what}: the TPM went away ({text})") from None
+        if int(exc.rc) & _RC_HANDLE_MASK == _RC_HANDLE:
+            raise SignerError("key_not_found", f"{what}: the TPM has no such key") from None
         raise SignerError("device_error", f"{what}: {text}") from None
 
 
