@@ -10,7 +10,9 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
+import pkcs11
 import pytest
 
 from dpopkit import DPoPKey
@@ -24,8 +26,6 @@ from dpopkit.signers.pkcs11 import (
 )
 from tests.signers._verify import check_proof_verifies
 from tests.signers.devices import USER_PIN, SoftHSM, init_softhsm
-
-pkcs11 = pytest.importorskip("pkcs11")
 
 
 @pytest.mark.parametrize("alg", ["ES256", "ES384", "ES512", "PS256", "RS256", "PS384"])
@@ -77,7 +77,7 @@ def test_c23_the_token_refuses_to_export_the_private_key(softhsm: SoftHSM) -> No
     lib = pkcs11.lib(softhsm.module)
     # The dpopkit session logged the token in already; this one shares that login.
     with lib.get_token(token_label="dpop").open(rw=True) as session:
-        wrapper = session.generate_key(
+        wrapper: Any = session.generate_key(
             pkcs11.KeyType.AES, 256, template={pkcs11.Attribute.WRAP: True}
         )
         for alg, secret in (("ES256", "VALUE"), ("PS256", "PRIVATE_EXPONENT")):

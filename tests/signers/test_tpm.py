@@ -15,8 +15,6 @@ from dpopkit.signers.tpm import generate_tpm_key, open_tpm_key, parse_tpm_refere
 from tests.signers._verify import check_proof_verifies
 from tests.signers.devices import SwTPM, run_swtpm
 
-tpm2 = pytest.importorskip("tpm2_pytss")
-
 
 def test_c23_key_made_in_the_tpm_signs_proofs_that_verify(swtpm: SwTPM) -> None:
     """C-23: a P-256 key made in the TPM signs proofs verify_proof and joserfc accept.
