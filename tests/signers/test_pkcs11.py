@@ -239,3 +239,25 @@ def test_c23_uri_parsing_follows_rfc7512() -> None:
     assert parsed.path == {"token": "My Token", "object": "a;b"}
     assert parsed.id == b"\x01\x02"
     assert parsed.module_path == "/m.so"
+
+
+def test_c23_a_uri_without_token_picks_the_one_initialised_token(tmp_path: Path) -> None:
+    """C-23: a URI naming no token finds the only initialised one (empty slots do not count).
+
+    Its own process and SoftHSM directory: SoftHSM reads its slots once per process.
+    """
+    hsm = init_softhsm(tmp_path, tokens=("only",))
+    code = (
+        "import sys\n"
+        "from dpopkit.signers.pkcs11 import generate_pkcs11_key\n"
+        "print(generate_pkcs11_key(sys.argv[1], pin=sys.argv[2]).alg)\n"
+    )
+    uri = f"pkcs11:object=anywhere?module-path={hsm.module}"
+    run = subprocess.run(
+        [sys.executable, "-c", code, uri, USER_PIN],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SOFTHSM2_CONF": str(hsm.conf)},
+        timeout=60,
+    )
+    assert run.stdout.split() == ["ES256"], run.stderr[-2000:]

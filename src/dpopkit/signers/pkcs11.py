@@ -53,7 +53,7 @@ from dpopkit.signers._errors import SignerError
 
 with requires_extra("pkcs11", needed_by=__name__):
     import pkcs11
-    from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
+    from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
     from pkcs11 import exceptions as p11
     from pkcs11.util.ec import encode_named_curve_parameters
 
@@ -242,6 +242,8 @@ def _find_token(lib: Any, uri: Pkcs11Uri) -> Any:
             if "slot-id" in wanted and str(slot.slot_id) != wanted["slot-id"]:
                 continue
             token = slot.get_token()
+            if not token.flags & TokenFlag.TOKEN_INITIALIZED:
+                continue  # an empty slot (SoftHSM always offers one)
             facts = {
                 "token": token.label,
                 "manufacturer": token.manufacturer_id,
