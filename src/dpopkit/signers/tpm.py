@@ -198,7 +198,12 @@ def open_tpm_key(reference: str) -> DPoPKey:
     Raises:
         SignerError: a bad reference, no TPM at the TCTI, no key at the handle.
     """
-    return DPoPKey.from_signer(TpmSigner.open(reference))
+    signer = TpmSigner.open(reference)
+    try:
+        return DPoPKey.from_signer(signer)
+    except ValueError as exc:  # a signature that does not verify: a broken TPM
+        signer.close()
+        raise SignerError("device_error", str(exc)) from None
 
 
 def generate_tpm_key(reference: str) -> DPoPKey:
