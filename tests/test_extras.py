@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import missing_real_part
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "dpopkit"
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
@@ -43,7 +45,12 @@ LAZY_OK: dict[str, str] = {
 COMES_WITH = {"anyio": "httpx", "httpcore": "httpx", "asgiref": "django"}
 
 #: Distribution names whose import name differs.
-IMPORT_NAMES = {"prometheus-client": "prometheus_client", "psycopg[binary]": "psycopg"}
+IMPORT_NAMES = {
+    "prometheus-client": "prometheus_client",
+    "psycopg[binary]": "psycopg",
+    "python-pkcs11": "pkcs11",
+    "tpm2-pytss": "tpm2_pytss",
+}
 
 
 def _requirement_name(requirement: str) -> str:
@@ -238,6 +245,8 @@ EXAMPLES: dict[str, list[str]] = {
     "metrics": ["-m", "tests.extras.example_metrics"],
     "mcp": ["-m", "tests.extras.example_mcp"],
     "server": ["-m", "dpopkit", "demo"],
+    "pkcs11": ["-m", "tests.extras.example_pkcs11"],
+    "tpm": ["-m", "tests.extras.example_tpm"],
 }
 
 
@@ -288,6 +297,8 @@ def test_hd22_each_extra_alone_runs_its_example(
     extra: str, wheel: Path, issuer: dict[str, str], tmp_path: Path
 ) -> None:
     """HD-22: ``pip install 'dpopkit[EXTRA]'`` alone is enough for that extra's example."""
+    if extra == "tpm" and subprocess.run(["pkg-config", "--exists", "tss2-esys"]).returncode:
+        missing_real_part("libtss2 (Debian libtss2-dev), which tpm2-pytss builds against")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = str(env_dir / "bin" / "python")

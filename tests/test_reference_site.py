@@ -40,6 +40,9 @@ PUBLIC_MODULES = (
     "dpopkit.storage.sql",
     "dpopkit.keyfile",
     "dpopkit.integrations.mcp.server",
+    "dpopkit.signers",
+    "dpopkit.signers.pkcs11",
+    "dpopkit.signers.tpm",
 )
 
 

@@ -14,14 +14,18 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from dpopkit import __version__
 from dpopkit.core.keys import DPoPKey
 from dpopkit.core.nonce import parse_nonce_secrets
-from dpopkit.keyfile import load_key
+from dpopkit.errors import MissingExtraError
+from dpopkit.signers import SignerError, load_key_reference, load_public_jwk_reference
 
 __all__ = [
+    "KEY_HELP",
+    "KEY_UNLOCK_HELP",
     "CommandError",
     "add_insecure_http_flag",
     "add_nonce_secret_flag",
@@ -30,6 +34,7 @@ __all__ = [
     "http_method",
     "join_dash_values",
     "load_key_file",
+    "load_public_key_file",
     "main",
     "missing_extra",
     "nonce_secrets_from_env",
@@ -37,6 +42,8 @@ __all__ = [
     "secret_from_env",
     "value_options",
 ]
+
+_T = TypeVar("_T")
 
 #: Modules under dpopkit.cli that add commands (in help order).
 COMMAND_MODULES: tuple[str, ...] = ("offline", "client_cmds", "serve_api", "serve", "demo")
@@ -107,20 +114,54 @@ def add_nonce_secret_flag(parser: argparse.ArgumentParser, help: str) -> None:
     )
 
 
-def load_key_file(path: str, password_env: str | None, *, flag: str = "--key") -> DPoPKey:
-    """A private key file (JWK or PEM, encrypted with the password in ``password_env``).
+#: The help of every option that names a DPoP private key.
+KEY_HELP = (
+    "the DPoP private key: a key file (JWK or PEM), a PKCS#11 URI (pkcs11:token=...;object=...) "
+    "or a TPM handle (tpm:0x81010010)"
+)
+#: The help of every ``--password-env`` next to such an option.
+KEY_UNLOCK_HELP = "password of an encrypted PEM key file, or the PIN of a PKCS#11 token"
 
-    ``flag`` is the option that named the file; errors name it.
-    """
-    password = secret_from_env(password_env, "key password", flag="--password-env")
+
+def _resolve(reference: str, flag: str, load: Callable[[], _T]) -> _T:
+    """``load()``, its failures turned into one-line :class:`CommandError` naming ``flag``."""
     try:
-        return load_key(path, password=password)
+        return load()
+    except SignerError as exc:
+        raise CommandError(f"{flag} {_shown(reference)}: {exc} ({exc.reason})") from None
+    except MissingExtraError as exc:
+        raise CommandError(f"{flag}: {exc}") from None
     except OSError as exc:
         raise CommandError(
-            f"{flag} {path}: cannot read the key file: {exc.strerror or exc}"
+            f"{flag} {reference}: cannot read the key file: {exc.strerror or exc}"
         ) from None
     except ValueError as exc:
-        raise CommandError(f"{flag} {path}: cannot load the key file: {exc}") from None
+        raise CommandError(f"{flag} {reference}: cannot load the key file: {exc}") from None
+
+
+def _shown(reference: str) -> str:
+    """A device reference without its query (which may name a PIN file)."""
+    return reference.partition("?")[0]
+
+
+def load_key_file(path: str, password_env: str | None, *, flag: str = "--key") -> DPoPKey:
+    """The private key named by ``path``: every command that signs reads its key here.
+
+    ``path`` is a key file (JWK or PEM, encrypted with the password in
+    ``password_env``), a ``pkcs11:`` URI (``password_env`` then holds the PIN) or
+    a ``tpm:`` handle (:func:`dpopkit.signers.load_key_reference`).
+    ``flag`` is the option that named the key; errors name it.
+    """
+    password = secret_from_env(password_env, "key password", flag="--password-env")
+    return _resolve(path, flag, lambda: load_key_reference(path, password=password))
+
+
+def load_public_key_file(
+    path: str, password_env: str | None, *, flag: str = "KEYFILE"
+) -> dict[str, str]:
+    """The public JWK of a key file (private or public), a ``pkcs11:`` URI or a ``tpm:`` handle."""
+    password = secret_from_env(password_env, "key password", flag="--password-env")
+    return _resolve(path, flag, lambda: load_public_jwk_reference(path, password=password))
 
 
 def add_insecure_http_flag(parser: argparse.ArgumentParser, help: str) -> None:

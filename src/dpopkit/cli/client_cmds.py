@@ -22,6 +22,8 @@ import sys
 from typing import Any
 
 from dpopkit.cli import (
+    KEY_HELP,
+    KEY_UNLOCK_HELP,
     CommandError,
     add_insecure_http_flag,
     add_secret_flags,
@@ -198,8 +200,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the client secret (client_secret_basic); prefer --client-secret-env",
         env_help="read the client secret from VAR (not with --client-secret)",
     )
-    p.add_argument("--key", required=True, metavar="KEYFILE", help="the DPoP private key")
-    p.add_argument("--password-env", metavar="VAR", help="password of an encrypted PEM key")
+    p.add_argument("--key", required=True, metavar="KEY", help=KEY_HELP)
+    p.add_argument("--password-env", metavar="VAR", help=KEY_UNLOCK_HELP)
     p.add_argument("--scope", metavar="S", help="the scope to ask for (space-separated)")
     p.add_argument("--resource", metavar="R", help="RFC 8707 resource indicator")
     add_insecure_http_flag(p, "allow http:// (loopback tests only)")
@@ -219,8 +221,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="[METHOD] URL",
         help="the method (default GET, or POST with --data; upper-cased) and the URL",
     )
-    r.add_argument("--key", required=True, metavar="KEYFILE", help="the DPoP private key")
-    r.add_argument("--password-env", metavar="VAR", help="password of an encrypted PEM key")
+    r.add_argument("--key", required=True, metavar="KEY", help=KEY_HELP)
+    r.add_argument("--password-env", metavar="VAR", help=KEY_UNLOCK_HELP)
     add_secret_flags(
         r,
         "token",

@@ -18,11 +18,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dpopkit.cli import (
+    KEY_HELP,
+    KEY_UNLOCK_HELP,
     CommandError,
     add_insecure_http_flag,
     add_nonce_secret_flag,
     http_method,
     load_key_file,
+    load_public_key_file,
     nonce_secrets_from_env,
     require_https,
     secret_from_env,
@@ -42,7 +45,8 @@ from dpopkit.core.proof import (
     create_proof,
 )
 from dpopkit.core.thumbprint import jwk_thumbprint
-from dpopkit.keyfile import load_public_jwk, save_key
+from dpopkit.errors import MissingExtraError
+from dpopkit.keyfile import save_key
 
 __all__ = ["CHECKS", "Check", "Inspection", "inspect_proof", "register"]
 
@@ -78,8 +82,44 @@ def _print_json(value: Any) -> None:
 # --- commands -------------------------------------------------------------------------------
 
 
+def _keygen_in_device(args: argparse.Namespace, pin: str | None) -> int:
+    """``keygen --pkcs11 URI`` / ``--tpm HANDLE``: the key is made inside the device."""
+    from dpopkit.signers import SignerError
+
+    if args.out is not None or args.force or args.format != "jwk":
+        raise CommandError("--out, --format and --force are for key files, not device keys")
+    flag, reference = ("--pkcs11", args.pkcs11) if args.pkcs11 else ("--tpm", args.tpm)
+    try:
+        if args.pkcs11:
+            from dpopkit.signers.pkcs11 import generate_pkcs11_key
+
+            key = generate_pkcs11_key(args.pkcs11, alg=args.alg, pin=pin)
+        else:
+            if args.alg != DEFAULT_ALGORITHM:
+                raise CommandError("--tpm makes ES256 keys (ECDSA P-256)")
+            if pin is not None:
+                raise CommandError("--password-env: a TPM key takes no password")
+            from dpopkit.signers.tpm import generate_tpm_key
+
+            if not reference.lower().startswith("tpm:"):
+                reference = f"tpm:{reference}"
+            key = generate_tpm_key(reference)
+    except SignerError as exc:
+        raise CommandError(f"{flag} {reference.partition('?')[0]}: {exc} ({exc.reason})") from None
+    except MissingExtraError as exc:
+        raise CommandError(f"{flag}: {exc}") from None
+    except ValueError as exc:
+        raise CommandError(f"{flag}: {exc}") from None
+    print(f"made the key inside the device; it cannot be exported: {reference}", file=sys.stderr)
+    print(f"jkt: {key.jkt}")
+    print(f"public_jwk: {json.dumps(key.public_jwk)}")
+    return 0
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     password = secret_from_env(args.password_env, "key password", flag="--password-env")
+    if args.pkcs11 or args.tpm:
+        return _keygen_in_device(args, password)
     if password is not None and args.format != "pem":
         raise CommandError("a password needs --format pem (a JWK file cannot be encrypted)")
     key = DPoPKey.generate(args.alg)  # argparse already restricted alg to ALGORITHMS
@@ -109,14 +149,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_thumbprint(args: argparse.Namespace) -> int:
-    password = secret_from_env(args.password_env, "key password", flag="--password-env")
-    try:
-        jwk = load_public_jwk(args.keyfile, password=password)
-    except OSError as exc:
-        raise CommandError(f"cannot read key file {args.keyfile}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise CommandError(f"cannot load key file {args.keyfile}: {exc}") from None
-    print(jwk_thumbprint(jwk))
+    print(jwk_thumbprint(load_public_key_file(args.keyfile, args.password_env)))
     return 0
 
 
@@ -221,7 +254,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         _cmd_keygen,
         "generate a DPoP key pair",
         "Generate a DPoP private key. Without --out the private JWK (or PEM) is printed; "
-        "with --out it is written with 0600 permissions and the jkt and public JWK are printed.",
+        "with --out it is written with 0600 permissions and the jkt and public JWK are printed. "
+        "With --pkcs11 or --tpm the key is made inside the device and never leaves it.",
     )
     p.add_argument(
         "--alg",
@@ -236,19 +270,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--password-env",
         metavar="VAR",
-        help="encrypt the PEM with the password in environment variable VAR",
+        help="encrypt the PEM with the password in environment variable VAR "
+        "(with --pkcs11: the token PIN)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    device = p.add_mutually_exclusive_group()
+    device.add_argument(
+        "--pkcs11",
+        metavar="URI",
+        help="make the key inside a PKCS#11 token, named by an RFC 7512 URI "
+        "(pkcs11:token=T;object=LABEL?module-path=...); the PIN comes from pin-source=file:..., "
+        "--password-env or DPOPKIT_PKCS11_PIN",
+    )
+    device.add_argument(
+        "--tpm",
+        metavar="HANDLE",
+        help="make an ES256 key inside the TPM at a persistent handle "
+        "(tpm:0x81010010[?tcti=swtpm:port=2321]; TCTI default DPOPKIT_TPM_TCTI or "
+        "device:/dev/tpmrm0)",
+    )
 
     p = _add(
         subparsers,
         "thumbprint",
         _cmd_thumbprint,
-        "print the RFC 7638 thumbprint (jkt) of a key file",
-        "Print the jkt (RFC 7638 SHA-256 thumbprint) of a private or public JWK or PEM file.",
+        "print the RFC 7638 thumbprint (jkt) of a key",
+        "Print the jkt (RFC 7638 SHA-256 thumbprint) of a private or public JWK or PEM file, "
+        "or of a key in a PKCS#11 token (pkcs11:...) or a TPM (tpm:0x81...).",
     )
-    p.add_argument("keyfile", metavar="KEYFILE", help="a private or public key file (JWK or PEM)")
-    p.add_argument("--password-env", metavar="VAR", help="password of an encrypted PEM")
+    p.add_argument(
+        "keyfile",
+        metavar="KEY",
+        help="a private or public key file (JWK or PEM), a pkcs11: URI or a tpm: handle",
+    )
+    p.add_argument("--password-env", metavar="VAR", help=KEY_UNLOCK_HELP)
 
     p = _add(
         subparsers,
@@ -257,8 +312,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "create a DPoP proof",
         'Print a DPoP proof for one request, e.g. curl -H "DPoP: $(dpopkit proof ...)".',
     )
-    p.add_argument("--key", required=True, metavar="FILE", help="private key file (JWK or PEM)")
-    p.add_argument("--password-env", metavar="VAR", help="password of an encrypted PEM")
+    p.add_argument("--key", required=True, metavar="KEY", help=KEY_HELP)
+    p.add_argument("--password-env", metavar="VAR", help=KEY_UNLOCK_HELP)
     p.add_argument(
         "--method",
         required=True,
