@@ -304,7 +304,7 @@ def create_app(config: ServeConfig, *, db_path: Path | None = None) -> Flask:  #
     def whoami() -> Any:
         claims = current_token
         return jsonify(
-            {"sub": claims.get("sub"), "client_id": claims.get("client_id"), "cnf": claims["cnf"]}
+            {"sub": claims.get("sub"), "client_id": claims.get("client_id"), "cnf": claims.get("cnf")}
         )
 
     @app.teardown_appcontext

@@ -529,10 +529,12 @@ class DPoPTokenValidator(TokenValidator):  # type: ignore[misc]
                 htu=url,
                 policy=self.policy,
                 access_token=_token_string(request),
-                expected_jkt=jkt,
                 nonce_check=self.nonces,
                 now=now,
             )
+            # RFC 9449 §6, §7.1: cnf.jkt equals the proof key (as dpopkit's ResourceGuard).
+            if not hmac.compare_digest(jkt.encode(), proof.jkt.encode()):
+                raise InvalidTokenError(Reason.JKT_MISMATCH, "the token is bound to another key")
             record_proof(self.replay, proof, now=now)
         except DPoPError as exc:
             raise _rs_error(exc, algs) from None

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from dpopkit.server.config import load_config
 
@@ -79,6 +79,11 @@ def load_example() -> ModuleType:
     return module
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
 @dataclass
 class AuthlibAS:
     issuer: str
@@ -89,7 +94,7 @@ class AuthlibAS:
 def authlib_as(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthlibAS]:
     example = load_example()
     data = tmp_path_factory.mktemp("authlib-as")
-    httpd = make_server("127.0.0.1", 0, None, threaded=True)  # type: ignore[arg-type]
+    httpd = make_server("127.0.0.1", 0, None, threaded=True, request_handler=_QuietHandler)  # type: ignore[arg-type]
     issuer = f"http://127.0.0.1:{httpd.server_port}"
     path = data / "as.toml"
     path.write_text(CONFIG.format(issuer=issuer, callback=CALLBACK), encoding="utf-8")
