@@ -77,7 +77,7 @@ class _User:
         return self.username
 
 
-def create_app(config: ServeConfig, *, db_path: Path | None = None) -> Flask:  # noqa: C901, PLR0915
+def create_app(config: ServeConfig, *, db_path: Path | None = None) -> Flask:
     """Build the Flask app: Authlib's server with DPoP, from a ``dpopkit serve`` config."""
     settings = config.settings
     issuer = settings["issuer"].rstrip("/")
@@ -162,13 +162,14 @@ def create_app(config: ServeConfig, *, db_path: Path | None = None) -> Flask:  #
 
     app = Flask(__name__)
     server = AuthorizationServer(
-        app, query_client=create_query_client_func(session, Client),
+        app,
+        query_client=create_query_client_func(session, Client),
         save_token=create_save_token_func(session, Token),
     )
     server.register_token_generator("default", generator)
 
     class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
-        TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+        TOKEN_ENDPOINT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 
         def save_authorization_code(self, code: str, req: Any) -> None:
             data = req.payload.data
@@ -202,7 +203,7 @@ def create_app(config: ServeConfig, *, db_path: Path | None = None) -> Flask:  #
             return _User(authorization_code.user_id)
 
     class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
-        TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+        TOKEN_ENDPOINT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
         INCLUDE_NEW_REFRESH_TOKEN = True
 
         def authenticate_refresh_token(self, refresh_token: str) -> Any:
@@ -218,7 +219,7 @@ def create_app(config: ServeConfig, *, db_path: Path | None = None) -> Flask:  #
             session.commit()
 
     class ClientCredentials(grants.ClientCredentialsGrant):  # type: ignore[misc]
-        TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+        TOKEN_ENDPOINT_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 
     server.register_grant(CodeGrant, [CodeChallenge(required=True)])
     server.register_grant(RefreshGrant)
@@ -304,7 +305,11 @@ def create_app(config: ServeConfig, *, db_path: Path | None = None) -> Flask:  #
     def whoami() -> Any:
         claims = current_token
         return jsonify(
-            {"sub": claims.get("sub"), "client_id": claims.get("client_id"), "cnf": claims.get("cnf")}
+            {
+                "sub": claims.get("sub"),
+                "client_id": claims.get("client_id"),
+                "cnf": claims.get("cnf"),
+            }
         )
 
     @app.teardown_appcontext

@@ -237,6 +237,7 @@ EXAMPLES: dict[str, list[str]] = {
     "postgres": ["-m", "tests.extras.example_postgres"],
     "metrics": ["-m", "tests.extras.example_metrics"],
     "server": ["-m", "dpopkit", "demo"],
+    "authlib": ["-m", "tests.extras.example_authlib"],
 }
 
 

@@ -246,8 +246,10 @@ class DPoPAuthorizationServer:
         )
 
     def _bound_grant_jkt(self, grant: Any) -> str | None:
-        """The key the grant itself is bound to: the code's ``dpop_jkt`` (RFC 9449 §10),
-        or a public client's refresh token (RFC 9449 §5)."""
+        """The key the grant is bound to (a code's ``dpop_jkt``, a public client's refresh).
+
+        RFC 9449 §10 for codes, §5 for refresh tokens of public clients.
+        """
         request = grant.request
         code = getattr(request, "authorization_code", None)
         if code is not None:
@@ -291,11 +293,14 @@ class DPoPAuthorizationServer:
                 ):
                     # RFC 9449 §8: use_dpop_nonce; nothing was read into a write yet.
                     raise self.nonces.challenge(Reason.NONCE_REQUIRED, now=now)
-                if proof is not None and bound is not None:
-                    if not hmac.compare_digest(proof.jkt, bound):
-                        raise InvalidGrantError(
-                            Reason.JKT_MISMATCH, "the grant is bound to another key"
-                        )
+                if (
+                    proof is not None
+                    and bound is not None
+                    and not hmac.compare_digest(proof.jkt, bound)
+                ):
+                    raise InvalidGrantError(
+                        Reason.JKT_MISMATCH, "the grant is bound to another key"
+                    )
                 if proof is not None:
                     # RFC 9449 §11.1: recorded after every check, before any write.
                     record_proof(self.replay, proof, now=now)
@@ -330,7 +335,7 @@ class DPoPAuthorizationServer:
                 f"the token generator {type(generator).__name__} made a JWT without cnf.jkt: "
                 "use JWTBearerTokenGenerator or read dpopkit's current_jkt()"
             )
-        token["token_type"] = "DPoP"
+        token["token_type"] = "DPoP"  # noqa: S105 - a token type
         token[self.jkt_field] = jkt
         return token
 
@@ -471,7 +476,7 @@ class DPoPTokenValidator(TokenValidator):  # type: ignore[misc]
         clock: the time source.
     """
 
-    TOKEN_TYPE = "dpop"
+    TOKEN_TYPE = "dpop"  # noqa: S105 - an authorization scheme
 
     def __init__(
         self,
@@ -511,7 +516,9 @@ class DPoPTokenValidator(TokenValidator):  # type: ignore[misc]
         except AuthlibDPoPError:
             raise
         except OAuth2Error as exc:
-            inner = InvalidTokenError(Reason.INVALID_REQUEST, "the access token is not valid")
+            inner: DPoPError = InvalidTokenError(
+                Reason.INVALID_REQUEST, "the access token is not valid"
+            )
             if getattr(exc, "error", None) == "insufficient_scope":
                 inner = InsufficientScopeError(Reason.INVALID_REQUEST, "insufficient scope")
             raise _rs_error(inner, algs) from None
@@ -543,7 +550,7 @@ class DPoPTokenValidator(TokenValidator):  # type: ignore[misc]
 class _BearerUnlessBound(TokenValidator):  # type: ignore[misc]
     """The Bearer validator, refusing DPoP-bound tokens (RFC 9449 §7.2)."""
 
-    TOKEN_TYPE = "bearer"
+    TOKEN_TYPE = "bearer"  # noqa: S105 - an authorization scheme
 
     def __init__(self, tokens: TokenValidator, *, jkt_field: str, algs: str) -> None:
         super().__init__(realm=tokens.realm, **tokens.extra_attributes)
@@ -589,8 +596,12 @@ def protect(
         tokens: the validator that loads and checks tokens.
         replay: the replay cache.
         allow_bearer: keep accepting unbound tokens with the Bearer scheme.
-        nonces, algorithms, max_age, jkt_field, public_url, clock: see
-            :class:`DPoPTokenValidator`.
+        nonces: a nonce issuer (RFC 9449 §9); see :class:`DPoPTokenValidator`.
+        algorithms: the accepted proof algorithms.
+        max_age: seconds a proof stays acceptable after its ``iat``.
+        jkt_field: the attribute of a stored token holding its thumbprint.
+        public_url: the URL the client used, from the Authlib request.
+        clock: the time source.
 
     Returns:
         The registered :class:`DPoPTokenValidator`.

@@ -73,7 +73,8 @@ def load_example() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "authlib_server_example", ROOT / "examples" / "authlib_server.py"
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -19,8 +18,7 @@ from requests_oauth2client import ClientSecretBasic, DPoPToken, InvalidGrant, OA
 
 from dpopkit import DPoPKey
 from dpopkit.client.requests import DPoPAuth
-from dpopkit.client.tokens import TokenClient
-from dpopkit.client.tokens import pkce_pair
+from dpopkit.client.tokens import TokenClient, pkce_pair
 from dpopkit.core.proof import create_proof
 from dpopkit.demo.api import create_whoami_app
 from tests.live import serve_in_thread
@@ -333,11 +331,11 @@ EXPECTED = {
 
 
 @pytest.fixture
-def refused(authlib_as: AuthlibAS) -> Iterator[tuple[dict[str, requests.Response], Any]]:
+def refused(authlib_as: AuthlibAS) -> tuple[dict[str, requests.Response], Any]:
     key = DPoPKey.generate("ES256")
     code = Code(authlib_as.issuer, "spa", dpop_jkt=key.jkt)
     results = _failing_requests(authlib_as.issuer, key, code)
-    yield results, lambda: _post_token(authlib_as.issuer, code.form(), key=key)
+    return results, lambda: _post_token(authlib_as.issuer, code.form(), key=key)
 
 
 def test_refused_token_requests_never_burn_the_code(
@@ -386,9 +384,7 @@ def test_bound_token_as_bearer_is_refused(authlib_as: AuthlibAS) -> None:
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize(
-    "problem", ["another url", "another key", "replayed", "no proof"]
-)
+@pytest.mark.parametrize("problem", ["another url", "another key", "replayed", "no proof"])
 def test_resource_protector_refuses_bad_proofs(authlib_as: AuthlibAS, problem: str) -> None:
     """RS-3, RS-4, RS-7: Authlib's ResourceProtector with dpopkit's validator refuses a
     bound token whose proof fails any §4.3 check, with 401 and a DPoP challenge."""
