@@ -39,6 +39,7 @@ PUBLIC_MODULES = (
     "dpopkit.storage.postgres",
     "dpopkit.storage.sql",
     "dpopkit.keyfile",
+    "dpopkit.integrations.authlib",
 )
 
 
