@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.integrations.sqla_oauth2 import (
@@ -82,8 +83,10 @@ def create_app(config: ServeConfig, *, db_path: Path | None = None) -> Flask:
     settings = config.settings
     issuer = settings["issuer"].rstrip("/")
     test_user = settings.get("test_mode_user")
-    if test_user is not None and not _loopback(config.host):
-        raise ConfigError("test_mode_user needs a loopback --host")
+    if test_user is not None and not (
+        _loopback(config.host) and _loopback(urlsplit(issuer).hostname)
+    ):
+        raise ConfigError("test_mode_user needs a loopback --host and issuer")
     audience = list(settings.get("audience", ())) or [issuer]
     lifetime = int(settings.get("access_token_lifetime", 300))
 
