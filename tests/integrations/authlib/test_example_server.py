@@ -39,8 +39,16 @@ def started(tmp_path: Path) -> Iterator[str]:
         encoding="utf-8",
     )
     process = subprocess.Popen(
-        [sys.executable, "examples/authlib_server.py", "--config", str(config)]
-        + ["--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "examples/authlib_server.py",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         stdout=subprocess.PIPE,
@@ -95,8 +103,16 @@ def test_example_refuses_test_mode_off_loopback(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     result = subprocess.run(
-        [sys.executable, "examples/authlib_server.py", "--config", str(config)]
-        + ["--host", "0.0.0.0", "--port", str(_free_port())],  # noqa: S104 - refused
+        [
+            sys.executable,
+            "examples/authlib_server.py",
+            "--config",
+            str(config),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(_free_port()),
+        ],  # noqa: S104 - refused
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         capture_output=True,
