@@ -112,7 +112,7 @@ def test_example_refuses_test_mode_off_loopback(tmp_path: Path) -> None:
             "0.0.0.0",
             "--port",
             str(_free_port()),
-        ],  # noqa: S104 - refused
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         capture_output=True,
