@@ -109,7 +109,7 @@ def test_example_refuses_test_mode_off_loopback(tmp_path: Path) -> None:
             "--config",
             str(config),
             "--host",
-            "0.0.0.0",
+            "0.0.0.0",  # noqa: S104 - refused, never bound
             "--port",
             str(_free_port()),
         ],
