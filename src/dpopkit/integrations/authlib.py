@@ -344,8 +344,16 @@ class DPoPAuthorizationServer:
         return gens.get(grant_type) or gens.get("default")
 
     def install(self) -> DPoPAuthorizationServer:
-        """Wire the hooks into the server (called by :func:`register_dpop`)."""
+        """Wire the hooks into the server (called by :func:`register_dpop`).
+
+        Raises:
+            ValueError: DPoP is already registered with this server (a second layer
+                would check every proof twice).
+        """
         server = self.server
+        if getattr(server, "_dpopkit_layer", None) is not None:
+            raise ValueError("register_dpop was already called for this server")
+        server._dpopkit_layer = self
         get_token_grant = server.get_token_grant
         generate_token = server.generate_token
 
@@ -418,6 +426,9 @@ def register_dpop(
     Returns:
         The :class:`DPoPAuthorizationServer` (its :meth:`~DPoPAuthorizationServer.metadata`
         goes into the server metadata).
+
+    Raises:
+        ValueError: already registered with this server.
     """
     layer = DPoPAuthorizationServer(
         server,

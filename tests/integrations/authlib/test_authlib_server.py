@@ -427,3 +427,18 @@ def test_malformed_dpop_jkt_is_refused_at_the_authorization_endpoint(
     assert response.status_code == 302
     callback = parse_qs(urlsplit(response.headers["Location"]).query)
     assert callback["error"] == ["invalid_request"]
+
+
+def test_registering_twice_is_refused() -> None:
+    """AS-1: one proof check per request: a second ``register_dpop`` on the same server
+    (which would verify and record every proof twice) is refused at once."""
+    from authlib.oauth2.rfc6749 import AuthorizationServer
+
+    from dpopkit.integrations.authlib import register_dpop
+    from dpopkit.storage.memory import MemoryReplayCache
+
+    server = AuthorizationServer()
+    replay = MemoryReplayCache(single_process=True)
+    register_dpop(server, token_endpoint="https://as.example/token", replay=replay)
+    with pytest.raises(ValueError):
+        register_dpop(server, token_endpoint="https://as.example/token", replay=replay)
