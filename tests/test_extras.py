@@ -247,6 +247,7 @@ EXAMPLES: dict[str, list[str]] = {
     "server": ["-m", "dpopkit", "demo"],
     "pkcs11": ["-m", "tests.extras.example_pkcs11"],
     "tpm": ["-m", "tests.extras.example_tpm"],
+    "authlib": ["-m", "tests.extras.example_authlib"],
 }
 
 

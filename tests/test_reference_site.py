@@ -43,6 +43,7 @@ PUBLIC_MODULES = (
     "dpopkit.signers",
     "dpopkit.signers.pkcs11",
     "dpopkit.signers.tpm",
+    "dpopkit.integrations.authlib",
 )
 
 
