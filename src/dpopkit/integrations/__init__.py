@@ -1,0 +1,1 @@
+"""Plug-ins that add DPoP to servers built on other libraries."""

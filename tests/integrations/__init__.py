@@ -1,0 +1,1 @@
+"""Tests of the plug-ins that add DPoP to other servers."""
