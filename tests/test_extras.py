@@ -40,10 +40,20 @@ LAZY_OK: dict[str, str] = {
 }
 
 #: Packages that come with another one (anyio and httpcore with httpx, asgiref with Django).
-COMES_WITH = {"anyio": "httpx", "httpcore": "httpx", "asgiref": "django"}
+COMES_WITH = {
+    "anyio": "httpx",
+    "httpcore": "httpx",
+    "asgiref": "django",
+    "oauthlib": "oauth2_provider",
+}
 
 #: Distribution names whose import name differs.
-IMPORT_NAMES = {"prometheus-client": "prometheus_client", "psycopg[binary]": "psycopg"}
+IMPORT_NAMES = {
+    "prometheus-client": "prometheus_client",
+    "psycopg[binary]": "psycopg",
+    "django-oauth-toolkit": "oauth2_provider",
+    "djangorestframework": "rest_framework",
+}
 
 
 def _requirement_name(requirement: str) -> str:
@@ -237,6 +247,7 @@ EXAMPLES: dict[str, list[str]] = {
     "postgres": ["-m", "tests.extras.example_postgres"],
     "metrics": ["-m", "tests.extras.example_metrics"],
     "server": ["-m", "dpopkit", "demo"],
+    "django-oauth-toolkit": ["-m", "tests.extras.example_django_oauth_toolkit"],
 }
 
 

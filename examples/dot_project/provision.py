@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.conf import settings  # type: ignore[import-untyped]
+from django.contrib.auth import get_user_model  # type: ignore[import-untyped]
+from django.db import transaction  # type: ignore[import-untyped]
 from oauth2_provider.models import get_application_model
 
 from dpopkit.integrations.django_oauth_toolkit.models import ClientDPoPSettings

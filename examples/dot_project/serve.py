@@ -29,7 +29,7 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         sys.stderr.write(f"{self.command} {self.path.split('?')[0]} {args[1]}\n")
 
 
@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if "test_mode_user" in first.settings and not is_loopback_host(first.host):
-        print("error: test_mode_user: test mode listens on a loopback address only", file=sys.stderr)
+        print(
+            "error: test_mode_user: test mode listens on a loopback address only", file=sys.stderr
+        )
         return 2
     server = make_server(
         first.host, first.port, _not_ready, server_class=_Server, handler_class=_QuietHandler
@@ -69,10 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     import django
 
     django.setup()
+    import provision
     from django.core.management import call_command
     from django.core.wsgi import get_wsgi_application
-
-    import provision
 
     call_command("migrate", verbosity=0, interactive=False)
     try:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, ClassVar
 
-from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.urls import include, path
+from django.conf import settings  # type: ignore[import-untyped]
+from django.contrib.auth import get_user_model  # type: ignore[import-untyped]
+from django.http import HttpRequest, HttpResponse, JsonResponse  # type: ignore[import-untyped]
+from django.urls import include, path  # type: ignore[import-untyped]
 from oauth2_provider import views as dot_views
 from oauth2_provider.contrib.rest_framework import TokenHasScope
 from rest_framework.request import Request
@@ -34,6 +34,7 @@ class AuthorizationView(dot_views.AuthorizationView):  # type: ignore[misc]
     """DOT's authorization view; ``test_mode_user`` signs in without a person (loopback)."""
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        """Sign ``test_mode_user`` in for a loopback peer, then run DOT's view."""
         user = settings.TEST_MODE_USER
         if user is not None and _loopback(request.META.get("REMOTE_ADDR")):
             request.user = get_user_model().objects.get(username=user)
@@ -43,9 +44,9 @@ class AuthorizationView(dot_views.AuthorizationView):  # type: ignore[misc]
 class WhoAmI(APIView):  # type: ignore[misc]
     """A DRF API behind :class:`DPoPAuthentication`."""
 
-    authentication_classes = [DPoPAuthentication]
-    permission_classes = [TokenHasScope]
-    required_scopes = ["read"]
+    authentication_classes: ClassVar[list[type]] = [DPoPAuthentication]
+    permission_classes: ClassVar[list[type]] = [TokenHasScope]
+    required_scopes: ClassVar[list[str]] = ["read"]
 
     def get(self, request: Request) -> Response:
         """Who called, with which scheme and key."""

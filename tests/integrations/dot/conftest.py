@@ -12,7 +12,6 @@ import re
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +109,12 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.communicate(timeout=10)
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def dot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DOTServer]:
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def dot(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DOTServer]:
     """The example DOT server on SQLite or on a fresh PostgreSQL schema."""
     workdir = tmp_path_factory.mktemp("dot")
     schema = None
@@ -121,7 +124,7 @@ def dot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
         schema = f"dot_{secrets.token_hex(6)}"
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")  # noqa: S608 - a generated name
+            conn.execute(f"CREATE SCHEMA {schema}")
         storage = f'storage_url = "{PG_DSN}?options=-csearch_path%3D{schema}"'
     config = workdir / "as.toml"
     config.write_text(
@@ -136,5 +139,4 @@ def dot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             import psycopg
 
             with psycopg.connect(PG_DSN, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA {schema} CASCADE")  # noqa: S608 - a generated name
-        time.sleep(0)
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -64,9 +64,7 @@ def _token_post(
     url = dot.base + "/token/"
     headers = {}
     if proof is None and key is not None:
-        proof = create_proof(
-            key, htm="POST", htu=htu or url, nonce=nonce, allow_insecure_http=True
-        )
+        proof = create_proof(key, htm="POST", htu=htu or url, nonce=nonce, allow_insecure_http=True)
     if proof is not None:
         headers["DPoP"] = proof
     auth = (client, SECRETS[client]) if client is not None else None
@@ -174,19 +172,31 @@ def test_dot_code_flow_dpop_jkt_and_refresh_with_dpopkit_client(dot: DOTServer) 
     # Key mismatch at refresh (RFC 9449 §5): invalid_grant, and the token stays usable.
     other = _token_post(
         dot,
-        {"grant_type": "refresh_token", "client_id": "spa", "refresh_token": refreshed.refresh_token},
+        {
+            "grant_type": "refresh_token",
+            "client_id": "spa",
+            "refresh_token": refreshed.refresh_token,
+        },
         key=DPoPKey.generate(),
     )
     assert _error(other) == (400, "invalid_grant")
     none = _token_post(
         dot,
-        {"grant_type": "refresh_token", "client_id": "spa", "refresh_token": refreshed.refresh_token},
+        {
+            "grant_type": "refresh_token",
+            "client_id": "spa",
+            "refresh_token": refreshed.refresh_token,
+        },
         key=None,
     )
     assert _error(none) == (400, "invalid_dpop_proof")
     again = _token_post(
         dot,
-        {"grant_type": "refresh_token", "client_id": "spa", "refresh_token": refreshed.refresh_token},
+        {
+            "grant_type": "refresh_token",
+            "client_id": "spa",
+            "refresh_token": refreshed.refresh_token,
+        },
         key=key,
     )
     assert again.status_code == 200, again.text
@@ -212,7 +222,9 @@ def test_dot_replayed_proof_is_refused(dot: DOTServer) -> None:
     """HD-22: RFC 9449 §11.1: the same proof twice -> the second is invalid_dpop_proof."""
     key = DPoPKey.generate()
     proof = create_proof(key, htm="POST", htu=dot.base + "/token/", allow_insecure_http=True)
-    first = _token_post(dot, {"grant_type": "client_credentials"}, key=key, client="svc", proof=proof)
+    first = _token_post(
+        dot, {"grant_type": "client_credentials"}, key=key, client="svc", proof=proof
+    )
     assert first.status_code == 200, first.text
     second = _token_post(
         dot, {"grant_type": "client_credentials"}, key=key, client="svc", proof=proof

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import threading
 import time
 import warnings
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, Headers, RequestView
 from dpopkit.core.proof import VerifiedProof, extract_proof, verify_proof
@@ -31,18 +32,45 @@ from dpopkit.resource.guard import DPoPPrincipal, ResourceGuard
 from dpopkit.resource.validation import TokenInfo
 
 with requires_extra("django-oauth-toolkit", needed_by=__name__):
-    from django.http import HttpRequest
+    from django.http import HttpRequest  # type: ignore[import-untyped]
     from oauth2_provider.exceptions import OAuthToolkitError
     from oauth2_provider.models import get_access_token_model
     from oauth2_provider.oauth2_backends import OAuthLibCore
     from oauthlib.common import Request as OAuthLibRequest
     from oauthlib.oauth2 import OAuth2Error
+    from oauthlib.oauth2.rfc6749 import errors as oauthlib_errors
 
-__all__ = ["PROOF_KEY", "DOTAccessTokens", "DPoPOAuthLibCore", "resource_guard"]
+__all__ = [
+    "PROOF_KEY",
+    "DOTAccessTokens",
+    "DPoPOAuthLibCore",
+    "requested_dpop_jkt",
+    "resource_guard",
+]
 
 #: The key under which the verified proof reaches the validator in oauthlib's headers.
 #: A client cannot send it: Django puts request headers under ``HTTP_*`` names.
 PROOF_KEY = "dpopkit.proof"
+
+
+#: RFC 9449 §10: ``dpop_jkt`` is a base64url SHA-256 JWK thumbprint (RFC 7638).
+_JKT = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def requested_dpop_jkt(uri: str) -> str | None:
+    """The ``dpop_jkt`` of an authorization request URI, or None.
+
+    Raises:
+        oauthlib.oauth2.rfc6749.errors.InvalidRequestError: repeated or malformed.
+    """
+    values = parse_qs(urlsplit(uri).query, keep_blank_values=True).get("dpop_jkt", [])
+    if not values:
+        return None
+    if len(values) > 1 or not _JKT.fullmatch(values[0]):
+        raise oauthlib_errors.InvalidRequestError(
+            description="dpop_jkt must be one base64url SHA-256 JWK thumbprint"
+        )
+    return values[0]
 
 
 def _claimed_client_id(request: HttpRequest) -> str | None:
@@ -173,8 +201,6 @@ class DPoPOAuthLibCore(OAuthLibCore):  # type: ignore[misc]
         back to the client (RFC 6749 §4.1.2.1) before any consent is asked.
         """
         scopes, credentials = super().validate_authorization_request(request)
-        from dpopkit.integrations.django_oauth_toolkit.validators import requested_dpop_jkt
-
         try:
             requested_dpop_jkt(request.get_full_path())
         except OAuth2Error as error:

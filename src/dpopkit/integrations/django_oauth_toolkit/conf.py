@@ -30,8 +30,8 @@ from dpopkit.errors import requires_extra
 from dpopkit.storage.urls import replay_cache_from_url
 
 with requires_extra("django-oauth-toolkit", needed_by=__name__):
-    from django.conf import settings as django_settings
-    from django.core.exceptions import ImproperlyConfigured
+    from django.conf import settings as django_settings  # type: ignore[import-untyped]
+    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 
 __all__ = ["DPoPSettings", "dpop_settings", "reset"]
 

@@ -10,7 +10,7 @@ from dpopkit.errors import DPoPError, requires_extra
 from dpopkit.integrations.django_oauth_toolkit.backends import resource_guard
 
 with requires_extra("django-oauth-toolkit", needed_by=__name__):
-    from django.http import HttpRequest, HttpResponse
+    from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped]
     from oauth2_provider.oauth2_backends import get_oauthlib_core
 
 __all__ = ["protected_resource"]
@@ -43,9 +43,9 @@ def protected_resource(
             valid, result = get_oauthlib_core().verify_request(request, scopes=list(scopes))
             if not valid:
                 return _rejection(result.dpop_error)
-            request.resource_owner = result.user  # type: ignore[attr-defined]
-            request.access_token = result.access_token  # type: ignore[attr-defined]
-            request.dpop = result.dpop  # type: ignore[attr-defined]
+            request.resource_owner = result.user
+            request.access_token = result.access_token
+            request.dpop = result.dpop
             return view(request, *args, **kwargs)
 
         return wrapper

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dpopkit.errors import requires_extra
 
 with requires_extra("django-oauth-toolkit", needed_by=__name__):
-    from django.db import models
+    from django.db import models  # type: ignore[import-untyped]
     from oauth2_provider.settings import oauth2_settings
 
 __all__ = ["AccessTokenBinding", "ClientDPoPSettings", "GrantBinding", "RefreshTokenBinding"]
@@ -19,7 +19,7 @@ __all__ = ["AccessTokenBinding", "ClientDPoPSettings", "GrantBinding", "RefreshT
 _JKT_LENGTH = 43
 
 
-class GrantBinding(models.Model):
+class GrantBinding(models.Model):  # type: ignore[misc]
     """The ``dpop_jkt`` sent to the authorization endpoint, bound to the code (§10)."""
 
     grant = models.OneToOneField(
@@ -31,7 +31,7 @@ class GrantBinding(models.Model):
         app_label = "dpopkit_dot"
 
 
-class AccessTokenBinding(models.Model):
+class AccessTokenBinding(models.Model):  # type: ignore[misc]
     """The ``cnf.jkt`` of a DPoP-bound access token (§6.1)."""
 
     access_token = models.OneToOneField(
@@ -43,7 +43,7 @@ class AccessTokenBinding(models.Model):
         app_label = "dpopkit_dot"
 
 
-class RefreshTokenBinding(models.Model):
+class RefreshTokenBinding(models.Model):  # type: ignore[misc]
     """The key a public client's refresh token is bound to (§5)."""
 
     refresh_token = models.OneToOneField(
@@ -55,7 +55,7 @@ class RefreshTokenBinding(models.Model):
         app_label = "dpopkit_dot"
 
 
-class ClientDPoPSettings(models.Model):
+class ClientDPoPSettings(models.Model):  # type: ignore[misc]
     """Per-client DPoP settings (RFC 9449 §5.2 ``dpop_bound_access_tokens``; nonces)."""
 
     application = models.OneToOneField(

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from dpopkit.errors import DPoPError, requires_extra
-from dpopkit.integrations.django_oauth_toolkit.backends import resource_guard
 
 with requires_extra("django-oauth-toolkit", needed_by=__name__):
     from oauth2_provider.contrib.rest_framework.authentication import OAuth2Authentication
     from oauth2_provider.oauth2_backends import get_oauthlib_core
-    from rest_framework import exceptions
+    from rest_framework import exceptions  # first: it needs no Django settings
+
+from dpopkit.integrations.django_oauth_toolkit.backends import resource_guard
 
 __all__ = ["DPoPAuthentication"]
 

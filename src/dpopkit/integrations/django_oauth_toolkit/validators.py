@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import time
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from dpopkit.core.proof import VerifiedProof
 from dpopkit.core.replay import record_proof
 from dpopkit.errors import InvalidGrantError, InvalidProofError, Reason, requires_extra
-from dpopkit.integrations.django_oauth_toolkit.backends import PROOF_KEY, client_settings
+from dpopkit.integrations.django_oauth_toolkit.backends import (
+    PROOF_KEY,
+    client_settings,
+    requested_dpop_jkt,
+)
 from dpopkit.integrations.django_oauth_toolkit.conf import dpop_settings
 
 with requires_extra("django-oauth-toolkit", needed_by=__name__):
@@ -35,28 +37,8 @@ with requires_extra("django-oauth-toolkit", needed_by=__name__):
         get_refresh_token_model,
     )
     from oauth2_provider.oauth2_validators import OAuth2Validator
-    from oauthlib.oauth2.rfc6749 import errors as oauthlib_errors
 
-__all__ = ["DPoPOAuth2Validator", "requested_dpop_jkt"]
-
-#: RFC 9449 §10: ``dpop_jkt`` is a base64url SHA-256 JWK thumbprint (RFC 7638).
-_JKT = re.compile(r"[A-Za-z0-9_-]{43}")
-
-
-def requested_dpop_jkt(uri: str) -> str | None:
-    """The ``dpop_jkt`` of an authorization request URI, or None.
-
-    Raises:
-        oauthlib.oauth2.rfc6749.errors.InvalidRequestError: repeated or malformed.
-    """
-    values = parse_qs(urlsplit(uri).query, keep_blank_values=True).get("dpop_jkt", [])
-    if not values:
-        return None
-    if len(values) > 1 or not _JKT.fullmatch(values[0]):
-        raise oauthlib_errors.InvalidRequestError(
-            description="dpop_jkt must be one base64url SHA-256 JWK thumbprint"
-        )
-    return values[0]
+__all__ = ["DPoPOAuth2Validator"]
 
 
 def _proof(request: Any) -> VerifiedProof | None:

@@ -9,7 +9,7 @@ from typing import Any
 from dpopkit.errors import requires_extra
 
 with requires_extra("django-oauth-toolkit", needed_by=__name__):
-    from django.http import HttpRequest, HttpResponse, JsonResponse
+    from django.http import HttpRequest, HttpResponse, JsonResponse  # type: ignore[import-untyped]
     from oauth2_provider.models import get_access_token_model
     from oauth2_provider.views.introspect import IntrospectTokenView
     from oauth2_provider.views.metadata import OAuthServerMetadataView

@@ -7,8 +7,7 @@ from typing import ClassVar
 from dpopkit.errors import requires_extra
 
 with requires_extra("django-oauth-toolkit", needed_by=__name__):
-    import django.db.models.deletion
-    from django.db import migrations, models
+    from django.db import migrations, models  # type: ignore[import-untyped]
     from oauth2_provider.settings import oauth2_settings
 
 
@@ -21,7 +20,7 @@ def _binding(name: str, field: str, target: str) -> migrations.CreateModel:
             (
                 field,
                 models.OneToOneField(
-                    on_delete=django.db.models.deletion.CASCADE,
+                    on_delete=models.CASCADE,
                     related_name="dpop_binding",
                     to=target,
                 ),
@@ -30,7 +29,7 @@ def _binding(name: str, field: str, target: str) -> migrations.CreateModel:
     )
 
 
-class Migration(migrations.Migration):
+class Migration(migrations.Migration):  # type: ignore[misc]
     """Create the four tables."""
 
     initial = True
@@ -55,7 +54,7 @@ class Migration(migrations.Migration):
                 (
                     "application",
                     models.OneToOneField(
-                        on_delete=django.db.models.deletion.CASCADE,
+                        on_delete=models.CASCADE,
                         related_name="dpop_settings",
                         to=oauth2_settings.APPLICATION_MODEL,
                     ),
