@@ -15,7 +15,12 @@ def _binding(name: str, field: str, target: str) -> migrations.CreateModel:
     return migrations.CreateModel(
         name=name,
         fields=[
-            ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False)),
+            (
+                "id",
+                models.BigAutoField(
+                    auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                ),
+            ),
             ("jkt", models.CharField(max_length=43)),
             (
                 field,
@@ -48,7 +53,12 @@ class Migration(migrations.Migration):  # type: ignore[misc]
         migrations.CreateModel(
             name="ClientDPoPSettings",
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
                 ("dpop_bound_access_tokens", models.BooleanField(default=False)),
                 ("dpop_nonce_required", models.BooleanField(default=False)),
                 (
