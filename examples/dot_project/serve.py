@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["DJANGO_SETTINGS_MODULE"] = "settings"
     sys.path.insert(0, str(HERE))
 
-    import django
+    import django  # type: ignore[import-untyped]
 
     django.setup()
     import provision
-    from django.core.management import call_command
-    from django.core.wsgi import get_wsgi_application
+    from django.core.management import call_command  # type: ignore[import-untyped]
+    from django.core.wsgi import get_wsgi_application  # type: ignore[import-untyped]
 
     call_command("migrate", verbosity=0, interactive=False)
     try:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     server.set_app(get_wsgi_application())
-    from django.conf import settings
+    from django.conf import settings  # type: ignore[import-untyped]
 
     print(f"django-oauth-toolkit with DPoP at {settings.DPOPKIT_DOT['PUBLIC_URL']}", flush=True)
     try:

@@ -64,7 +64,7 @@ class WhoAmI(APIView):  # type: ignore[misc]
 @protected_resource()
 def hello(request: HttpRequest) -> JsonResponse:
     """A plain Django view behind the plug-in's ``protected_resource``."""
-    return JsonResponse({"hello": request.access_token.application.client_id})  # type: ignore[attr-defined]
+    return JsonResponse({"hello": request.access_token.application.client_id})
 
 
 oauth_patterns = [
