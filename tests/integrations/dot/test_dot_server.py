@@ -463,3 +463,15 @@ def test_dot_requests_oauth2client_code_flow_and_refresh(dot: DOTServer) -> None
     # RFC 6749 §10.4: the rotated-out refresh token is dead.
     with pytest.raises(InvalidGrant):
         client.refresh_token(token)
+
+
+def test_dot_token_for_another_resource_is_refused(dot: DOTServer) -> None:
+    """HD-22: RFC 8707 §2: a token restricted to another resource -> 401 invalid_token."""
+    key = DPoPKey.generate()
+    tokens = _client(dot, "svc", key).client_credentials(
+        scope="read", resource="https://elsewhere.example/api"
+    )
+    auth = DPoPAuth(key, token=tokens.access_token, allow_insecure_http=True)
+    response = requests.get(dot.base + "/api/whoami", auth=auth, timeout=10)
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]

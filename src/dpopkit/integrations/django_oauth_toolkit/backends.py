@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import threading
 import time
@@ -32,10 +33,11 @@ from dpopkit.resource.guard import DPoPPrincipal, ResourceGuard
 from dpopkit.resource.validation import TokenInfo
 
 with requires_extra("django-oauth-toolkit", needed_by=__name__):
+    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
     from django.http import HttpRequest  # type: ignore[import-untyped]
     from oauth2_provider.exceptions import OAuthToolkitError
     from oauth2_provider.models import get_access_token_model
-    from oauth2_provider.oauth2_backends import OAuthLibCore
+    from oauth2_provider.oauth2_backends import OAuthLibCore, get_oauthlib_core
     from oauthlib.common import Request as OAuthLibRequest
     from oauthlib.oauth2 import OAuth2Error
     from oauthlib.oauth2.rfc6749 import errors as oauthlib_errors
@@ -44,6 +46,7 @@ __all__ = [
     "PROOF_KEY",
     "DOTAccessTokens",
     "DPoPOAuthLibCore",
+    "dpop_core",
     "requested_dpop_jkt",
     "resource_guard",
 ]
@@ -111,6 +114,21 @@ def nonce_required(conf: DPoPSettings, settings: Any) -> bool:
         and settings is not None
         and bool(settings.dpop_nonce_required)
     )
+
+
+def dpop_core() -> DPoPOAuthLibCore:
+    """DOT's configured backend, which must be :class:`DPoPOAuthLibCore`.
+
+    Raises:
+        ImproperlyConfigured: ``OAUTH2_BACKEND_CLASS`` is another class.
+    """
+    core = get_oauthlib_core()
+    if not isinstance(core, DPoPOAuthLibCore):
+        raise ImproperlyConfigured(
+            "OAUTH2_PROVIDER['OAUTH2_BACKEND_CLASS'] must be "
+            "dpopkit.integrations.django_oauth_toolkit.backends.DPoPOAuthLibCore"
+        )
+    return core
 
 
 def _headers(request: HttpRequest) -> Headers:
@@ -233,6 +251,23 @@ class DPoPOAuthLibCore(OAuthLibCore):  # type: ignore[misc]
             oauthlib_request.dpop_error = error
             return False, oauthlib_request
         token = principal.claims["_access_token"]
+        path_url = url.split("?", 1)[0]
+        if token.resource and not token.allows_audience(path_url):
+            # RFC 8707 §2: a token for other resources is not accepted here (DOT's check).
+            refusal: InvalidTokenError | None = InvalidTokenError(
+                Reason.TOKEN_INVALID, "the token is not for this resource"
+            )
+        elif token.application is not None and not token.application.is_usable(oauthlib_request):
+            refusal = InvalidTokenError(Reason.TOKEN_INVALID, "the client is disabled")
+        else:
+            refusal = None
+        if refusal is not None:
+            oauthlib_request.oauth2_error = {
+                "error": refusal.error,
+                "error_description": refusal.description,
+            }
+            oauthlib_request.dpop_error = refusal
+            return False, oauthlib_request
         oauthlib_request.access_token = token
         oauthlib_request.user = token.user
         oauthlib_request.client = token.application
@@ -244,8 +279,9 @@ class DPoPOAuthLibCore(OAuthLibCore):  # type: ignore[misc]
 class DOTAccessTokens:
     """A :class:`~dpopkit.resource.TokenValidator` over DOT's access-token table.
 
-    The binding comes from :class:`~.models.AccessTokenBinding`; RFC 8707 tokens are
-    accepted only at a URL of their ``resource``.
+    The binding comes from :class:`~.models.AccessTokenBinding`. The token's model
+    instance is in ``claims["_access_token"]``; :meth:`DPoPOAuthLibCore.verify_request`
+    then applies DOT's RFC 8707 audience and ``is_usable`` checks.
     """
 
     def validate(self, token: str, *, now: float) -> TokenInfo:
@@ -254,8 +290,6 @@ class DOTAccessTokens:
         Raises:
             InvalidTokenError: unknown, expired, or not for this resource.
         """
-        import hashlib
-
         checksum = hashlib.sha256(token.encode("utf-8")).hexdigest()
         model = get_access_token_model()
         found = (

@@ -7,11 +7,10 @@ from functools import wraps
 from typing import Any
 
 from dpopkit.errors import DPoPError, requires_extra
-from dpopkit.integrations.django_oauth_toolkit.backends import resource_guard
+from dpopkit.integrations.django_oauth_toolkit.backends import dpop_core, resource_guard
 
 with requires_extra("django-oauth-toolkit", needed_by=__name__):
     from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped]
-    from oauth2_provider.oauth2_backends import get_oauthlib_core
 
 __all__ = ["protected_resource"]
 
@@ -40,7 +39,7 @@ def protected_resource(
     def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            valid, result = get_oauthlib_core().verify_request(request, scopes=list(scopes))
+            valid, result = dpop_core().verify_request(request, scopes=list(scopes))
             if not valid:
                 return _rejection(result.dpop_error)
             request.resource_owner = result.user

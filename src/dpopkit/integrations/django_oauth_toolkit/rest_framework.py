@@ -8,10 +8,9 @@ from dpopkit.errors import DPoPError, requires_extra
 
 with requires_extra("django-oauth-toolkit", needed_by=__name__):
     from oauth2_provider.contrib.rest_framework.authentication import OAuth2Authentication
-    from oauth2_provider.oauth2_backends import get_oauthlib_core
     from rest_framework import exceptions  # first: it needs no Django settings
 
-from dpopkit.integrations.django_oauth_toolkit.backends import resource_guard
+from dpopkit.integrations.django_oauth_toolkit.backends import dpop_core, resource_guard
 
 __all__ = ["DPoPAuthentication"]
 
@@ -40,7 +39,7 @@ class DPoPAuthentication(OAuth2Authentication):  # type: ignore[misc]
         Raises:
             DPoPAuthenticationFailed: bad credentials (401, or 400/403 as RFC 6750 §3.1).
         """
-        valid, result = get_oauthlib_core().verify_request(request._request, scopes=[])
+        valid, result = dpop_core().verify_request(request._request, scopes=[])
         if valid:
             request.dpop = result.dpop
             return result.user, result.access_token

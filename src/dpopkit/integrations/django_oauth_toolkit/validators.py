@@ -114,10 +114,14 @@ class DPoPOAuth2Validator(OAuth2Validator):  # type: ignore[misc]
         """
         from dpopkit.integrations.django_oauth_toolkit.models import RefreshTokenBinding
 
-        binding = RefreshTokenBinding.objects.filter(
-            refresh_token__token_checksum=_checksum(refresh_token),
-            refresh_token__revoked__isnull=True,
-        ).first()
+        # Revoked rows too: DOT may honour a rotated-out token within its grace period.
+        binding = (
+            RefreshTokenBinding.objects.filter(
+                refresh_token__token_checksum=_checksum(refresh_token)
+            )
+            .order_by("-refresh_token__pk")
+            .first()
+        )
         if binding is not None:
             _check_bound(_proof(request), binding.jkt)
         return bool(super().validate_refresh_token(refresh_token, client, request, *args, **kwargs))
