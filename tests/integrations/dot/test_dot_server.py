@@ -344,7 +344,7 @@ def test_dot_malformed_dpop_jkt_is_an_error_redirect(dot: DOTServer) -> None:
 
 @pytest.mark.parametrize("path", ["/api/whoami", "/api/hello"])
 def test_dot_bound_token_as_bearer_is_refused(dot: DOTServer, path: str) -> None:
-    """HD-22: RFC 9449 §7.2: a DPoP-bound token sent as Bearer -> 401 invalid_token."""
+    """HD-16: RFC 9449 §7.2: a DPoP-bound token sent as Bearer -> 401 invalid_token."""
     tokens = _client(dot, "svc").client_credentials(scope="read")
     response = requests.get(
         dot.base + path, headers={"Authorization": f"Bearer {tokens.access_token}"}, timeout=10
