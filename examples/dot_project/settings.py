@@ -36,6 +36,8 @@ def _persisted(name: str) -> str:
 def _database(url: str | None) -> dict[str, Any]:
     if url is None or url.startswith("sqlite"):
         name = DATA_DIR / "dot.sqlite3" if url is None else Path(unquote(urlsplit(url).path))
+        if not name.exists():  # private from the start, like dpopkit's own database
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(name)}
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
