@@ -82,7 +82,7 @@ class DOTServer:
     database: str
 
 
-def _start(config: Path) -> tuple[subprocess.Popen[str], str]:
+def start(config: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, str(SERVE), "--config", str(config), "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE,
@@ -100,7 +100,7 @@ def _start(config: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, found.group(1)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     try:
         proc.communicate(timeout=10)
@@ -130,11 +130,11 @@ def dot(
     config.write_text(
         CONFIG.format(storage=storage, password=PASSWORD, callback=CALLBACK), encoding="utf-8"
     )
-    proc, base = _start(config)
+    proc, base = start(config)
     try:
         yield DOTServer(base=base, database=request.param)
     finally:
-        _stop(proc)
+        stop(proc)
         if schema is not None:
             import psycopg
 
