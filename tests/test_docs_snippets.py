@@ -59,6 +59,8 @@ PAGES: tuple[Path, ...] = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.m
 COMPILE_ONLY: dict[str, str] = {
     "login_native(": "opens the system browser and waits for a person to sign in",
     "send the user's browser": "needs a person to sign in at the authorization server",
+    "class Orders(APIView)": "Django project code (urls.py): runs inside a configured project; "
+    "examples/dot_project/urls.py is the same code under tests/integrations/dot",
 }
 
 #: Literal addresses a page uses that the test serves elsewhere: page -> {literal: fixture}.

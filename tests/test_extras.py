@@ -42,7 +42,12 @@ LAZY_OK: dict[str, str] = {
 }
 
 #: Packages that come with another one (anyio and httpcore with httpx, asgiref with Django).
-COMES_WITH = {"anyio": "httpx", "httpcore": "httpx", "asgiref": "django"}
+COMES_WITH = {
+    "anyio": "httpx",
+    "httpcore": "httpx",
+    "asgiref": "django",
+    "oauthlib": "oauth2_provider",
+}
 
 #: Distribution names whose import name differs.
 IMPORT_NAMES = {
@@ -50,6 +55,8 @@ IMPORT_NAMES = {
     "psycopg[binary]": "psycopg",
     "python-pkcs11": "pkcs11",
     "tpm2-pytss": "tpm2_pytss",
+    "django-oauth-toolkit": "oauth2_provider",
+    "djangorestframework": "rest_framework",
 }
 
 
@@ -248,6 +255,7 @@ EXAMPLES: dict[str, list[str]] = {
     "pkcs11": ["-m", "tests.extras.example_pkcs11"],
     "tpm": ["-m", "tests.extras.example_tpm"],
     "authlib": ["-m", "tests.extras.example_authlib"],
+    "django-oauth-toolkit": ["-m", "tests.extras.example_django_oauth_toolkit"],
 }
 
 

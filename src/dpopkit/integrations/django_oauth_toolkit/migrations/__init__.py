@@ -1,0 +1,1 @@
+"""Migrations of the django-oauth-toolkit plug-in."""

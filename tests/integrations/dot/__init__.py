@@ -1,0 +1,1 @@
+"""The django-oauth-toolkit plug-in, driven over HTTP in a separate server process."""
