@@ -313,16 +313,9 @@ class TokenClient:
         token_type = data.get("token_type")
         if not isinstance(access_token, str) or not access_token:
             raise TokenResponseError(Reason.TOKEN_RESPONSE, "no access_token in the response")
-        if not isinstance(token_type, str):
-            raise TokenResponseError(Reason.TOKEN_RESPONSE, "no token_type in the response")
-        # RFC 9449 §5 + RFC 6749 §5.1: token_type is case-insensitive; a Bearer answer to a
-        # DPoP request means the token is not bound (C-7, SEC-115).
-        if proof_sent and token_type.lower() != "dpop" and not self.allow_bearer_downgrade:
-            raise TokenResponseError(
-                Reason.TOKEN_RESPONSE,
-                "the authorization server did not bind the token (token_type is not DPoP)",
-                detail={"token_type": token_type},
-            )
+        token_type = checked_token_type(
+            token_type, proof_sent=proof_sent, allow_bearer_downgrade=self.allow_bearer_downgrade
+        )
         expires_in = data.get("expires_in")
         expires_at: float | None = None
         received = self.clock()
@@ -565,6 +558,30 @@ class TokenClient:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def checked_token_type(
+    token_type: object, *, proof_sent: bool, allow_bearer_downgrade: bool = False
+) -> str:
+    """Return a token response's ``token_type``, refusing an unbound answer to a DPoP request.
+
+    RFC 6749 §5.1: ``token_type`` is required and compared case-insensitively; RFC 9449 §5:
+    a ``Bearer`` answer to a request that carried a proof means the token is not bound
+    (C-7, SEC-115), refused unless ``allow_bearer_downgrade``. Shared by every client
+    that reads token responses (:class:`TokenClient` and the MCP client auth).
+
+    Raises:
+        TokenResponseError: ``TOKEN_RESPONSE`` (missing, or not ``DPoP`` after a proof).
+    """
+    if not isinstance(token_type, str):
+        raise TokenResponseError(Reason.TOKEN_RESPONSE, "no token_type in the response")
+    if proof_sent and token_type.lower() != "dpop" and not allow_bearer_downgrade:
+        raise TokenResponseError(
+            Reason.TOKEN_RESPONSE,
+            "the authorization server did not bind the token (token_type is not DPoP)",
+            detail={"token_type": token_type},
+        )
+    return token_type
 
 
 def _check_callback_iss(iss: str | None, metadata: ServerMetadata) -> None:

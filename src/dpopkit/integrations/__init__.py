@@ -1,0 +1,1 @@
+"""Integrations of dpopkit with other libraries, each behind an extra."""
