@@ -15,7 +15,9 @@ The key and tokens live in ``--state DIR`` (a fresh temporary directory when not
 given): rerun with the same directory and the stored, DPoP-bound tokens are
 used and refreshed with the same key. ``http://`` is allowed for loopback hosts
 only. A pre-registered client comes from ``--client-id``/``--client-secret`` or
-the harness's ``MCP_CONFORMANCE_CONTEXT``.
+the harness's ``MCP_CONFORMANCE_CONTEXT``. Tokens must come back DPoP-bound;
+``--bearer-fallback`` accepts Bearer tokens from an authorization server whose
+metadata does not offer DPoP (for a resource that does not demand it).
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-browser", action="store_true", help="fetch the authorization URL")
     parser.add_argument("--tool", help="the tool to call (the first listed when omitted)")
     parser.add_argument("--args", default="{}", help="the tool arguments as JSON")
+    parser.add_argument(
+        "--bearer-fallback",
+        action="store_true",
+        help="accept Bearer tokens from an AS that does not offer DPoP (refused by default)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -90,6 +97,7 @@ async def run(args: argparse.Namespace) -> int:
             )
 
         async def open_authorization(url: str) -> None:
+            listener.expect()  # a step-up authorization needs a second callback
             if not unattended:
                 print(f"Opening {url}", file=sys.stderr)
                 webbrowser.open(url)
@@ -125,6 +133,7 @@ async def run(args: argparse.Namespace) -> int:
             callback_handler=receive_callback,
             client_metadata_url=metadata_url,
             allow_insecure_http=insecure,
+            bearer_fallback=args.bearer_fallback,
         )
         async with httpx2.AsyncClient(auth=auth, timeout=30) as http:
             transport = streamable_http_client(url=args.url, http_client=http)

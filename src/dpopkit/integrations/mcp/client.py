@@ -101,19 +101,46 @@ class _DPoPFlowMixin:
     _dpop_key: DPoPKey
     _dpop_nonces: NonceCache
     _dpop_insecure: bool
-    _dpop_bearer_downgrade: bool
+    _dpop_bearer_fallback: bool
+    _dpop_as_offers: bool
 
     def _dpop_setup(
         self,
         key: DPoPKey,
         nonces: NonceCache | None,
         allow_insecure_http: bool,
-        allow_bearer_downgrade: bool,
+        bearer_fallback: bool,
     ) -> None:
         self._dpop_key = key
         self._dpop_nonces = nonces if nonces is not None else NonceCache()
         self._dpop_insecure = allow_insecure_http
-        self._dpop_bearer_downgrade = allow_bearer_downgrade
+        self._dpop_bearer_fallback = bearer_fallback
+        self._dpop_as_offers = False  # the AS metadata lists dpop_signing_alg_values_supported
+
+    def _dpop_expected(self) -> bool:
+        """Whether a Bearer answer is a downgrade: the AS offers DPoP or the resource demands it."""
+        prm = self.context.protected_resource_metadata
+        required = prm is not None and bool(prm.dpop_bound_access_tokens_required)
+        return self._dpop_as_offers or required
+
+    async def _dpop_observe(self, request: httpx2.Request, response: httpx2.Response) -> None:
+        """Note from AS metadata whether the AS offers DPoP (RFC 9449 §5.1).
+
+        The SDK's metadata model drops ``dpop_signing_alg_values_supported``; the
+        document is read here as it passes by.
+        """
+        path = request.url.path
+        if request.method != "GET" or response.status_code != 200 or "/.well-known/" not in path:
+            return
+        if "oauth-authorization-server" not in path and "openid-configuration" not in path:
+            return
+        try:
+            data = json.loads(await response.aread())
+        except ValueError:
+            return
+        if isinstance(data, dict):
+            algs = data.get("dpop_signing_alg_values_supported")
+            self._dpop_as_offers = isinstance(algs, list) and bool(algs)
 
     @property
     def key(self) -> DPoPKey:
@@ -150,7 +177,9 @@ class _DPoPFlowMixin:
         tokens = self.context.current_tokens
         if tokens is not None and tokens.access_token:
             # RFC 9449 §7.1; the proof (with ath) is added by _dpop_auth_for's DPoPAuth.
-            request.headers["Authorization"] = f"DPoP {tokens.access_token}"
+            # A Bearer token (bearer_fallback, an AS without DPoP) goes as Bearer, no proof.
+            scheme = "DPoP" if _is_dpop(tokens) else "Bearer"
+            request.headers["Authorization"] = f"{scheme} {tokens.access_token}"
 
     async def async_auth_flow(
         self, request: httpx2.Request
@@ -163,6 +192,7 @@ class _DPoPFlowMixin:
                 auth = self._dpop_auth_for(outgoing, request)
                 if auth is None:
                     response = yield outgoing
+                    await self._dpop_observe(outgoing, response)
                 else:
                     signed = auth.async_auth_flow(outgoing)
                     sent = await signed.__anext__()
@@ -178,8 +208,13 @@ class _DPoPFlowMixin:
         finally:
             await inner.aclose()
 
-    async def _dpop_token(self, response: httpx2.Response) -> DPoPOAuthToken:
-        """Parse a 200 token response, requiring ``token_type=DPoP``."""
+    async def _dpop_token(self, response: httpx2.Response) -> OAuthToken:
+        """Parse a 200 token response, requiring ``token_type=DPoP`` (RFC 9449 §5).
+
+        With ``bearer_fallback`` a Bearer answer is kept (and sent as Bearer) only
+        when neither the AS metadata offers DPoP nor the resource metadata demands
+        bound tokens; otherwise it is a downgrade and refused.
+        """
         body = await response.aread()
         try:
             data = json.loads(body)
@@ -187,11 +222,15 @@ class _DPoPFlowMixin:
             data = None
         if not isinstance(data, dict):
             data = {}
-        checked_token_type(
-            data.get("token_type"),
-            proof_sent=True,
-            allow_bearer_downgrade=self._dpop_bearer_downgrade,
-        )
+        token_type = data.get("token_type")
+        if (
+            self._dpop_bearer_fallback
+            and isinstance(token_type, str)
+            and token_type.lower() == "bearer"
+            and not self._dpop_expected()
+        ):
+            return OAuthToken.model_validate(data)
+        checked_token_type(token_type, proof_sent=True)
         return DPoPOAuthToken.model_validate({**data, "token_type": "DPoP"})
 
     async def _handle_token_response(self, response: httpx2.Response) -> None:
@@ -223,9 +262,13 @@ class _DPoPFlowMixin:
     async def _initialize(self) -> None:
         await super()._initialize()  # type: ignore[misc]
         tokens = self.context.current_tokens
-        if tokens is not None and str(tokens.token_type).lower() != "dpop":
+        if tokens is not None and not _is_dpop(tokens) and not self._dpop_bearer_fallback:
             # A stored Bearer token is not ours to present as DPoP: authorize afresh.
             self.context.clear_tokens()
+
+
+def _is_dpop(tokens: OAuthToken) -> bool:
+    return str(tokens.token_type).lower() == "dpop"
 
 
 def _with_dpop_jkt(
@@ -252,7 +295,9 @@ class DPoPOAuthClientProvider(_DPoPFlowMixin, OAuthClientProvider):
         key: the DPoP key (keep it with the tokens: :class:`FileTokenStorage`).
         nonces: a per-origin nonce cache to share (one is made otherwise).
         allow_insecure_http: allow ``http://`` endpoints (loopback tests only).
-        allow_bearer_downgrade: accept ``token_type=Bearer`` answers (never by default).
+        bearer_fallback: keep a ``token_type=Bearer`` answer, sent as Bearer, from an AS
+            whose metadata does not offer DPoP for a resource that does not demand it
+            (off by default: every non-DPoP answer is refused).
         **kwargs: the ``OAuthClientProvider`` keyword arguments.
 
     Raises (from the request that runs the flow):
@@ -265,11 +310,11 @@ class DPoPOAuthClientProvider(_DPoPFlowMixin, OAuthClientProvider):
         key: DPoPKey,
         nonces: NonceCache | None = None,
         allow_insecure_http: bool = False,
-        allow_bearer_downgrade: bool = False,
+        bearer_fallback: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self._dpop_setup(key, nonces, allow_insecure_http, allow_bearer_downgrade)
+        self._dpop_setup(key, nonces, allow_insecure_http, bearer_fallback)
         self.context.redirect_handler = _with_dpop_jkt(self.context.redirect_handler, key.jkt)
 
 
@@ -281,7 +326,9 @@ class DPoPClientCredentialsProvider(_DPoPFlowMixin, ClientCredentialsOAuthProvid
         key: the DPoP key.
         nonces: a per-origin nonce cache to share.
         allow_insecure_http: allow ``http://`` endpoints (loopback tests only).
-        allow_bearer_downgrade: accept ``token_type=Bearer`` answers (never by default).
+        bearer_fallback: keep a ``token_type=Bearer`` answer, sent as Bearer, from an AS
+            whose metadata does not offer DPoP for a resource that does not demand it
+            (off by default: every non-DPoP answer is refused).
         **kwargs: the ``ClientCredentialsOAuthProvider`` keyword arguments.
     """
 
@@ -291,11 +338,11 @@ class DPoPClientCredentialsProvider(_DPoPFlowMixin, ClientCredentialsOAuthProvid
         key: DPoPKey,
         nonces: NonceCache | None = None,
         allow_insecure_http: bool = False,
-        allow_bearer_downgrade: bool = False,
+        bearer_fallback: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self._dpop_setup(key, nonces, allow_insecure_http, allow_bearer_downgrade)
+        self._dpop_setup(key, nonces, allow_insecure_http, bearer_fallback)
 
 
 class FileTokenStorage:
