@@ -237,6 +237,8 @@ EXAMPLES: dict[str, list[str]] = {
     "postgres": ["-m", "tests.extras.example_postgres"],
     "metrics": ["-m", "tests.extras.example_metrics"],
     "server": ["-m", "dpopkit", "demo"],
+    "httpx2": ["-m", "tests.extras.example_httpx2"],
+    "mcp": ["-m", "tests.extras.example_mcp_client"],
 }
 
 
