@@ -49,6 +49,7 @@ CIMD_URL = "https://conformance-test.local/client-metadata.json"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="the MCP endpoint, e.g. http://127.0.0.1:8000/mcp")
     parser.add_argument("--state", help="directory for the DPoP key, tokens and registration")
@@ -68,6 +69,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def harness_context() -> dict[str, Any]:
+    """The conformance harness's scenario context (a pre-registered client), if any."""
     raw = os.environ.get("MCP_CONFORMANCE_CONTEXT")
     if not raw:
         return {}
@@ -76,6 +78,7 @@ def harness_context() -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> int:
+    """Authorize with DPoP, list the tools and call one."""
     unattended = args.no_browser or "MCP_CONFORMANCE_SCENARIO" in os.environ
     context = harness_context()
     client_id = args.client_id or context.get("client_id")
@@ -111,6 +114,7 @@ async def run(args: argparse.Namespace) -> int:
             query = parse_qs(urlsplit(callback).query)
 
             def one(name: str) -> str | None:
+                """The first value of a callback query parameter."""
                 values = query.get(name)
                 return values[0] if values else None
 
@@ -125,7 +129,7 @@ async def run(args: argparse.Namespace) -> int:
                 redirect_uris=[AnyUrl(listener.redirect_uri)],
                 grant_types=["authorization_code", "refresh_token"],
                 response_types=["code"],
-                token_endpoint_auth_method="none",
+                token_endpoint_auth_method="none",  # noqa: S106 (a public client)
             ),
             storage=storage,
             key=storage.key,
@@ -150,6 +154,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the client; the exit status is 0 when the tool was called."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     return anyio.run(run, args)

@@ -26,7 +26,7 @@ from .servers import Servers, issue_token
 
 @pytest.fixture(autouse=True, params=["httpx", "httpx2"])
 def http_package(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test with ``httpx`` and with ``httpx2`` (one DPoPAuth implementation, two packages)."""
+    """Run the test with ``httpx`` and with ``httpx2`` (one DPoPAuth, two packages)."""
     name: str = request.param
     adapter = importlib.import_module(f"dpopkit.client.{name}")
     module = sys.modules[__name__]

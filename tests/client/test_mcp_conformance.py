@@ -70,7 +70,7 @@ def test_scenario_lists() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", DPOP)
 def test_dpop_client_scenario(harness: None, scenario: str) -> None:
-    """C-1, C-5, C-10: proofs on token and MCP requests, DPoP scheme, AS and RS nonces (SEP-1932)."""
+    """C-1, C-5, C-10: proofs on token and MCP requests, DPoP scheme, AS and RS nonces."""
     _run(scenario, f"{sys.executable} examples/mcp/client.py")
 
 

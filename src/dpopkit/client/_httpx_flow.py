@@ -48,6 +48,7 @@ class HttpModule(NamedTuple):
     ResponseNotRead: type[BaseException]
     WireRequest: type[Any]  # httpcore's (httpcore2's) request, seen by the trace
 
+
 _ERROR_KEY: Final = "dpopkit.error"
 _EXCHANGE_KEY: Final = "dpopkit.exchange"
 _NO_FIELDS: Final = Headers()
@@ -415,7 +416,7 @@ async def _aon_request(request: httpx.Request) -> None:
 
 
 class DPoPAuthBase(_AuthSettings):
-    """The flow of ``DPoPAuth``; a subclass adds the package's ``Auth`` base and :class:`HttpModule`.
+    """The flow of ``DPoPAuth``; a subclass adds its package's ``Auth`` and :class:`HttpModule`.
 
     Args: see :class:`dpopkit.client.httpx.DPoPAuth`.
     """

@@ -43,13 +43,13 @@ import json
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit
 
+from dpopkit._private import write_private_file
 from dpopkit.client.flow import NonceCache
 from dpopkit.client.tokens import _add_query, checked_token_type
 from dpopkit.core.keys import DPoPKey
-from dpopkit._private import write_private_file
 from dpopkit.errors import requires_extra
 from dpopkit.keyfile import load_key, save_key
 
@@ -73,7 +73,7 @@ __all__ = [
 class DPoPOAuthToken(OAuthToken):
     """An SDK token record whose ``token_type`` is ``DPoP`` (the SDK's model only knows Bearer)."""
 
-    token_type: Literal["DPoP"] = "DPoP"  # type: ignore[assignment]
+    token_type: Literal["DPoP"] = "DPoP"  # type: ignore[assignment]  # noqa: S105
 
     @field_validator("token_type", mode="before")
     @classmethod
@@ -194,7 +194,10 @@ class _DPoPFlowMixin:
                     response = yield outgoing
                     await self._dpop_observe(outgoing, response)
                 else:
-                    signed = auth.async_auth_flow(outgoing)
+                    signed = cast(
+                        "AsyncGenerator[httpx2.Request, httpx2.Response]",
+                        auth.async_auth_flow(outgoing),
+                    )
                     sent = await signed.__anext__()
                     while True:
                         response = yield sent
@@ -376,9 +379,7 @@ class FileTokenStorage:
         return data if isinstance(data, dict) else None
 
     def _write(self, name: str, data: dict[str, Any]) -> None:
-        write_private_file(
-            self.directory / name, json.dumps(data).encode("utf-8"), overwrite=True
-        )
+        write_private_file(self.directory / name, json.dumps(data).encode("utf-8"), overwrite=True)
 
     async def get_tokens(self) -> OAuthToken | None:
         """The stored tokens (a :class:`DPoPOAuthToken` when they are DPoP-bound)."""
