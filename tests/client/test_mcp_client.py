@@ -18,16 +18,16 @@ import pytest
 
 pytest.importorskip("mcp")
 
-import httpx2  # noqa: E402
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata  # noqa: E402
-from pydantic import AnyUrl  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse, RedirectResponse, Response  # noqa: E402
-from starlette.routing import Route  # noqa: E402
+import httpx2
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
+from pydantic import AnyUrl
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
 
-from dpopkit import Reason, TokenResponseError, verify_proof  # noqa: E402
-from dpopkit.integrations.mcp.client import (  # noqa: E402
+from dpopkit import Reason, TokenResponseError, verify_proof
+from dpopkit.integrations.mcp.client import (
     DPoPOAuthClientProvider,
     FileTokenStorage,
 )
@@ -154,7 +154,7 @@ def provider(
         client_metadata=OAuthClientMetadata(
             redirect_uris=[AnyUrl(REDIRECT)],
             grant_types=["authorization_code", "refresh_token"],
-            token_endpoint_auth_method="none",  # noqa: S106
+            token_endpoint_auth_method="none",
         ),
         storage=storage,
         key=storage.key,
@@ -188,7 +188,8 @@ async def test_flow_binds_code_token_and_requests_to_the_key(tmp_path: Path) -> 
     assert lab.mcp_requests[0]["proof"] is None  # the probe that earns the 401
     assert lab.mcp_requests[-1]["scheme"] == "DPoP"
     stored = await storage.get_tokens()
-    assert stored is not None and stored.token_type == "DPoP"
+    assert stored is not None
+    assert str(stored.token_type) == "DPoP"
 
 
 @pytest.mark.anyio

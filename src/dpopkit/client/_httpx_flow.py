@@ -28,7 +28,7 @@ from dpopkit.client.flow import (
     parse_json_body,
     wants_body,
 )
-from dpopkit.client.senders import Sender
+from dpopkit.client.senders import AsyncSender, Sender
 from dpopkit.client.sources import TokenSource
 from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, Headers, RequestView, ResponseView
 from dpopkit.core.htu import normalize_htu
@@ -543,6 +543,26 @@ def make_sender(client: httpx.Client) -> Sender:
 
     def send(request: RequestView) -> ResponseView:
         response = client.request(
+            request.method,
+            request.url,
+            headers=list(request.headers.items_all()),
+            content=request.body,
+            follow_redirects=False,
+        )
+        return ResponseView(
+            status=response.status_code,
+            headers=tuple(response.headers.multi_items()),
+            body=response.content,
+        )
+
+    return send
+
+
+def make_async_sender(client: httpx.AsyncClient) -> AsyncSender:
+    """Adapt an ``httpx.AsyncClient`` (or ``httpx2``'s) to the async sender protocol."""
+
+    async def send(request: RequestView) -> ResponseView:
+        response = await client.request(
             request.method,
             request.url,
             headers=list(request.headers.items_all()),

@@ -46,11 +46,17 @@ with requires_extra("httpx", needed_by=__name__):
     import httpcore
     import httpx
 
-    from dpopkit.client._httpx_flow import DPoPAuthBase, HttpModule, dpop_error, make_sender
+    from dpopkit.client._httpx_flow import (
+        DPoPAuthBase,
+        HttpModule,
+        dpop_error,
+        make_async_sender,
+        make_sender,
+    )
 
-from dpopkit.client.senders import Sender
+from dpopkit.client.senders import AsyncSender, Sender
 
-__all__ = ["DPoPAuth", "dpop_error", "httpx_sender"]
+__all__ = ["DPoPAuth", "dpop_error", "httpx_async_sender", "httpx_sender"]
 
 
 class DPoPAuth(DPoPAuthBase, httpx.Auth):
@@ -93,3 +99,12 @@ def httpx_sender(client: httpx.Client) -> Sender:
     share the client's connection pool, proxies and TLS settings.
     """
     return make_sender(client)
+
+
+def httpx_async_sender(client: httpx.AsyncClient) -> AsyncSender:
+    """Adapt an ``httpx.AsyncClient`` to :class:`~dpopkit.client.tokens.AsyncTokenClient`.
+
+    Pass it as ``sender=``: token requests share the client's pool and never block the
+    event loop (asyncio or trio).
+    """
+    return make_async_sender(client)

@@ -27,12 +27,18 @@ with requires_extra("httpx2", needed_by=__name__):
     import httpcore2
     import httpx2
 
-    from dpopkit.client._httpx_flow import DPoPAuthBase, HttpModule, dpop_error, make_sender
+    from dpopkit.client._httpx_flow import (
+        DPoPAuthBase,
+        HttpModule,
+        dpop_error,
+        make_async_sender,
+        make_sender,
+    )
 
 if TYPE_CHECKING:
-    from dpopkit.client.senders import Sender
+    from dpopkit.client.senders import AsyncSender, Sender
 
-__all__ = ["DPoPAuth", "dpop_error", "httpx2_sender"]
+__all__ = ["DPoPAuth", "dpop_error", "httpx2_async_sender", "httpx2_sender"]
 
 
 class DPoPAuth(DPoPAuthBase, httpx2.Auth):  # type: ignore[misc]
@@ -66,3 +72,12 @@ class DPoPAuth(DPoPAuthBase, httpx2.Auth):  # type: ignore[misc]
 def httpx2_sender(client: httpx2.Client) -> Sender:
     """Adapt an ``httpx2.Client`` to the token client's sender protocol (see ``httpx_sender``)."""
     return make_sender(client)  # type: ignore[arg-type]
+
+
+def httpx2_async_sender(client: httpx2.AsyncClient) -> AsyncSender:
+    """Adapt an ``httpx2.AsyncClient`` to :class:`~dpopkit.client.tokens.AsyncTokenClient`.
+
+    Pass it as ``sender=``: token requests share the client's pool and never block the
+    event loop (asyncio or trio).
+    """
+    return make_async_sender(client)  # type: ignore[arg-type]
