@@ -39,8 +39,16 @@ LAZY_OK: dict[str, str] = {
     "dpopkit.server.config": "serve --check turns a missing store driver into a ConfigError",
 }
 
-#: Packages that come with another one (anyio and httpcore with httpx, asgiref with Django).
-COMES_WITH = {"anyio": "httpx", "httpcore": "httpx", "asgiref": "django"}
+#: Packages that come with another one (anyio and httpcore with httpx, asgiref with Django,
+#: httpcore2 with httpx2, httpx2 and pydantic with the mcp SDK).
+COMES_WITH: dict[str, tuple[str, ...]] = {
+    "anyio": ("httpx", "httpx2", "mcp"),
+    "httpcore": ("httpx",),
+    "asgiref": ("django",),
+    "httpcore2": ("httpx2", "mcp"),
+    "httpx2": ("mcp",),
+    "pydantic": ("mcp",),
+}
 
 #: Distribution names whose import name differs.
 IMPORT_NAMES = {"prometheus-client": "prometheus_client", "psycopg[binary]": "psycopg"}
@@ -67,7 +75,7 @@ def _extras() -> dict[str, set[str]]:
 
     extras = {extra: expand(extra) for extra in raw}
     for names in extras.values():
-        names |= {pkg for pkg, parent in COMES_WITH.items() if parent in names}
+        names |= {pkg for pkg, parents in COMES_WITH.items() if names & set(parents)}
     return extras
 
 

@@ -15,8 +15,6 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
-import anyio.to_thread
-
 from dpopkit.client._auth import _AuthSettings
 from dpopkit.client.flow import (
     INVALID_TOKEN,
@@ -33,7 +31,10 @@ from dpopkit.client.sources import TokenSource
 from dpopkit.core.http import DPOP_HEADER, DPOP_NONCE_HEADER, Headers, RequestView, ResponseView
 from dpopkit.core.htu import normalize_htu
 from dpopkit.core.keys import DPoPKey
-from dpopkit.errors import ChallengeError, ClientError, Reason
+from dpopkit.errors import ChallengeError, ClientError, Reason, requires_extra
+
+with requires_extra("httpx", needed_by=__name__):  # anyio comes with httpx and with httpx2
+    import anyio.to_thread
 
 if TYPE_CHECKING:  # the types of the httpx flavour; httpx2's are the same shapes
     import httpcore
