@@ -515,11 +515,15 @@ class DPoPAuthBase(_AuthSettings):
             await request.aread()
         source = self.source
         token: str | None = None
+        aget = getattr(source, "aget", None)  # an AsyncRefreshingToken renews on the loop
         if source is not None:
             token = source.current()
             if token is None:
                 # Refreshes are serialised inside the source: many waiting tasks, one refresh.
-                token = await anyio.to_thread.run_sync(source.get)
+                if aget is not None:
+                    token = await aget()
+                else:
+                    token = await anyio.to_thread.run_sync(source.get)
         exchange = _Exchange(self, request, token, asynchronous=True)
         next_request: httpx.Request | bool | None = exchange.start()
         while isinstance(next_request, self._http.Request):
@@ -530,7 +534,11 @@ class DPoPAuthBase(_AuthSettings):
             if next_request is True:
                 assert source is not None
                 assert exchange.token is not None
-                new = await anyio.to_thread.run_sync(source.invalidate, exchange.token)
+                ainvalidate = getattr(source, "ainvalidate", None)
+                if ainvalidate is not None:
+                    new = await ainvalidate(exchange.token)
+                else:
+                    new = await anyio.to_thread.run_sync(source.invalidate, exchange.token)
                 next_request = exchange.refreshed_token(response, new)
 
 

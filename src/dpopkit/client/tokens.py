@@ -64,13 +64,20 @@ from dpopkit.client.senders import (
     threaded_urllib_sender,
     urllib_sender,
 )
-from dpopkit.client.sources import RefreshingToken, StaticToken, TokenSet, TokenSource
+from dpopkit.client.sources import (
+    AsyncRefreshingToken,
+    RefreshingToken,
+    StaticToken,
+    TokenSet,
+    TokenSource,
+)
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.core.jws import b64url_encode, json_dumps
 from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import ClientError, Reason, TokenResponseError
 
 __all__ = [
+    "AsyncRefreshingToken",
     "AsyncSender",
     "AsyncTokenClient",
     "AuthMethod",
