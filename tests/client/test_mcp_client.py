@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from dpopkit import Reason, TokenResponseError, verify_proof
+from dpopkit.client.httpx2 import dpop_error
 from dpopkit.integrations.mcp.client import (
     DPoPOAuthClientProvider,
     FileTokenStorage,
@@ -233,3 +234,26 @@ async def test_rs_nonce_is_retried_once(tmp_path: Path) -> None:
     assert await call_mcp(provider(lab, FileTokenStorage(tmp_path), transport), transport) == 200
     schemes = [seen["scheme"] for seen in lab.mcp_requests]
     assert schemes == ["", "DPoP", "DPoP"]  # probe, challenge answered, retry with the nonce
+
+
+@pytest.mark.anyio
+async def test_streamed_body_is_not_resent_after_an_rs_nonce(tmp_path: Path) -> None:
+    """C-10: a fresh RS nonce for a streamed MCP body: the 401 comes back, nothing is resent."""
+    lab = Lab(rs_nonce="n-1")
+    transport = httpx2.ASGITransport(app=build_app(lab))
+    auth = provider(lab, FileTokenStorage(tmp_path), transport)
+    assert await call_mcp(auth, transport) == 200
+    lab.rs_nonce = "n-2"  # the server rotates its nonce
+    seen = len(lab.mcp_requests)
+
+    async def body() -> Any:
+        yield b'{"jsonrpc":"2.0","id":2}'
+
+    async with httpx2.AsyncClient(transport=transport, auth=auth) as http:
+        answer = await http.post(f"{BASE}/mcp", content=body())
+    assert answer.status_code == 401
+    error = dpop_error(answer)
+    assert error is not None
+    assert error.reason is Reason.BODY_NOT_REPLAYABLE
+    assert len(lab.mcp_requests) == seen + 1  # sent once, never again
+    assert len(lab.token_requests) == 1  # and no new authorization

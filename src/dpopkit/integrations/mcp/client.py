@@ -14,7 +14,8 @@ client ID metadata document or dynamic registration, PKCE S256 and ``resource``.
   (§7.1, §4.2), through :class:`dpopkit.client.httpx2.DPoPAuth`;
 * an AS ``use_dpop_nonce`` (400) and an RS ``use_dpop_nonce`` (401) are retried once
   per fresh nonce (§8, §9); a request whose body was streamed and cannot be
-  replayed is never resent, the challenge comes back as it is.
+  replayed is never resent: the challenge comes back to the caller as it is, and
+  :func:`dpopkit.client.httpx2.dpop_error` says why (``BODY_NOT_REPLAYABLE``).
 
 The key must outlive the process as long as the tokens do, or a refresh token
 bound to it is useless (§5, a refresh is bound to the same key):
@@ -60,7 +61,7 @@ with requires_extra("mcp", needed_by=__name__):
     from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
     from pydantic import field_validator
 
-    from dpopkit.client.httpx2 import DPoPAuth
+    from dpopkit.client.httpx2 import DPoPAuth, dpop_error
 
 __all__ = [
     "DPoPClientCredentialsProvider",
@@ -205,6 +206,11 @@ class _DPoPFlowMixin:
                             sent = await signed.asend(response)
                         except StopAsyncIteration:
                             break
+                    if dpop_error(response) is not None:
+                        # A use_dpop_nonce answer the request's streamed body cannot be resent
+                        # for: it goes back to the caller as it is (dpop_error tells why). It is
+                        # no reason to authorize afresh, nor to resend the consumed body then.
+                        return
                 outgoing = await inner.asend(response)
         except StopAsyncIteration:
             return
