@@ -44,6 +44,7 @@ class Lab:
     token_type: str = "DPoP"
     offers_dpop: bool = True
     rs_nonce: str | None = None
+    expires_in: int = 3600
     authorize: list[dict[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     mcp_requests: list[dict[str, Any]] = field(default_factory=list)
@@ -90,7 +91,11 @@ def build_app(lab: Lab) -> Starlette:
         access = secrets.token_urlsafe(16)
         lab.tokens[access] = verified.jkt
         seen["jkt"] = verified.jkt
-        answer = {"access_token": access, "token_type": lab.token_type, "expires_in": 3600}
+        answer = {
+            "access_token": access,
+            "token_type": lab.token_type,
+            "expires_in": lab.expires_in,
+        }
         return JSONResponse({**answer, "refresh_token": "rt-1"})
 
     async def mcp(request: Request) -> Response:
@@ -257,3 +262,21 @@ async def test_streamed_body_is_not_resent_after_an_rs_nonce(tmp_path: Path) -> 
     assert error.reason is Reason.BODY_NOT_REPLAYABLE
     assert len(lab.mcp_requests) == seen + 1  # sent once, never again
     assert len(lab.token_requests) == 1  # and no new authorization
+
+
+@pytest.mark.anyio
+async def test_refresh_is_proven_with_the_same_key(tmp_path: Path) -> None:
+    """C-8: the SDK's refresh goes out with a proof by the key the token is bound to."""
+    lab = Lab(expires_in=0)  # expired at once: the next request refreshes first
+    transport = httpx2.ASGITransport(app=build_app(lab))
+    storage = FileTokenStorage(tmp_path)
+    auth = provider(lab, storage, transport)
+    assert await call_mcp(auth, transport) == 200
+    lab.expires_in = 3600
+    assert await call_mcp(auth, transport) == 200
+    grants = [seen["form"]["grant_type"] for seen in lab.token_requests]
+    assert grants == ["authorization_code", "refresh_token"]
+    assert lab.token_requests[1]["jkt"] == storage.key.jkt
+    stored = await storage.get_tokens()
+    assert stored is not None
+    assert str(stored.token_type) == "DPoP"
