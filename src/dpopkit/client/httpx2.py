@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from dpopkit.errors import requires_extra
+from dpopkit.errors import ClientError, requires_extra
 
 with requires_extra("httpx2", needed_by=__name__):
     import httpcore2
@@ -30,10 +30,10 @@ with requires_extra("httpx2", needed_by=__name__):
     from dpopkit.client._httpx_flow import (
         DPoPAuthBase,
         HttpModule,
-        dpop_error,
         make_async_sender,
         make_sender,
     )
+    from dpopkit.client._httpx_flow import dpop_error as _dpop_error
 
 if TYPE_CHECKING:
     from dpopkit.client.senders import AsyncSender, Sender
@@ -67,6 +67,15 @@ class DPoPAuth(DPoPAuthBase, httpx2.Auth):  # type: ignore[misc]
         ResponseNotRead=httpx2.ResponseNotRead,
         WireRequest=httpcore2.Request,
     )
+
+
+def dpop_error(response: httpx2.Response) -> ClientError | None:
+    """Return why :class:`DPoPAuth` handed back ``response`` without retrying, or None.
+
+    Set when a ``use_dpop_nonce`` answer could not be retried because the request
+    body cannot be replayed (``reason`` is ``BODY_NOT_REPLAYABLE``).
+    """
+    return _dpop_error(response)  # type: ignore[arg-type]
 
 
 def httpx2_sender(client: httpx2.Client) -> Sender:
