@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from dpopkit import Reason, TokenResponseError, verify_proof
+from dpopkit import ClientError, DPoPKey, Reason, TokenResponseError, verify_proof
 from dpopkit.client.httpx2 import dpop_error
 from dpopkit.integrations.mcp.client import (
     DPoPOAuthClientProvider,
@@ -280,3 +280,17 @@ async def test_refresh_is_proven_with_the_same_key(tmp_path: Path) -> None:
     stored = await storage.get_tokens()
     assert stored is not None
     assert str(stored.token_type) == "DPoP"
+
+
+@pytest.mark.anyio
+async def test_key_alg_the_as_does_not_list_is_refused(tmp_path: Path) -> None:
+    """C-16: the AS lists ES256 only: an RS256 key is a configuration error before any token."""
+    lab = Lab()
+    transport = httpx2.ASGITransport(app=build_app(lab))
+    storage = FileTokenStorage(tmp_path, alg="RS256")
+    assert storage.key.alg == "RS256"
+    with pytest.raises(ClientError) as caught:
+        await call_mcp(provider(lab, storage, transport), transport)
+    assert caught.value.reason is Reason.CONFIGURATION
+    assert lab.token_requests == []
+    assert isinstance(storage.key, DPoPKey)

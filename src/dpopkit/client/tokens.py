@@ -38,7 +38,7 @@ import math
 import secrets
 import time
 import webbrowser
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
@@ -191,17 +191,7 @@ class _TokenFlows:
         Raises:
             ClientError: (CONFIGURATION) the AS lists DPoP algorithms without this one.
         """
-        supported = self.metadata.dpop_signing_alg_values_supported
-        if supported is None or key.alg in supported:
-            return key
-        twin = _EQUIVALENT_ALGS.get(key.alg)
-        if twin is not None and twin in supported and key.is_exportable:
-            return key.with_alg(twin)
-        raise ClientError(
-            Reason.CONFIGURATION,
-            "the authorization server does not accept this key's algorithm",
-            detail={"alg": key.alg, "supported": list(supported)},
-        )
+        return checked_key_alg(key, self.metadata.dpop_signing_alg_values_supported)
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -892,6 +882,27 @@ class AsyncTokenClient(_TokenFlows):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def checked_key_alg(key: DPoPKey, supported: Sequence[str] | None) -> DPoPKey:
+    """Return ``key`` (or its RFC 9864 twin) if ``supported`` allows its alg (C-16).
+
+    ``supported`` is an AS's ``dpop_signing_alg_values_supported`` (RFC 9449 §5.1);
+    None means the AS does not say. Shared by :class:`TokenClient` and the MCP client auth.
+
+    Raises:
+        ClientError: (CONFIGURATION) the AS lists DPoP algorithms without this one.
+    """
+    if supported is None or key.alg in supported:
+        return key
+    twin = _EQUIVALENT_ALGS.get(key.alg)
+    if twin is not None and twin in supported and key.is_exportable:
+        return key.with_alg(twin)
+    raise ClientError(
+        Reason.CONFIGURATION,
+        "the authorization server does not accept this key's algorithm",
+        detail={"alg": key.alg, "supported": list(supported)},
+    )
 
 
 def checked_token_type(

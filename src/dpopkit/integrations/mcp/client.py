@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 
 from dpopkit._private import write_private_file
 from dpopkit.client.flow import NonceCache
-from dpopkit.client.tokens import _add_query, checked_token_type
+from dpopkit.client.tokens import _add_query, checked_key_alg, checked_token_type
 from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import requires_extra
 from dpopkit.keyfile import load_key, save_key
@@ -142,6 +142,10 @@ class _DPoPFlowMixin:
         if isinstance(data, dict):
             algs = data.get("dpop_signing_alg_values_supported")
             self._dpop_as_offers = isinstance(algs, list) and bool(algs)
+            if isinstance(algs, list) and algs:
+                # RFC 9449 §5.1 (C-16): the key must use an algorithm the AS accepts.
+                supported = [alg for alg in algs if isinstance(alg, str)]
+                self._dpop_key = checked_key_alg(self._dpop_key, supported)
 
     @property
     def key(self) -> DPoPKey:
@@ -311,6 +315,8 @@ class DPoPOAuthClientProvider(_DPoPFlowMixin, OAuthClientProvider):
 
     Raises (from the request that runs the flow):
         TokenResponseError: ``TOKEN_RESPONSE`` when the token is not DPoP-bound.
+        ClientError: ``CONFIGURATION`` when the AS metadata lists DPoP algorithms
+            without the key's (RFC 9449 §5.1).
     """
 
     def __init__(
