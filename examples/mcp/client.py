@@ -79,11 +79,12 @@ def harness_context() -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> int:
     """Authorize with DPoP, list the tools and call one."""
-    unattended = args.no_browser or "MCP_CONFORMANCE_SCENARIO" in os.environ
+    harness = "MCP_CONFORMANCE_SCENARIO" in os.environ
+    unattended = args.no_browser or harness
     context = harness_context()
     client_id = args.client_id or context.get("client_id")
     client_secret = args.client_secret or context.get("client_secret")
-    metadata_url = args.client_metadata_url or (CIMD_URL if unattended else None)
+    metadata_url = args.client_metadata_url or (CIMD_URL if harness else None)
     state_dir = args.state or tempfile.mkdtemp(prefix="dpopkit-mcp-")
     storage = FileTokenStorage(state_dir)
     insecure = urlsplit(args.url).hostname in LOOPBACK_HOSTS
