@@ -27,7 +27,7 @@ auth/offline-access-scope auth/offline-access-not-supported
 auth/authorization-server-migration auth/iss-supported auth/iss-not-advertised
 auth/iss-supported-missing auth/iss-wrong-issuer auth/iss-unexpected auth/iss-normalized
 auth/metadata-issuer-mismatch auth/2025-03-26-oauth-metadata-backcompat
-auth/2025-03-26-oauth-endpoint-fallback"
+auth/2025-03-26-oauth-endpoint-fallback auth/client-credentials-basic"
 
 mcp_harness_stamp() { printf '%s %s\n' "$MCP_CONFORMANCE_PKG" "$MCP_CONFORMANCE_NODE"; }
 

@@ -41,7 +41,11 @@ from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull,
 from pydantic import AnyUrl
 
 from dpopkit.client._loopback import LoopbackListener
-from dpopkit.integrations.mcp.client import DPoPOAuthClientProvider, FileTokenStorage
+from dpopkit.integrations.mcp.client import (
+    DPoPClientCredentialsProvider,
+    DPoPOAuthClientProvider,
+    FileTokenStorage,
+)
 
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 #: The client ID metadata document URL the conformance harness expects (SEP-991).
@@ -57,6 +61,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--client-secret", help="its secret (client_secret_basic)")
     parser.add_argument("--client-metadata-url", help="an https client ID metadata document URL")
     parser.add_argument("--no-browser", action="store_true", help="fetch the authorization URL")
+    parser.add_argument(
+        "--client-credentials",
+        action="store_true",
+        help="a machine client: the client credentials grant with --client-id/--client-secret",
+    )
+    parser.add_argument("--issuer", help="the AS that issued the client credentials")
     parser.add_argument("--tool", help="the tool to call (the first listed when omitted)")
     parser.add_argument("--args", default="{}", help="the tool arguments as JSON")
     parser.add_argument(
@@ -88,6 +98,24 @@ async def run(args: argparse.Namespace) -> int:
     state_dir = args.state or tempfile.mkdtemp(prefix="dpopkit-mcp-")
     storage = FileTokenStorage(state_dir)
     insecure = urlsplit(args.url).hostname in LOOPBACK_HOSTS
+
+    machine = args.client_credentials or (
+        os.environ.get("MCP_CONFORMANCE_SCENARIO") == "auth/client-credentials-basic"
+    )
+    if machine:
+        if not client_id or not client_secret:
+            raise SystemExit("the client credentials grant needs --client-id and --client-secret")
+        machine_auth = DPoPClientCredentialsProvider(
+            args.url,
+            storage,
+            client_id,
+            client_secret,
+            issuer=args.issuer,
+            key=storage.key,
+            allow_insecure_http=insecure,
+            bearer_fallback=args.bearer_fallback,
+        )
+        return await call_tools(args, machine_auth)
 
     with LoopbackListener("/callback") as listener:
         if client_id and await storage.get_client_info() is None:
@@ -140,17 +168,22 @@ async def run(args: argparse.Namespace) -> int:
             allow_insecure_http=insecure,
             bearer_fallback=args.bearer_fallback,
         )
-        async with httpx2.AsyncClient(auth=auth, timeout=30) as http:
-            transport = streamable_http_client(url=args.url, http_client=http)
-            async with Client(transport) as client:
-                tools = (await client.list_tools()).tools
-                print("tools:", ", ".join(tool.name for tool in tools))
-                if not tools:
-                    return 0
-                name = args.tool or tools[0].name
-                result = await client.call_tool(name, json.loads(args.args))
-                for item in result.content:
-                    print(f"{name}:", getattr(item, "text", item))
+        return await call_tools(args, auth)
+
+
+async def call_tools(args: argparse.Namespace, auth: httpx2.Auth) -> int:
+    """Connect with ``auth``, list the tools and call one."""
+    async with httpx2.AsyncClient(auth=auth, timeout=30) as http:
+        transport = streamable_http_client(url=args.url, http_client=http)
+        async with Client(transport) as client:
+            tools = (await client.list_tools()).tools
+            print("tools:", ", ".join(tool.name for tool in tools))
+            if not tools:
+                return 0
+            name = args.tool or tools[0].name
+            result = await client.call_tool(name, json.loads(args.args))
+            for item in result.content:
+                print(f"{name}:", getattr(item, "text", item))
     return 0
 
 

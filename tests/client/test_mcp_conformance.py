@@ -63,7 +63,7 @@ def _run(scenario: str, command: str) -> None:
 def test_scenario_lists() -> None:
     """C-1: the DPoP scenarios and the core authorization scenarios are all listed."""
     assert DPOP == ["auth/dpop", "auth/dpop-nonce"]
-    assert len(CORE) == 27
+    assert len(CORE) == 28
     assert all(name.startswith("auth/") for name in CORE)
 
 
