@@ -3,7 +3,7 @@
 Starts ``dpopkit serve`` (test mode: the authorization endpoint logs in a test user and
 redirects at once, on loopback only) with a public client for the harness, runs
 
-    mcp_harness authorization --url ISSUER --client-id conformance --resource MCP_URL
+    mcp_conformance authorization --url ISSUER --client-id conformance --resource MCP_URL
 
 (``.ci/mcp-harness.sh``), opens the authorization URL the harness prints (as a browser
 would) and exits non-zero unless every scenario passed. Usage (from the repository root):
@@ -109,7 +109,7 @@ def main() -> int:
                     time.sleep(0.2)
             args = ["authorization", "--url", issuer, "--client-id", "conformance"]
             args += ["--resource", resource, "--port", str(CALLBACK_PORT)]
-            shell = 'source .ci/mcp-harness.sh && mcp_harness "$@"'
+            shell = 'source .ci/mcp-harness.sh && mcp_conformance "$@"'
             harness = subprocess.Popen(  # noqa: S603
                 [
                     "/bin/bash",

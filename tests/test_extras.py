@@ -41,12 +41,16 @@ LAZY_OK: dict[str, str] = {
     "dpopkit.server.config": "serve --check turns a missing store driver into a ConfigError",
 }
 
-#: Packages that come with another one (anyio and httpcore with httpx, asgiref with Django).
-COMES_WITH = {
-    "anyio": "httpx",
-    "httpcore": "httpx",
-    "asgiref": "django",
-    "oauthlib": "oauth2_provider",
+#: Packages that come with another one (anyio and httpcore with httpx, asgiref with Django,
+#: httpcore2 with httpx2, httpx2 and pydantic with the mcp SDK).
+COMES_WITH: dict[str, tuple[str, ...]] = {
+    "anyio": ("httpx", "httpx2", "mcp"),
+    "httpcore": ("httpx",),
+    "asgiref": ("django",),
+    "httpcore2": ("httpx2", "mcp"),
+    "httpx2": ("mcp",),
+    "pydantic": ("mcp",),
+    "oauthlib": ("oauth2_provider",),
 }
 
 #: Distribution names whose import name differs.
@@ -81,7 +85,7 @@ def _extras() -> dict[str, set[str]]:
 
     extras = {extra: expand(extra) for extra in raw}
     for names in extras.values():
-        names |= {pkg for pkg, parent in COMES_WITH.items() if parent in names}
+        names |= {pkg for pkg, parents in COMES_WITH.items() if names & set(parents)}
     return extras
 
 
@@ -250,12 +254,17 @@ EXAMPLES: dict[str, list[str]] = {
     "redis": ["-m", "tests.extras.example_redis"],
     "postgres": ["-m", "tests.extras.example_postgres"],
     "metrics": ["-m", "tests.extras.example_metrics"],
-    "mcp": ["-m", "tests.extras.example_mcp"],
+    "mcp": [  # both halves: a protected MCP server, and the DPoP client provider
+        "-c",
+        "import runpy; runpy.run_module('tests.extras.example_mcp', run_name='__main__');"
+        " runpy.run_module('tests.extras.example_mcp_client', run_name='__main__')",
+    ],
     "server": ["-m", "dpopkit", "demo"],
     "pkcs11": ["-m", "tests.extras.example_pkcs11"],
     "tpm": ["-m", "tests.extras.example_tpm"],
     "authlib": ["-m", "tests.extras.example_authlib"],
     "django-oauth-toolkit": ["-m", "tests.extras.example_django_oauth_toolkit"],
+    "httpx2": ["-m", "tests.extras.example_httpx2"],
 }
 
 
@@ -321,7 +330,7 @@ def test_hd22_each_extra_alone_runs_its_example(
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
     run = subprocess.run(
         [python, *EXAMPLES[extra]],
-        cwd=ROOT if EXAMPLES[extra][1].startswith("tests.") else tmp_path,
+        cwd=ROOT if "tests.extras" in " ".join(EXAMPLES[extra]) else tmp_path,
         capture_output=True,
         text=True,
         timeout=300,

@@ -25,6 +25,8 @@ PUBLIC_MODULES = (
     "dpopkit",
     "dpopkit.client",
     "dpopkit.client.httpx",
+    "dpopkit.client.httpx2",
+    "dpopkit.integrations.mcp.client",
     "dpopkit.client.requests",
     "dpopkit.client.tokens",
     "dpopkit.client.flow",

@@ -1,7 +1,16 @@
-"""httpx DPoPAuth: generator-level flow and real servers on 127.0.0.1 (sync and async)."""
+"""httpx and httpx2 DPoPAuth: generator-level flow and real servers on 127.0.0.1 (sync and async).
+
+Every test runs twice, once per HTTP package: ``httpx`` with
+:mod:`dpopkit.client.httpx`, and ``httpx2`` (the package the ``mcp`` 2.x SDK sends
+through) with :mod:`dpopkit.client.httpx2`. The module-level names ``httpx``,
+``DPoPAuth`` and ``dpop_error`` are swapped for the run, so each body drives the
+package under test end to end.
+"""
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -13,6 +22,19 @@ from dpopkit.client.httpx import DPoPAuth, dpop_error
 
 from .helpers import claims_of
 from .servers import Servers, issue_token
+
+
+@pytest.fixture(autouse=True, params=["httpx", "httpx2"])
+def http_package(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with ``httpx`` and with ``httpx2`` (one DPoPAuth, two packages)."""
+    name: str = request.param
+    adapter = importlib.import_module(f"dpopkit.client.{name}")
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "httpx", importlib.import_module(name))
+    monkeypatch.setattr(module, "DPoPAuth", adapter.DPoPAuth)
+    monkeypatch.setattr(module, "dpop_error", adapter.dpop_error)
+    return name
+
 
 # -- the generator, driven by hand ---------------------------------------------------------------
 

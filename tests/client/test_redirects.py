@@ -7,6 +7,7 @@ and URL they actually received (RFC 9449 §4.3).
 
 from __future__ import annotations
 
+import importlib
 import ssl
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -47,13 +48,15 @@ def lab(labs: Labs) -> dict[str, RedirectLab]:
     return running
 
 
-def _send_httpx(labs: Labs, *, hooks: bool) -> Send:
+def _send_httpx(labs: Labs, *, hooks: bool, package: str = "httpx") -> Send:
     _, cafile = labs
+    http: Any = importlib.import_module(package)  # httpx or httpx2: one DPoPAuth flow
+    adapter: Any = importlib.import_module(f"dpopkit.client.{package}")
 
     def send(key: DPoPKey, method: str, url: str, body: bytes | None) -> tuple[int, list[str]]:
-        auth = dpop_httpx.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
+        auth = adapter.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
         verify = ssl.create_default_context(cafile=str(cafile))
-        with httpx.Client(
+        with http.Client(
             auth=auth,
             follow_redirects=True,
             event_hooks=auth.event_hooks if hooks else None,
@@ -66,15 +69,17 @@ def _send_httpx(labs: Labs, *, hooks: bool) -> Send:
     return send
 
 
-def _send_httpx_async(labs: Labs, *, hooks: bool) -> Send:
+def _send_httpx_async(labs: Labs, *, hooks: bool, package: str = "httpx") -> Send:
     _, cafile = labs
+    http: Any = importlib.import_module(package)  # httpx or httpx2: one DPoPAuth flow
+    adapter: Any = importlib.import_module(f"dpopkit.client.{package}")
 
     def send(key: DPoPKey, method: str, url: str, body: bytes | None) -> tuple[int, list[str]]:
-        auth = dpop_httpx.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
+        auth = adapter.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
         verify = ssl.create_default_context(cafile=str(cafile))
 
-        async def main() -> httpx.Response:
-            async with httpx.AsyncClient(
+        async def main() -> Any:
+            async with http.AsyncClient(
                 auth=auth,
                 follow_redirects=True,
                 event_hooks=auth.async_event_hooks if hooks else None,
@@ -89,15 +94,17 @@ def _send_httpx_async(labs: Labs, *, hooks: bool) -> Send:
     return send
 
 
-def _send_httpx_manual(labs: Labs) -> Send:
+def _send_httpx_manual(labs: Labs, package: str = "httpx") -> Send:
     """The caller follows ``response.next_request`` itself (httpx's default: no following)."""
     _, cafile = labs
+    http: Any = importlib.import_module(package)  # httpx or httpx2: one DPoPAuth flow
+    adapter: Any = importlib.import_module(f"dpopkit.client.{package}")
 
     def send(key: DPoPKey, method: str, url: str, body: bytes | None) -> tuple[int, list[str]]:
-        auth = dpop_httpx.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
+        auth = adapter.DPoPAuth(key, token=TOKEN, allow_insecure_http=True)
         verify = ssl.create_default_context(cafile=str(cafile))
         history: list[str] = []
-        with httpx.Client(auth=auth, verify=verify, trust_env=False) as client:
+        with http.Client(auth=auth, verify=verify, trust_env=False) as client:
             response = client.request(method, url, content=body)
             while response.next_request is not None:
                 history.append(str(response.url))
@@ -163,6 +170,10 @@ ADAPTERS: dict[str, Callable[[Labs], Send]] = {
     "httpx-async": partial(_send_httpx_async, hooks=False),
     "httpx-manual": _send_httpx_manual,
     "httpx-asgi-hooks": _send_httpx_asgi,
+    # httpx2 (the mcp SDK's HTTP client): the same DPoPAuth flow, httpcore2's trace on the wire.
+    "httpx2": partial(_send_httpx, hooks=False, package="httpx2"),
+    "httpx2-async": partial(_send_httpx_async, hooks=False, package="httpx2"),
+    "httpx2-manual": partial(_send_httpx_manual, package="httpx2"),
     "requests": _send_requests,
 }
 

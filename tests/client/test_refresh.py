@@ -5,16 +5,24 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from typing import Any
 
 import anyio
 import httpx
 import pytest
 import requests
 
-from dpopkit import DPoPKey
+from dpopkit import ClientError, DPoPKey, Reason
 from dpopkit.client import httpx as dpop_httpx
 from dpopkit.client import requests as dpop_requests
-from dpopkit.client.tokens import RefreshingToken, StaticToken, TokenClient, TokenSet
+from dpopkit.client.tokens import (
+    AsyncRefreshingToken,
+    AsyncTokenClient,
+    RefreshingToken,
+    StaticToken,
+    TokenClient,
+    TokenSet,
+)
 
 from .servers import CLIENT_SECRET, Servers
 
@@ -249,3 +257,73 @@ def test_urllib_sender_does_not_follow_redirects(servers: Servers) -> None:
     assert response.status == 302
     with pytest.raises(ValueError, match=r"."):
         send(RequestView(method="GET", url="file:///etc/passwd"))
+
+
+# -- the async twin: AsyncRefreshingToken on AsyncTokenClient --------------------------------------
+
+
+async def async_code_tokens(servers: Servers, key: DPoPKey) -> tuple[AsyncTokenClient, TokenSet]:
+    client = await AsyncTokenClient.from_issuer(
+        servers.state.issuer,
+        key=key,
+        client_id="cli",
+        client_secret=CLIENT_SECRET,
+        sender=_httpx_async_sender,
+        allow_insecure_http=True,
+    )
+    request = await client.authorization_request(redirect_uri="http://127.0.0.1/cb", scope="api")
+    async with httpx.AsyncClient() as browser:
+        callback = (await browser.get(request.url)).headers["location"]
+    return client, await client.exchange_code(request, callback)
+
+
+async def _httpx_async_sender(request: Any) -> Any:
+    async with httpx.AsyncClient() as http:
+        return await dpop_httpx.httpx_async_sender(http)(request)
+
+
+@pytest.mark.anyio
+async def test_c8_async_concurrent_requests_one_refresh_on_the_loop(
+    servers: Servers, key: DPoPKey
+) -> None:
+    """C-8: 20 tasks, an expiring token: one refresh, awaited (no worker thread), same key."""
+    servers.state.expires_in = 1
+    client, tokens = await async_code_tokens(servers, key)
+    servers.state.expires_in = 300
+    source = AsyncRefreshingToken(client, tokens, clock=a_minute_later)
+    auth = dpop_httpx.DPoPAuth(key, token=source, allow_insecure_http=True)
+    statuses: list[int] = []
+    async with httpx.AsyncClient(auth=auth, timeout=30) as c:
+
+        async def one(i: int) -> None:
+            statuses.append((await c.get(f"{servers.state.base}/api/items/{i}")).status_code)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(one, i)
+    assert statuses == [200] * 20
+    assert source.refresh_count == 1
+    (refresh,) = refresh_requests(servers)
+    assert refresh["jkt"] == key.jkt
+
+
+@pytest.mark.anyio
+async def test_c8_async_refresh_once_after_invalid_token(servers: Servers, key: DPoPKey) -> None:
+    """C-8: a 401 invalid_token renews once through ainvalidate, then the retry passes."""
+    client, tokens = await async_code_tokens(servers, key)
+    servers.state.tokens.pop(tokens.access_token)
+    source = AsyncRefreshingToken(client, tokens)
+    auth = dpop_httpx.DPoPAuth(key, token=source, allow_insecure_http=True)
+    async with httpx.AsyncClient(auth=auth) as c:
+        response = await c.get(servers.state.base + "/api/a")
+    assert response.status_code == 200
+    assert source.refresh_count == 1
+
+
+def test_async_source_refuses_a_sync_client(servers: Servers, key: DPoPKey) -> None:
+    """An AsyncRefreshingToken in a synchronous client is a configuration error, typed."""
+    client, tokens = code_tokens(servers, key)
+    source = AsyncRefreshingToken(client, tokens)  # type: ignore[arg-type]
+    with pytest.raises(ClientError) as caught:
+        source.get()
+    assert caught.value.reason is Reason.CONFIGURATION

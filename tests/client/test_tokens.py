@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +25,9 @@ from dpopkit import (
 )
 from dpopkit.client.flow import NonceCache
 from dpopkit.client.httpx import httpx_sender
+from dpopkit.client.senders import AsyncSender, Sender, threaded_urllib_sender
 from dpopkit.client.tokens import (
+    AsyncTokenClient,
     AuthorizationRequest,
     ServerMetadata,
     TokenClient,
@@ -32,6 +39,62 @@ from dpopkit.client.tokens import (
 
 from .helpers import claims_of
 from .servers import CLIENT_ID, CLIENT_SECRET, PKJ_CLIENT, Servers, query_of
+
+
+def _async_of(sender: Sender | None) -> AsyncSender:
+    if sender is None:
+        return threaded_urllib_sender()
+
+    async def send(request: Any) -> Any:
+        return await asyncio.to_thread(sender, request)
+
+    return send
+
+
+class AsyncDriven:
+    """TokenClient's interface over :class:`AsyncTokenClient`: each call runs in an event loop.
+
+    The module's tests run once with :class:`TokenClient` and once with this, so every
+    token flow is checked on the async twin too (same requests, same answers, same errors).
+    """
+
+    def __init__(self, *, sender: Sender | None = None, **kw: Any) -> None:
+        self._inner = AsyncTokenClient(sender=_async_of(sender), **kw)
+
+    @classmethod
+    def from_issuer(
+        cls, issuer: str, *, key: DPoPKey, client_id: str, sender: Sender | None = None, **kw: Any
+    ) -> AsyncDriven:
+        made = cls.__new__(cls)
+        made._inner = asyncio.run(
+            AsyncTokenClient.from_issuer(
+                issuer, key=key, client_id=client_id, sender=_async_of(sender), **kw
+            )
+        )
+        return made
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if inspect.iscoroutinefunction(attr):
+            method: Callable[..., Any] = attr
+
+            def run(*args: Any, **kwargs: Any) -> Any:
+                return asyncio.run(method(*args, **kwargs))
+
+            return run
+        return attr
+
+
+@pytest.fixture(autouse=True, params=["sync", "async"])
+def token_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run each test with TokenClient and with AsyncTokenClient."""
+    mode: str = request.param
+    if mode == "async":
+        monkeypatch.setattr(sys.modules[__name__], "TokenClient", AsyncDriven)
+    return mode
 
 
 def make_client(servers: Servers, key: DPoPKey, **kw: object) -> TokenClient:
@@ -492,3 +555,69 @@ def test_requests_sender(servers: Servers, key: DPoPKey) -> None:
     with requests.Session() as session:
         client = make_client(servers, key, sender=requests_sender(session))
         assert client.client_credentials().is_dpop
+
+
+# -- the async twin ------------------------------------------------------------------------------
+
+
+def test_c1_async_token_requests_leave_the_loop_free(servers: Servers, key: DPoPKey) -> None:
+    """C-1: AsyncTokenClient's default sender runs in a worker: other tasks run meanwhile."""
+    inner = threaded_urllib_sender()
+    state = {"in_flight": False, "ticks": 0, "running": True}
+
+    async def sender(request: Any) -> Any:
+        state["in_flight"] = True
+        try:
+            return await inner(request)
+        finally:
+            state["in_flight"] = False
+
+    async def ticker() -> None:
+        while state["running"]:
+            if state["in_flight"]:
+                state["ticks"] += 1
+            await asyncio.sleep(0)
+
+    async def main() -> TokenSet:
+        tick = asyncio.create_task(ticker())
+        client = await AsyncTokenClient.from_issuer(
+            servers.state.issuer,
+            key=key,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            sender=sender,
+            allow_insecure_http=True,
+        )
+        tokens = await client.client_credentials()
+        state["running"] = False
+        await tick
+        return tokens
+
+    tokens = asyncio.run(main())
+    assert tokens.token_type.lower() == "dpop"
+    assert state["ticks"] > 0
+
+
+@pytest.mark.parametrize("package", ["httpx", "httpx2"])
+def test_c1_async_sender_of_each_http_package(servers: Servers, key: DPoPKey, package: str) -> None:
+    """C-1: httpx_async_sender and httpx2_async_sender carry the proof and the AS nonce."""
+    import importlib
+
+    adapter = importlib.import_module(f"dpopkit.client.{package}")
+    module = importlib.import_module(package)
+
+    async def main() -> TokenSet:
+        async with module.AsyncClient() as http:
+            send = getattr(adapter, f"{package}_async_sender")(http)
+            client = await AsyncTokenClient.from_issuer(
+                servers.state.issuer,
+                key=key,
+                client_id=CLIENT_ID,
+                client_secret=CLIENT_SECRET,
+                sender=send,
+                allow_insecure_http=True,
+            )
+            return await client.client_credentials()
+
+    assert asyncio.run(main()).token_type.lower() == "dpop"
+    assert len(servers.state.token_requests) == 2  # 400 use_dpop_nonce, then 200 (C-10)

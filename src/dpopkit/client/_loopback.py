@@ -52,6 +52,11 @@ class LoopbackListener:
         self._server.server_close()
         self._thread.join(timeout=5)
 
+    def expect(self) -> None:
+        """Forget an earlier callback: the next one is awaited (a second authorization)."""
+        self.callback = None
+        self._done.clear()
+
     def wait(self, timeout: float) -> str:
         if not self._done.wait(timeout) or self.callback is None:
             raise TimeoutError("no authorization callback arrived")

@@ -18,11 +18,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dpopkit.client._as_errors import error_from
 from dpopkit.client.flow import parse_json_body
-from dpopkit.client.senders import Sender, urllib_sender
+from dpopkit.client.senders import (
+    AsyncSender,
+    Sender,
+    Steps,
+    arun_steps,
+    run_steps,
+    threaded_urllib_sender,
+    urllib_sender,
+)
 from dpopkit.core.http import Headers, RequestView
 from dpopkit.errors import ClientError, Reason, TokenResponseError
 
-__all__ = ["ServerMetadata", "discover", "register_client"]
+__all__ = ["ServerMetadata", "adiscover", "aregister_client", "discover", "register_client"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,16 +106,9 @@ def _well_known_urls(issuer: str) -> list[str]:
     return [rfc8414, oidc]
 
 
-def discover(issuer: str, *, sender: Sender | None = None) -> ServerMetadata:
-    """Fetch and check an authorization server's metadata (RFC 8414 §3, then OIDC).
-
-    Raises:
-        ClientError: (CONFIGURATION) no metadata document, or its ``issuer`` is not
-            exactly ``issuer`` (RFC 8414 §3.3, X-16).
-    """
-    send = sender if sender is not None else urllib_sender()
+def _discover_steps(issuer: str) -> Steps[ServerMetadata]:
     for url in _well_known_urls(issuer):
-        response = send(RequestView(method="GET", url=url, headers=_accept_json()))
+        response = yield RequestView(method="GET", url=url, headers=_accept_json())
         if response.status != 200:
             continue
         data = parse_json_body(response.body)
@@ -123,8 +124,56 @@ def discover(issuer: str, *, sender: Sender | None = None) -> ServerMetadata:
     raise ClientError(Reason.CONFIGURATION, "no authorization server metadata found")
 
 
+def discover(issuer: str, *, sender: Sender | None = None) -> ServerMetadata:
+    """Fetch and check an authorization server's metadata (RFC 8414 §3, then OIDC).
+
+    Raises:
+        ClientError: (CONFIGURATION) no metadata document, or its ``issuer`` is not
+            exactly ``issuer`` (RFC 8414 §3.3, X-16).
+    """
+    return run_steps(_discover_steps(issuer), sender or urllib_sender())
+
+
+async def adiscover(issuer: str, *, sender: AsyncSender | None = None) -> ServerMetadata:
+    """:func:`discover` for async code: the same checks, sent with an async sender.
+
+    Raises:
+        ClientError: as :func:`discover`.
+    """
+    return await arun_steps(_discover_steps(issuer), sender or threaded_urllib_sender())
+
+
 def _accept_json() -> Headers:
     return Headers([("Accept", "application/json")])
+
+
+def _register_steps(
+    metadata: ServerMetadata,
+    client_metadata: Mapping[str, Any],
+    initial_access_token: str | None,
+) -> Steps[dict[str, Any]]:
+    endpoint = metadata.registration_endpoint
+    if endpoint is None:
+        raise ClientError(Reason.CONFIGURATION, "the AS has no registration endpoint")
+    body = {**client_metadata, "dpop_bound_access_tokens": True}
+    headers = [("Content-Type", "application/json"), ("Accept", "application/json")]
+    if initial_access_token is not None:
+        headers.append(("Authorization", f"Bearer {initial_access_token}"))
+    response = yield (
+        RequestView(
+            method="POST",
+            url=endpoint,
+            headers=Headers(headers),
+            body=json.dumps(body).encode("utf-8"),
+        )
+    )
+    data = parse_json_body(response.body)
+    if response.status not in (200, 201) or data is None:
+        raise error_from(response, data)
+    client_id = data.get("client_id")
+    if not isinstance(client_id, str) or not client_id:
+        raise TokenResponseError(Reason.TOKEN_RESPONSE, "no client_id in the registration")
+    return dict(data)
 
 
 def register_client(
@@ -154,26 +203,21 @@ def register_client(
         ClientError: (CONFIGURATION) the AS has no registration endpoint.
         TokenResponseError / OAuthError subclasses: the AS refused.
     """
-    endpoint = metadata.registration_endpoint
-    if endpoint is None:
-        raise ClientError(Reason.CONFIGURATION, "the AS has no registration endpoint")
-    body = {**client_metadata, "dpop_bound_access_tokens": True}
-    headers = [("Content-Type", "application/json"), ("Accept", "application/json")]
-    if initial_access_token is not None:
-        headers.append(("Authorization", f"Bearer {initial_access_token}"))
-    send = sender if sender is not None else urllib_sender()
-    response = send(
-        RequestView(
-            method="POST",
-            url=endpoint,
-            headers=Headers(headers),
-            body=json.dumps(body).encode("utf-8"),
-        )
-    )
-    data = parse_json_body(response.body)
-    if response.status not in (200, 201) or data is None:
-        raise error_from(response, data)
-    client_id = data.get("client_id")
-    if not isinstance(client_id, str) or not client_id:
-        raise TokenResponseError(Reason.TOKEN_RESPONSE, "no client_id in the registration")
-    return dict(data)
+    steps = _register_steps(metadata, client_metadata, initial_access_token)
+    return run_steps(steps, sender or urllib_sender())
+
+
+async def aregister_client(
+    metadata: ServerMetadata,
+    client_metadata: Mapping[str, Any],
+    *,
+    initial_access_token: str | None = None,
+    sender: AsyncSender | None = None,
+) -> dict[str, Any]:
+    """:func:`register_client` for async code (the same request and checks).
+
+    Raises:
+        ClientError / TokenResponseError: as :func:`register_client`.
+    """
+    steps = _register_steps(metadata, client_metadata, initial_access_token)
+    return await arun_steps(steps, sender or threaded_urllib_sender())

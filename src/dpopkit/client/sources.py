@@ -18,8 +18,17 @@ from typing import Any, Protocol, cast
 
 from dpopkit.client.flow import Clock
 from dpopkit.core.keys import DPoPKey
+from dpopkit.errors import ClientError, Reason, requires_extra
 
-__all__ = ["RefreshingToken", "StaticToken", "TokenRenewer", "TokenSet", "TokenSource"]
+__all__ = [
+    "AsyncRefreshingToken",
+    "AsyncTokenRenewer",
+    "RefreshingToken",
+    "StaticToken",
+    "TokenRenewer",
+    "TokenSet",
+    "TokenSource",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,7 +125,58 @@ class StaticToken:
         return None
 
 
-class RefreshingToken:
+class _RefreshPolicy:
+    """When a :class:`TokenSet` is due and how it is renewed: shared by both sources."""
+
+    _tokens: TokenSet
+    margin: float
+    clock: Clock
+    refresh_count: int
+
+    @property
+    def tokens(self) -> TokenSet:
+        """The current :class:`TokenSet`."""
+        return self._tokens
+
+    def current(self) -> str | None:
+        tokens = self._tokens
+        if self._due(tokens) and self._renewable(tokens):
+            return None
+        return tokens.access_token
+
+    def _due(self, tokens: TokenSet) -> bool:
+        margin = self.margin
+        if tokens.issued_at is not None and tokens.expires_at is not None:
+            margin = max(0.0, min(margin, (tokens.expires_at - tokens.issued_at) / 2))
+        return tokens.expired(now=self.clock(), margin=margin)
+
+    @staticmethod
+    def _renewable(tokens: TokenSet) -> bool:
+        return tokens.refresh_token is not None or tokens.grant == "client_credentials"
+
+    @staticmethod
+    def _same(tokens: TokenSet, rejected: str) -> bool:
+        return hmac.compare_digest(tokens.access_token.encode(), rejected.encode())
+
+    @staticmethod
+    def _renewal(tokens: TokenSet) -> tuple[str, dict[str, Any]]:
+        """The grant that renews ``tokens``: refresh (same key, C-8) or client credentials."""
+        if tokens.refresh_token is not None:
+            return "refresh", {"tokens": tokens}
+        params = dict(tokens.params)
+        return "client_credentials", {
+            "scope": params.get("scope"),
+            "resource": params.get("resource"),
+            "key": tokens.key,
+        }
+
+    def _adopt(self, new: TokenSet) -> TokenSet:
+        self.refresh_count += 1
+        self._tokens = new
+        return new
+
+
+class RefreshingToken(_RefreshPolicy):
     """A :class:`TokenSource` that renews a :class:`TokenSet` before ``exp`` and after a 401.
 
     Renewal uses the refresh token (always with a proof from the token's own key,
@@ -152,17 +212,6 @@ class RefreshingToken:
     def __repr__(self) -> str:
         return f"RefreshingToken(refreshes={self.refresh_count})"
 
-    @property
-    def tokens(self) -> TokenSet:
-        """The current :class:`TokenSet`."""
-        return self._tokens
-
-    def current(self) -> str | None:  # noqa: D102
-        tokens = self._tokens
-        if self._due(tokens) and self._renewable(tokens):
-            return None
-        return tokens.access_token
-
     def get(self) -> str:  # noqa: D102
         with self._lock:
             tokens = self._tokens
@@ -170,33 +219,116 @@ class RefreshingToken:
                 tokens = self._renew(tokens)
             return tokens.access_token
 
-    def _due(self, tokens: TokenSet) -> bool:
-        margin = self.margin
-        if tokens.issued_at is not None and tokens.expires_at is not None:
-            margin = max(0.0, min(margin, (tokens.expires_at - tokens.issued_at) / 2))
-        return tokens.expired(now=self.clock(), margin=margin)
-
     def invalidate(self, rejected: str) -> str | None:  # noqa: D102
         with self._lock:
             tokens = self._tokens
-            if not hmac.compare_digest(tokens.access_token.encode(), rejected.encode()):
+            if not self._same(tokens, rejected):
                 return tokens.access_token  # someone else already renewed it
             if not self._renewable(tokens):
                 return None
             return self._renew(tokens).access_token
 
-    @staticmethod
-    def _renewable(tokens: TokenSet) -> bool:
-        return tokens.refresh_token is not None or tokens.grant == "client_credentials"
-
     def _renew(self, tokens: TokenSet) -> TokenSet:
-        if tokens.refresh_token is not None:
-            new = self.client.refresh(tokens)
-        else:
-            params = dict(tokens.params)
-            new = self.client.client_credentials(
-                scope=params.get("scope"), resource=params.get("resource"), key=tokens.key
-            )
-        self.refresh_count += 1
-        self._tokens = new
-        return new
+        grant, kwargs = self._renewal(tokens)
+        new: TokenSet = getattr(self.client, grant)(**kwargs)
+        return self._adopt(new)
+
+
+class AsyncTokenRenewer(Protocol):
+    """What :class:`AsyncRefreshingToken` renews with (an ``AsyncTokenClient``)."""
+
+    async def refresh(self, tokens: TokenSet) -> TokenSet:
+        """Refresh grant with the key that got ``tokens`` (RFC 6749 §6, RFC 9449 §5)."""
+        ...
+
+    async def client_credentials(
+        self, *, scope: str | None, resource: str | None, key: DPoPKey | None
+    ) -> TokenSet:
+        """Client credentials grant (RFC 6749 §4.4) with a proof from ``key``."""
+        ...
+
+
+_ASYNC_ONLY = "AsyncRefreshingToken renews asynchronously: use an async client"
+
+
+class AsyncRefreshingToken(_RefreshPolicy):
+    """:class:`RefreshingToken` for async clients: renewals are awaited, never block the loop.
+
+    The same policy (due ``margin`` before ``exp``, refresh with the token's own key,
+    C-8, or a new client-credentials token); renews through an
+    :class:`~dpopkit.client.tokens.AsyncTokenClient`. Concurrent tasks that find the
+    token due share one renewal (an ``anyio`` lock: asyncio and trio alike). The
+    async ``DPoPAuth`` of :mod:`dpopkit.client.httpx` and :mod:`dpopkit.client.httpx2` await
+    :meth:`aget` and :meth:`ainvalidate`; a synchronous client cannot use it
+    (:meth:`get` raises).
+
+    Args:
+        client: what renews: an :class:`~dpopkit.client.tokens.AsyncTokenClient`.
+        tokens: the current tokens.
+        margin: as :class:`RefreshingToken`.
+        clock: the time source (``time.time``).
+    """
+
+    def __init__(
+        self,
+        client: AsyncTokenRenewer,
+        tokens: TokenSet,
+        *,
+        margin: float = 30.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self.client = client
+        self._tokens = tokens
+        self.margin = margin
+        self.clock = clock
+        self.refresh_count = 0
+        self._lock: Any = None  # made on first use, inside the running event loop
+
+    def __repr__(self) -> str:
+        return f"AsyncRefreshingToken(refreshes={self.refresh_count})"
+
+    def _the_lock(self) -> Any:
+        if self._lock is None:
+            with requires_extra("httpx", needed_by=__name__):  # anyio: with httpx and httpx2
+                import anyio
+            self._lock = anyio.Lock()
+        return self._lock
+
+    def get(self) -> str:
+        """Not for synchronous clients: use :meth:`aget`.
+
+        Raises:
+            ClientError: (CONFIGURATION) always.
+        """
+        raise ClientError(Reason.CONFIGURATION, _ASYNC_ONLY)
+
+    def invalidate(self, rejected: str) -> str | None:
+        """Not for synchronous clients: use :meth:`ainvalidate`.
+
+        Raises:
+            ClientError: (CONFIGURATION) always.
+        """
+        raise ClientError(Reason.CONFIGURATION, _ASYNC_ONLY)
+
+    async def aget(self) -> str:
+        """The token to send, renewing it first when it is (about to be) expired."""
+        async with self._the_lock():
+            tokens = self._tokens
+            if self._due(tokens) and self._renewable(tokens):
+                tokens = await self._arenew(tokens)
+            return tokens.access_token
+
+    async def ainvalidate(self, rejected: str) -> str | None:
+        """Renew after the server rejected ``rejected``; None when no renewal is possible."""
+        async with self._the_lock():
+            tokens = self._tokens
+            if not self._same(tokens, rejected):
+                return tokens.access_token
+            if not self._renewable(tokens):
+                return None
+            return (await self._arenew(tokens)).access_token
+
+    async def _arenew(self, tokens: TokenSet) -> TokenSet:
+        grant, kwargs = self._renewal(tokens)
+        new: TokenSet = await getattr(self.client, grant)(**kwargs)
+        return self._adopt(new)

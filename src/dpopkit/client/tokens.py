@@ -38,7 +38,7 @@ import math
 import secrets
 import time
 import webbrowser
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
@@ -47,16 +47,39 @@ from dpopkit.client._as_errors import MAX_ERROR_DESCRIPTION as MAX_ERROR_DESCRIP
 from dpopkit.client._as_errors import error_from
 from dpopkit.client._loopback import LoopbackListener
 from dpopkit.client.flow import Clock, DPoPFlow, NonceCache, Retry, parse_json_body
-from dpopkit.client.metadata import ServerMetadata, discover, register_client
+from dpopkit.client.metadata import (
+    ServerMetadata,
+    adiscover,
+    aregister_client,
+    discover,
+    register_client,
+)
 from dpopkit.client.senders import MAX_RESPONSE_BODY as MAX_RESPONSE_BODY
-from dpopkit.client.senders import Sender, urllib_sender
-from dpopkit.client.sources import RefreshingToken, StaticToken, TokenSet, TokenSource
+from dpopkit.client.senders import (
+    AsyncSender,
+    Sender,
+    Steps,
+    arun_steps,
+    run_steps,
+    threaded_urllib_sender,
+    urllib_sender,
+)
+from dpopkit.client.sources import (
+    AsyncRefreshingToken,
+    RefreshingToken,
+    StaticToken,
+    TokenSet,
+    TokenSource,
+)
 from dpopkit.core.http import Headers, RequestView, ResponseView
 from dpopkit.core.jws import b64url_encode, json_dumps
 from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import ClientError, Reason, TokenResponseError
 
 __all__ = [
+    "AsyncRefreshingToken",
+    "AsyncSender",
+    "AsyncTokenClient",
     "AuthMethod",
     "AuthorizationRequest",
     "RefreshingToken",
@@ -66,6 +89,8 @@ __all__ = [
     "TokenClient",
     "TokenSet",
     "TokenSource",
+    "adiscover",
+    "aregister_client",
     "discover",
     "pkce_pair",
     "register_client",
@@ -109,30 +134,13 @@ class AuthorizationRequest:
 # -- the client ------------------------------------------------------------------------------------
 
 
-class TokenClient:
-    """An OAuth client that gets DPoP-bound tokens (RFC 9449 §5, §10).
+class _TokenFlows:
+    """What :class:`TokenClient` and :class:`AsyncTokenClient` share, sans I/O.
 
-    Build it with :meth:`from_issuer` (discovery) or with explicit ``metadata``.
-
-    Args:
-        key: the default DPoP key (per-authorization keys: ``fresh_key=True``, C-19).
-        client_id: the registered client identifier.
-        metadata: the AS metadata (endpoints, supported DPoP algorithms).
-        client_secret: for ``client_secret_basic`` / ``client_secret_post``.
-        auth_method: the client authentication method (default: ``client_secret_basic``
-            with a secret, ``private_key_jwt`` with an assertion key, else ``none``).
-        assertion_key: the key that signs ``private_key_jwt`` assertions (RFC 7523).
-        assertion_kid: the ``kid`` put into assertions, if the AS needs one.
-        sender: the HTTP sender (``urllib`` by default).
-        nonces: the per-origin nonce cache (share it with the resource auth object).
-        clock: the time source.
-        allow_bearer_downgrade: accept ``token_type: Bearer`` although a proof was
-            sent (the token is then not DPoP-bound; off by default, C-7).
-        allow_insecure_http: allow ``http://`` endpoints (loopback tests only).
-
-    Raises:
-        ClientError: (CONFIGURATION) the key's ``alg`` is not in the AS's
-            ``dpop_signing_alg_values_supported`` (C-16).
+    The settings, client authentication, every request they build and every check of
+    an answer live here once, as :data:`~dpopkit.client.senders.Steps` generators;
+    the two clients only drive them (:func:`~dpopkit.client.senders.run_steps`,
+    :func:`~dpopkit.client.senders.arun_steps`).
     """
 
     def __init__(
@@ -145,7 +153,6 @@ class TokenClient:
         auth_method: AuthMethod | None = None,
         assertion_key: DPoPKey | None = None,
         assertion_kid: str | None = None,
-        sender: Sender | None = None,
         nonces: NonceCache | None = None,
         clock: Clock = time.time,
         allow_bearer_downgrade: bool = False,
@@ -168,7 +175,6 @@ class TokenClient:
         self.auth_method: AuthMethod = auth_method
         self.assertion_key = assertion_key
         self.assertion_kid = assertion_kid
-        self.sender = sender if sender is not None else urllib_sender()
         self.nonces = nonces if nonces is not None else NonceCache()
         self.clock = clock
         self.allow_bearer_downgrade = allow_bearer_downgrade
@@ -176,17 +182,8 @@ class TokenClient:
         self.key = self.check_key(key)
 
     def __repr__(self) -> str:
-        return f"TokenClient(issuer={self.metadata.issuer!r}, client_id={self.client_id!r})"
-
-    @classmethod
-    def from_issuer(
-        cls, issuer: str, *, key: DPoPKey, client_id: str, sender: Sender | None = None, **kw: Any
-    ) -> TokenClient:
-        """Discover ``issuer``'s metadata (:func:`discover`) and build a client."""
-        send = sender if sender is not None else urllib_sender()
-        return cls(
-            key=key, client_id=client_id, metadata=discover(issuer, sender=send), sender=send, **kw
-        )
+        name = type(self).__name__
+        return f"{name}(issuer={self.metadata.issuer!r}, client_id={self.client_id!r})"
 
     def check_key(self, key: DPoPKey) -> DPoPKey:
         """Return ``key`` (or its RFC 9864 twin) if the AS accepts its alg (C-16).
@@ -194,17 +191,7 @@ class TokenClient:
         Raises:
             ClientError: (CONFIGURATION) the AS lists DPoP algorithms without this one.
         """
-        supported = self.metadata.dpop_signing_alg_values_supported
-        if supported is None or key.alg in supported:
-            return key
-        twin = _EQUIVALENT_ALGS.get(key.alg)
-        if twin is not None and twin in supported and key.is_exportable:
-            return key.with_alg(twin)
-        raise ClientError(
-            Reason.CONFIGURATION,
-            "the authorization server does not accept this key's algorithm",
-            detail={"alg": key.alg, "supported": list(supported)},
-        )
+        return checked_key_alg(key, self.metadata.dpop_signing_alg_values_supported)
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -253,18 +240,17 @@ class TokenClient:
         signature = key.sign(signing_input.encode("ascii"))
         return f"{signing_input}.{b64url_encode(signature)}"
 
-    def _post(
+    def _post_steps(
         self, url: str, form: dict[str, str], *, key: DPoPKey | None, authenticate: bool = True
-    ) -> tuple[ResponseView, bool]:
+    ) -> Steps[tuple[ResponseView, bool]]:
         """POST a form with client auth and (when ``key``) a DPoP proof; nonce retry included."""
         headers: list[tuple[str, str]] = [("Content-Type", _FORM), ("Accept", "application/json")]
         if authenticate:
             self._client_auth(form, headers)
         body = urlencode(form).encode("ascii")
         if key is None:
-            return self.sender(
-                RequestView(method="POST", url=url, headers=Headers(headers), body=body)
-            ), False
+            answer = yield RequestView(method="POST", url=url, headers=Headers(headers), body=body)
+            return answer, False
         flow = DPoPFlow(
             key=key,
             nonces=self.nonces,
@@ -276,7 +262,7 @@ class TokenClient:
             request = RequestView(
                 method="POST", url=url, headers=Headers([*headers, *dpop.items()]), body=body
             )
-            response = self.sender(request)
+            response = yield request
             rheaders = Headers(response.headers)
             action = flow.on_response(
                 response.status,
@@ -290,9 +276,11 @@ class TokenClient:
                 self._client_auth(form, [])  # a fresh assertion (new jti) for the resend
                 body = urlencode(form).encode("ascii")
 
-    def _token_request(self, form: dict[str, str], key: DPoPKey, grant: str) -> TokenSet:
+    def _token_steps(self, form: dict[str, str], key: DPoPKey, grant: str) -> Steps[TokenSet]:
         # RFC 9449 §5 (C-1): a proof for the token endpoint on every grant.
-        response, proof_sent = self._post(self.metadata.token_endpoint, form, key=key)
+        response, proof_sent = yield from self._post_steps(
+            self.metadata.token_endpoint, form, key=key
+        )
         params = tuple((k, form[k]) for k in ("scope", "resource") if k in form)
         return self._check_token_response(response, key, grant, params, proof_sent)
 
@@ -313,16 +301,9 @@ class TokenClient:
         token_type = data.get("token_type")
         if not isinstance(access_token, str) or not access_token:
             raise TokenResponseError(Reason.TOKEN_RESPONSE, "no access_token in the response")
-        if not isinstance(token_type, str):
-            raise TokenResponseError(Reason.TOKEN_RESPONSE, "no token_type in the response")
-        # RFC 9449 §5 + RFC 6749 §5.1: token_type is case-insensitive; a Bearer answer to a
-        # DPoP request means the token is not bound (C-7, SEC-115).
-        if proof_sent and token_type.lower() != "dpop" and not self.allow_bearer_downgrade:
-            raise TokenResponseError(
-                Reason.TOKEN_RESPONSE,
-                "the authorization server did not bind the token (token_type is not DPoP)",
-                detail={"token_type": token_type},
-            )
+        token_type = checked_token_type(
+            token_type, proof_sent=proof_sent, allow_bearer_downgrade=self.allow_bearer_downgrade
+        )
         expires_in = data.get("expires_in")
         expires_at: float | None = None
         received = self.clock()
@@ -354,13 +335,13 @@ class TokenClient:
 
     # -- grants ----------------------------------------------------------------------------------
 
-    def client_credentials(
+    def _client_credentials_steps(
         self,
         *,
         scope: str | None = None,
         resource: str | None = None,
         key: DPoPKey | None = None,
-    ) -> TokenSet:
+    ) -> Steps[TokenSet]:
         """Client credentials grant (RFC 6749 §4.4) with a DPoP proof (RFC 9449 §5)."""
         form = {"grant_type": "client_credentials"}
         if scope is not None:
@@ -368,9 +349,9 @@ class TokenClient:
         if resource is not None:
             form["resource"] = resource
         use = self.check_key(key) if key is not None else self.key
-        return self._token_request(form, use, "client_credentials")
+        return (yield from self._token_steps(form, use, "client_credentials"))
 
-    def refresh(self, tokens: TokenSet, *, scope: str | None = None) -> TokenSet:
+    def _refresh_steps(self, tokens: TokenSet, *, scope: str | None = None) -> Steps[TokenSet]:
         """Refresh grant (RFC 6749 §6) with a proof from the key that got the tokens (C-8).
 
         The refresh token is never sent without a proof. When the AS does not send
@@ -385,16 +366,16 @@ class TokenClient:
         if scope is not None:
             form["scope"] = scope
         # RFC 9449 §5: the same key that obtained the refresh token (C-8).
-        new = self._token_request(form, tokens.key, "refresh_token")
+        new = yield from self._token_steps(form, tokens.key, "refresh_token")
         if new.refresh_token is None:
             new = _replace(new, refresh_token=tokens.refresh_token)
         if tokens.grant and new.params == ():
             new = _replace(new, grant=tokens.grant, params=tokens.params)
         return new
 
-    def revoke(
+    def _revoke_steps(
         self, token: str, *, hint: Literal["access_token", "refresh_token"] | None = None
-    ) -> None:
+    ) -> Steps[None]:
         """Revoke a token (RFC 7009 §2.1) at the AS's ``revocation_endpoint``.
 
         Raises:
@@ -407,11 +388,11 @@ class TokenClient:
         form = {"token": token}
         if hint is not None:
             form["token_type_hint"] = hint
-        response, _ = self._post(endpoint, form, key=None)
+        response, _ = yield from self._post_steps(endpoint, form, key=None)
         if response.status != 200:
             raise error_from(response, parse_json_body(response.body))
 
-    def authorization_request(
+    def _authorization_request_steps(
         self,
         *,
         redirect_uri: str,
@@ -420,7 +401,7 @@ class TokenClient:
         fresh_key: bool = False,
         use_par: bool | None = None,
         extra: Mapping[str, str] | None = None,
-    ) -> AuthorizationRequest:
+    ) -> Steps[AuthorizationRequest]:
         """Start an authorization-code flow with PKCE S256 and ``dpop_jkt`` (RFC 9449 §10).
 
         Args:
@@ -465,7 +446,7 @@ class TokenClient:
             if par_endpoint is None:
                 raise ClientError(Reason.CONFIGURATION, "the AS offers no PAR endpoint")
             # RFC 9449 §10.1: dpop_jkt in the PAR body (C-20) and a proof on the request (C-21).
-            response, _ = self._post(par_endpoint, dict(params), key=key)
+            response, _ = yield from self._post_steps(par_endpoint, dict(params), key=key)
             data = parse_json_body(response.body)
             if response.status not in (200, 201):
                 raise error_from(response, data)
@@ -485,7 +466,9 @@ class TokenClient:
             scope=scope,
         )
 
-    def exchange_code(self, request: AuthorizationRequest, callback_url: str) -> TokenSet:
+    def _exchange_code_steps(
+        self, request: AuthorizationRequest, callback_url: str
+    ) -> Steps[TokenSet]:
         """Finish the flow: check the callback and redeem the code (RFC 6749 §4.1.2, §4.1.3).
 
         The callback's ``state`` is compared in constant time; its ``iss``
@@ -527,10 +510,165 @@ class TokenClient:
             "redirect_uri": request.redirect_uri,
             "code_verifier": request.code_verifier,
         }
-        tokens = self._token_request(form, request.key, "authorization_code")
+        tokens = yield from self._token_steps(form, request.key, "authorization_code")
         if request.scope is not None and tokens.scope is None:
             tokens = _replace(tokens, scope=request.scope)
         return tokens
+
+
+class TokenClient(_TokenFlows):
+    """An OAuth client that gets DPoP-bound tokens (RFC 9449 §5, §10).
+
+    Build it with :meth:`from_issuer` (discovery) or with explicit ``metadata``.
+
+    Args:
+        key: the default DPoP key (per-authorization keys: ``fresh_key=True``, C-19).
+        client_id: the registered client identifier.
+        metadata: the AS metadata (endpoints, supported DPoP algorithms).
+        client_secret: for ``client_secret_basic`` / ``client_secret_post``.
+        auth_method: the client authentication method (default: ``client_secret_basic``
+            with a secret, ``private_key_jwt`` with an assertion key, else ``none``).
+        assertion_key: the key that signs ``private_key_jwt`` assertions (RFC 7523).
+        assertion_kid: the ``kid`` put into assertions, if the AS needs one.
+        sender: the HTTP sender (``urllib`` by default).
+        nonces: the per-origin nonce cache (share it with the resource auth object).
+        clock: the time source.
+        allow_bearer_downgrade: accept ``token_type: Bearer`` although a proof was
+            sent (the token is then not DPoP-bound; off by default, C-7).
+        allow_insecure_http: allow ``http://`` endpoints (loopback tests only).
+
+    Raises:
+        ClientError: (CONFIGURATION) the key's ``alg`` is not in the AS's
+            ``dpop_signing_alg_values_supported`` (C-16).
+    """
+
+    def __init__(
+        self,
+        *,
+        key: DPoPKey,
+        client_id: str,
+        metadata: ServerMetadata,
+        client_secret: str | None = None,
+        auth_method: AuthMethod | None = None,
+        assertion_key: DPoPKey | None = None,
+        assertion_kid: str | None = None,
+        sender: Sender | None = None,
+        nonces: NonceCache | None = None,
+        clock: Clock = time.time,
+        allow_bearer_downgrade: bool = False,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        self.sender = sender if sender is not None else urllib_sender()
+        super().__init__(
+            key=key,
+            client_id=client_id,
+            metadata=metadata,
+            client_secret=client_secret,
+            auth_method=auth_method,
+            assertion_key=assertion_key,
+            assertion_kid=assertion_kid,
+            nonces=nonces,
+            clock=clock,
+            allow_bearer_downgrade=allow_bearer_downgrade,
+            allow_insecure_http=allow_insecure_http,
+        )
+
+    @classmethod
+    def from_issuer(
+        cls, issuer: str, *, key: DPoPKey, client_id: str, sender: Sender | None = None, **kw: Any
+    ) -> TokenClient:
+        """Discover ``issuer``'s metadata (:func:`discover`) and build a client."""
+        send = sender if sender is not None else urllib_sender()
+        return cls(
+            key=key, client_id=client_id, metadata=discover(issuer, sender=send), sender=send, **kw
+        )
+
+    def client_credentials(
+        self,
+        *,
+        scope: str | None = None,
+        resource: str | None = None,
+        key: DPoPKey | None = None,
+    ) -> TokenSet:
+        """Client credentials grant (RFC 6749 §4.4) with a DPoP proof (RFC 9449 §5)."""
+        return run_steps(
+            self._client_credentials_steps(scope=scope, resource=resource, key=key), self.sender
+        )
+
+    def refresh(self, tokens: TokenSet, *, scope: str | None = None) -> TokenSet:
+        """Refresh grant (RFC 6749 §6) with a proof from the key that got the tokens (C-8).
+
+        The refresh token is never sent without a proof. When the AS does not send
+        a new refresh token the old one is kept (RFC 6749 §6).
+
+        Raises:
+            ValueError: ``tokens`` has no refresh token.
+        """
+        return run_steps(self._refresh_steps(tokens, scope=scope), self.sender)
+
+    def revoke(
+        self, token: str, *, hint: Literal["access_token", "refresh_token"] | None = None
+    ) -> None:
+        """Revoke a token (RFC 7009 §2.1) at the AS's ``revocation_endpoint``.
+
+        Raises:
+            ClientError: (CONFIGURATION) the AS has no revocation endpoint.
+            TokenResponseError / OAuthError subclasses: the AS refused.
+        """
+        return run_steps(self._revoke_steps(token, hint=hint), self.sender)
+
+    def authorization_request(
+        self,
+        *,
+        redirect_uri: str,
+        scope: str | None = None,
+        resource: str | None = None,
+        fresh_key: bool = False,
+        use_par: bool | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> AuthorizationRequest:
+        """Start an authorization-code flow with PKCE S256 and ``dpop_jkt`` (RFC 9449 §10).
+
+        Args:
+            redirect_uri: the registered redirect URI.
+            scope: the requested scope.
+            resource: an RFC 8707 resource indicator.
+            fresh_key: generate a new DPoP key for this authorization (C-19); the
+                returned request (and the tokens) carry it.
+            use_par: push the request first (RFC 9126); None = when the AS offers it.
+            extra: more authorization parameters.
+
+        Raises:
+            ClientError: (CONFIGURATION) no authorization endpoint, or PAR required
+                but not offered.
+        """
+        return run_steps(
+            self._authorization_request_steps(
+                redirect_uri=redirect_uri,
+                scope=scope,
+                resource=resource,
+                fresh_key=fresh_key,
+                use_par=use_par,
+                extra=extra,
+            ),
+            self.sender,
+        )
+
+    def exchange_code(self, request: AuthorizationRequest, callback_url: str) -> TokenSet:
+        """Finish the flow: check the callback and redeem the code (RFC 6749 §4.1.2, §4.1.3).
+
+        The callback's ``state`` is compared in constant time; its ``iss``
+        parameter (RFC 9207 §2.4) must equal the issuer, and must be present when
+        the AS advertises ``authorization_response_iss_parameter_supported`` (error
+        callbacks included); the code is redeemed with the PKCE verifier and a
+        proof from the request's key (C-18).
+
+        Raises:
+            TokenResponseError: wrong ``state``, no ``code``, or an error callback;
+                ``reason`` ``ISS_MISSING`` / ``ISS_MISMATCH`` for the RFC 9207 checks,
+                checked right after ``state``, before the callback's ``error`` or ``code``.
+        """
+        return run_steps(self._exchange_code_steps(request, callback_url), self.sender)
 
     def login_native(
         self,
@@ -564,7 +702,231 @@ class TokenClient:
         return self.exchange_code(request, callback)
 
 
+class AsyncTokenClient(_TokenFlows):
+    """The asynchronous twin of :class:`TokenClient`: token requests never block the loop.
+
+    The same arguments, requests and checks as :class:`TokenClient` (one sans-I/O
+    implementation, :class:`_TokenFlows`); only the sender differs: an
+    :data:`~dpopkit.client.senders.AsyncSender`, by default
+    :func:`~dpopkit.client.senders.threaded_urllib_sender` (the standard library in a
+    worker thread, asyncio); under trio, or to share a pool, pass
+    :func:`dpopkit.client.httpx.httpx_async_sender`. Build it with :meth:`from_issuer`
+    (``await``) or with explicit ``metadata``.
+
+    Raises:
+        ClientError: (CONFIGURATION) the key's ``alg`` is not in the AS's
+            ``dpop_signing_alg_values_supported`` (C-16).
+    """
+
+    def __init__(
+        self,
+        *,
+        key: DPoPKey,
+        client_id: str,
+        metadata: ServerMetadata,
+        client_secret: str | None = None,
+        auth_method: AuthMethod | None = None,
+        assertion_key: DPoPKey | None = None,
+        assertion_kid: str | None = None,
+        sender: AsyncSender | None = None,
+        nonces: NonceCache | None = None,
+        clock: Clock = time.time,
+        allow_bearer_downgrade: bool = False,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        self.sender = sender if sender is not None else threaded_urllib_sender()
+        super().__init__(
+            key=key,
+            client_id=client_id,
+            metadata=metadata,
+            client_secret=client_secret,
+            auth_method=auth_method,
+            assertion_key=assertion_key,
+            assertion_kid=assertion_kid,
+            nonces=nonces,
+            clock=clock,
+            allow_bearer_downgrade=allow_bearer_downgrade,
+            allow_insecure_http=allow_insecure_http,
+        )
+
+    @classmethod
+    async def from_issuer(
+        cls,
+        issuer: str,
+        *,
+        key: DPoPKey,
+        client_id: str,
+        sender: AsyncSender | None = None,
+        **kw: Any,
+    ) -> AsyncTokenClient:
+        """Discover ``issuer``'s metadata (:func:`adiscover`) and build a client."""
+        send = sender if sender is not None else threaded_urllib_sender()
+        metadata = await adiscover(issuer, sender=send)
+        return cls(key=key, client_id=client_id, metadata=metadata, sender=send, **kw)
+
+    async def client_credentials(
+        self,
+        *,
+        scope: str | None = None,
+        resource: str | None = None,
+        key: DPoPKey | None = None,
+    ) -> TokenSet:
+        """Client credentials grant (RFC 6749 §4.4) with a DPoP proof (RFC 9449 §5)."""
+        return await arun_steps(
+            self._client_credentials_steps(scope=scope, resource=resource, key=key), self.sender
+        )
+
+    async def refresh(self, tokens: TokenSet, *, scope: str | None = None) -> TokenSet:
+        """Refresh grant (RFC 6749 §6) with a proof from the key that got the tokens (C-8).
+
+        The refresh token is never sent without a proof. When the AS does not send
+        a new refresh token the old one is kept (RFC 6749 §6).
+
+        Raises:
+            ValueError: ``tokens`` has no refresh token.
+        """
+        return await arun_steps(self._refresh_steps(tokens, scope=scope), self.sender)
+
+    async def revoke(
+        self, token: str, *, hint: Literal["access_token", "refresh_token"] | None = None
+    ) -> None:
+        """Revoke a token (RFC 7009 §2.1) at the AS's ``revocation_endpoint``.
+
+        Raises:
+            ClientError: (CONFIGURATION) the AS has no revocation endpoint.
+            TokenResponseError / OAuthError subclasses: the AS refused.
+        """
+        return await arun_steps(self._revoke_steps(token, hint=hint), self.sender)
+
+    async def authorization_request(
+        self,
+        *,
+        redirect_uri: str,
+        scope: str | None = None,
+        resource: str | None = None,
+        fresh_key: bool = False,
+        use_par: bool | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> AuthorizationRequest:
+        """Start an authorization-code flow with PKCE S256 and ``dpop_jkt`` (RFC 9449 §10).
+
+        Args:
+            redirect_uri: the registered redirect URI.
+            scope: the requested scope.
+            resource: an RFC 8707 resource indicator.
+            fresh_key: generate a new DPoP key for this authorization (C-19); the
+                returned request (and the tokens) carry it.
+            use_par: push the request first (RFC 9126); None = when the AS offers it.
+            extra: more authorization parameters.
+
+        Raises:
+            ClientError: (CONFIGURATION) no authorization endpoint, or PAR required
+                but not offered.
+        """
+        return await arun_steps(
+            self._authorization_request_steps(
+                redirect_uri=redirect_uri,
+                scope=scope,
+                resource=resource,
+                fresh_key=fresh_key,
+                use_par=use_par,
+                extra=extra,
+            ),
+            self.sender,
+        )
+
+    async def exchange_code(self, request: AuthorizationRequest, callback_url: str) -> TokenSet:
+        """Finish the flow: check the callback and redeem the code (RFC 6749 §4.1.2, §4.1.3).
+
+        The callback's ``state`` is compared in constant time; its ``iss``
+        parameter (RFC 9207 §2.4) must equal the issuer, and must be present when
+        the AS advertises ``authorization_response_iss_parameter_supported`` (error
+        callbacks included); the code is redeemed with the PKCE verifier and a
+        proof from the request's key (C-18).
+
+        Raises:
+            TokenResponseError: wrong ``state``, no ``code``, or an error callback;
+                ``reason`` ``ISS_MISSING`` / ``ISS_MISMATCH`` for the RFC 9207 checks,
+                checked right after ``state``, before the callback's ``error`` or ``code``.
+        """
+        return await arun_steps(self._exchange_code_steps(request, callback_url), self.sender)
+
+    async def login_native(
+        self,
+        *,
+        scope: str | None = None,
+        resource: str | None = None,
+        fresh_key: bool = True,
+        open_browser: Callable[[str], object] = webbrowser.open,
+        timeout: float = 300.0,  # noqa: ASYNC109 - the same signature as TokenClient's
+        path: str = "/callback",
+    ) -> TokenSet:
+        """:meth:`TokenClient.login_native` for asyncio: the wait runs in a worker thread.
+
+        Raises:
+            TimeoutError: no callback within ``timeout`` seconds.
+            TokenResponseError: see :meth:`exchange_code`.
+        """
+        import asyncio
+
+        with LoopbackListener(path) as listener:
+            request = await self.authorization_request(
+                redirect_uri=listener.redirect_uri,
+                scope=scope,
+                resource=resource,
+                fresh_key=fresh_key,
+            )
+            open_browser(request.url)
+            callback = await asyncio.to_thread(listener.wait, timeout)
+        return await self.exchange_code(request, callback)
+
+
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def checked_key_alg(key: DPoPKey, supported: Sequence[str] | None) -> DPoPKey:
+    """Return ``key`` (or its RFC 9864 twin) if ``supported`` allows its alg (C-16).
+
+    ``supported`` is an AS's ``dpop_signing_alg_values_supported`` (RFC 9449 §5.1);
+    None means the AS does not say. Shared by :class:`TokenClient` and the MCP client auth.
+
+    Raises:
+        ClientError: (CONFIGURATION) the AS lists DPoP algorithms without this one.
+    """
+    if supported is None or key.alg in supported:
+        return key
+    twin = _EQUIVALENT_ALGS.get(key.alg)
+    if twin is not None and twin in supported and key.is_exportable:
+        return key.with_alg(twin)
+    raise ClientError(
+        Reason.CONFIGURATION,
+        "the authorization server does not accept this key's algorithm",
+        detail={"alg": key.alg, "supported": list(supported)},
+    )
+
+
+def checked_token_type(
+    token_type: object, *, proof_sent: bool, allow_bearer_downgrade: bool = False
+) -> str:
+    """Return a token response's ``token_type``, refusing an unbound answer to a DPoP request.
+
+    RFC 6749 §5.1: ``token_type`` is required and compared case-insensitively; RFC 9449 §5:
+    a ``Bearer`` answer to a request that carried a proof means the token is not bound
+    (C-7, SEC-115), refused unless ``allow_bearer_downgrade``. Shared by every client
+    that reads token responses (:class:`TokenClient` and the MCP client auth).
+
+    Raises:
+        TokenResponseError: ``TOKEN_RESPONSE`` (missing, or not ``DPoP`` after a proof).
+    """
+    if not isinstance(token_type, str):
+        raise TokenResponseError(Reason.TOKEN_RESPONSE, "no token_type in the response")
+    if proof_sent and token_type.lower() != "dpop" and not allow_bearer_downgrade:
+        raise TokenResponseError(
+            Reason.TOKEN_RESPONSE,
+            "the authorization server did not bind the token (token_type is not DPoP)",
+            detail={"token_type": token_type},
+        )
+    return token_type
 
 
 def _check_callback_iss(iss: str | None, metadata: ServerMetadata) -> None:
