@@ -53,6 +53,7 @@ from dpopkit.client.tokens import _add_query, checked_key_alg, checked_token_typ
 from dpopkit.core.keys import DPoPKey
 from dpopkit.errors import requires_extra
 from dpopkit.keyfile import load_key, save_key
+from dpopkit.signers import load_key_reference
 
 with requires_extra("mcp", needed_by=__name__):
     import httpx2
@@ -366,18 +367,30 @@ class FileTokenStorage:
     ``key.jwk`` (the private key, a dpopkit key file), ``tokens.json`` and
     ``client.json``, each written atomically with ``0600`` permissions. The key is
     made on first use and reused after, so a refresh token stays usable across
-    restarts (RFC 9449 §5: the refresh must be proven with the same key).
+    restarts (RFC 9449 §5: the refresh must be proven with the same key). A key that
+    lives elsewhere (a ``pkcs11:`` or ``tpm:`` reference, a key file, or a
+    :class:`~dpopkit.DPoPKey` from a ``Signer``) is used instead and never written here.
 
     Args:
         directory: where the files live (created ``0700`` if missing).
+        key: the key to use instead of ``key.jwk``: a key, or a reference
+            (:func:`dpopkit.signers.load_key_reference`).
         alg: the algorithm of a new key (``ES256``).
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, alg: str = "ES256") -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        key: DPoPKey | str | None = None,
+        alg: str = "ES256",
+    ) -> None:
         self.directory = Path(directory).expanduser()
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         key_path = self.directory / "key.jwk"
-        if key_path.exists():
+        if key is not None:
+            self.key = key if isinstance(key, DPoPKey) else load_key_reference(key)
+        elif key_path.exists():
             self.key = load_key(key_path)
         else:
             self.key = DPoPKey.generate(alg)
