@@ -6,8 +6,10 @@ audience), ``examples/mcp/server.py`` trusting it, and ``examples/mcp/client.py 
 --no-browser --state DIR``, which discovers the AS from the MCP server's 401
 (RFC 9728), registers itself (RFC 7591), runs the authorization code flow with PKCE,
 ``resource`` (RFC 8707) and ``dpop_jkt`` (RFC 9449 §10), lists the tools and calls
-the first tool that needs no arguments (``whoami``). The negatives then take the token and key the client stored and misuse
-them against the same running MCP server (RFC 9449 §4.3, §6, §7.2, §11.1).
+the first tool that needs no arguments (``whoami``). It runs twice: without nonces,
+and with both servers demanding them (RFC 9449 §8, §9). The negatives then take the
+token and key the client stored and misuse them against the same running MCP server
+(RFC 9449 §4.3, §6, §7.2, §11.1).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class ClientRun:
 def _run_client(stack: Stack, state: Path, *extra: str) -> ClientRun:
     argv = [sys.executable, str(EXAMPLE_CLIENT), stack.mcp, "--no-browser"]
     argv += ["--state", str(state), *extra]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     return ClientRun(stack, done.returncode, done.stdout, done.stderr, state)
 
 
