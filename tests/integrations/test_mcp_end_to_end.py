@@ -56,6 +56,7 @@ class ClientRun:
     stdout: str
     stderr: str
     state: Path
+    nonces: bool
 
     def token(self) -> dict[str, Any]:
         """The token response the client stored (``tokens.json``)."""
@@ -68,11 +69,11 @@ class ClientRun:
         return load_key(self.state / "key.jwk")
 
 
-def _run_client(stack: Stack, state: Path, *extra: str) -> ClientRun:
+def _run_client(stack: Stack, state: Path, *extra: str, nonces: bool = False) -> ClientRun:
     argv = [sys.executable, str(EXAMPLE_CLIENT), stack.mcp, "--no-browser"]
     argv += ["--state", str(state), *extra]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    return ClientRun(stack, done.returncode, done.stdout, done.stderr, state)
+    return ClientRun(stack, done.returncode, done.stdout, done.stderr, state, nonces)
 
 
 @pytest.fixture(scope="module", params=["plain", "nonces"])
@@ -80,7 +81,7 @@ def client_run(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Iterato
     """Our AS and the example server (nonces off or demanded by both), then the client once."""
     tmp = tmp_path_factory.mktemp("mcp-e2e")
     with mcp_stack(tmp, nonces=request.param == "nonces") as stack:
-        yield _run_client(stack, tmp / "client-state")
+        yield _run_client(stack, tmp / "client-state", nonces=request.param == "nonces")
 
 
 def _claims(jwt: str) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def test_mcp_example_client_reuses_its_stored_bound_token(client_run: ClientRun)
     assert client_run.returncode == 0, client_run.stderr[-4000:]
     first_client = json.loads((client_run.state / "client.json").read_text(encoding="utf-8"))
     first_jkt = client_run.key().jkt
-    again = _run_client(client_run.stack, client_run.state)
+    again = _run_client(client_run.stack, client_run.state, nonces=client_run.nonces)
     assert again.returncode == 0, again.stderr[-4000:]
     who = _whoami(again.stdout)
     assert who["jkt"] == first_jkt
@@ -148,6 +149,49 @@ def test_mcp_example_client_exit_status_is_the_tool_call(client_run: ClientRun) 
     missing = _run_client(client_run.stack, client_run.state, "--tool", "add")
     assert missing.returncode == 1
     assert "tools:" in missing.stdout  # authorized and listed; the call itself failed
+
+
+def test_mcp_end_to_end_nonces_were_demanded(client_run: ClientRun) -> None:
+    """HD-32: in the nonce run both servers refuse a proof without a nonce (RFC 9449 §8, §9).
+
+    So the client's success there means it answered the AS's 400 and the MCP server's
+    401 ``use_dpop_nonce``; in the plain run neither asks.
+    """
+    key = client_run.key()
+    token = client_run.token()["access_token"]
+    mcp = httpx.post(
+        client_run.stack.mcp,
+        json=INIT,
+        headers={
+            "Accept": "application/json, text/event-stream",
+            "Authorization": f"DPoP {token}",
+            "DPoP": _proof(key, htu=client_run.stack.mcp, token=token, nonce=None),
+        },
+        timeout=10,
+    )
+    token_url = client_run.stack.issuer + "/token"
+    registered = json.loads((client_run.state / "client.json").read_text(encoding="utf-8"))
+    as_answer = httpx.post(
+        token_url,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": "not-a-refresh-token",
+            "client_id": registered["client_id"],
+        },
+        headers={"DPoP": create_proof(key, htm="POST", htu=token_url, allow_insecure_http=True)},
+        timeout=10,
+    )
+    if client_run.nonces:
+        assert mcp.status_code == 401
+        assert _challenge(mcp)["error"] == "use_dpop_nonce"
+        assert mcp.headers["DPoP-Nonce"]
+        assert as_answer.status_code == 400
+        assert as_answer.json()["error"] == "use_dpop_nonce"
+        assert as_answer.headers["DPoP-Nonce"]
+    else:
+        assert mcp.status_code == 200, mcp.text
+        assert as_answer.status_code == 400
+        assert as_answer.json()["error"] == "invalid_grant"
 
 
 # -- the client's own token and key, misused ----------------------------------------------
