@@ -3,7 +3,9 @@
 Connects to the MCP server at URL (Streamable HTTP), runs the whole MCP
 authorization flow with DPoP (discovery from the 401, metadata, registration or
 a client ID metadata document, PKCE S256, ``resource``, ``dpop_jkt``, a proof on
-every token and MCP request), lists the tools and calls the first one.
+every token and MCP request), lists the tools and calls the first one that
+needs no arguments (``--tool``/``--args`` to choose). The exit status is 0 only
+when the tool answered without an error.
 
 The authorization callback comes back to a one-shot loopback listener
 (RFC 8252 §7.3). The authorization URL is opened in a browser; with
@@ -180,11 +182,23 @@ async def call_tools(args: argparse.Namespace, auth: httpx2.Auth) -> int:
             print("tools:", ", ".join(tool.name for tool in tools))
             if not tools:
                 return 0
-            name = args.tool or tools[0].name
+            name = args.tool or first_callable(tools)
             result = await client.call_tool(name, json.loads(args.args))
             for item in result.content:
                 print(f"{name}:", getattr(item, "text", item))
+            if result.is_error:
+                print(f"{name}: the tool answered with an error", file=sys.stderr)
+                return 1
     return 0
+
+
+def first_callable(tools: list[Any]) -> str:
+    """The first tool that needs no arguments (else the first tool)."""
+    for tool in tools:
+        schema = getattr(tool, "input_schema", None) or {}
+        if not schema.get("required"):
+            return str(tool.name)
+    return str(tools[0].name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,9 @@ registration_allowed_scopes = ["mcp:tools"]
 registration_allowed_audiences = ["{mcp}"]
 allowed_resources = {resources}
 
+[dpop]
+nonce = "{nonce}"
+
 [tokens]
 audience = ["{mcp}"]
 
@@ -117,8 +120,13 @@ def process(argv: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]
 
 
 @contextmanager
-def authorization_server(data: Path, *, mcp: str, others: list[str]) -> Iterator[str]:
-    """``dpopkit serve`` issuing tokens for ``mcp`` (default audience) and ``others``."""
+def authorization_server(
+    data: Path, *, mcp: str, others: list[str], nonce: str = "per_client"
+) -> Iterator[str]:
+    """``dpopkit serve`` issuing tokens for ``mcp`` (default audience) and ``others``.
+
+    ``nonce`` is its ``[dpop] nonce`` policy (``off``, ``per_client`` or ``always``).
+    """
     port = free_port()
     config = data / "as.toml"
     config.write_text(
@@ -128,6 +136,7 @@ def authorization_server(data: Path, *, mcp: str, others: list[str]) -> Iterator
             mcp=mcp,
             resources=json.dumps([mcp, *others]),
             secret=AGENT_SECRET,
+            nonce=nonce,
         ),
         encoding="utf-8",
     )
@@ -254,16 +263,23 @@ class Stack:
 
 
 @contextmanager
-def mcp_stack(tmp: Path) -> Iterator[Stack]:
-    """Our AS and the example MCP server as two processes."""
+def mcp_stack(tmp: Path, *, nonces: bool = False) -> Iterator[Stack]:
+    """Our AS and the example MCP server as two processes.
+
+    With ``nonces``, both demand DPoP server nonces (RFC 9449 §8, §9): the AS
+    with ``[dpop] nonce = "always"``, the MCP server with ``--require-nonce``.
+    """
     port = free_port()
     mcp = f"http://127.0.0.1:{port}/mcp"
     other = f"http://127.0.0.1:{port}/other-mcp"
     inproc = free_port()
     others = [other, f"http://127.0.0.1:{inproc}/mcp", PROXIED]
-    with authorization_server(tmp, mcp=mcp, others=others) as iss:
+    nonce = "always" if nonces else "per_client"
+    with authorization_server(tmp, mcp=mcp, others=others, nonce=nonce) as iss:
         argv = [sys.executable, str(EXAMPLE_SERVER), "--host", "127.0.0.1", "--port", str(port)]
         argv += ["--issuer", iss, "--allow-insecure-http"]
+        if nonces:
+            argv.append("--require-nonce")
         metadata_url = f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
         with process(argv, metadata_url):
             yield Stack(
