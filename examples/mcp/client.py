@@ -109,9 +109,9 @@ async def run(args: argparse.Namespace) -> int:
             raise SystemExit("the client credentials grant needs --client-id and --client-secret")
         machine_auth = DPoPClientCredentialsProvider(
             args.url,
-            storage,
-            client_id,
-            client_secret,
+            storage=storage,
+            client_id=client_id,
+            client_secret=client_secret,
             issuer=args.issuer,
             key=storage.key,
             allow_insecure_http=insecure,

@@ -21,9 +21,9 @@ async def main() -> None:
     storage = FileTokenStorage(tempfile.mkdtemp())
     auth = DPoPClientCredentialsProvider(
         ISSUER + "/api/whoami",
-        storage,
-        "demo-client",
-        os.environ["DPOPKIT_EXAMPLE_SECRET"],
+        storage=storage,
+        client_id="demo-client",
+        client_secret=os.environ["DPOPKIT_EXAMPLE_SECRET"],
         issuer=ISSUER,
         key=storage.key,
         allow_insecure_http=True,

@@ -57,9 +57,14 @@ from dpopkit.signers import load_key_reference
 
 with requires_extra("mcp", needed_by=__name__):
     import httpx2
-    from mcp.client.auth import OAuthClientProvider
+    from mcp.client.auth import OAuthClientProvider, TokenStorage
     from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
-    from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+    from mcp.shared.auth import (
+        AuthorizationCodeResult,
+        OAuthClientInformationFull,
+        OAuthClientMetadata,
+        OAuthToken,
+    )
     from pydantic import field_validator
 
     from dpopkit.client.httpx2 import DPoPAuth, dpop_error
@@ -301,18 +306,23 @@ def _with_dpop_jkt(
 class DPoPOAuthClientProvider(_DPoPFlowMixin, OAuthClientProvider):
     """The SDK's ``OAuthClientProvider`` with DPoP-bound tokens (RFC 9449; SEP-1932).
 
-    Takes the SDK provider's arguments unchanged plus the DPoP ones below; pass it
-    as ``auth=`` wherever the SDK takes the plain provider.
+    Takes the SDK provider's arguments (keyword-only after ``server_url``) plus the
+    DPoP ones; pass it as ``auth=`` wherever the SDK takes the plain provider.
 
     Args:
-        *args: the ``OAuthClientProvider`` positional arguments.
+        server_url: the MCP server's URL.
+        client_metadata: the client's RFC 7591 metadata (for registration).
+        storage: where tokens and the registration are kept (``TokenStorage``).
+        redirect_handler: sends the user's browser to the authorization URL.
+        callback_handler: waits for the authorization response.
+        client_metadata_url: a client ID metadata document URL, when the client has one.
+        validate_resource_url: checks the protected resource's URL (the SDK's hook).
         key: the DPoP key (keep it with the tokens: :class:`FileTokenStorage`).
         nonces: a per-origin nonce cache to share (one is made otherwise).
         allow_insecure_http: allow ``http://`` endpoints (loopback tests only).
         bearer_fallback: keep a ``token_type=Bearer`` answer, sent as Bearer, from an AS
             whose metadata does not offer DPoP for a resource that does not demand it
             (off by default: every non-DPoP answer is refused).
-        **kwargs: the ``OAuthClientProvider`` keyword arguments.
 
     Raises (from the request that runs the flow):
         TokenResponseError: ``TOKEN_RESPONSE`` when the token is not DPoP-bound.
@@ -322,14 +332,28 @@ class DPoPOAuthClientProvider(_DPoPFlowMixin, OAuthClientProvider):
 
     def __init__(
         self,
-        *args: Any,
+        server_url: str,
+        *,
+        client_metadata: OAuthClientMetadata,
+        storage: TokenStorage,
+        redirect_handler: Callable[[str], Awaitable[None]] | None = None,
+        callback_handler: Callable[[], Awaitable[AuthorizationCodeResult]] | None = None,
+        client_metadata_url: str | None = None,
+        validate_resource_url: Callable[[str, str | None], Awaitable[None]] | None = None,
         key: DPoPKey,
         nonces: NonceCache | None = None,
         allow_insecure_http: bool = False,
         bearer_fallback: bool = False,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            server_url,
+            client_metadata,
+            storage,
+            redirect_handler=redirect_handler,
+            callback_handler=callback_handler,
+            client_metadata_url=client_metadata_url,
+            validate_resource_url=validate_resource_url,
+        )
         self._dpop_setup(key, nonces, allow_insecure_http, bearer_fallback)
         self.context.redirect_handler = _with_dpop_jkt(self.context.redirect_handler, key.jkt)
 
@@ -338,26 +362,47 @@ class DPoPClientCredentialsProvider(_DPoPFlowMixin, ClientCredentialsOAuthProvid
     """The SDK's client-credentials provider with DPoP-bound tokens (RFC 9449 §5).
 
     Args:
-        *args: the ``ClientCredentialsOAuthProvider`` positional arguments.
+        server_url: the MCP server's URL.
+        storage: where tokens are kept (``TokenStorage``).
+        client_id: the client's identifier at the authorization server.
+        client_secret: its secret.
+        token_endpoint_auth_method: ``client_secret_basic`` or ``client_secret_post``.
+        scope: the scope to ask for.
+        issuer: the authorization server's issuer, when the resource does not name it.
         key: the DPoP key.
         nonces: a per-origin nonce cache to share.
         allow_insecure_http: allow ``http://`` endpoints (loopback tests only).
         bearer_fallback: keep a ``token_type=Bearer`` answer, sent as Bearer, from an AS
             whose metadata does not offer DPoP for a resource that does not demand it
             (off by default: every non-DPoP answer is refused).
-        **kwargs: the ``ClientCredentialsOAuthProvider`` keyword arguments.
     """
 
     def __init__(
         self,
-        *args: Any,
+        server_url: str,
+        *,
+        storage: TokenStorage,
+        client_id: str,
+        client_secret: str,
+        token_endpoint_auth_method: Literal[
+            "client_secret_basic", "client_secret_post"
+        ] = "client_secret_basic",  # noqa: S107 - a method name, not a secret
+        scope: str | None = None,
+        issuer: str | None = None,
         key: DPoPKey,
         nonces: NonceCache | None = None,
         allow_insecure_http: bool = False,
         bearer_fallback: bool = False,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            server_url,
+            storage,
+            client_id,
+            client_secret,
+            token_endpoint_auth_method=token_endpoint_auth_method,
+            scope=scope,
+            issuer=issuer,
+        )
         self._dpop_setup(key, nonces, allow_insecure_http, bearer_fallback)
 
 
