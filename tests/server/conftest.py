@@ -180,6 +180,24 @@ def store(sqlite_url: str) -> Iterator[SQLGrantStore]:
     s.close()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def both_stores(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[SQLGrantStore]:
+    """The grant store on SQLite, then on a real PostgreSQL (own table prefix, dropped)."""
+    if request.param == "sqlite":
+        store = SQLGrantStore(sqlite_url)
+        yield store
+        store.close()
+        return
+    dsn = request.getfixturevalue("pg_dsn")
+    prefix = request.getfixturevalue("unique_prefix")
+    store = SQLGrantStore(dsn, table_prefix=f"{prefix}_")
+    try:
+        yield store
+    finally:
+        store.drop_schema()
+        store.close()
+
+
 @pytest.fixture
 def clock(now: float) -> Clock:
     return Clock(now)

@@ -8,7 +8,7 @@ the optional reuse leeway (HD-9) recognises retries by the same DPoP key.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,26 +38,9 @@ from .conftest import (
 PARALLEL = 20
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend_store(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[SQLGrantStore]:
-    if request.param == "sqlite":
-        store = SQLGrantStore(sqlite_url)
-        yield store
-        store.close()
-        return
-    dsn = request.getfixturevalue("pg_dsn")
-    prefix = request.getfixturevalue("unique_prefix")
-    store = SQLGrantStore(dsn, table_prefix=f"{prefix}_")
-    try:
-        yield store
-    finally:
-        store.drop_schema()
-        store.close()
-
-
 @pytest.fixture
-def server(backend_store: SQLGrantStore, clock: Clock) -> AS:
-    return AS(make_service(backend_store, clock), backend_store, clock)
+def server(both_stores: SQLGrantStore, clock: Clock) -> AS:
+    return AS(make_service(both_stores, clock), both_stores, clock)
 
 
 def _race(calls: list[Callable[[], ResponseView]]) -> list[ResponseView]:
@@ -109,11 +92,11 @@ def test_refresh_presented_in_parallel_one_success_family_revoked(server: AS) ->
     assert error_of(again) == "invalid_grant"
 
 
-def test_schema_is_versioned(backend_store: SQLGrantStore) -> None:
+def test_schema_is_versioned(both_stores: SQLGrantStore) -> None:
     """The schema records its version and re-opening the store is idempotent."""
-    assert backend_store.schema_version() == 1
-    backend_store.create_schema()
-    assert backend_store.schema_version() == 1
+    assert both_stores.schema_version() == 1
+    both_stores.create_schema()
+    assert both_stores.schema_version() == 1
 
 
 # --- the refresh-token reuse leeway (HD-9) ---------------------------------------------------
@@ -122,9 +105,9 @@ LEEWAY = 5.0
 
 
 @pytest.fixture
-def leeway_server(backend_store: SQLGrantStore, clock: Clock) -> AS:
-    service = make_service(backend_store, clock, refresh_reuse_leeway=LEEWAY)
-    return AS(service, backend_store, clock)
+def leeway_server(both_stores: SQLGrantStore, clock: Clock) -> AS:
+    service = make_service(both_stores, clock, refresh_reuse_leeway=LEEWAY)
+    return AS(service, both_stores, clock)
 
 
 def _refresh_params(tokens: dict[str, Any], client_id: str) -> dict[str, Any]:
@@ -184,14 +167,12 @@ def test_hd9_parallel_refresh_with_two_keys_revokes_family(leeway_server: AS) ->
 
 @pytest.mark.parametrize("case", ["after_leeway", "other_key", "no_proof", "leeway_off"])
 def test_hd9_reuse_outside_the_leeway_revokes_family(
-    backend_store: SQLGrantStore, clock: Clock, case: str
+    both_stores: SQLGrantStore, clock: Clock, case: str
 ) -> None:
     """HD-9: reuse detection stays: after the leeway, with another key, without a proof,
     or with the leeway off (the default), a second redemption revokes the family."""
     leeway = 0.0 if case == "leeway_off" else LEEWAY
-    server = AS(
-        make_service(backend_store, clock, refresh_reuse_leeway=leeway), backend_store, clock
-    )
+    server = AS(make_service(both_stores, clock, refresh_reuse_leeway=leeway), both_stores, clock)
     code, verifier = get_code(server, "conf")
     tokens = body_of(server.token(code_params(code, verifier, "conf")))
     params = _refresh_params(tokens, "conf")

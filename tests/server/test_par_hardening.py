@@ -4,7 +4,6 @@ for repeated parameters at ``/par`` and ``/authorize`` (RFC 6749 §3.1).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -71,24 +70,7 @@ def test_hd5_other_client_cannot_burn_request_uri(as_: AS, intruder: str) -> Non
     assert again.status == 400  # still one-time use for its owner
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_store(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[SQLGrantStore]:
-    if request.param == "sqlite":
-        store = SQLGrantStore(sqlite_url)
-        yield store
-        store.close()
-        return
-    dsn = request.getfixturevalue("pg_dsn")
-    prefix = request.getfixturevalue("unique_prefix")
-    store = SQLGrantStore(dsn, table_prefix=f"{prefix}_")
-    try:
-        yield store
-    finally:
-        store.drop_schema()
-        store.close()
-
-
-def test_hd5_store_consumes_only_for_the_owner(any_store: SQLGrantStore, now: float) -> None:
+def test_hd5_store_consumes_only_for_the_owner(both_stores: SQLGrantStore, now: float) -> None:
     """HD-5: the grant store spends a request only for the client named (SQLite and
     PostgreSQL): another client's attempt changes nothing."""
     record = InteractionRecord(
@@ -98,15 +80,19 @@ def test_hd5_store_consumes_only_for_the_owner(any_store: SQLGrantStore, now: fl
         params={"state": "s"},
         expires_at=now + 60,
     )
-    any_store.put_request(record)
-    assert any_store.consume_request(record.id_hash, kind="par", now=now, client_id="other") is None
-    live = any_store.get_request(record.id_hash, kind="par", now=now)
+    both_stores.put_request(record)
+    assert (
+        both_stores.consume_request(record.id_hash, kind="par", now=now, client_id="other") is None
+    )
+    live = both_stores.get_request(record.id_hash, kind="par", now=now)
     assert live is not None
     assert not live.used
-    spent = any_store.consume_request(record.id_hash, kind="par", now=now, client_id="owner")
+    spent = both_stores.consume_request(record.id_hash, kind="par", now=now, client_id="owner")
     assert spent is not None
     assert spent.client_id == "owner"
-    assert any_store.consume_request(record.id_hash, kind="par", now=now, client_id="owner") is None
+    assert (
+        both_stores.consume_request(record.id_hash, kind="par", now=now, client_id="owner") is None
+    )
 
 
 # --- repeated parameters ---------------------------------------------------------------------

@@ -551,18 +551,7 @@ def make_sender(client: httpx.Client) -> Sender:
     """
 
     def send(request: RequestView) -> ResponseView:
-        response = client.request(
-            request.method,
-            request.url,
-            headers=list(request.headers.items_all()),
-            content=request.body,
-            follow_redirects=False,
-        )
-        return ResponseView(
-            status=response.status_code,
-            headers=tuple(response.headers.multi_items()),
-            body=response.content,
-        )
+        return _view(client.request(request.method, request.url, **_request_options(request)))
 
     return send
 
@@ -571,17 +560,24 @@ def make_async_sender(client: httpx.AsyncClient) -> AsyncSender:
     """Adapt an ``httpx.AsyncClient`` (or ``httpx2``'s) to the async sender protocol."""
 
     async def send(request: RequestView) -> ResponseView:
-        response = await client.request(
-            request.method,
-            request.url,
-            headers=list(request.headers.items_all()),
-            content=request.body,
-            follow_redirects=False,
-        )
-        return ResponseView(
-            status=response.status_code,
-            headers=tuple(response.headers.multi_items()),
-            body=response.content,
-        )
+        response = await client.request(request.method, request.url, **_request_options(request))
+        return _view(response)
 
     return send
+
+
+def _request_options(request: RequestView) -> dict[str, Any]:
+    """What a token request sends besides its method and URL (redirects never followed)."""
+    return {
+        "headers": list(request.headers.items_all()),
+        "content": request.body,
+        "follow_redirects": False,
+    }
+
+
+def _view(response: httpx.Response) -> ResponseView:
+    return ResponseView(
+        status=response.status_code,
+        headers=tuple(response.headers.multi_items()),
+        body=response.content,
+    )

@@ -88,35 +88,27 @@ class TokenMinter:
         aud = tuple(resource) or self.settings.aud
         iat = int(now)
         exp = iat + self.settings.access_token_lifetime
-        if (token_format or self.settings.access_token_format) == "opaque":
-            value = secrets.token_urlsafe(OPAQUE_TOKEN_BYTES)
-            return value, AccessTokenRecord(
-                jti=sha256_hex(value),
-                client_id=client_id,
-                sub=sub,
-                scope=scope,
-                aud=aud,
-                jkt=jkt,
-                issued_at=float(iat),
-                expires_at=float(exp),
-                family_id=family_id,
-                opaque=True,
-            )
-        jti = secrets.token_urlsafe(24)
-        claims: dict[str, Any] = {
-            "iss": self.settings.issuer,
-            "sub": sub,
-            "aud": aud[0] if len(aud) == 1 else list(aud),
-            "client_id": client_id,
-            "jti": jti,
-            "iat": iat,
-            "exp": exp,
-        }
-        if scope:
-            claims["scope"] = scope
-        if jkt is not None:
-            claims["cnf"] = {"jkt": jkt}  # RFC 9449 §6.1
-        token = self.keyring.current(now=now).sign(claims, typ="at+jwt")
+        opaque = (token_format or self.settings.access_token_format) == "opaque"
+        if opaque:
+            # The token is random; the store knows it by its hash (introspection, revocation).
+            token = secrets.token_urlsafe(OPAQUE_TOKEN_BYTES)
+            jti = sha256_hex(token)
+        else:
+            jti = secrets.token_urlsafe(24)
+            claims: dict[str, Any] = {
+                "iss": self.settings.issuer,
+                "sub": sub,
+                "aud": aud[0] if len(aud) == 1 else list(aud),
+                "client_id": client_id,
+                "jti": jti,
+                "iat": iat,
+                "exp": exp,
+            }
+            if scope:
+                claims["scope"] = scope
+            if jkt is not None:
+                claims["cnf"] = {"jkt": jkt}  # RFC 9449 §6.1
+            token = self.keyring.current(now=now).sign(claims, typ="at+jwt")
         record = AccessTokenRecord(
             jti=jti,
             client_id=client_id,
@@ -127,6 +119,7 @@ class TokenMinter:
             issued_at=float(iat),
             expires_at=float(exp),
             family_id=family_id,
+            opaque=opaque,
         )
         return token, record
 
