@@ -27,6 +27,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -196,24 +197,47 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _dpopkit_server(tmp: Path, port: int) -> list[str]:
+BENCH_DATABASE = "dpopkit_bench"
+
+
+def _fresh_bench_database() -> str:
+    """A new, empty PostgreSQL database for ``--stores postgres+redis``; its URL."""
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{BENCH_DATABASE}"
+
+
+def _dpopkit_server(tmp: Path, port: int, *, workers: int, stores: str) -> list[str]:
     base = f"http://127.0.0.1:{port}"
     config = tmp / "as.toml"
+    urls = ""
+    if stores == "postgres+redis":
+        # Redis database 13: replay keys are unique per proof, so nothing else is disturbed.
+        urls = (
+            f'storage_url = "{_fresh_bench_database()}"\nreplay_url = "redis://127.0.0.1:6379/13"\n'
+        )
     config.write_text(
-        f'issuer = "{base}"\nport = {port}\ndata_dir = "{tmp / "data"}"\n'
+        f'issuer = "{base}"\nport = {port}\ndata_dir = "{tmp / "data"}"\n{urls}'
         '[[clients]]\nclient_id = "bench"\n'
         f'client_secret = "{SECRET}"\ngrant_types = ["client_credentials"]\n'
         "dpop_bound_access_tokens = true\n"
     )
-    return [sys.executable, "-m", "dpopkit", "serve", "--config", str(config), "--no-api"]
+    cmd = [sys.executable, "-m", "dpopkit", "serve", "--config", str(config), "--no-api"]
+    return [*cmd, "--log-level", "warning", "--workers", str(workers)]
 
 
-def _node_server(port: int) -> list[str]:
+def _node_server(tmp: Path, port: int) -> list[str]:
     script = Path(__file__).resolve().parent / "node" / "server.mjs"
-    return ["node", str(script), str(port)]
+    return ["node", str(script), str(port), str(tmp / "node-oidc-provider.db")]
 
 
-def end_to_end(name: str, cmd: list[str], port: int, requests_n: int, seconds: float) -> None:
+def end_to_end(
+    name: str, cmd: list[str], port: int, requests_n: int, seconds: float
+) -> tuple[float, float]:
+    """Tokens/s of the server ``cmd`` runs: sequential, and with 8 concurrent clients."""
     import httpx
 
     base = f"http://127.0.0.1:{port}"
@@ -275,12 +299,18 @@ def end_to_end(name: str, cmd: list[str], port: int, requests_n: int, seconds: f
             t.join()
         conc = sum(counts) / (time.perf_counter() - start)
         print(f"  {name:22s} sequential {seq:7.0f} tokens/s   8 clients {conc:7.0f} tokens/s")
+        return seq, conc
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
 
 
-def main() -> None:
+#: tokens/s with 8 concurrent clients, dpopkit ÷ node-oidc-provider, same run.
+MUST_VS_NODE = 1.0
+GOAL_VS_NODE = 2.0
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, shorter runs")
     parser.add_argument("--reps", type=int, default=7)
@@ -292,23 +322,63 @@ def main() -> None:
         action="store_true",
         help="also run node-oidc-provider (npm install --prefix bench/node first)",
     )
+    parser.add_argument(
+        "--rounds", type=int, help="end-to-end rounds (default 3 with --node, else 1)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="dpopkit serve --workers")
+    parser.add_argument(
+        "--stores",
+        choices=("sqlite", "postgres+redis"),
+        default="sqlite",
+        help="dpopkit's stores: the default SQLite files, or PostgreSQL (grants) and "
+        "Redis (replay) on 127.0.0.1",
+    )
+    parser.add_argument("--no-breakdown", action="store_true", help="end to end only")
     args = parser.parse_args()
     if args.quick:
         args.reps, args.target_ms, args.requests, args.seconds = 3, 30.0, 200, 2.0
+    rounds = args.rounds or (3 if args.node else 1)
     print(f"dpopkit AS benchmark · Python {platform.python_version()} · {os.cpu_count()} CPUs")
-    with tempfile.TemporaryDirectory() as tmp:
-        breakdown(Path(tmp), args.reps, args.target_ms)
-    print("\nend to end (wall clock; client and server share the machine)")
-    rounds = 2 if args.node else 1
+    if not args.no_breakdown:
+        with tempfile.TemporaryDirectory() as tmp:
+            breakdown(Path(tmp), args.reps, args.target_ms)
+    label = f"dpopkit serve ×{args.workers}" if args.workers > 1 else "dpopkit serve"
+    print(
+        f"\nend to end (wall clock; client and server share the machine; dpopkit stores: "
+        f"{args.stores}; node-oidc-provider: SQLite)"
+    )
+    figures: dict[str, list[tuple[float, float]]] = {label: [], "node-oidc-provider": []}
     for _ in range(rounds):  # alternate servers so a noisy phase hits both
         with tempfile.TemporaryDirectory() as tmp:
             port = _free_port()
-            cmd = _dpopkit_server(Path(tmp), port)
-            end_to_end("dpopkit serve", cmd, port, args.requests, args.seconds)
+            cmd = _dpopkit_server(Path(tmp), port, workers=args.workers, stores=args.stores)
+            figures[label].append(end_to_end(label, cmd, port, args.requests, args.seconds))
         if args.node:
-            port = _free_port()
-            end_to_end("node-oidc-provider", _node_server(port), port, args.requests, args.seconds)
+            with tempfile.TemporaryDirectory() as tmp:
+                port = _free_port()
+                cmd = _node_server(Path(tmp), port)
+                figures["node-oidc-provider"].append(
+                    end_to_end("node-oidc-provider", cmd, port, args.requests, args.seconds)
+                )
+    print(f"\nmedians over {rounds} round(s):")
+    for name, runs in figures.items():
+        if runs:
+            seq = statistics.median(r[0] for r in runs)
+            conc = statistics.median(r[1] for r in runs)
+            print(f"  {name:22s} sequential {seq:7.0f} tokens/s   8 clients {conc:7.0f} tokens/s")
+    if not args.node:
+        return 0
+    ours = statistics.median(r[1] for r in figures[label])
+    node = statistics.median(r[1] for r in figures["node-oidc-provider"])
+    value = ours / node
+    verdict = "PASS" if value >= MUST_VS_NODE else "FAIL"
+    goal = "met" if value >= GOAL_VS_NODE else "not met"
+    print(
+        f"\ndpopkit ÷ node-oidc-provider, tokens/s with 8 clients: {value:.2f}× "
+        f"(must ≥ {MUST_VS_NODE:.1f}: {verdict}; goal ≥ {GOAL_VS_NODE:.1f}: {goal})"
+    )
+    return 0 if verdict == "PASS" else 2
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

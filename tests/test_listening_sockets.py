@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import os
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from dpopkit.cli._serving import bind
@@ -77,3 +82,46 @@ def test_no_stream_socket_without_its_protocol() -> None:
             if "socket.SOCK_STREAM" in args and "socket.IPPROTO_TCP" not in args:
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert offenders == []
+
+
+_SERVE = """
+import sys
+from dpopkit.cli._serving import bind, run_uvicorn
+sock = bind("127.0.0.1", int(sys.argv[1]))
+run_uvicorn(None, sock=sock, log_level="warning", access_log=False, workers=int(sys.argv[2]),
+            factory="nodelay_app:make_app")
+"""
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_worker_processes_set_tcp_nodelay(workers: int) -> None:
+    """With ``--workers N`` the uvicorn workers serve the socket ``bind`` made (passed to
+    them by descriptor), and their connections have TCP_NODELAY too."""
+    probe = bind("127.0.0.1", 0)
+    port = probe.getsockname()[1]
+    probe.close()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "cli"), *sys.path]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, str(port), str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        answers: list[str] = []
+        while len(answers) < 4:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the workers did not answer"
+            try:
+                with httpx.Client(timeout=5) as http:  # a new connection each time
+                    answers.append(http.get(f"http://127.0.0.1:{port}/").text)
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert all(a not in ("0", "-1") for a in answers), answers
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)

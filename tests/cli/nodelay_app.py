@@ -1,0 +1,40 @@
+"""An ASGI app factory for tests: it answers with TCP_NODELAY of the connection it serves.
+
+It finds that connection among its own process's file descriptors by the client's port
+(``scope["client"]``), then reads the option on a duplicate of the descriptor (the same
+socket). It runs inside uvicorn's worker processes, where a test cannot reach otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+
+def _nodelay_of_peer(port: int) -> int:
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            if sock.type == socket.SOCK_STREAM and sock.getpeername()[1] == port:
+                return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return -1
+
+
+def make_app() -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = str(_nodelay_of_peer(scope["client"][1])).encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
