@@ -209,6 +209,12 @@ def as_(store: SQLGrantStore, clock: Clock) -> AS:
 
 
 @pytest.fixture
+def as_opaque(store: SQLGrantStore, clock: Clock) -> AS:
+    """An AS issuing opaque access tokens: every token it issues is a row in the store."""
+    return AS(make_service(store, clock, access_token_format="opaque"), store, clock)
+
+
+@pytest.fixture
 def as_nonce(store: SQLGrantStore, clock: Clock) -> AS:
     return AS(make_service(store, clock, nonce_policy="always"), store, clock)
 

@@ -45,11 +45,6 @@ from .conftest import (
 _TOKEN68_43 = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
-@pytest.fixture
-def as_opaque(store: SQLGrantStore, clock: Clock) -> AS:
-    return AS(make_service(store, clock, access_token_format="opaque"), store, clock)
-
-
 def _introspect(as_: AS, token: str, client: str = "rs") -> dict[str, Any]:
     resp = as_.service.handle_introspect(
         form_request(

@@ -351,8 +351,10 @@ def test_x12_request_syntax_errors_are_json(as_: AS) -> None:
     assert error_of(as_.token({})) == "invalid_request"
 
 
-def test_replay_store_down_fails_closed(as_: AS) -> None:
-    """SEC-80: the replay store failing → 503 temporarily_unavailable, no token."""
+def test_replay_store_down_fails_closed(as_opaque: AS) -> None:
+    """SEC-80: the replay store failing → 503 temporarily_unavailable, no token (opaque
+    tokens: each one issued would be a row in the store)."""
+    as_ = as_opaque
 
     class Down:
         def check_and_store(self, key: str, expires_at: float, *, now: float) -> bool:
@@ -785,8 +787,10 @@ def _claims(now: float, **extra: Any) -> dict[str, Any]:
     "case",
     ["alg_none", "hs256", "private_jwk", "typ_jwt", "no_jti", "iat_string", "no_jwk", "crit"],
 )
-def test_families_b_to_f_bad_proofs_at_token(as_: AS, case: str) -> None:
-    """Families B-F (SEC-26/28 and kin): each malformed proof → 400 invalid_dpop_proof."""
+def test_families_b_to_f_bad_proofs_at_token(as_opaque: AS, case: str) -> None:
+    """Families B-F (SEC-26/28 and kin): each malformed proof → 400 invalid_dpop_proof,
+    and no token (opaque tokens: each one issued would be a row in the store)."""
+    as_ = as_opaque
     key = as_.key
     header: dict[str, Any] = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.public_jwk}
     claims = _claims(as_.clock.now)
@@ -828,14 +832,14 @@ def test_family_h_htu_query_and_case_normalised(as_: AS) -> None:
     assert error_of(as_.token(CC, proof=slash)) == "invalid_dpop_proof"
 
 
-def test_housekeeping_purges_expired_rows(as_: AS) -> None:
+def test_housekeeping_purges_expired_rows(as_opaque: AS) -> None:
     """Expired access tokens are deleted after purge_interval; live ones stay."""
-    old = body_of(as_.token(CC))["access_token"]
-    as_.clock.now += as_.service.purge_interval + 400
-    fresh = body_of(as_.token(CC))["access_token"]
-    assert as_.store.count_access_tokens() == 1
-    assert as_.service.lookup_access_token(fresh, now=as_.clock.now) is not None
-    assert as_.service.lookup_access_token(old, now=as_.clock.now) is None
+    old = body_of(as_opaque.token(CC))["access_token"]
+    as_opaque.clock.now += as_opaque.service.purge_interval + 400
+    fresh = body_of(as_opaque.token(CC))["access_token"]
+    assert as_opaque.store.count_access_tokens() == 1
+    assert as_opaque.service.lookup_access_token(fresh, now=as_opaque.clock.now) is not None
+    assert as_opaque.service.lookup_access_token(old, now=as_opaque.clock.now) is None
 
 
 def test_grant_store_down_fails_closed(clock: Any) -> None:

@@ -255,13 +255,15 @@ async def test_hd19_as_token_endpoint_frozen_postgres_grant_store_gives_503(
 ) -> None:
     """HD-19: the token endpoint over a frozen PostgreSQL grant store answers 503
     ``temporarily_unavailable`` (RFC 6749 §5.2) within the store timeout for concurrent
-    requests, then issues tokens again once the database answers."""
+    requests, then issues tokens again once the database answers. The tokens are opaque,
+    so that each one is written to the grant store (a client_credentials JWT is not)."""
     prefix = f"{unique_prefix}_"
     with frozen_proxy(pg_dsn, 5432) as (proxy, proxied):
         store = SQLGrantStore(proxied, table_prefix=prefix, timeout=TIMEOUT)
         try:
             clock = ASClock(time.time())
-            app = create_app(make_service(store, clock), authenticator=ConfigUsers(USERS))
+            service = make_service(store, clock, access_token_format="opaque")
+            app = create_app(service, authenticator=ConfigUsers(USERS))
             key = DPoPKey.generate("ES256")
             transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
             async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as client:

@@ -4,7 +4,11 @@
 subject, scope, audiences, DPoP key), renders the RFC 6749 §5.1 response, and
 reads one of its own tokens back (:meth:`TokenMinter.lookup_access_token`, for
 introspection and revocation). JWTs are signed with the :class:`KeyRing`'s
-current key; an opaque token is stored by its SHA-256 only.
+current key; an opaque token is stored by its SHA-256 only. A JWT access token that
+belongs to a refresh-token family is stored with it (so that a family revocation reaches
+it); one outside any family is not stored at all until it is revoked: its signature and
+claims are its record, and a revocation writes its row, marked revoked, as a deny-list
+entry kept until it expires.
 """
 
 from __future__ import annotations
@@ -141,9 +145,10 @@ class TokenMinter:
     def lookup_access_token(self, token: str, *, now: float) -> AccessTokenRecord | None:
         """Return the live record of one of our access tokens, or None (inactive).
 
-        A value with a dot is read as a JWT (signature, ``iss``, then its ``jti``);
-        any other as an opaque token, found by its SHA-256. Either way the record
-        must be of that kind, not revoked and not expired.
+        A value with a dot is read as a JWT (signature, ``iss``, then its ``jti``: the
+        stored row if there is one, else the verified claims); any other as an opaque
+        token, found by its SHA-256. Either way the record must be of that kind, not
+        revoked and not expired.
         """
         if "." not in token:
             if not token or len(token) > MAX_OPAQUE_TOKEN_LENGTH:
@@ -165,7 +170,41 @@ class TokenMinter:
             return None
         if claims.get("iss") != self.settings.issuer or not isinstance(claims.get("jti"), str):
             return None
-        record = self.store.get_access_token(claims["jti"])
+        # A stored row wins (a refresh family's token, or a revoked one); a JWT outside any
+        # family is not stored when issued, so its verified claims are its record.
+        record = self.store.get_access_token(claims["jti"]) or _record_from_claims(claims)
         if record is None or record.opaque or record.revoked or record.expires_at <= now:
             return None
         return record
+
+
+def _record_from_claims(claims: dict[str, Any]) -> AccessTokenRecord | None:
+    """The record of a verified JWT access token of ours, from its claims (RFC 9068 §2.2)."""
+    sub, client_id, scope = claims.get("sub"), claims.get("client_id"), claims.get("scope", "")
+    aud, iat, exp = claims.get("aud"), claims.get("iat"), claims.get("exp")
+    cnf = claims.get("cnf", {})
+    jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+    audiences = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else ()
+    if (
+        not isinstance(sub, str)
+        or not isinstance(client_id, str)
+        or not isinstance(scope, str)
+        or not audiences
+        or not all(isinstance(a, str) for a in audiences)
+        or type(iat) is not int
+        or type(exp) is not int
+        or not (jkt is None or isinstance(jkt, str))
+    ):
+        return None
+    return AccessTokenRecord(
+        jti=claims["jti"],
+        client_id=client_id,
+        sub=sub,
+        scope=scope,
+        aud=audiences,
+        jkt=jkt,
+        issued_at=float(iat),
+        expires_at=float(exp),
+        family_id=None,
+        opaque=False,
+    )

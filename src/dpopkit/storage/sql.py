@@ -534,7 +534,9 @@ class SQLGrantStore:
 
     # -- access tokens --------------------------------------------------------------------
 
-    def _insert_access(self, conn: Connection, at: AccessTokenRecord) -> None:
+    def _insert_access(
+        self, conn: Connection, at: AccessTokenRecord, *, revoked: bool = False
+    ) -> None:
         data: dict[str, Any] = {"sub": at.sub, "scope": at.scope, "aud": list(at.aud)}
         if at.opaque:
             data["opaque"] = True  # in the JSON column: no schema change
@@ -549,12 +551,12 @@ class SQLGrantStore:
                 "jkt": at.jkt,
                 "issued_at": at.issued_at,
                 "expires_at": at.expires_at,
-                "revoked": False,
+                "revoked": revoked,
             },
         )
 
     def put_access_token(self, access: AccessTokenRecord, *, family_id: str | None = None) -> None:
-        """Record an access token issued without a code or refresh token (client_credentials)."""
+        """Record an opaque access token issued without a code or refresh token."""
         with self._tx() as conn:
             self._insert_access(conn, access)
 
@@ -580,11 +582,22 @@ class SQLGrantStore:
             opaque=bool(data.get("opaque", False)),
         )
 
-    def revoke_access_token(self, jti: str) -> None:
-        """Mark one access token revoked (RFC 7009)."""
+    def revoke_access_token(self, access: AccessTokenRecord) -> None:
+        """Mark one access token revoked (RFC 7009).
+
+        A token with no row yet (a JWT access token outside any refresh family, which is
+        not stored when issued) gets one, already revoked: the row is its deny-list entry
+        until it expires.
+        """
         t = self._t["access"]
         with self._tx() as conn:
-            conn.execute(t.update().where(t.c.jti == jti).values(revoked=True))
+            done = conn.execute(t.update().where(t.c.jti == access.jti).values(revoked=True))
+            if done.rowcount == 0:
+                try:
+                    with conn.begin_nested():
+                        self._insert_access(conn, access, revoked=True)
+                except sa.exc.IntegrityError:  # revoked at the same moment by another call
+                    conn.execute(t.update().where(t.c.jti == access.jti).values(revoked=True))
 
     def count_access_tokens(self) -> int:
         """How many access tokens were recorded (tests and metrics)."""

@@ -35,7 +35,7 @@ def handle(service: ServiceCore, request: RequestView) -> ResponseView:
         else:
             record = service.lookup_access_token(token, now=now)
             if record is not None and record.client_id == auth.client.client_id:
-                service.store.revoke_access_token(record.jti)
+                service.store.revoke_access_token(record)
         response = ResponseView(status=200, headers=(("Cache-Control", "no-store"),))
     except (DPoPError, StoreError) as exc:
         response = service.error_response(exc)

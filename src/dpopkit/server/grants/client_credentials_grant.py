@@ -32,5 +32,9 @@ def client_credentials(ctx: GrantContext) -> dict[str, Any]:
         now=ctx.now,
         token_format=svc.token_format(client),
     )
-    svc.store.put_access_token(record)
+    if record.opaque:
+        # An opaque token is known only by its stored record. A JWT outside any refresh
+        # family is its own record (signature and claims, read back by lookup_access_token):
+        # it is written to the store only when revoked (RFC 7009).
+        svc.store.put_access_token(record)
     return svc.token_response(token, record)
