@@ -110,6 +110,7 @@ _TOKENS = {
     "par_lifetime",
     "signing_alg",
     "key_rotation",
+    "key_refresh_interval",
     "audience",
     "access_token_format",
     "refresh_reuse_leeway",
@@ -481,7 +482,7 @@ def load_config(
     for key in ("access_token_lifetime", "refresh_token_lifetime", "code_lifetime"):
         if key in tokens:
             settings[key] = _typed(tokens, key, int, "tokens")
-    for key in ("par_lifetime", "key_rotation"):
+    for key in ("par_lifetime", "key_rotation", "key_refresh_interval"):
         if key in tokens:
             settings[key] = _typed(tokens, key, int, "tokens")
     for key in ("signing_alg", "access_token_format"):
