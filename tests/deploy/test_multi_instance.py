@@ -451,9 +451,7 @@ def rs_pair(pair: Deployment, tmp: Path, prefix: str) -> Iterator[tuple[str, str
 
 
 def api_headers(key: DPoPKey, token: str, nonce: str | None = None) -> dict[str, str]:
-    proof = create_proof(
-        key, htm="GET", htu=API + "/api/whoami", access_token=token, nonce=nonce
-    )
+    proof = create_proof(key, htm="GET", htu=API + "/api/whoami", access_token=token, nonce=nonce)
     return {"Authorization": f"DPoP {token}", "DPoP": proof}
 
 

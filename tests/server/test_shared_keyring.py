@@ -79,7 +79,7 @@ def test_key_refresh_interval_setting(tmp_path: Path) -> None:
         ServerSettings(issuer=ISSUER, key_refresh_interval=0)
     store = SQLGrantStore(f"sqlite:///{tmp_path}/g.db")
     try:
-        with pytest.raises(ValueError, match="refresh_interval"):
+        with pytest.raises(ValueError):
             KeyRing(store, refresh_interval=0)
     finally:
         store.close()
