@@ -87,6 +87,8 @@ BAD_VALUES: list[tuple[str, str, list[str]]] = [
     ("serve-api", "--nonce-secret-env", ["--nonce-secret-env", UNSET]),
     ("serve-api", "--metrics-allow", ["--metrics", "--metrics-allow", "nope"]),
     ("serve-api", "--log-level", ["--log-level", "loud"]),
+    ("serve-api", "--workers", ["--workers", "0"]),
+    ("serve-api", "--workers", ["--workers", "2"]),
     ("serve", "--config", ["--config", "{tmp}/missing.toml"]),
     ("serve", "--data-dir", ["--data-dir", "{tmp}/a-file"]),
     ("serve", "--port", ["--port", "70000"]),

@@ -3,13 +3,20 @@
 ``GET``/``POST /api/whoami`` answers the principal (sub, client_id, scope, jkt)
 as JSON, guarded by the ASGI middleware; JWT access tokens of any issuer are
 validated with keys found by RFC 8414 / OpenID Connect discovery.
+
+``--workers N`` runs N uvicorn worker processes on one socket; they must share the
+replay store (``--replay`` other than memory) and, with ``--require-nonce``, the
+nonce secrets (``--nonce-secret-env``): otherwise the command exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import math
+import os
+from typing import Any
 
 from dpopkit.cli import (
     CommandError,
@@ -22,7 +29,7 @@ from dpopkit.cli._serving import add_logging_flags, bind, run_uvicorn
 from dpopkit.core.replay import AsyncReplayCache
 from dpopkit.storage.urls import REPLAY_URL_FORMS, async_replay_cache_from_url, parse_replay_url
 
-__all__ = ["register"]
+__all__ = ["register", "worker_app"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,8 +81,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " needs --metrics; proxied requests are always refused)",
     )
     add_insecure_http_flag(parser, "accept an http:// issuer (loopback demos and tests only)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes (needs a shared --replay store, and "
+        "--nonce-secret-env with --require-nonce)",
+    )
     add_logging_flags(parser)
     parser.set_defaults(func=run)
+
+
+#: The options a worker process rebuilds the app from (``--workers``): names of
+#: environment variables travel, never the secrets they hold.
+_SPEC = (
+    "issuer",
+    "audience",
+    "host",
+    "port",
+    "public_origin",
+    "require_nonce",
+    "replay",
+    "replay_prefix",
+    "replay_schema",
+    "store_timeout",
+    "nonce_secret_env",
+    "metrics",
+    "metrics_allow",
+    "allow_insecure_http",
+)
+_ENV = "DPOPKIT_SERVE_API_ARGS"
 
 
 def _replay(args: argparse.Namespace) -> AsyncReplayCache | None:
@@ -111,16 +146,46 @@ def _replay(args: argparse.Namespace) -> AsyncReplayCache | None:
         raise CommandError(f"--replay: {exc}") from None
 
 
+def _origin(args: argparse.Namespace) -> str:
+    return str(args.public_origin or f"http://{args.host}:{args.port}")
+
+
+def _app(args: argparse.Namespace) -> Any:
+    """The whoami app the options describe (in the parent, and in every worker)."""
+    from dpopkit.demo.api import create_whoami_app
+
+    replay = _replay(args)
+    try:
+        return create_whoami_app(
+            issuer=args.issuer,
+            public_origin=_origin(args),
+            audience=args.audience,
+            replay=replay,
+            require_nonce=args.require_nonce,
+            nonce_secrets=nonce_secrets_from_env(args.nonce_secret_env) or (),
+            allow_insecure_http=args.allow_insecure_http,
+            metrics=args.metrics,
+            metrics_allow=args.metrics_allow,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def worker_app() -> Any:
+    """The app of one uvicorn worker process (``--workers N``), built from the parent's args."""
+    return _app(argparse.Namespace(**json.loads(os.environ[_ENV])))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401 - fail here, before anything is built
 
-        from dpopkit.demo.api import create_whoami_app
+        import dpopkit.demo.api  # noqa: F401 - the server extra
     except ImportError as exc:
         raise missing_extra("server", exc) from exc
     if not 0 < args.port < 65536:
         raise CommandError("--port must be between 1 and 65535")
-    origin = args.public_origin or f"http://{args.host}:{args.port}"
+    origin = _origin(args)
     insecure = not origin.startswith("https://") and not args.allow_insecure_http
     if insecure and args.public_origin is not None:
         raise CommandError("--public-origin must be https (or pass --allow-insecure-http)")
@@ -136,22 +201,25 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             "--issuer must be an https URL (or pass --allow-insecure-http for a loopback AS)"
         )
-    replay = _replay(args)
-    try:
-        app = create_whoami_app(
-            issuer=args.issuer,
-            public_origin=origin,
-            audience=args.audience,
-            replay=replay,
-            require_nonce=args.require_nonce,
-            nonce_secrets=nonce_secrets_from_env(args.nonce_secret_env) or (),
-            allow_insecure_http=args.allow_insecure_http,
-            metrics=args.metrics,
-            metrics_allow=args.metrics_allow,
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
+    if args.workers < 1:
+        raise CommandError("--workers must be >= 1")
+    if args.workers > 1 and args.replay in (None, "memory"):
+        # RFC 9449 §11.1: a proof is accepted once across every process.
+        raise CommandError("--workers > 1 needs a shared --replay store (memory is per process)")
+    if args.workers > 1 and args.require_nonce and not args.nonce_secret_env:
+        raise CommandError("--workers > 1 with --require-nonce needs shared --nonce-secret-env")
+    # Built once here even with workers: every option is checked before a worker starts.
+    app = _app(args)
     sock = bind(args.host, args.port)  # before the banner: a port in use is one line
     print(f"dpopkit serve-api: {origin}/api/whoami (tokens from {args.issuer})", flush=True)
-    run_uvicorn(app, sock=sock, log_level=args.log_level, access_log=args.access_log)
+    if args.workers > 1:
+        os.environ[_ENV] = json.dumps({name: getattr(args, name) for name in _SPEC})
+    run_uvicorn(
+        app,
+        sock=sock,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        workers=args.workers,
+        factory="dpopkit.cli.serve_api:worker_app",
+    )
     return 0

@@ -14,6 +14,7 @@ Example::
     # storage_url = "postgresql+psycopg://user@db/as"
     # replay_url = "redis://127.0.0.1:6379/0"   # postgresql://, unix://, sqlite, memory
     # replay_schema = "dpopkit"               # PostgreSQL replay cache: its schema
+    # replay_prefix = "dpopkit:as:"           # Redis replay cache: its key prefix
     # store_timeout = 2.0                     # seconds per store call (PostgreSQL, Redis)
     cors_origins = ["*"]
 
@@ -85,6 +86,7 @@ _TOP = {
     "storage_url",
     "replay_url",
     "replay_schema",
+    "replay_prefix",
     "key_encryption_keys_file",
     "store_timeout",
     "cors_origins",
@@ -110,6 +112,7 @@ _TOKENS = {
     "par_lifetime",
     "signing_alg",
     "key_rotation",
+    "key_refresh_interval",
     "audience",
     "access_token_format",
     "refresh_reuse_leeway",
@@ -156,6 +159,8 @@ class ServeConfig:
     replay_url: str
     cors_origins: tuple[str, ...]
     replay_schema: str | None = None
+    #: The key prefix of a Redis replay cache (several applications sharing one Redis).
+    replay_prefix: str = ""
     key_encryption: KeyEncryptionKeys | None = field(default=None, repr=False)
     store_timeout: float | None = None
     settings: dict[str, Any]
@@ -440,6 +445,11 @@ def load_config(
     replay_schema = raw.get("replay_schema")
     if replay_schema is not None and (not isinstance(replay_schema, str) or not replay_schema):
         raise ConfigError("config.replay_schema must be a schema name")
+    replay_prefix = raw.get("replay_prefix", "")
+    if not isinstance(replay_prefix, str):
+        raise ConfigError("config.replay_prefix must be a string")
+    if replay_prefix and parse_replay_url(replay_url).backend != "redis":
+        raise ConfigError("config.replay_prefix applies to a Redis replay_url only")
     key_encryption, kek_file = _key_encryption(raw, None if path is None else path.parent)
     _check_private_paths(ddir, storage_url, kek_file)
     if create:
@@ -481,7 +491,7 @@ def load_config(
     for key in ("access_token_lifetime", "refresh_token_lifetime", "code_lifetime"):
         if key in tokens:
             settings[key] = _typed(tokens, key, int, "tokens")
-    for key in ("par_lifetime", "key_rotation"):
+    for key in ("par_lifetime", "key_rotation", "key_refresh_interval"):
         if key in tokens:
             settings[key] = _typed(tokens, key, int, "tokens")
     for key in ("signing_alg", "access_token_format"):
@@ -549,6 +559,7 @@ def load_config(
         replay_url=replay_url,
         cors_origins=tuple(cors),
         replay_schema=replay_schema,
+        replay_prefix=replay_prefix,
         key_encryption=key_encryption,
         store_timeout=None if store_timeout is None else float(store_timeout),
         settings=settings,
@@ -656,6 +667,7 @@ def build_server(
             data_dir=config.data_dir,
             timeout=timeout or DEFAULT_STORE_TIMEOUT,
             schema=config.replay_schema,
+            prefix=config.replay_prefix,
         )
     except ValueError as exc:
         raise ConfigError(f"replay_url: {exc}") from None

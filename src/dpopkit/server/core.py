@@ -122,6 +122,7 @@ class ServiceCore:
             store,
             alg=settings.signing_alg,
             rotate_after=settings.key_rotation,
+            refresh_interval=settings.key_refresh_interval,
             retire_grace=max(settings.access_token_lifetime, settings.refresh_token_lifetime),
         )
         self.grants: dict[str, Grant] = dict(grants)

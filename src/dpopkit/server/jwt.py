@@ -71,11 +71,18 @@ class KeyRing:
     key it replaces stays in JWKS for ``retire_grace`` seconds (the longest token
     lifetime) so tokens it signed still verify, then is deleted.
 
+    Several servers sharing one store act as one: each re-reads the keys every
+    ``refresh_interval`` seconds, so a key made by another one is published and
+    verified here (and signs here) within that time; when a rotation falls due on
+    several servers at once, exactly one of them makes the new key.
+
     Args:
         store: the grant store holding the keys.
         alg: the signing algorithm (ES256 by default).
         rotate_after: seconds a key signs before a new one is made.
         retire_grace: seconds an old key stays published after it stopped signing.
+        refresh_interval: seconds between re-reads of the store (another server may
+            have rotated).
     """
 
     def __init__(
@@ -85,13 +92,17 @@ class KeyRing:
         alg: str = "ES256",
         rotate_after: float = 30 * 86400,
         retire_grace: float = 86400,
+        refresh_interval: float = 60.0,
     ) -> None:
         if alg not in ALGORITHMS:
             raise ValueError(f"unsupported signing algorithm {alg!r}")
+        if not (math.isfinite(refresh_interval) and refresh_interval > 0):
+            raise ValueError("refresh_interval must be a positive number of seconds")
         self._store = store
         self.alg = alg
         self.rotate_after = rotate_after
         self.retire_grace = retire_grace
+        self.refresh_interval = refresh_interval
         self._keys: list[tuple[SigningKeyRecord, SigningKey]] = []
         self._loaded_at = -math.inf
 
@@ -104,8 +115,11 @@ class KeyRing:
     def refresh(self, *, now: float) -> None:
         """Load the keys, creating the first one or rotating and retiring as due."""
         self._load()
-        if not self._keys or now - self._keys[0][0].created_at >= self.rotate_after:
+        if not self._keys:
             self.rotate(now=now)
+        elif now - self._keys[0][0].created_at >= self.rotate_after:
+            # Only if the key we read still signs: another server may have rotated it.
+            self._rotate(now=now, replacing=self._keys[0][0].kid)
         retired = [r.kid for r, _ in self._keys if r.retire_at is not None and r.retire_at <= now]
         if retired:
             self._store.delete_signing_keys(retired)
@@ -114,18 +128,23 @@ class KeyRing:
 
     def rotate(self, *, now: float) -> SigningKey:
         """Make a new signing key now; the previous ones retire after the grace period."""
+        return self._rotate(now=now, replacing=None)
+
+    def _rotate(self, *, now: float, replacing: str | None) -> SigningKey:
         key = DPoPKey.generate(self.alg)
         record = SigningKeyRecord(
             kid=key.jkt, alg=key.alg, private_jwk=key.private_jwk(), created_at=now
         )
-        self._store.add_signing_key(record, retire_others_at=now + self.retire_grace)
-        self._load()
+        self._store.add_signing_key(
+            record, retire_others_at=now + self.retire_grace, replacing=replacing
+        )
+        self._load()  # the key just made, or the one another server made first
         self._loaded_at = now
-        return SigningKey(record.kid, key)
+        return self._keys[0][1]
 
     def _ensure(self, now: float) -> None:
-        # Re-read at most once a minute (another process may have rotated).
-        if not self._keys or now - self._loaded_at > 60:
+        # Re-read every refresh_interval seconds (another server may have rotated).
+        if not self._keys or now - self._loaded_at >= self.refresh_interval:
             self.refresh(now=now)
 
     def current(self, *, now: float) -> SigningKey:

@@ -67,6 +67,9 @@ class ServerSettings:
         proof_max_age: seconds a proof is acceptable after its ``iat``.
         signing_alg: the access-token signing algorithm (ES256 by default).
         key_rotation: seconds a signing key signs before a new one is made.
+        key_refresh_interval: seconds between re-reads of the signing keys from the
+            store: servers sharing one store publish, verify and sign with a key
+            another one made within this time.
         audience: default ``aud`` of access tokens (RFC 9068 §3) without ``resource``.
         allowed_resources: accepted RFC 8707 ``resource`` values; empty accepts any
             absolute URI without a fragment.
@@ -108,6 +111,7 @@ class ServerSettings:
     proof_max_age: float = 60.0
     signing_alg: str = "ES256"
     key_rotation: int = 30 * 86400
+    key_refresh_interval: int = 60
     audience: tuple[str, ...] = ()
     allowed_resources: tuple[str, ...] = ()
     require_pushed_authorization_requests: bool = False
@@ -134,7 +138,12 @@ class ServerSettings:
             raise ServerConfigurationError(
                 Reason.CONFIGURATION, "issuer must not end with / or have a fragment"
             )
-        for name in ("access_token_lifetime", "refresh_token_lifetime", "code_lifetime"):
+        for name in (
+            "access_token_lifetime",
+            "refresh_token_lifetime",
+            "code_lifetime",
+            "key_refresh_interval",
+        ):
             if getattr(self, name) < 1:
                 raise ServerConfigurationError(Reason.CONFIGURATION, f"{name} must be >= 1")
         if self.code_lifetime > 600:

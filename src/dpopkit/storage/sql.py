@@ -772,10 +772,34 @@ class SQLGrantStore:
             )
         return len(self.signing_keys())
 
-    def add_signing_key(self, key: SigningKeyRecord, *, retire_others_at: float | None) -> None:
-        """Store a new signing key; older keys without a retirement time get one."""
+    def add_signing_key(
+        self,
+        key: SigningKeyRecord,
+        *,
+        retire_others_at: float | None,
+        replacing: str | None = None,
+    ) -> bool:
+        """Store a new signing key; older keys without a retirement time get one.
+
+        With ``replacing`` (a kid), the key is stored only if that key still signs
+        (has no retirement time yet): when several servers share the store and find
+        a rotation due at once, one rotates and the others keep the key it made.
+
+        Returns:
+            Whether the key was stored (always True without ``replacing``).
+        """
         t = self._t["keys"]
         with self._tx() as conn:
+            if replacing is not None:
+                # One UPDATE decides: the row lock (PostgreSQL) or the write lock (SQLite)
+                # makes a second rotator see the retirement time the first one set.
+                claimed = conn.execute(
+                    t.update()
+                    .where(t.c.kid == replacing, t.c.retire_at.is_(None))
+                    .values(retire_at=retire_others_at)
+                ).rowcount
+                if claimed != 1:
+                    return False
             if retire_others_at is not None:
                 conn.execute(
                     t.update().where(t.c.retire_at.is_(None)).values(retire_at=retire_others_at)
@@ -789,6 +813,7 @@ class SQLGrantStore:
                     retire_at=key.retire_at,
                 )
             )
+        return True
 
     def delete_signing_keys(self, kids: Sequence[str]) -> None:
         """Remove retired keys."""

@@ -1,0 +1,85 @@
+"""Signing keys shared by several servers on one grant store (RFC 7517 §5 key sets).
+
+Every server re-reads the keys every ``key_refresh_interval`` seconds, and a rotation
+that falls due on several servers at once makes exactly one new key, on SQLite and
+on a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dpopkit.errors import ServerConfigurationError
+from dpopkit.server.config import load_config
+from dpopkit.server.jwt import KeyRing
+from dpopkit.server.service import ServerSettings
+from dpopkit.storage.sql import SQLGrantStore
+
+from .conftest import ISSUER
+
+T0 = 1_700_000_000.0
+
+
+def kids(ring: KeyRing, now: float) -> set[str]:
+    return {key["kid"] for key in ring.jwks(now=now)["keys"]}
+
+
+def test_a_rotation_due_on_two_servers_makes_one_key(both_stores: SQLGrantStore) -> None:
+    """Two key rings on one store, both finding the rotation due: one new key, both sign
+    with it, and the old one stays published for the grace period (RFC 7517 §5)."""
+    a = KeyRing(both_stores, rotate_after=100, retire_grace=1000, refresh_interval=10)
+    b = KeyRing(both_stores, rotate_after=100, retire_grace=1000, refresh_interval=10)
+    first = a.current(now=T0).kid
+    assert b.current(now=T0).kid == first
+    later = T0 + 150
+    a.refresh(now=later)
+    b.refresh(now=later)  # re-reads: a's new key signs, nothing is due any more
+    assert a.current(now=later).kid == b.current(now=later).kid != first
+    assert len(both_stores.signing_keys()) == 2
+    assert kids(a, later) == kids(b, later) == {first, a.current(now=later).kid}
+
+
+def test_concurrent_rotation_keeps_the_first_rotators_key(both_stores: SQLGrantStore) -> None:
+    """Both rings read the old key, then both rotate: the second rotation stores nothing
+    and that ring signs with the key the first one made."""
+    a = KeyRing(both_stores, rotate_after=100, retire_grace=1000, refresh_interval=10)
+    b = KeyRing(both_stores, rotate_after=100, retire_grace=1000, refresh_interval=10)
+    first = a.current(now=T0).kid
+    assert b.current(now=T0).kid == first
+    later = T0 + 150
+    made = a._rotate(now=later, replacing=first)
+    kept = b._rotate(now=later, replacing=first)  # b still believes `first` signs
+    assert kept.kid == made.kid
+    assert [r.kid for r in both_stores.signing_keys()] == [made.kid, first]
+
+
+def test_a_key_made_elsewhere_is_seen_within_the_refresh_interval(store: SQLGrantStore) -> None:
+    """A key another server made is published, verified and used here after at most
+    ``refresh_interval`` seconds, not before (no store read per request)."""
+    a = KeyRing(store, rotate_after=10**6, retire_grace=1000, refresh_interval=5)
+    b = KeyRing(store, rotate_after=10**6, retire_grace=1000, refresh_interval=5)
+    first = b.current(now=T0).kid
+    new = a.rotate(now=T0 + 1).kid
+    assert b.current(now=T0 + 4).kid == first
+    assert new not in kids(b, T0 + 4)
+    assert b.current(now=T0 + 5).kid == new
+    assert kids(b, T0 + 5) == {first, new}
+
+
+def test_key_refresh_interval_setting(tmp_path: Path) -> None:
+    """``[tokens] key_refresh_interval`` reaches the key ring; it must be >= 1 second."""
+    path = tmp_path / "as.toml"
+    path.write_text(f'issuer = "{ISSUER}"\n[tokens]\nkey_refresh_interval = 2\n')
+    config = load_config(path, data_dir=tmp_path / "d")
+    assert config.settings["key_refresh_interval"] == 2
+    assert ServerSettings(issuer=ISSUER).key_refresh_interval == 60
+    with pytest.raises(ServerConfigurationError):
+        ServerSettings(issuer=ISSUER, key_refresh_interval=0)
+    store = SQLGrantStore(f"sqlite:///{tmp_path}/g.db")
+    try:
+        with pytest.raises(ValueError):
+            KeyRing(store, refresh_interval=0)
+    finally:
+        store.close()
