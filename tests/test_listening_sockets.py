@@ -95,8 +95,9 @@ run_uvicorn(None, sock=sock, log_level="warning", access_log=False, workers=int(
 
 @pytest.mark.parametrize("workers", [2])
 def test_worker_processes_set_tcp_nodelay(workers: int) -> None:
-    """With ``--workers N`` the uvicorn workers serve the socket ``bind`` made (passed to
-    them by descriptor), and their connections have TCP_NODELAY too."""
+    """With ``--workers N`` each uvicorn worker serves the socket ``bind`` made, and its
+    connections have TCP_NODELAY too (uvicorn's ``fd=`` path rebuilds the socket as
+    AF_UNIX, and asyncio then leaves Nagle's algorithm on)."""
     probe = bind("127.0.0.1", 0)
     port = probe.getsockname()[1]
     probe.close()
@@ -121,7 +122,7 @@ def test_worker_processes_set_tcp_nodelay(workers: int) -> None:
                     answers.append(http.get(f"http://127.0.0.1:{port}/").text)
             except httpx.TransportError:
                 time.sleep(0.1)
-        assert all(a not in ("0", "-1") for a in answers), answers
+        assert all(a.isdigit() and int(a) > 0 for a in answers), answers
     finally:
         proc.terminate()
         proc.communicate(timeout=15)

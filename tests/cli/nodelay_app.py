@@ -19,7 +19,8 @@ def _nodelay_of_peer(port: int) -> int:
         except OSError:
             continue
         try:
-            if sock.type == socket.SOCK_STREAM and sock.getpeername()[1] == port:
+            inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+            if inet and sock.type == socket.SOCK_STREAM and sock.getpeername()[1] == port:
                 return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         except OSError:
             pass

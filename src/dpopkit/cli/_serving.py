@@ -91,7 +91,18 @@ def run_uvicorn(
         if workers > 1:
             if factory is None:
                 raise ValueError("several workers need an import string for the app factory")
-            uvicorn.run(factory, factory=True, workers=workers, fd=sock.fileno(), **common)
+            # The workers get ``sock`` itself: uvicorn's ``fd=`` would rebuild it as an
+            # AF_UNIX socket object, on which asyncio never sets TCP_NODELAY.
+            from uvicorn.supervisors import Multiprocess
+
+            config = uvicorn.Config(factory, factory=True, workers=workers, **common)
+            try:
+                supervisor = Multiprocess(config, sockets=[sock])
+            except TypeError:  # older uvicorn releases also want the target
+                supervisor = Multiprocess(  # type: ignore[call-arg]
+                    config, target=uvicorn.Server(config).run, sockets=[sock]
+                )
+            supervisor.run()
         else:
             uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])
     finally:
