@@ -35,8 +35,6 @@ import argparse
 import base64
 import os
 import platform
-import re
-import shutil
 import signal
 import socket
 import statistics
@@ -51,6 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Op, fmt_us, ratio, run_round_robin
+from _load import LoadResult, fresh_postgres_database, have_wrk, wrk_run
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -188,28 +187,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-BENCH_DATABASE = "dpopkit_bench"
-
-
-def _fresh_bench_database() -> str:
-    """A new, empty PostgreSQL database for ``--stores postgres+redis``; its URL."""
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{BENCH_DATABASE}"
-
-
 def _dpopkit_server(tmp: Path, port: int, *, workers: int, stores: str) -> list[str]:
     base = f"http://127.0.0.1:{port}"
     config = tmp / "as.toml"
     urls = ""
     if stores == "postgres+redis":
         # Redis database 13: replay keys are unique per proof, so nothing else is disturbed.
-        urls = (
-            f'storage_url = "{_fresh_bench_database()}"\nreplay_url = "redis://127.0.0.1:6379/13"\n'
-        )
+        urls = f'storage_url = "{fresh_postgres_database()}"\nreplay_url = "redis://127.0.0.1:6379/13"\n'
     config.write_text(
         f'issuer = "{base}"\nport = {port}\ndata_dir = "{tmp / "data"}"\n{urls}'
         '[[clients]]\nclient_id = "bench"\n'
@@ -220,99 +204,24 @@ def _dpopkit_server(tmp: Path, port: int, *, workers: int, stores: str) -> list[
     return [*cmd, "--log-level", "warning", "--workers", str(workers)]
 
 
-WRK_LUA = r"""
-local proofs = {}
-local idx = 0
-local counter = 0
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-end
-function init(args)
-  local nthreads = tonumber(args[2])
-  local f = io.open(args[1], "r")
-  local i = 0
-  for line in f:lines() do
-    if i % nthreads == tid then table.insert(proofs, line) end
-    i = i + 1
-  end
-  f:close()
-end
-function request()
-  idx = idx + 1
-  if idx > #proofs then idx = 1 end
-  return wrk.format("POST", "/token", {
-    ["Content-Type"] = "application/x-www-form-urlencoded",
-    ["Authorization"] = args_basic,
-    ["DPoP"] = proofs[idx]}, "grant_type=client_credentials")
-end
-"""
-
-
-def _tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` and of its descendants that are alive."""
-    total = 0.0
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            kids = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        todo += [int(k) for k in kids]
-    return total
-
-
-def wrk_phase(
-    base: str, port: int, seconds: float, pool_size: int, pid: int
-) -> tuple[float, float]:
-    """Tokens/s under wrk with 8 connections, each request with its own fresh proof.
-
-    The proofs (from 8 keys, as 8 clients) are made before the run and never reused; a
-    refused request (any non-2xx) makes the figure invalid. Returns tokens/s and the
-    server's CPU µs per token (``pid`` and its worker processes).
-    """
+def wrk_phase(base: str, seconds: float, pool_size: int, pid: int) -> LoadResult:
+    """Tokens/s under wrk with 8 connections, one fresh proof per request (8 keys, as
+    8 clients), and the server's CPU µs per token (``pid`` and its worker processes)."""
     keys = [DPoPKey.generate("ES256") for _ in range(8)]
-    with tempfile.TemporaryDirectory() as tmp:
-        pool = Path(tmp) / "proofs.txt"
-        htu = base + "/token"
-        pool.write_text(
-            "".join(
-                create_proof(keys[i % 8], htm="POST", htu=htu, allow_insecure_http=True) + "\n"
-                for i in range(pool_size)
-            )
-        )
-        script = Path(tmp) / "as.lua"
-        script.write_text(f"args_basic = {BASIC!r}\n" + WRK_LUA)
-        cpu_before = _tree_cpu_seconds(pid)
-        out = subprocess.run(
-            [
-                "wrk",
-                "-t2",
-                "-c8",
-                f"-d{seconds:g}s",
-                "-s",
-                str(script),
-                f"http://127.0.0.1:{port}/token",
-                "--",
-                str(pool),
-                "2",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    cpu = _tree_cpu_seconds(pid) - cpu_before
-    total = int(re.search(r"([0-9]+) requests in", out).group(1))  # type: ignore[union-attr]
-    if total >= pool_size:
-        raise SystemExit(f"wrk sent {total} requests from a pool of {pool_size}: raise --pool")
-    refused = re.search(r"Non-2xx or 3xx responses:\s+([0-9]+)", out)
-    if refused:
-        raise SystemExit(f"wrk: {refused.group(1)} requests refused: the figure is invalid")
-    rate = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
-    return rate, cpu / max(total, 1) * 1e6
+    htu = base + "/token"
+    proofs = [
+        create_proof(keys[i % 8], htm="POST", htu=htu, allow_insecure_http=True)
+        for i in range(pool_size)
+    ]
+    return wrk_run(
+        htu,
+        method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Authorization": BASIC},
+        body=BODY.decode(),
+        proofs=proofs,
+        seconds=seconds,
+        server_pid=pid,
+    )
 
 
 def _node_server(tmp: Path, port: int) -> list[str]:
@@ -386,8 +295,9 @@ def end_to_end(
             t.join()
         conc = sum(counts) / (time.perf_counter() - start)
         under_wrk, cpu_us = (0.0, 0.0)
-        if shutil.which("wrk"):
-            under_wrk, cpu_us = wrk_phase(base, port, seconds, pool, proc.pid)
+        if have_wrk():
+            loaded = wrk_phase(base, seconds, pool, proc.pid)
+            under_wrk, cpu_us = loaded.rate, loaded.cpu_us
         print(
             f"  {name:22s} sequential {seq:7.0f}   8 clients {conc:7.0f}"
             f"   wrk -c8 {under_wrk:7.0f} tokens/s ({cpu_us:4.0f} µs server CPU per token)"
@@ -443,7 +353,7 @@ def main() -> int:
         f"\nend to end (wall clock; client and server share the machine; dpopkit stores: "
         f"{args.stores}; node-oidc-provider: SQLite)"
     )
-    if shutil.which("wrk") is None:
+    if not have_wrk():
         print("  (wrk not found: apt-get install wrk; its phase is left out)")
     figures: dict[str, list[tuple[float, float, float]]] = {label: [], "node-oidc-provider": []}
     for _ in range(rounds):  # alternate servers so a noisy phase hits both
