@@ -271,6 +271,32 @@ def test_value_starting_with_dash_is_taken_as_a_separate_argument(
         assert got == expected, argv
 
 
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+@pytest.mark.parametrize(("command", "option"), _dash_cases())
+def test_any_base64url_value_after_a_dash_is_a_value(
+    command: str, option: str, fill: dict[str, str]
+) -> None:
+    """HD-30: ``-`` then any base64url character (RFC 4648 §5) is a value, also when
+    ``-c`` is a flag of the command that takes no value (``-h``): only a short option
+    that takes a value may be written ``-cVALUE``."""
+    action = next(a for a in COMMANDS[command]._actions if option in a.option_strings)
+    if action.type in (int, float):
+        return
+    short_with_value = {
+        o for a in _value_actions(COMMANDS[command]) for o in a.option_strings if len(o) == 2
+    }
+    for char in _B64URL:
+        if f"-{char}" in short_with_value:
+            continue  # ``-Hxyz`` is that option's value: write ``--jkt=-Hxyz``
+        value = f"-{char}z8mXK1Ealy"
+        parsed = PARSER.parse_args(join_dash_values(PARSER, _argv(command, [option, value], fill)))
+        got = getattr(parsed, action.dest)
+        expected = action.type(value) if callable(action.type) else value
+        assert (got[-1] if isinstance(got, list) else got) == expected
+
+
 def test_an_option_after_a_value_option_is_still_an_option() -> None:
     """HD-30: ``--jkt --json`` is a missing value, not the value ``--json``."""
     argv = ["inspect", "P", "--jkt", "--json"]

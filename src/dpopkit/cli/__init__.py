@@ -245,7 +245,9 @@ def _is_option(token: str, options: dict[str, bool]) -> bool:
         return True
     if token.startswith("--"):
         return any(option.startswith(name) for option in options if option.startswith("--"))
-    return token[:2] in options
+    # ``-xVALUE`` is an option only when ``-x`` takes a value: ``-hAbc`` is a value, not
+    # ``-h`` (which takes none) followed by letters.
+    return len(token) > 2 and options.get(token[:2], False)
 
 
 def join_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
