@@ -26,6 +26,20 @@ _HOST_RE = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?
 _PREFIX_RE = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@%]*)*")
 _PATH_SAFE = "/:@!$&'()*+,;=~-._"
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
+#: The request fields the guard (RFC 9449 §4.3 (1), §7.1) and the URL reconstruction read.
+_VIEW_FIELDS = frozenset(
+    name.encode()
+    for name in (
+        "authorization",
+        "dpop",
+        "host",
+        "forwarded",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+    )
+)
 
 
 def check_guard(guard: object, expected: type, adapter: str) -> None:
@@ -287,10 +301,21 @@ class Site:
     def asgi_view(self, scope: Mapping[str, Any]) -> RequestView:
         """Build the request view of an ASGI HTTP scope (headers read once).
 
+        The view carries the fields the guard and :meth:`url` read (``Authorization``,
+        ``DPoP``, ``Host`` and the forwarding headers), every occurrence of each, in
+        order; the others are not decoded.
+
         Raises:
             InvalidRequestError: the URL cannot be determined (missing proxy headers).
         """
-        headers = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]])
+        wanted = _VIEW_FIELDS
+        headers = Headers(
+            [
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in scope["headers"]
+                if k in wanted or k.lower() in wanted
+            ]
+        )
         raw = scope.get("raw_path")
         raw_path = raw.decode("latin-1").partition("?")[0] if raw else ""
         if not raw_path.startswith("/"):
