@@ -276,6 +276,11 @@ class _JWTBase:
         """The expected ``iss``."""
         return self._rules.issuer
 
+    @property
+    def cached_tokens(self) -> int:
+        """How many validated tokens are remembered now (at most ``cache_size``)."""
+        return len(self._validated)
+
     def _needs_fetch(self, kid: str | None, now: float) -> bool:
         """Decide whether to fetch keys now (rate-limited; a flood of unknown kids fetches once)."""
         if self._static:
