@@ -9,6 +9,8 @@ Variants, each a fresh single-process uvicorn server (uvloop + httptools when
 installed) serving ``GET https://rs.example/hello``:
 
 * ``bare``: the endpoint alone (headers ignored);
+* ``floor``: the bare endpoint plus one ES256 key import + verify (below) per request:
+  the floor served the same way, to show what serving it costs on top (information);
 * ``dpopkit``: the endpoint behind :class:`~dpopkit.resource.asgi.DPoPMiddleware`,
   ES256 proof + RS256 JWT access token (static JWKS) + memory replay cache;
 * ``dpopkit-offload``: the same with ``offload_verification=True`` (proof verified in
@@ -64,7 +66,7 @@ from typing import Any
 
 ORIGIN = "https://rs.example"
 ISSUER = "https://as.example"
-VARIANTS = ("bare", "dpopkit", "dpopkit-offload", "pyjwt")
+VARIANTS = ("bare", "floor", "dpopkit", "dpopkit-offload", "pyjwt")
 #: The bar: (must, goal) for "CPU added ÷ floor" (at most); the "must" for dpopkit / pyjwt req/s.
 CPU_OVER_FLOOR = (1.60, 1.30)
 RPS_OVER_PYJWT = 3.0
@@ -211,12 +213,39 @@ def _pyjwt_app(config: dict[str, Any]) -> Any:
     return app
 
 
+def _floor_app() -> Any:
+    """The bare endpoint plus one ES256 key import + verify per request (the floor, served)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    pool = _floor_pool(4096)
+    curve, algorithm = ec.SECP256R1(), ec.ECDSA(hashes.SHA256())
+    from_point = ec.EllipticCurvePublicKey.from_encoded_point
+    position = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal position
+        if scope["type"] != "http":
+            return
+        x, y, sig, message = pool[position]
+        position = (position + 1) % len(pool)
+        key = from_point(curve, b"\x04" + _b64d(x) + _b64d(y))
+        der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        key.verify(der, message, algorithm)
+        await _hello(scope, receive, send)
+
+    return app
+
+
 def serve(variant: str, config_path: str, port: int) -> None:
     import uvicorn
 
     config = json.loads(Path(config_path).read_text())
     if variant == "bare":
         app: Any = _hello
+    elif variant == "floor":
+        app = _floor_app()
     elif variant == "pyjwt":
         app = _pyjwt_app(config)
     else:
@@ -457,14 +486,15 @@ def in_process(args: argparse.Namespace, variants: list[str]) -> int:
         config = json.loads(config_path.read_text())
     apps = {
         "bare": _hello,
+        "floor": _floor_app(),
         "dpopkit": _dpopkit_app(config, offload=False),
         "pyjwt": _pyjwt_app(config),
     }
     count = args.requests
     floor_pool = _floor_pool(count)
-    samples: dict[str, list[float]] = {v: [] for v in ("floor", *variants)}
+    samples: dict[str, list[float]] = {v: [] for v in ("floor (this process)", *variants)}
     for _ in range(args.rounds):
-        samples["floor"].append(floor_us(floor_pool))
+        samples["floor (this process)"].append(floor_us(floor_pool))
         for variant in variants:
             now = time.time()
             scopes = [
@@ -494,11 +524,11 @@ def in_process(args: argparse.Namespace, variants: list[str]) -> int:
     for name, values in samples.items():
         print(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f} |")
     if "bare" in samples:
-        for variant in ("dpopkit", "pyjwt"):
+        for variant in ("floor", "dpopkit", "pyjwt"):
             if variant not in samples:
                 continue
             added = [v - b for v, b in zip(samples[variant], samples["bare"], strict=True)]
-            per_rep = [a / f for a, f in zip(added, samples["floor"], strict=True)]
+            per_rep = [a / f for a, f in zip(added, samples["floor (this process)"], strict=True)]
             print(
                 f"{variant} adds {statistics.median(added):.1f} µs per request over bare:"
                 f" {statistics.median(per_rep):.2f}× the floor (median of per-repetition ratios;"
@@ -594,6 +624,13 @@ def main() -> int:
     if "dpopkit-offload" in med and "dpopkit" in med:
         ratio = med["dpopkit-offload"]["rps"] / med["dpopkit"]["rps"]
         print(f"dpopkit-offload / dpopkit req/s: {ratio:.2f}× (information)")
+    if "floor" in med and "dpopkit" in med and bare_cpu is not None:
+        served = med["floor"]["cpu_us"] - bare_cpu
+        ratio = (med["dpopkit"]["cpu_us"] - bare_cpu) / served
+        print(
+            f"the floor served adds {served:.1f} µs over bare; dpopkit adds {ratio:.2f}× that"
+            " (information)"
+        )
     # Per round: (dpopkit - bare) CPU ÷ the median floor measured in that round.
     ratios: list[float] = []
     if "dpopkit" in results and "bare" in results:
