@@ -6,7 +6,7 @@ Run: ``python bench/rs.py [--duration 10] [--connections 32] [--threads 2] [--ro
 when one does not.
 
 Variants, each a fresh single-process uvicorn server (uvloop + httptools when
-installed) serving ``GET https://rs.example/hello``:
+installed, else asyncio + h11) serving ``GET https://rs.example/hello``:
 
 * ``bare``: the endpoint alone (headers ignored);
 * ``floor``: the bare endpoint plus one ES256 key import + verify (below) per request:
