@@ -26,6 +26,20 @@ _HOST_RE = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?
 _PREFIX_RE = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@%]*)*")
 _PATH_SAFE = "/:@!$&'()*+,;=~-._"
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
+#: The request fields the guard (RFC 9449 §4.3 (1), §7.1) and the URL reconstruction read.
+_VIEW_FIELDS = frozenset(
+    name.encode()
+    for name in (
+        "authorization",
+        "dpop",
+        "host",
+        "forwarded",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+    )
+)
 
 
 def check_guard(guard: object, expected: type, adapter: str) -> None:
@@ -186,9 +200,21 @@ class Site:
             )
         self.proxies = proxies
         self.trust_host_header = trust_host_header
+        # With a public origin and no proxy headers to read, every URL starts the same:
+        # checked once here instead of on every request.
+        self._static_base: str | None = None
+        if (
+            public_origin is not None
+            and proxies == ProxyTrust()
+            and _HOST_RE.fullmatch(self.host or "")
+            and _PREFIX_RE.fullmatch(self.prefix)
+        ):
+            self._static_base = f"{self.scheme}://{self.host}{self.prefix}"
         self.exclude_paths = tuple(exclude_paths)
         self.route_scopes = {k: frozenset(v) for k, v in (route_scopes or {}).items()}
         self.metadata = metadata
+        #: whether the path decides anything (metadata, exclusions, route scopes)
+        self.routes_matter = bool(metadata is not None or self.exclude_paths or self.route_scopes)
 
     def url(
         self, *, scheme: str, headers: Headers, root_path: str, path: str, query: str = ""
@@ -205,6 +231,10 @@ class Site:
         Raises:
             InvalidRequestError: a trusted proxy header is missing or unusable.
         """
+        if root_path and not path.startswith(root_path):
+            path = root_path + path
+        if self._static_base is not None:
+            return self._static_base + path + (f"?{query}" if query else "")
         url_scheme, host, prefix = self.scheme, self.host, self.prefix
         if url_scheme is None and self.trust_host_header:
             hosts = headers.get_all("Host")
@@ -232,8 +262,6 @@ class Site:
             or not _PREFIX_RE.fullmatch(prefix)
         ):
             raise InvalidRequestError(Reason.INVALID_REQUEST, "cannot determine the request URL")
-        if root_path and not path.startswith(root_path):
-            path = root_path + path
         return f"{url_scheme}://{host}{prefix}{path}" + (f"?{query}" if query else "")
 
     @staticmethod
@@ -273,18 +301,30 @@ class Site:
     def asgi_view(self, scope: Mapping[str, Any]) -> RequestView:
         """Build the request view of an ASGI HTTP scope (headers read once).
 
+        The view carries the fields the guard and :meth:`url` read (``Authorization``,
+        ``DPoP``, ``Host`` and the forwarding headers), every occurrence of each, in
+        order; the others are not decoded.
+
         Raises:
             InvalidRequestError: the URL cannot be determined (missing proxy headers).
         """
-        headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
+        wanted = _VIEW_FIELDS
+        headers = Headers(
+            [
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in scope["headers"]
+                if k in wanted or k.lower() in wanted
+            ]
+        )
         raw = scope.get("raw_path")
         raw_path = raw.decode("latin-1").partition("?")[0] if raw else ""
         if not raw_path.startswith("/"):
             raw_path = self.quote_path(scope["path"], "utf-8")
+        root_path = scope.get("root_path", "")
         url = self.url(
             scheme=scope.get("scheme", "http"),
             headers=headers,
-            root_path=self.quote_path(scope.get("root_path", ""), "utf-8"),
+            root_path=self.quote_path(root_path, "utf-8") if root_path else "",
             path=raw_path,
             query=scope.get("query_string", b"").decode("latin-1"),
         )

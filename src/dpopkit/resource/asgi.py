@@ -79,23 +79,26 @@ class DPoPMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = Site.asgi_route(scope)
-        method: str = scope["method"]
         site = self.site
-        if site.is_metadata(method, route):
-            assert site.metadata is not None
-            view = site.metadata.render(
-                algs=self.guard.policy.algs_param.split(),
-                bound_required=not self.guard.accept_bearer,
-            )
-            await _send_view(send, view, head=method == "HEAD")
-            return
-        if site.excluded(route):
-            await self.app(scope, receive, send)
-            return
+        required: frozenset[str] | None = None
+        if site.routes_matter:
+            route = Site.asgi_route(scope)
+            method: str = scope["method"]
+            if site.is_metadata(method, route):
+                assert site.metadata is not None
+                view = site.metadata.render(
+                    algs=self.guard.policy.algs_param.split(),
+                    bound_required=not self.guard.accept_bearer,
+                )
+                await _send_view(send, view, head=method == "HEAD")
+                return
+            if site.excluded(route):
+                await self.app(scope, receive, send)
+                return
+            required = site.scopes_for(route)
         try:
             principal = await self.guard.authenticate(
-                site.asgi_view(scope), required_scopes=site.scopes_for(route)
+                site.asgi_view(scope), required_scopes=required
             )
         except DPoPError as error:
             view = self.guard.error_response(error)
@@ -104,13 +107,13 @@ class DPoPMiddleware:
             await _send_view(send, view)
             return
         scope = {**scope, "dpop": principal}
+        if principal.dpop_nonce is None:  # no headers to add (see response_headers)
+            await self.app(scope, receive, send)
+            return
         extra = [
             (k.lower().encode("latin-1"), v.encode("latin-1"))
             for k, v in principal.response_headers
         ]
-        if not extra:
-            await self.app(scope, receive, send)
-            return
         names = {name for name, _ in extra}
 
         async def send_with_nonce(message: Message) -> None:

@@ -9,13 +9,13 @@ cache them, and refresh on an unknown ``kid`` at most once per
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
 from dpopkit.core.algorithms import ALGORITHMS, AlgSpec, PublicKey
 from dpopkit.core.jws import (
@@ -54,6 +54,14 @@ __all__ = ["RFC9068_REQUIRED_CLAIMS", "AsyncJWTAccessTokens", "JWTAccessTokens"]
 
 #: RFC 9068 §2.2: claims every JWT access token carries (checklist X-7).
 RFC9068_REQUIRED_CLAIMS: Final = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
+
+
+class _Validated(NamedTuple):
+    """A token that passed every check of RFC 9068 §4, and when it would pass them again."""
+
+    info: TokenInfo
+    not_before: float  # nbf / iat minus the leeway (the token is refused before)
+    not_after: float  # exp plus the leeway (refused from this instant on)
 
 
 @dataclass(slots=True)
@@ -156,6 +164,15 @@ class _JWTRules:
         except JWSError:
             raise invalid_token(jws="malformed") from None
 
+    def not_before(self, claims: Mapping[str, Any]) -> float:
+        """The first instant :meth:`claims` accepts these (already accepted) claims."""
+        start = -math.inf
+        for name in ("nbf", "iat"):
+            value = numeric_date(claims.get(name))
+            if value is not None:
+                start = max(start, value - self.leeway)
+        return start
+
     def claims(self, claims: dict[str, Any], *, now: float) -> TokenInfo:
         # RFC 9068 §2.2 (X-7): required claims.
         for name in self.required_claims:
@@ -248,13 +265,21 @@ class _JWTBase:
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
         self._cache_size = cache_size
-        self._validated: dict[bytes, TokenInfo] = {}
+        self._validated: OrderedDict[str, _Validated] = OrderedDict()
         self._cache_lock = threading.Lock()
+        #: bumped whenever keys are stored: a validation that began under other keys
+        #: is not remembered
+        self._generation = 0
 
     @property
     def issuer(self) -> str:
         """The expected ``iss``."""
         return self._rules.issuer
+
+    @property
+    def cached_tokens(self) -> int:
+        """How many validated tokens are remembered now (at most ``cache_size``)."""
+        return len(self._validated)
 
     def _needs_fetch(self, kid: str | None, now: float) -> bool:
         """Decide whether to fetch keys now (rate-limited; a flood of unknown kids fetches once)."""
@@ -281,43 +306,63 @@ class _JWTBase:
 
     def _store(self, document: Mapping[str, Any], now: float) -> None:
         try:
-            self._keys = _KeySet.parse(document, fetched_at=now)
+            keys = _KeySet.parse(document, fetched_at=now)
         except ValueError:
             raise upstream_unavailable("jwks") from None
+        self._keys = keys
         self.fetch_count += 1
         with self._cache_lock:
-            self._validated.clear()  # a key may have been withdrawn: verify again
+            # A key may have been withdrawn: every token is verified again (RFC 9068 §4).
+            self._generation += 1
+            self._validated.clear()
 
-    def _cached(self, token: str, now: float) -> tuple[bytes, TokenInfo | None]:
-        """A token whose signature and claims were already verified, while unexpired."""
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        info = self._validated.get(digest)
-        if info is None:
-            return digest, None
-        if info.exp is None or now >= info.exp + self._rules.leeway:
+    def _cached(self, token: str, now: float) -> TokenInfo | None:
+        """The validation of this exact token, when a full one now would give the same.
+
+        Keyed by the exact token string: a token that differs in any character (another
+        signature over the same claims, say) is a different key and is verified in full.
+        A hit needs ``now`` inside the window a full validation accepts (``nbf``/``iat``
+        to ``exp``, with the leeway) and keys that are not due for a refresh.
+        """
+        entry = self._validated.get(token)
+        if entry is None:
+            return None
+        if entry.not_before <= now < entry.not_after and not (
+            not self._static and self._needs_fetch(None, now)
+        ):
+            return entry.info
+        if now >= entry.not_after:
             with self._cache_lock:
-                self._validated.pop(digest, None)
-            return digest, None
-        return digest, info
+                if self._validated.get(token) is entry:
+                    del self._validated[token]
+        return None
 
-    def _remember(self, digest: bytes, info: TokenInfo) -> None:
+    def _remember(self, token: str, info: TokenInfo, not_before: float, generation: int) -> None:
         if not self._cache_size or info.exp is None:
             return
+        entry = _Validated(info, not_before, info.exp + self._rules.leeway)
         with self._cache_lock:
-            while len(self._validated) >= self._cache_size:
-                del self._validated[next(iter(self._validated))]
-            self._validated[digest] = info
+            if generation != self._generation:
+                return  # the keys changed while this token was being verified
+            validated = self._validated
+            if token not in validated:
+                while len(validated) >= self._cache_size:
+                    validated.popitem(last=False)
+            validated[token] = entry
 
     def _check(
-        self, parts: CompactJWS, spec: AlgSpec, kid: str | None, now: float, digest: bytes
+        self, token: str, parts: CompactJWS, spec: AlgSpec, kid: str | None, now: float
     ) -> TokenInfo:
-        if not self._keys.jwks:
+        generation = self._generation  # read before the keys (see _store)
+        key_set = self._keys
+        if not key_set.jwks:
             raise upstream_unavailable("jwks")
-        keys = self._keys.candidates(kid, spec)
+        keys = key_set.candidates(kid, spec)
         if not keys:
             raise invalid_token(kid_unknown=True)
-        info = self._rules.claims(self._rules.verify(parts, spec, keys), now=now)
-        self._remember(digest, info)
+        claims = self._rules.verify(parts, spec, keys)
+        info = self._rules.claims(claims, now=now)
+        self._remember(token, info, self._rules.not_before(claims), generation)
         return info
 
 
@@ -342,8 +387,10 @@ class JWTAccessTokens(_JWTBase):
         accept_typ: accepted ``typ`` values (``application/`` prefix optional); add
             ``"jwt"`` or None for issuers that do not follow RFC 9068 §2.1.
         cache_ttl: seconds before fetched keys are refreshed.
-        cache_size: validated tokens remembered until their ``exp`` (0 turns it off);
-            the cache is emptied whenever keys are fetched.
+        cache_size: validated tokens remembered, by their exact text, until their ``exp``
+            (plus ``leeway``), oldest dropped first (0 turns it off); the cache is emptied
+            whenever keys are fetched, and not used while keys are due for a refresh.
+            Holds at most ``cache_size`` tokens (of up to ``max_token_length`` each).
         min_refresh_interval: at most one fetch per this many seconds, however many
             unknown ``kid`` values arrive.
         timeout: seconds for each HTTP exchange (a total deadline, not per read).
@@ -430,7 +477,7 @@ class JWTAccessTokens(_JWTBase):
 
     def validate(self, token: str, *, now: float) -> TokenInfo:
         """Validate ``token`` (RFC 9068 §4) and return its :class:`TokenInfo`."""
-        digest, hit = self._cached(token, now)
+        hit = self._cached(token, now)
         if hit is not None:
             return hit
         header, spec, parts = self._rules.parse_header(token)
@@ -444,7 +491,7 @@ class JWTAccessTokens(_JWTBase):
                         if not self._keys.jwks:
                             raise
                         # Keep serving the keys we have; the outage shows in fetch metrics.
-        return self._check(parts, spec, kid, now, digest)
+        return self._check(token, parts, spec, kid, now)
 
 
 class AsyncJWTAccessTokens(_JWTBase):
@@ -537,10 +584,7 @@ class AsyncJWTAccessTokens(_JWTBase):
 
     async def validate(self, token: str, *, now: float) -> TokenInfo:
         """Validate ``token`` (RFC 9068 §4) and return its :class:`TokenInfo`."""
-        digest, hit = self._cached(token, now)
-        if hit is not None:
-            return hit
-        digest, hit = self._cached(token, now)
+        hit = self._cached(token, now)
         if hit is not None:
             return hit
         header, spec, parts = self._rules.parse_header(token)
@@ -551,4 +595,4 @@ class AsyncJWTAccessTokens(_JWTBase):
             except TemporarilyUnavailableError:
                 if not self._keys.jwks:
                     raise
-        return self._check(parts, spec, kid, now, digest)
+        return self._check(token, parts, spec, kid, now)
