@@ -309,6 +309,7 @@ else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 return {1, ''}
 """
 
+
 def _as_bytes(value: bytes | str) -> bytes:
     # A client made with decode_responses=True answers str.
     return value.encode() if isinstance(value, str) else value
