@@ -13,8 +13,9 @@ Example::
     # key_encryption_keys_file = "/run/secrets/dpopkit-kek"   # signing keys encrypted at rest
     # storage_url = "postgresql+psycopg://user@db/as"
     # replay_url = "redis://127.0.0.1:6379/0"   # postgresql://, unix://, sqlite, memory
+    #                                       # (Redis also shares the login and /register limits)
     # replay_schema = "dpopkit"               # PostgreSQL replay cache: its schema
-    # replay_prefix = "dpopkit:as:"           # Redis replay cache: its key prefix
+    # replay_prefix = "dpopkit:as:"           # Redis replay cache and limits: its key prefix
     # store_timeout = 2.0                     # seconds per store call (PostgreSQL, Redis)
     cors_origins = ["*"]
 

@@ -93,7 +93,8 @@ class ServerSettings:
             (``authorization_code`` and ``refresh_token`` by default: a user consents).
         registration_allow_unbound_tokens: let a registered client opt out of DPoP
             binding (``dpop_bound_access_tokens: false``); off by default.
-        registration_rate_limit: registrations per client address and hour (per process).
+        registration_rate_limit: registrations per client address and hour (per
+            process unless the limiter is given a shared counter store).
         login_free_failures: failed sign-ins per username before delays start (an
             address gets five times each login budget).
         login_lockout_failures: failed sign-ins per username that lock it temporarily.
