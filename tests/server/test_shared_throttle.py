@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from dpopkit import Headers, RequestView, ResponseView
-from dpopkit.errors import Reason
+from dpopkit.errors import Reason, ServerConfigurationError
 from dpopkit.server.authorize import AuthorizationEndpoint, ConfigUsers
 from dpopkit.server.registration import handle_register, registration_rate_limiter
 from dpopkit.server.service import ServerSettings
@@ -382,3 +382,18 @@ def test_hd3_frozen_redis_refuses_sign_in_and_registration_with_503(
             assert not counters.health.down
         finally:
             counters.close()
+
+
+def test_hd2_registration_limit_fits_a_shared_record(
+    instances: Callable[[], RedisCounterStore],
+) -> None:
+    """HD-2: each registration in the window is one number of the shared record, so the
+    setting is bounded (1..1000, a configuration error beyond) and a shared limiter
+    refuses a limit it could not hold; the in-process one takes any."""
+    with pytest.raises(ServerConfigurationError) as caught:
+        ServerSettings(issuer=ISSUER, registration_rate_limit=1001)
+    assert caught.value.reason == Reason.CONFIGURATION
+    assert ServerSettings(issuer=ISSUER, registration_rate_limit=1000).registration_rate_limit
+    with pytest.raises(ValueError):
+        RateLimiter(limit=5000, window=60.0, state=instances())
+    assert RateLimiter(limit=5000, window=60.0).hit("192.0.2.10") == 0

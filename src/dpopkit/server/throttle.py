@@ -273,6 +273,8 @@ class RateLimiter:
         name: the namespace of this limiter's keys in ``state``.
 
     Raises:
+        ValueError: a bad limit or window, or a limit over 1024 with a shared ``state``
+            (each event in the window is one number of its record).
         StoreError: from :meth:`hit`, when a shared ``state`` cannot answer.
     """
 
@@ -288,8 +290,8 @@ class RateLimiter:
     ) -> None:
         if limit < 1 or window <= 0:
             raise ValueError("need limit >= 1 and window > 0")
-        if limit > MAX_RECORD:
-            raise ValueError(f"limit must be <= {MAX_RECORD}")
+        if state is not None and not isinstance(state, MemoryCounterStore) and limit > MAX_RECORD:
+            raise ValueError(f"a shared state holds a limit of {MAX_RECORD} at most")
         if not name or ":" in name:
             raise ValueError("name must be non-empty, without ':'")
         self.limit = limit
