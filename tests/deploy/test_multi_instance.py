@@ -129,8 +129,14 @@ class Deployment:
 
 
 @contextmanager
-def as_pair(tmp: Path, name: str, **tokens: object) -> Iterator[Deployment]:
-    """Two ``dpopkit serve`` instances on one new PostgreSQL schema and one Redis prefix."""
+def as_pair(
+    tmp: Path, name: str, *, top: str = "", tables: str = "", **tokens: object
+) -> Iterator[Deployment]:
+    """Two ``dpopkit serve`` instances on one new PostgreSQL schema and one Redis prefix.
+
+    ``tokens`` replace values of the documented configuration; ``top`` adds top-level
+    settings before it and ``tables`` adds TOML tables after it.
+    """
     import psycopg
     import redis
 
@@ -147,7 +153,8 @@ def as_pair(tmp: Path, name: str, **tokens: object) -> Iterator[Deployment]:
     storage = PG_DSN.replace("postgresql://", "postgresql+psycopg://", 1)
     config = tmp / f"{name}.toml"
     config.write_text(
-        documented_config(
+        top
+        + documented_config(
             issuer=issuer,
             host="127.0.0.1",
             port=port_a,
@@ -161,6 +168,7 @@ def as_pair(tmp: Path, name: str, **tokens: object) -> Iterator[Deployment]:
         + _TEST_CLIENTS.format(
             password=PASSWORD, redirect=REDIRECT, rs_secret=RS_SECRET, issuer=issuer
         )
+        + tables
     )
     csrf = secrets.token_urlsafe(32).encode()  # the one login-form key of every instance
     env = {"DPOPKIT_AS_NONCE_SECRETS": secrets.token_urlsafe(32)}
@@ -425,6 +433,73 @@ def test_signing_key_rotation_on_one_instance_is_seen_by_both(tmp_path: Path) ->
         from_b = client.token(pair.b, service, auth=auth).json()["access_token"]
         assert kid_of(from_b) == new
         assert introspect(pair.a, first)["active"] is True  # the old key still verifies
+
+
+def sign_in(base: str, username: str, password: str) -> httpx.Response:
+    """Open the sign-in page at ``base`` and post ``username`` and ``password`` to it."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    query = {
+        "client_id": "spa",
+        "response_type": "code",
+        "redirect_uri": REDIRECT,
+        "code_challenge": challenge.rstrip(b"=").decode(),
+        "code_challenge_method": "S256",
+    }
+    page = httpx.get(f"{base}/authorize?{urlencode(query)}", timeout=10)
+    assert page.status_code == 200
+    form = {**hidden_fields(page.text), "username": username, "password": password}
+    cookie = {"Cookie": page.headers["set-cookie"].split(";")[0]}
+    return httpx.post(
+        f"{base}/authorize", data={**form, "action": "login"}, headers=cookie, timeout=10
+    )
+
+
+def _signed_in(response: httpx.Response) -> bool:
+    return response.status_code == 200 and 'name="step" value="consent"' in response.text
+
+
+def _logged(pair: Deployment, reason: str, count: int) -> int:
+    """The instances' count of refusals with ``reason``, once ``count`` are logged (or 5 s)."""
+    deadline = time.monotonic() + 5
+    while pair.rejections(reason) < count and time.monotonic() < deadline:
+        time.sleep(0.1)  # the log lines of the last answers
+    return pair.rejections(reason)
+
+
+def test_login_throttle_and_registration_limit_are_shared(tmp_path: Path) -> None:
+    """HD-3 (RFC 6749 §10.10), HD-2 (RFC 7591 §5): with the Redis replay store the
+    instances share one login throttle and one ``/register`` limit. Three wrong
+    passwords split over A and B lock alice out as three on one instance would
+    (``[login] lockout_failures = 3``): the right password is then refused (429 with
+    ``Retry-After``, reason ``rate_limited``) at both. Two registrations from one
+    address, at A then B, spend ``registration_rate_limit = 2``: the third is refused
+    (429 ``temporarily_unavailable``) at either instance."""
+    top = "registration_enabled = true\nregistration_rate_limit = 2\n"
+    tables = "\n[login]\nfree_failures = 2\nlockout_failures = 3\nlockout_seconds = 60\n"
+    with as_pair(tmp_path, "limits", top=top, tables=tables) as pair:
+        for base in (pair.a, pair.b):
+            wrong = sign_in(base, "alice", "wrong password")
+            assert wrong.status_code == 200  # the form again
+            assert not _signed_in(wrong)
+        third = sign_in(pair.a, "alice", "wrong password")
+        assert third.status_code == 200  # checked and counted: the third failure locks
+        for base in (pair.b, pair.a):
+            refused = sign_in(base, "alice", PASSWORD)
+            assert refused.status_code == 429
+            assert 55 <= int(refused.headers["retry-after"]) <= 60
+            assert not _signed_in(refused)
+        assert _logged(pair, "rate_limited", 2) == 2
+
+        metadata = {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}
+        created = [httpx.post(base + "/register", json=metadata) for base in (pair.a, pair.b)]
+        assert [r.status_code for r in created] == [201, 201], created[0].text
+        for base in (pair.a, pair.b):
+            spent = httpx.post(base + "/register", json=metadata)
+            assert spent.status_code == 429
+            assert spent.json()["error"] == "temporarily_unavailable"
+            assert int(spent.headers["retry-after"]) > 3500
+        assert _logged(pair, "rate_limited", 4) == 4
 
 
 # -- the resource server ------------------------------------------------------------------

@@ -30,6 +30,7 @@ from dpopkit.server.endpoints.register import handle_register, registration_rate
 from dpopkit.server.parsing import MAX_BODY_BYTES
 from dpopkit.server.service import TokenService
 from dpopkit.server.users import Authenticator
+from dpopkit.storage.counters import CounterStore
 
 with requires_extra("server", needed_by=__name__):
     from starlette.applications import Starlette
@@ -227,6 +228,7 @@ def create_app(
     cors_origins: Sequence[str] = ("*",),
     csrf_secret: bytes | None = None,
     mounts: Sequence[tuple[str, ASGIApp]] = (),
+    counters: CounterStore | None = None,
 ) -> Starlette:
     """Build the authorization server's ASGI application.
 
@@ -238,6 +240,9 @@ def create_app(
         csrf_secret: key for the login form CSRF tokens (random when None).
         mounts: extra ``(path, app)`` pairs served as they are (the scope is untouched),
             e.g. the demo protected API at ``/api/whoami``.
+        counters: where the login throttle and the ``/register`` limit keep their
+            counts (HD-3, HD-2); a shared store (Redis) gives every instance one budget.
+            Default: in memory, per process.
 
     Raises:
         ServerConfigurationError: test mode with a non-loopback issuer.
@@ -249,7 +254,9 @@ def create_app(
             raise ServerConfigurationError(
                 Reason.CONFIGURATION, "test mode runs on a loopback issuer only"
             )
-    authorize = AuthorizationEndpoint(service, authenticator, csrf_secret=csrf_secret)
+    authorize = AuthorizationEndpoint(
+        service, authenticator, csrf_secret=csrf_secret, counters=counters
+    )
     issuer = settings.issuer
 
     def metadata(_: RequestView) -> ResponseView:
@@ -293,7 +300,7 @@ def create_app(
     for path in dict.fromkeys([well_known, well_known + issuer_path]):
         routes.append(Route(path, endpoint(metadata, path, methods=get)))
     if settings.registration_enabled:
-        limiter = registration_rate_limiter(settings, clock=service.clock)
+        limiter = registration_rate_limiter(settings, clock=service.clock, counters=counters)
 
         def register(view: RequestView) -> ResponseView:
             return handle_register(service, view, limiter=limiter)

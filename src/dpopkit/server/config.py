@@ -13,8 +13,9 @@ Example::
     # key_encryption_keys_file = "/run/secrets/dpopkit-kek"   # signing keys encrypted at rest
     # storage_url = "postgresql+psycopg://user@db/as"
     # replay_url = "redis://127.0.0.1:6379/0"   # postgresql://, unix://, sqlite, memory
+    #                                       # (Redis also shares the login and /register limits)
     # replay_schema = "dpopkit"               # PostgreSQL replay cache: its schema
-    # replay_prefix = "dpopkit:as:"           # Redis replay cache: its key prefix
+    # replay_prefix = "dpopkit:as:"           # Redis replay cache and limits: its key prefix
     # store_timeout = 2.0                     # seconds per store call (PostgreSQL, Redis)
     cors_origins = ["*"]
 
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from dpopkit._private import exposed_mode, make_private_dir, write_private_file
 from dpopkit.core.nonce import NonceIssuer
 from dpopkit.errors import DPoPError
+from dpopkit.storage.counters import CounterStore
 from dpopkit.storage.kek import KeyEncryptionError, KeyEncryptionKeys
 from dpopkit.storage.sql import ClientRecord, SQLGrantStore, hash_secret
 from dpopkit.storage.urls import REPLAY_URL_FORMS, parse_replay_url, replay_cache_from_url
@@ -676,6 +678,7 @@ def build_server(
     nonces = _nonce_issuer(config)
     csrf = _persisted_secret(config.data_dir, "csrf-secret").encode()
     service = TokenService(settings, store=store, replay=replay, nonces=nonces, clock=clock)
+    counters = _counter_store(config, replay)
     try:
         service.keyring.refresh(now=clock())
     except StoreError as exc:
@@ -686,8 +689,29 @@ def build_server(
         cors_origins=config.cors_origins,
         csrf_secret=csrf,
         mounts=mounts(service) if mounts is not None else (),
+        counters=counters,
     )
     return app, service
+
+
+def _counter_store(config: ServeConfig, replay: object) -> CounterStore | None:
+    """The shared state of the login throttle and the ``/register`` limit (HD-3, HD-2).
+
+    A Redis ``replay_url`` serves them too: its client (URL, time-outs) and its
+    ``replay_prefix``, so every instance enforces one budget. Otherwise None: each
+    process keeps its own counts in memory.
+    """
+    if parse_replay_url(config.replay_url).backend != "redis":
+        return None
+    from dpopkit.storage._deadline import DEFAULT_STORE_TIMEOUT
+    from dpopkit.storage.redis import RedisCounterStore, RedisReplayCache
+
+    timeout = config.store_timeout or DEFAULT_STORE_TIMEOUT
+    if isinstance(replay, RedisReplayCache):
+        return RedisCounterStore(replay.client, prefix=config.replay_prefix, timeout=timeout)
+    return RedisCounterStore.from_url(
+        config.replay_url, prefix=config.replay_prefix, timeout=timeout
+    )
 
 
 #: Seconds ``serve --check`` waits for each backend.

@@ -93,7 +93,8 @@ class ServerSettings:
             (``authorization_code`` and ``refresh_token`` by default: a user consents).
         registration_allow_unbound_tokens: let a registered client opt out of DPoP
             binding (``dpop_bound_access_tokens: false``); off by default.
-        registration_rate_limit: registrations per client address and hour (per process).
+        registration_rate_limit: registrations per client address and hour, 1 to 1000
+            (per process unless the limiter is given a shared counter store).
         login_free_failures: failed sign-ins per username before delays start (an
             address gets five times each login budget).
         login_lockout_failures: failed sign-ins per username that lock it temporarily.
@@ -183,9 +184,10 @@ class ServerSettings:
             )
         if self.login_lockout_seconds < 1:
             raise ServerConfigurationError(Reason.CONFIGURATION, "login lockout_seconds >= 1")
-        if self.registration_rate_limit < 1:
+        if not 1 <= self.registration_rate_limit <= 1000:
+            # each registration in the window is one number of a shared counter record
             raise ServerConfigurationError(
-                Reason.CONFIGURATION, "registration_rate_limit must be >= 1"
+                Reason.CONFIGURATION, "registration_rate_limit must be in 1..1000"
             )
         try:
             ProofPolicy(algorithms=self.proof_algorithms, max_age=self.proof_max_age)

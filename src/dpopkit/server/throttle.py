@@ -1,13 +1,19 @@
 """Abuse limits of the authorization server: login, registration and scrypt work.
 
-Login throttling, a registration rate limit and one bound on concurrent scrypt
-computations.
+Login throttling (HD-3), a registration rate limit (HD-2) and one bound on
+concurrent scrypt computations.
 
-All three are in-memory and per process: a deployment with several processes
-multiplies the budgets by the number of processes, and a restart forgets them.
-Each is bounded in memory and never blocks a request for long: a throttled caller
-is refused at once and a busy one after a short wait, with a typed error. The two
-counters take an injected clock (tests never sleep).
+The two counters keep their state in a :class:`~dpopkit.storage.counters.CounterStore`:
+in memory and per process by default (several processes then multiply the budgets,
+and a restart forgets them), or shared by every instance (Redis: one budget for the
+whole deployment; ``dpopkit serve`` uses it whenever ``replay_url`` is Redis). Their
+rules are written once here, as the updates the store applies atomically, so every
+store enforces the same ones. A shared store that cannot answer raises
+:class:`~dpopkit.storage.records.StoreError` and the request is refused (503), never
+let through unthrottled. The scrypt limiter protects this process's CPUs and stays
+per process. Nothing blocks a request for long: a throttled caller is refused at
+once and a busy one after a short wait, with a typed error. The two counters take
+an injected clock (tests never sleep).
 
 * :class:`LoginThrottle`: failed sign-ins counted per username and per client
   address; after ``free_failures`` each further failure imposes a delay that
@@ -32,12 +38,18 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from dpopkit.errors import Reason, TemporarilyUnavailableError
+from dpopkit.storage.counters import (
+    MAX_RECORD,
+    CounterStore,
+    Entry,
+    MemoryCounterStore,
+    Record,
+    Update,
+)
 from dpopkit.storage.sql import hash_secret, verify_secret
 
 __all__ = [
@@ -124,15 +136,13 @@ class WorkLimiter:
 SCRYPT_LIMITER = WorkLimiter()
 
 
-@dataclass(slots=True)
-class _Failures:
-    count: int = 0
-    blocked_until: float = 0.0
-    last: float = 0.0
-
-
 class LoginThrottle:
     """Failed sign-ins per username and per client address, with growing delays and lockout.
+
+    HD-3 (password guessing; RFC 6749 §10.10: the chance of guessing a credential must
+    stay small). The counts live in ``state``: in this process by default, or in a
+    :class:`~dpopkit.storage.counters.CounterStore` that several processes share (then
+    they enforce one budget, not one each).
 
     Args:
         free_failures: failures allowed before any delay.
@@ -143,8 +153,15 @@ class LoginThrottle:
         address_factor: an address gets this many times the username budgets (several
             users may share one address, e.g. behind NAT).
         forget_after: seconds after the last failure when a key is forgotten.
-        max_keys: keys remembered at most (the oldest are dropped first).
+        max_keys: keys remembered at most by the in-process state (the oldest are
+            dropped first).
         clock: returns the current time.
+        state: where the counts are kept (default: a
+            :class:`~dpopkit.storage.counters.MemoryCounterStore` of ``max_keys``).
+
+    Raises:
+        StoreError: from every method, when a shared ``state`` cannot answer; the
+            caller refuses the sign-in (503) without checking the password.
     """
 
     def __init__(
@@ -159,6 +176,7 @@ class LoginThrottle:
         forget_after: float = 3600.0,
         max_keys: int = 10000,
         clock: Callable[[], float] = time.time,
+        state: CounterStore | None = None,
     ) -> None:
         if not 0 <= free_failures < lockout_failures:
             raise ValueError("need 0 <= free_failures < lockout_failures")
@@ -171,8 +189,15 @@ class LoginThrottle:
         self.forget_after = forget_after
         self.max_keys = max_keys
         self.clock = clock
-        self._lock = threading.Lock()
-        self._keys: OrderedDict[str, _Failures] = OrderedDict()
+        self.state: CounterStore = (
+            state if state is not None else MemoryCounterStore(max_keys=max_keys)
+        )
+
+    @property
+    def _keys(self) -> Mapping[str, object]:
+        """The in-process records (empty when the state is shared)."""
+        state = self.state
+        return state.entries if isinstance(state, MemoryCounterStore) else {}
 
     @staticmethod
     def _user_key(username: str) -> str:
@@ -182,58 +207,75 @@ class LoginThrottle:
         return "u#" + hashlib.sha256(username.encode("utf-8", "surrogatepass")).hexdigest()
 
     def _keys_for(self, username: str, address: str | None) -> list[tuple[str, int]]:
-        keys = [(self._user_key(username), 1)]
+        keys = [(f"login:{self._user_key(username)}", 1)]
         if address:
-            keys.append((f"a:{address}", self.address_factor))
+            keys.append((f"login:a:{address}", self.address_factor))
         return keys
 
     def retry_after(self, *, username: str, address: str | None) -> float:
         """Seconds until an attempt for ``username`` from ``address`` may be checked (0: now)."""
         now = self.clock()
         wait = 0.0
-        with self._lock:
-            for key, _ in self._keys_for(username, address):
-                entry = self._keys.get(key)
-                if entry is not None:
-                    wait = max(wait, entry.blocked_until - now)
+        for key, _ in self._keys_for(username, address):
+            record = self.state.get(key, now=now)
+            if record is not None:
+                wait = max(wait, record[_BLOCKED_UNTIL] - now)
         return max(0.0, wait)
+
+    def _count(self, factor: int, now: float) -> Update:
+        """The rule of one failure on a key with ``factor`` times the budgets."""
+        lockout = self.lockout_failures * factor
+        free = self.free_failures * factor
+
+        def update(old: Record | None) -> Entry:
+            count, blocked_until, last = old if old is not None else (0.0, 0.0, 0.0)
+            if old is None or now - last > self.forget_after:
+                count, blocked_until = 0.0, 0.0
+            if count >= lockout and blocked_until <= now:
+                count, blocked_until = 0.0, 0.0  # a lockout ran out: start afresh
+            count += 1
+            if count >= lockout:
+                blocked_until = now + self.lockout_seconds
+            elif count > free:
+                steps = int(count) - free - 1
+                blocked_until = now + min(self.max_delay, self.base_delay * 2 ** min(steps, 32))
+            expires_at = max(now + self.forget_after, blocked_until)
+            return (count, blocked_until, now), expires_at
+
+        return update
 
     def failure(self, *, username: str, address: str | None) -> None:
         """Record a failed sign-in (wrong password or unknown user)."""
         now = self.clock()
-        with self._lock:
-            for key, factor in self._keys_for(username, address):
-                entry = self._keys.pop(key, None)
-                if entry is None or now - entry.last > self.forget_after:
-                    entry = _Failures()
-                if entry.count >= self.lockout_failures * factor and entry.blocked_until <= now:
-                    entry = _Failures()  # a lockout ran out: start afresh
-                entry.count += 1
-                entry.last = now
-                if entry.count >= self.lockout_failures * factor:
-                    entry.blocked_until = now + self.lockout_seconds
-                elif entry.count > self.free_failures * factor:
-                    steps = entry.count - self.free_failures * factor - 1
-                    delay = min(self.max_delay, self.base_delay * 2 ** min(steps, 32))
-                    entry.blocked_until = now + delay
-                self._keys[key] = entry
-            while len(self._keys) > self.max_keys:
-                self._keys.popitem(last=False)
+        for key, factor in self._keys_for(username, address):
+            self.state.change(key, self._count(factor, now), now=now)
 
     def success(self, *, username: str) -> None:
         """Forget the failures of ``username`` (the address keeps its count)."""
-        with self._lock:
-            self._keys.pop(self._user_key(username), None)
+        self.state.change(f"login:{self._user_key(username)}", _forget, now=self.clock())
 
 
 class RateLimiter:
     """At most ``limit`` events per ``window`` seconds per key (a sliding log).
 
+    HD-2 (open registration; RFC 7591 §5: an open registration endpoint should be rate
+    limited). The log lives in ``state``: in this process by default, or in a shared
+    :class:`~dpopkit.storage.counters.CounterStore` (one budget for every process).
+
     Args:
         limit: events allowed per window and key.
         window: the window in seconds.
-        max_keys: keys remembered at most (the least recently used are dropped).
+        max_keys: keys remembered at most by the in-process state (the least recently
+            used are dropped).
         clock: returns the current time.
+        state: where the logs are kept (default: a
+            :class:`~dpopkit.storage.counters.MemoryCounterStore` of ``max_keys``).
+        name: the namespace of this limiter's keys in ``state``.
+
+    Raises:
+        ValueError: a bad limit or window, or a limit over 1024 with a shared ``state``
+            (each event in the window is one number of its record).
+        StoreError: from :meth:`hit`, when a shared ``state`` cannot answer.
     """
 
     def __init__(
@@ -243,26 +285,46 @@ class RateLimiter:
         window: float,
         max_keys: int = 10000,
         clock: Callable[[], float] = time.time,
+        state: CounterStore | None = None,
+        name: str = "rate",
     ) -> None:
         if limit < 1 or window <= 0:
             raise ValueError("need limit >= 1 and window > 0")
+        if state is not None and not isinstance(state, MemoryCounterStore) and limit > MAX_RECORD:
+            raise ValueError(f"a shared state holds a limit of {MAX_RECORD} at most")
+        if not name or ":" in name:
+            raise ValueError("name must be non-empty, without ':'")
         self.limit = limit
         self.window = window
         self.max_keys = max_keys
         self.clock = clock
-        self._lock = threading.Lock()
-        self._keys: OrderedDict[str, list[float]] = OrderedDict()
+        self.name = name
+        self.state: CounterStore = (
+            state if state is not None else MemoryCounterStore(max_keys=max_keys)
+        )
 
     def hit(self, key: str) -> int:
         """Count one event for ``key``; return 0 when allowed, else seconds to wait (>= 1)."""
         now = self.clock()
-        with self._lock:
-            times = [t for t in self._keys.pop(key, []) if now - t < self.window]
+        wait = 0
+
+        def update(old: Record | None) -> Entry:
+            nonlocal wait
+            times = [t for t in old or () if now - t < self.window]
             if len(times) >= self.limit:
-                self._keys[key] = times
-                return max(1, math.ceil(times[0] + self.window - now))
-            times.append(now)
-            self._keys[key] = times
-            while len(self._keys) > self.max_keys:
-                self._keys.popitem(last=False)
-        return 0
+                wait = max(1, math.ceil(times[0] + self.window - now))
+            else:
+                wait = 0
+                times.append(now)
+            return tuple(times), max(times) + self.window
+
+        self.state.change(f"{self.name}:{key}", update, now=now)
+        return wait
+
+
+#: Fields of a login throttle record: (failures, blocked until, last failure).
+_BLOCKED_UNTIL = 1
+
+
+def _forget(_: Record | None) -> None:
+    return None

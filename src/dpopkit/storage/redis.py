@@ -27,11 +27,17 @@ we fail closed). The ``volatile-*`` and ``allkeys-*`` policies evict exactly
 these TTL-bearing keys and reopen replay; the first use checks the policy
 and emits a :class:`~dpopkit.errors.SecurityWarning` once.
 
+:class:`RedisCounterStore` keeps the records of the abuse limits (login throttle,
+registration limit, :mod:`dpopkit.storage.counters`) in the same Redis, so that
+every instance counts against one budget; it fails closed the same way (its error
+is a :class:`~dpopkit.storage.records.StoreError`, answered with 503).
+
 The redis package is imported only by this module (``pip install dpopkit[redis]``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -40,6 +46,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from dpopkit.errors import ReplayStoreError, SecurityWarning, requires_extra
+from dpopkit.storage._health import StoreHealth
+from dpopkit.storage.counters import Record, Update, decode_entry, encode_entry
+from dpopkit.storage.records import StoreError
 
 with requires_extra("redis", needed_by=__name__):
     import redis
@@ -48,7 +57,12 @@ with requires_extra("redis", needed_by=__name__):
     import redis.retry
     from redis.backoff import NoBackoff
 
-__all__ = ["AsyncRedisReplayCache", "RedisReplayCache", "eviction_policy_is_risky"]
+__all__ = [
+    "AsyncRedisReplayCache",
+    "RedisCounterStore",
+    "RedisReplayCache",
+    "eviction_policy_is_risky",
+]
 
 #: Seconds; socket connect and read/write time-outs used by ``from_url``.
 DEFAULT_TIMEOUT = 0.5
@@ -283,3 +297,136 @@ class AsyncRedisReplayCache:
     async def aclose(self) -> None:
         """Close the client's connections."""
         await self.client.aclose()
+
+
+# Compare-and-set: write ARGV[2] (PX ARGV[3] ms; '' deletes) only if the value is still
+# ARGV[1] ('' for no key); else return the value found, for the caller's next attempt.
+_CAS = """
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return {0, current} end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1])
+else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return {1, ''}
+"""
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    # A client made with decode_responses=True answers str.
+    return value.encode() if isinstance(value, str) else value
+
+
+#: Compare-and-set attempts one change makes at most before failing closed.
+MAX_ATTEMPTS = 64
+
+
+class RedisCounterStore:
+    """A :class:`~dpopkit.storage.counters.CounterStore` in Redis, shared by every instance.
+
+    A change reads the record, applies the caller's rule and writes the result with a
+    compare-and-set script (one atomic step in Redis); when another instance changed the
+    record in between, it applies the rule again to the new record (at most
+    :data:`MAX_ATTEMPTS` times within ``timeout`` seconds). So concurrent changes are
+    counted exactly, whichever process makes them.
+
+    Keys are ``<prefix>throttle:<namespace>:<SHA-256 of the value>``: no username or
+    address appears in clear. Each key's TTL ends when its record expires (on the
+    caller's clock, sent as a relative time), so no key outlives its use.
+
+    Fail closed: a Redis error or time-out, too much contention, or a record that is not
+    ours raises :class:`~dpopkit.storage.records.StoreError` (the caller answers 503);
+    outages and recoveries are logged once each on ``dpopkit.storage`` (store
+    ``throttle``).
+
+    Args:
+        client: a ``redis.Redis`` with a ``socket_timeout`` (see :meth:`from_url`).
+        prefix: a namespace prepended to every key.
+        timeout: seconds one change may take over all its attempts.
+
+    Raises:
+        ValueError: the client has no ``socket_timeout``.
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "", timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        _require_socket_timeout(client)
+        self.client = client
+        self.prefix = prefix
+        self.timeout = timeout
+        #: outages and recoveries, logged on ``dpopkit.storage``
+        self.health = StoreHealth("throttle")
+        self._cas = client.register_script(_CAS)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, prefix: str = "", timeout: float = DEFAULT_TIMEOUT
+    ) -> RedisCounterStore:
+        """Connect to ``url`` with bounded socket time-outs and no retries."""
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=redis.retry.Retry(NoBackoff(), 0),
+        )
+        return cls(client, prefix=prefix, timeout=timeout)
+
+    def redis_key(self, key: str) -> str:
+        """The Redis key of ``key`` (``namespace:value``): the value as a SHA-256 digest."""
+        namespace, _, value = key.partition(":")
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{self.prefix}throttle:{namespace}:{digest}"
+
+    def _failed(self, exc: BaseException) -> StoreError:
+        self.health.failed(type(exc).__name__)
+        return StoreError(f"the counter store failed ({type(exc).__name__})")
+
+    def get(self, key: str, *, now: float) -> Record | None:
+        """The live record of ``key``; see :meth:`~dpopkit.storage.counters.CounterStore.get`.
+
+        Raises:
+            StoreError: Redis failed or timed out.
+        """
+        try:
+            value = self.client.get(self.redis_key(key))
+        except _REDIS_ERRORS as exc:
+            raise self._failed(exc) from exc
+        self.health.ok()
+        if value is None:
+            return None
+        record, expires_at = decode_entry(_as_bytes(value))
+        return None if now > expires_at else record
+
+    def change(self, key: str, update: Update, *, now: float) -> Record | None:
+        """Apply ``update`` atomically across instances (compare-and-set, retried).
+
+        Raises:
+            StoreError: Redis failed or timed out, or the record kept changing under us.
+        """
+        name = self.redis_key(key)
+        deadline = time.monotonic() + self.timeout
+        try:
+            current = _as_bytes(self.client.get(name) or b"")
+            for _ in range(MAX_ATTEMPTS):
+                old = decode_entry(current) if current else None
+                live = None if old is None or now > old[1] else old[0]
+                entry = update(live)
+                value = b"" if entry is None else encode_entry(entry)
+                if value == current:
+                    break  # nothing to write (a refusal leaves the record as it is)
+                ttl = 1 if entry is None else max(1, math.ceil((entry[1] - now) * 1000))
+                done, found = self._cas(keys=[name], args=[current, value, ttl])
+                if done == 1:
+                    break
+                current = _as_bytes(found)
+                if time.monotonic() > deadline:
+                    raise StoreError("the counter store is too contended")
+            else:
+                raise StoreError("the counter store is too contended")
+        except _REDIS_ERRORS as exc:
+            raise self._failed(exc) from exc
+        self.health.ok()
+        return None if entry is None else entry[0]
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()

@@ -38,6 +38,7 @@ from dpopkit.server.redirects import redirect_uri_allowed
 from dpopkit.server.settings import PAR_URN_PREFIX
 from dpopkit.server.throttle import LoginThrottle, ServerBusyError
 from dpopkit.server.users import Authenticator
+from dpopkit.storage.counters import CounterStore
 from dpopkit.storage.sql import (
     ClientRecord,
     CodeRecord,
@@ -107,8 +108,12 @@ class AuthorizationEndpoint:
             built in).
         csrf_secret: 32+ random bytes keying the CSRF tokens.
         throttle: failed sign-ins per username and client address (growing delays,
-            then a temporary lockout); a :class:`~dpopkit.server.throttle.LoginThrottle`
-            on the service's clock by default.
+            then a temporary lockout; HD-3); a
+            :class:`~dpopkit.server.throttle.LoginThrottle` on the service's clock by default.
+        counters: where that default throttle keeps its counts (default: in memory, per
+            process; a shared store such as Redis gives every instance one budget). When
+            the store cannot answer, a sign-in is refused with 503 and ``Retry-After``,
+            the password unchecked.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class AuthorizationEndpoint:
         *,
         csrf_secret: bytes | None = None,
         throttle: LoginThrottle | None = None,
+        counters: CounterStore | None = None,
     ) -> None:
         self.service = service
         self.authenticator = authenticator
@@ -130,6 +136,7 @@ class AuthorizationEndpoint:
                 lockout_failures=settings.login_lockout_failures,
                 lockout_seconds=float(settings.login_lockout_seconds),
                 clock=service.clock,
+                state=counters,
             )
         )
         self._csrf_secret = csrf_secret or secrets.token_bytes(32)
@@ -384,6 +391,47 @@ class AuthorizationEndpoint:
         """Check a password under the login throttle; the consent page on success."""
         params = record.params
         address = request.client_address
+        try:
+            checked = self._throttled_login(
+                request, client, record, interaction, browser, username, password
+            )
+        except StoreError:
+            # HD-3: the throttle's shared store cannot answer: refuse, password unchecked
+            # (or its failure uncounted), never a sign-in without the throttle.
+            _log.warning(
+                "login refused: reason=store_unavailable username=%r address=%s",
+                username[:64],
+                address,
+            )
+            page = self._login_page(
+                client,
+                params,
+                interaction,
+                browser,
+                "The service is temporarily unavailable; try again in a moment",
+                ("Retry-After", "1"),
+                username=username,
+                status=503,
+            )
+            return replace(page, reason=Reason.STORE_UNAVAILABLE.value)
+        if isinstance(checked, ResponseView):
+            return checked
+        self.service.store.set_request_subject(record.id_hash, checked)
+        return self._consent_page(client, params, interaction, browser, checked)
+
+    def _throttled_login(
+        self,
+        request: RequestView,
+        client: ClientRecord,
+        record: InteractionRecord,
+        interaction: str,
+        browser: str,
+        username: str,
+        password: str,
+    ) -> ResponseView | str:
+        """A refusal page, or the subject of a sign-in the throttle allowed and recorded."""
+        params = record.params
+        address = request.client_address
         wait = self.throttle.retry_after(username=username, address=address)
         if wait > 0:
             # Growing delay or lockout: the password is not even checked (Keycloak model).
@@ -393,7 +441,7 @@ class AuthorizationEndpoint:
                 address,
                 math.ceil(wait),
             )
-            return self._login_page(
+            page = self._login_page(
                 client,
                 params,
                 interaction,
@@ -403,6 +451,7 @@ class AuthorizationEndpoint:
                 username=username,
                 status=429,
             )
+            return replace(page, reason=Reason.RATE_LIMITED.value)
         try:
             sub = self.authenticator.authenticate(username, password)
         except ServerBusyError:
@@ -435,8 +484,7 @@ class AuthorizationEndpoint:
                 username=username,
             )
         self.throttle.success(username=username)
-        self.service.store.set_request_subject(record.id_hash, sub)
-        return self._consent_page(client, params, interaction, browser, sub)
+        return sub
 
     def _issue_code(
         self, client: ClientRecord, params: Mapping[str, Any], sub: str, now: float

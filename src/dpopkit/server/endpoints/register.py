@@ -26,20 +26,31 @@ from dpopkit.server.core import ServiceCore
 from dpopkit.server.parsing import parse_json_object
 from dpopkit.server.settings import ServerSettings
 from dpopkit.server.throttle import SCRYPT_LIMITER, RateLimitedError, RateLimiter, WorkLimiter
+from dpopkit.storage.counters import CounterStore
 from dpopkit.storage.sql import StoreError
 
 __all__ = ["handle_register", "registration_rate_limiter"]
 
 
 def registration_rate_limiter(
-    settings: ServerSettings, *, clock: Callable[[], float] = time.time
+    settings: ServerSettings,
+    *,
+    clock: Callable[[], float] = time.time,
+    counters: CounterStore | None = None,
 ) -> RateLimiter:
     """The per-address limiter of ``/register``: ``registration_rate_limit`` an hour.
 
-    In memory and per process (bounded to 10,000 addresses): several processes each
-    allow the limit; put a shared limiter in front for a cluster.
+    HD-2, RFC 7591 §5. Without ``counters`` it is in memory and per process (bounded to
+    10,000 addresses): several processes each allow the limit. With a shared
+    ``counters`` store (Redis) every process that shares it enforces one limit.
     """
-    return RateLimiter(limit=settings.registration_rate_limit, window=3600.0, clock=clock)
+    return RateLimiter(
+        limit=settings.registration_rate_limit,
+        window=3600.0,
+        clock=clock,
+        state=counters,
+        name="register",
+    )
 
 
 def handle_register(
@@ -54,7 +65,8 @@ def handle_register(
     Args:
         service: the token service (settings with the registration policy, store).
         request: the registration request.
-        limiter: per-client-address rate limit (429 with ``Retry-After`` when spent).
+        limiter: per-client-address rate limit (429 with ``Retry-After`` when spent;
+            503 ``temporarily_unavailable`` when its shared store cannot answer).
         scrypt: bounds concurrent scrypt work (the shared limiter by default).
     """
     now = service.clock()
