@@ -85,29 +85,28 @@ def test_no_stream_socket_without_its_protocol() -> None:
 
 
 _SERVE = """
-import sys
+import importlib, sys
 from dpopkit.cli._serving import bind, run_uvicorn
-sock = bind("127.0.0.1", int(sys.argv[1]))
-run_uvicorn(None, sock=sock, log_level="warning", access_log=False, workers=int(sys.argv[2]),
-            factory="nodelay_app:make_app")
+if __name__ == "__main__":
+    sock = bind("127.0.0.1", int(sys.argv[1]))
+    module, name = sys.argv[3].split(":")
+    app = getattr(importlib.import_module(module), name)()
+    run_uvicorn(app, sock=sock, log_level="warning", access_log=False,
+                workers=int(sys.argv[2]), factory=sys.argv[3])
 """
 
 
-@pytest.mark.parametrize("workers", [2])
-def test_worker_processes_set_tcp_nodelay(workers: int) -> None:
-    """With ``--workers N`` each uvicorn worker serves the socket ``bind`` made, and its
-    connections have TCP_NODELAY too (uvicorn's ``fd=`` path rebuilds the socket as
-    AF_UNIX, and asyncio then leaves Nagle's algorithm on)."""
+def _answers(
+    workers: int, factory: str, headers: dict[str, str], env: dict[str, str] | None = None
+) -> list[str]:
+    """Four answers of ``run_uvicorn`` serving ``factory``, each on a new connection."""
     probe = bind("127.0.0.1", 0)
     port = probe.getsockname()[1]
     probe.close()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "cli"), *sys.path]),
-    }
+    paths = [str(Path(__file__).parent / "cli"), *sys.path]
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVE, str(port), str(workers)],
-        env=env,
+        [sys.executable, "-c", _SERVE, str(port), str(workers), factory],
+        env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(paths)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -116,13 +115,34 @@ def test_worker_processes_set_tcp_nodelay(workers: int) -> None:
         answers: list[str] = []
         while len(answers) < 4:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the workers did not answer"
+            assert time.monotonic() < deadline, "the server did not answer"
             try:
                 with httpx.Client(timeout=5) as http:  # a new connection each time
-                    answers.append(http.get(f"http://127.0.0.1:{port}/").text)
+                    answers.append(http.get(f"http://127.0.0.1:{port}/", headers=headers).text)
             except httpx.TransportError:
                 time.sleep(0.1)
-        assert all(a.isdigit() and int(a) > 0 for a in answers), answers
+        return answers
     finally:
         proc.terminate()
         proc.communicate(timeout=15)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_worker_processes_set_tcp_nodelay(workers: int) -> None:
+    """With ``--workers N`` each uvicorn worker serves the socket ``bind`` made, and its
+    connections have TCP_NODELAY too (uvicorn's ``fd=`` path rebuilds the socket as
+    AF_UNIX, and asyncio then leaves Nagle's algorithm on)."""
+    answers = _answers(workers, "nodelay_app:make_app", {})
+    assert all(a.isdigit() and int(a) > 0 for a in answers), answers
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_forwarded_for_is_believed_only_from_configured_proxies(workers: int) -> None:
+    """The client address (login throttle, ``/register`` limit) is the TCP peer: a
+    loopback peer's ``X-Forwarded-For`` counts only when FORWARDED_ALLOW_IPS names it."""
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    assert _answers(workers, "nodelay_app:make_peer_app", forwarded) == ["127.0.0.1"] * 4
+    trusted = _answers(
+        workers, "nodelay_app:make_peer_app", forwarded, {"FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    )
+    assert trusted == ["203.0.113.9"] * 4

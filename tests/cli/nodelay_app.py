@@ -1,8 +1,10 @@
-"""An ASGI app factory for tests: it answers with TCP_NODELAY of the connection it serves.
+"""ASGI app factories for tests of how ``dpopkit serve`` and ``serve-api`` run uvicorn.
 
-It finds that connection among its own process's file descriptors by the client's port
+``make_app`` answers with TCP_NODELAY of the connection it serves: it finds that
+connection among its own process's file descriptors by the client's port
 (``scope["client"]``), then reads the option on a duplicate of the descriptor (the same
 socket). It runs inside uvicorn's worker processes, where a test cannot reach otherwise.
+``make_peer_app`` answers with the client address uvicorn put in the scope.
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ def make_app() -> Any:
         if scope["type"] != "http":
             return
         body = str(_nodelay_of_peer(scope["client"][1])).encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def make_peer_app() -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = str(scope["client"][0]).encode()
         headers = [(b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})

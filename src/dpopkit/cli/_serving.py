@@ -3,13 +3,15 @@
 The listening socket is bound **before** anything is printed, so a port in use is one
 line (``dpopkit serve: error: cannot listen on ...``, exit :data:`EXIT_CANNOT_LISTEN`)
 and never a banner followed by uvicorn's own error. Both commands share the logging
-flags: ``--log-level`` (uvicorn's and dpopkit's loggers) and ``--access-log``.
+flags: ``--log-level`` (uvicorn's and dpopkit's loggers) and ``--access-log``, and take
+``X-Forwarded-For`` into account only from the proxies ``FORWARDED_ALLOW_IPS`` names.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 from typing import Any
 
@@ -86,7 +88,13 @@ def run_uvicorn(
     import uvicorn
 
     configure_logging(log_level)
-    common: dict[str, Any] = {"log_level": log_level, "access_log": access_log}
+    common: dict[str, Any] = {
+        "log_level": log_level,
+        "access_log": access_log,
+        # The client address is the TCP peer unless FORWARDED_ALLOW_IPS names the proxies
+        # whose X-Forwarded-For uvicorn may believe (uvicorn alone trusts 127.0.0.1).
+        "proxy_headers": bool(os.environ.get("FORWARDED_ALLOW_IPS")),
+    }
     try:
         if workers > 1:
             if factory is None:
