@@ -749,17 +749,22 @@ def test_as8_metadata_dpop_algs(as_: AS) -> None:
 
 
 def test_signing_key_rotation_keeps_old_tokens_valid(as_: AS) -> None:
-    """Rotated keys stay in JWKS until retired; tokens they signed still introspect."""
+    """A new key is published before it signs (RFC 7517 §5); rotated keys stay in JWKS
+    until retired, and tokens they signed still introspect."""
     old = body_of(as_.token(CC))["access_token"]
     old_kid = jwt_parts(old)[0]["kid"]
-    as_.service.keyring.rotate(now=as_.clock.now)
+    ring = as_.service.keyring
+    new_kid = ring.rotate(now=as_.clock.now).kid
+    assert new_kid in {k["kid"] for k in ring.jwks(now=as_.clock.now)["keys"]}  # published
+    assert jwt_parts(body_of(as_.token(CC))["access_token"])[0]["kid"] == old_kid
+    as_.clock.now += ring.publish_ahead
     new = body_of(as_.token(CC))["access_token"]
-    assert jwt_parts(new)[0]["kid"] != old_kid
-    kids = {k["kid"] for k in as_.service.keyring.jwks(now=as_.clock.now)["keys"]}
+    assert jwt_parts(new)[0]["kid"] == new_kid
+    kids = {k["kid"] for k in ring.jwks(now=as_.clock.now)["keys"]}
     assert old_kid in kids
     assert body_of(_introspect(as_, old))["active"] is True
-    as_.service.keyring.refresh(now=as_.clock.now + 86400 + 1)
-    kids = {k["kid"] for k in as_.service.keyring.jwks(now=as_.clock.now + 86401)["keys"]}
+    ring.refresh(now=as_.clock.now + 86400 + 1)
+    kids = {k["kid"] for k in ring.jwks(now=as_.clock.now + 86401)["keys"]}
     assert old_kid not in kids
 
 

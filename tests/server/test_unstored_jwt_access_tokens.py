@@ -149,3 +149,20 @@ def test_family_tokens_are_stored_and_revoked_with_their_family(as_: AS) -> None
     assert as_.token(refresh, client=None, proof=as_.proof(key)).status == 400  # reuse
     assert _introspect(as_, first["access_token"]) == {"active": False}
     assert _introspect(as_, second["access_token"]) == {"active": False}
+
+
+def test_revocation_at_a_server_that_has_not_read_the_signing_key(store: SQLGrantStore) -> None:
+    """RFC 7009 §2.2: a token signed with a key server B has not read yet (made by A,
+    sharing the store) is active at B's /introspect and revoked by B's /revoke: B re-reads
+    the keys when it meets an unknown one, so the revocation is never lost."""
+    clock = Clock(1_700_000_000.0)
+    a = AS(make_service(store, clock), store, clock)
+    b = AS(make_service(store, clock), store, clock)
+    body_of(b.token(CC))  # B has read the keys of this moment
+    a.service.keyring.publish_ahead = 0.0  # A signs with a key B has not read
+    a.service.keyring.rotate(now=clock.now)
+    token = body_of(a.token(CC))["access_token"]
+    assert _introspect(b, token)["active"] is True
+    _revoke(b, token)
+    assert store.count_access_tokens() == 1
+    assert _introspect(a, token) == {"active": False}

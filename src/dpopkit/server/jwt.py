@@ -71,10 +71,13 @@ class KeyRing:
     key it replaces stays in JWKS for ``retire_grace`` seconds (the longest token
     lifetime) so tokens it signed still verify, then is deleted.
 
+    A new key is published ``publish_ahead`` seconds before it signs (by default
+    ``refresh_interval``): every server sharing the store has re-read it, and a
+    resource server fetching JWKS finds it, before any token signed with it exists.
     Several servers sharing one store act as one: each re-reads the keys every
-    ``refresh_interval`` seconds, so a key made by another one is published and
-    verified here (and signs here) within that time; when a rotation falls due on
-    several servers at once, exactly one of them makes the new key.
+    ``refresh_interval`` seconds (and at once, at most once a second, when asked for a
+    key it does not know: :meth:`reread`); when a rotation falls due on several servers
+    at once, exactly one of them makes the new key.
 
     Args:
         store: the grant store holding the keys.
@@ -83,6 +86,8 @@ class KeyRing:
         retire_grace: seconds an old key stays published after it stopped signing.
         refresh_interval: seconds between re-reads of the store (another server may
             have rotated).
+        publish_ahead: seconds a new key is published before it signs (None: the
+            ``refresh_interval``).
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class KeyRing:
         rotate_after: float = 30 * 86400,
         retire_grace: float = 86400,
         refresh_interval: float = 60.0,
+        publish_ahead: float | None = None,
     ) -> None:
         if alg not in ALGORITHMS:
             raise ValueError(f"unsupported signing algorithm {alg!r}")
@@ -103,8 +109,12 @@ class KeyRing:
         self.rotate_after = rotate_after
         self.retire_grace = retire_grace
         self.refresh_interval = refresh_interval
+        self.publish_ahead = refresh_interval if publish_ahead is None else publish_ahead
+        if not (math.isfinite(self.publish_ahead) and self.publish_ahead >= 0):
+            raise ValueError("publish_ahead must be a non-negative number of seconds")
         self._keys: list[tuple[SigningKeyRecord, SigningKey]] = []
         self._loaded_at = -math.inf
+        self._reread_at = -math.inf
 
     def _load(self) -> None:
         loaded = []
@@ -127,7 +137,11 @@ class KeyRing:
         self._loaded_at = now
 
     def rotate(self, *, now: float) -> SigningKey:
-        """Make a new signing key now; the previous ones retire after the grace period."""
+        """Make a new key now and return it.
+
+        It signs after ``publish_ahead`` seconds; the keys it replaces retire
+        ``retire_grace`` seconds after that.
+        """
         return self._rotate(now=now, replacing=None)
 
     def _rotate(self, *, now: float, replacing: str | None) -> SigningKey:
@@ -136,7 +150,9 @@ class KeyRing:
             kid=key.jkt, alg=key.alg, private_jwk=key.private_jwk(), created_at=now
         )
         self._store.add_signing_key(
-            record, retire_others_at=now + self.retire_grace, replacing=replacing
+            record,
+            retire_others_at=now + self.publish_ahead + self.retire_grace,
+            replacing=replacing,
         )
         self._load()  # the key just made, or the one another server made first
         self._loaded_at = now
@@ -147,10 +163,29 @@ class KeyRing:
         if not self._keys or now - self._loaded_at >= self.refresh_interval:
             self.refresh(now=now)
 
+    def reread(self, *, now: float) -> bool:
+        """Re-read the keys now, at most once a second; True when it did.
+
+        For a token signed with a key this server does not know yet (made by another
+        server sharing the store, e.g. the first key of two servers started at once).
+        """
+        if now - self._reread_at < 1.0:
+            return False
+        self._reread_at = now
+        self.refresh(now=now)
+        return True
+
     def current(self, *, now: float) -> SigningKey:
-        """The key that signs now."""
+        """The key that signs now.
+
+        The newest one published for ``publish_ahead`` seconds, or, when none is (a
+        new store), the oldest one.
+        """
         self._ensure(now)
-        return self._keys[0][1]
+        for record, key in self._keys:  # newest first
+            if now - record.created_at >= self.publish_ahead:
+                return key
+        return self._keys[-1][1]
 
     def jwks(self, *, now: float) -> dict[str, list[dict[str, str]]]:
         """The public JWK Set (RFC 7517 §5): the signing key and those not yet retired."""
