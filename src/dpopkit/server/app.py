@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from ipaddress import ip_address
@@ -46,6 +47,29 @@ _CORS_EXPOSE_HEADERS = "DPoP-Nonce, WWW-Authenticate"
 
 Handler = Callable[[RequestView], ResponseView]
 logger = logging.getLogger("dpopkit.server")
+
+#: Endpoints that count requests by client address (login throttle, registration limit).
+_BY_ADDRESS = ("/authorize", "/register")
+_forwarding_warned = False
+
+
+def _warn_untrusted_forwarding(headers: Headers, path: str) -> None:
+    """Log once per process that a proxy's X-Forwarded-For is not believed.
+
+    Unless ``FORWARDED_ALLOW_IPS`` names the proxy, every client behind it shares one
+    address budget.
+    """
+    global _forwarding_warned
+    if _forwarding_warned or path not in _BY_ADDRESS or headers.get("x-forwarded-for") is None:
+        return
+    if os.environ.get("FORWARDED_ALLOW_IPS"):
+        return
+    _forwarding_warned = True
+    logger.warning(
+        "X-Forwarded-For is not believed: the client address of the login throttle and the "
+        "registration limit is the TCP peer; set FORWARDED_ALLOW_IPS to the proxy's address",
+        extra={"reason": "untrusted_forwarding"},
+    )
 
 
 def is_loopback_host(host: str) -> bool:
@@ -149,6 +173,7 @@ class _Endpoint:
             if client is None or not is_loopback_host(str(client[0])):
                 await _send(send, _plain(403, "test mode answers loopback clients only"))
                 return
+        _warn_untrusted_forwarding(headers, self.path)
         cors = self._cors(headers)
         method = scope["method"]
         if method == "OPTIONS":
