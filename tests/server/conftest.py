@@ -152,6 +152,30 @@ class AS:
             hdrs.append(("DPoP", proof))
         return self.service.handle_token(form_request(TOKEN_URL, params, headers=hdrs))
 
+    def introspect(self, token: str, client: str = "rs") -> dict[str, Any]:
+        """The /introspect answer (RFC 7662 §2.2) for ``client``, after its 200 shape."""
+        resp = self.service.handle_introspect(
+            form_request(
+                ISSUER + "/introspect",
+                {"token": token},
+                headers=[("Authorization", basic(client, SECRET))],
+            )
+        )
+        assert resp.status == 200
+        assert resp.header("Cache-Control") == "no-store"
+        return body_of(resp)
+
+    def revoke(self, token: str, client: str = "conf") -> None:
+        """Revoke ``token`` as ``client`` at /revoke (RFC 7009 §2.2: always 200)."""
+        resp = self.service.handle_revoke(
+            form_request(
+                ISSUER + "/revoke",
+                {"token": token},
+                headers=[("Authorization", basic(client, SECRET))],
+            )
+        )
+        assert resp.status == 200
+
 
 def make_service(store: SQLGrantStore, clock: Clock, **settings: Any) -> TokenService:
     nonce_policy = settings.get("nonce_policy", "off")

@@ -34,37 +34,13 @@ from .conftest import (
     ISSUER,
     SECRET,
     Clock,
-    basic,
     body_of,
     code_params,
-    form_request,
     get_code,
     make_service,
 )
 
 _TOKEN68_43 = re.compile(r"[A-Za-z0-9_-]{43}")
-
-
-def _introspect(as_: AS, token: str, client: str = "rs") -> dict[str, Any]:
-    resp = as_.service.handle_introspect(
-        form_request(
-            ISSUER + "/introspect",
-            {"token": token},
-            headers=[("Authorization", basic(client, SECRET))],
-        )
-    )
-    assert resp.status == 200
-    assert resp.header("Cache-Control") == "no-store"
-    return body_of(resp)
-
-
-def _revoke(as_: AS, token: str, client: str = "conf") -> None:
-    resp = as_.service.handle_revoke(
-        form_request(
-            ISSUER + "/revoke", {"token": token}, headers=[("Authorization", basic(client, SECRET))]
-        )
-    )
-    assert resp.status == 200
 
 
 def test_as11_opaque_dpop_token_introspects_with_cnf_jkt(as_opaque: AS) -> None:
@@ -76,7 +52,7 @@ def test_as11_opaque_dpop_token_introspects_with_cnf_jkt(as_opaque: AS) -> None:
     assert body["token_type"] == "DPoP"
     # 256 random bits, base64url: token68 characters and no JWT structure.
     assert _TOKEN68_43.fullmatch(token)
-    info = _introspect(as_opaque, token)
+    info = as_opaque.introspect(token)
     assert info["active"] is True
     assert info["token_type"] == "DPoP"
     assert info["cnf"] == {"jkt": as_opaque.key.jkt}
@@ -107,38 +83,38 @@ def test_opaque_token_stored_only_as_its_hash(as_opaque: AS, store: SQLGrantStor
 def test_opaque_token_hash_is_not_a_token(as_opaque: AS) -> None:
     """X-17: presenting the stored hash (or a random value) is inactive, nothing else."""
     token = body_of(as_opaque.token({"grant_type": "client_credentials"}))["access_token"]
-    assert _introspect(as_opaque, sha256_hex(token)) == {"active": False}
-    assert _introspect(as_opaque, "A" * 43) == {"active": False}
-    assert _introspect(as_opaque, "A" * 5000) == {"active": False}
+    assert as_opaque.introspect(sha256_hex(token)) == {"active": False}
+    assert as_opaque.introspect("A" * 43) == {"active": False}
+    assert as_opaque.introspect("A" * 5000) == {"active": False}
 
 
 def test_opaque_token_revoked_then_inactive(as_opaque: AS) -> None:
     """RFC 7009: revoking an opaque token makes introspection answer active false."""
     token = body_of(as_opaque.token({"grant_type": "client_credentials"}))["access_token"]
-    _revoke(as_opaque, "not-this-one")
-    assert _introspect(as_opaque, token)["active"] is True
-    _revoke(as_opaque, token)
-    assert _introspect(as_opaque, token) == {"active": False}
+    as_opaque.revoke("not-this-one")
+    assert as_opaque.introspect(token)["active"] is True
+    as_opaque.revoke(token)
+    assert as_opaque.introspect(token) == {"active": False}
 
 
 def test_opaque_token_of_other_client_not_revoked(as_opaque: AS) -> None:
     """RFC 7009 §2.1: a client revokes only its own tokens."""
     token = body_of(as_opaque.token({"grant_type": "client_credentials"}))["access_token"]
-    _revoke(as_opaque, token, client="bound")
-    assert _introspect(as_opaque, token)["active"] is True
+    as_opaque.revoke(token, client="bound")
+    assert as_opaque.introspect(token)["active"] is True
 
 
 def test_opaque_token_expires(as_opaque: AS) -> None:
     token = body_of(as_opaque.token({"grant_type": "client_credentials"}))["access_token"]
     as_opaque.clock.now += as_opaque.service.settings.access_token_lifetime
-    assert _introspect(as_opaque, token) == {"active": False}
+    assert as_opaque.introspect(token) == {"active": False}
 
 
 def test_opaque_unbound_token_is_bearer(as_opaque: AS) -> None:
     """Without a proof (a client that may use Bearer) the opaque token is Bearer."""
     body = body_of(as_opaque.token({"grant_type": "client_credentials"}, proof=None))
     assert body["token_type"] == "Bearer"
-    info = _introspect(as_opaque, body["access_token"])
+    info = as_opaque.introspect(body["access_token"])
     assert info["token_type"] == "Bearer"
     assert "cnf" not in info
 
@@ -150,13 +126,13 @@ def test_opaque_code_flow_and_refresh(as_opaque: AS) -> None:
     first = body_of(as_opaque.token(code_params(code, verifier), client=None))
     assert first["token_type"] == "DPoP"
     assert "." not in first["access_token"]
-    assert _introspect(as_opaque, first["access_token"])["sub"] == "alice"
+    assert as_opaque.introspect(first["access_token"])["sub"] == "alice"
     refresh = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}
     second = body_of(as_opaque.token({**refresh, "client_id": "public"}, client=None))
     assert "." not in second["access_token"]
     reuse = as_opaque.token({**refresh, "client_id": "public"}, client=None)
     assert body_of(reuse)["error"] == "invalid_grant"
-    assert _introspect(as_opaque, second["access_token"]) == {"active": False}
+    assert as_opaque.introspect(second["access_token"]) == {"active": False}
 
 
 def test_opaque_per_client_overrides_server_default(as_: AS, store: SQLGrantStore) -> None:
@@ -174,8 +150,8 @@ def test_opaque_per_client_overrides_server_default(as_: AS, store: SQLGrantStor
     assert _TOKEN68_43.fullmatch(opaque["access_token"])
     jwt = body_of(as_.token({"grant_type": "client_credentials"}))
     assert jwt["access_token"].count(".") == 2
-    assert _introspect(as_, opaque["access_token"])["cnf"] == {"jkt": as_.key.jkt}
-    assert _introspect(as_, jwt["access_token"])["cnf"] == {"jkt": as_.key.jkt}
+    assert as_.introspect(opaque["access_token"])["cnf"] == {"jkt": as_.key.jkt}
+    assert as_.introspect(jwt["access_token"])["cnf"] == {"jkt": as_.key.jkt}
     loaded = store.get_client("opq")
     assert loaded is not None
     assert loaded.access_token_format == "opaque"

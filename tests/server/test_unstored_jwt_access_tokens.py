@@ -11,7 +11,6 @@ with it, so that a family revocation reaches them (RFC 9700 §4.14.2).
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from dpopkit import DPoPKey
 from dpopkit.server.jwt import SigningKey
@@ -20,38 +19,14 @@ from dpopkit.storage.sql import SQLGrantStore
 from .conftest import (
     AS,
     ISSUER,
-    SECRET,
     Clock,
-    basic,
     body_of,
     code_params,
-    form_request,
     get_code,
     make_service,
 )
 
 CC = {"grant_type": "client_credentials"}
-
-
-def _introspect(as_: AS, token: str) -> dict[str, Any]:
-    resp = as_.service.handle_introspect(
-        form_request(
-            ISSUER + "/introspect",
-            {"token": token},
-            headers=[("Authorization", basic("rs", SECRET))],
-        )
-    )
-    assert resp.status == 200
-    return body_of(resp)
-
-
-def _revoke(as_: AS, token: str, client: str = "conf") -> None:
-    resp = as_.service.handle_revoke(
-        form_request(
-            ISSUER + "/revoke", {"token": token}, headers=[("Authorization", basic(client, SECRET))]
-        )
-    )
-    assert resp.status == 200
 
 
 def test_client_credentials_jwt_is_not_stored_yet_introspects(both_stores: SQLGrantStore) -> None:
@@ -60,7 +35,7 @@ def test_client_credentials_jwt_is_not_stored_yet_introspects(both_stores: SQLGr
     as_ = AS(make_service(both_stores, clock), both_stores, clock)
     body = body_of(as_.token({**CC, "scope": "read"}))
     assert both_stores.count_access_tokens() == 0
-    info = _introspect(as_, body["access_token"])
+    info = as_.introspect(body["access_token"])
     assert info["active"] is True
     assert info["client_id"] == "conf"
     assert info["sub"] == "conf"
@@ -77,12 +52,12 @@ def test_revoked_jwt_is_a_durable_deny_list_row(both_stores: SQLGrantStore) -> N
     as_ = AS(make_service(both_stores, clock), both_stores, clock)
     revoked = body_of(as_.token(CC))["access_token"]
     kept = body_of(as_.token(CC))["access_token"]
-    _revoke(as_, revoked)
-    _revoke(as_, revoked)  # idempotent
+    as_.revoke(revoked)
+    as_.revoke(revoked)  # idempotent
     assert both_stores.count_access_tokens() == 1
     restarted = AS(make_service(both_stores, clock), both_stores, clock)
-    assert _introspect(restarted, revoked) == {"active": False}
-    assert _introspect(restarted, kept)["active"] is True
+    assert restarted.introspect(revoked) == {"active": False}
+    assert restarted.introspect(kept)["active"] is True
     clock.now += restarted.service.settings.access_token_lifetime + 61
     both_stores.purge_expired(now=clock.now - 60)
     assert both_stores.count_access_tokens() == 0
@@ -95,41 +70,41 @@ def test_revocations_at_once_leave_one_revoked_row(both_stores: SQLGrantStore) -
     as_ = AS(make_service(both_stores, clock), both_stores, clock)
     token = body_of(as_.token(CC))["access_token"]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda _: _revoke(as_, token), range(8)))
+        list(pool.map(lambda _: as_.revoke(token), range(8)))
     assert both_stores.count_access_tokens() == 1
-    assert _introspect(as_, token) == {"active": False}
+    assert as_.introspect(token) == {"active": False}
 
 
 def test_only_the_tokens_own_client_revokes_it(as_: AS) -> None:
     """RFC 7009 §2.1: another client's revocation request changes nothing."""
     token = body_of(as_.token(CC))["access_token"]
-    _revoke(as_, token, client="post")
+    as_.revoke(token, client="post")
     assert as_.store.count_access_tokens() == 0
-    assert _introspect(as_, token)["active"] is True
+    assert as_.introspect(token)["active"] is True
 
 
 def test_unstored_jwt_still_needs_our_signature_and_issuer(as_: AS) -> None:
     """Without a row the signature is the whole proof of issue: a token with the same
     claims signed by another key, or another issuer's token, is inactive (RFC 9068 §4)."""
     token = body_of(as_.token(CC))["access_token"]
-    claims = _introspect(as_, token)
+    claims = as_.introspect(token)
     kid = as_.service.keyring.current(now=as_.clock.now).kid
     stranger = SigningKey(kid=kid, key=DPoPKey.generate("ES256"))
     forged_claims = {k: claims[k] for k in ("iss", "sub", "aud", "client_id", "jti", "iat", "exp")}
     forged_claims["cnf"] = claims["cnf"]
     forged = stranger.sign(forged_claims, typ="at+jwt")
-    assert _introspect(as_, forged) == {"active": False}
+    assert as_.introspect(forged) == {"active": False}
     other_issuer = as_.service.keyring.current(now=as_.clock.now).sign(
         {**forged_claims, "iss": "http://other.test"}, typ="at+jwt"
     )
-    assert _introspect(as_, other_issuer) == {"active": False}
+    assert as_.introspect(other_issuer) == {"active": False}
 
 
 def test_unstored_jwt_expires(as_: AS) -> None:
     """RFC 7662 §2.2: past ``exp`` the token is inactive."""
     token = body_of(as_.token(CC))["access_token"]
     as_.clock.now += as_.service.settings.access_token_lifetime
-    assert _introspect(as_, token) == {"active": False}
+    assert as_.introspect(token) == {"active": False}
 
 
 def test_family_tokens_are_stored_and_revoked_with_their_family(as_: AS) -> None:
@@ -147,8 +122,8 @@ def test_family_tokens_are_stored_and_revoked_with_their_family(as_: AS) -> None
     second = body_of(as_.token(refresh, client=None, proof=as_.proof(key)))
     assert as_.store.count_access_tokens() == 2
     assert as_.token(refresh, client=None, proof=as_.proof(key)).status == 400  # reuse
-    assert _introspect(as_, first["access_token"]) == {"active": False}
-    assert _introspect(as_, second["access_token"]) == {"active": False}
+    assert as_.introspect(first["access_token"]) == {"active": False}
+    assert as_.introspect(second["access_token"]) == {"active": False}
 
 
 def test_revocation_at_a_server_that_has_not_read_the_signing_key(store: SQLGrantStore) -> None:
@@ -162,7 +137,7 @@ def test_revocation_at_a_server_that_has_not_read_the_signing_key(store: SQLGran
     a.service.keyring.publish_ahead = 0.0  # A signs with a key B has not read
     a.service.keyring.rotate(now=clock.now)
     token = body_of(a.token(CC))["access_token"]
-    assert _introspect(b, token)["active"] is True
-    _revoke(b, token)
+    assert b.introspect(token)["active"] is True
+    b.revoke(token)
     assert store.count_access_tokens() == 1
-    assert _introspect(a, token) == {"active": False}
+    assert a.introspect(token) == {"active": False}
