@@ -2,9 +2,9 @@
 
 A pool of requests' DPoP proofs is written to a file before the run; wrk's Lua script hands
 them out so that no proof is sent twice (each thread takes every ``threads``-th line). A run
-that would need more proofs than the pool holds, or that gets any answer other than 2xx, is
-refused rather than reported. The server's CPU time is read from ``/proc`` for its process
-and every worker process under it.
+that would need more proofs than the pool holds is refused rather than reported; answers
+other than 2xx are counted (``accepted`` stops on any). The server's CPU time is read from
+``/proc`` for its process and every worker process under it.
 """
 
 from __future__ import annotations
@@ -49,11 +49,14 @@ end
 
 @dataclass(frozen=True)
 class LoadResult:
-    """One wrk run: requests/s, server CPU µs per request, requests sent."""
+    """One wrk run: requests/s, server CPU µs per request, requests sent, and how many
+    of them were answered with anything but 2xx (a figure with refusals measures
+    something else than accepted requests: callers say so or stop)."""
 
     rate: float
     cpu_us: float
     requests: int
+    refused: int
 
 
 def have_wrk() -> bool:
@@ -91,8 +94,14 @@ def wrk_run(
     server_pid: int,
     connections: int = 8,
     threads: int = 2,
+    reuse: bool = False,
 ) -> LoadResult:
-    """Run wrk against ``url``, one proof of ``proofs`` per request (none reused)."""
+    """Run wrk against ``url``, one proof of ``proofs`` per request.
+
+    With ``reuse`` the pool starts over when it runs out (a server that checks replays
+    then refuses, and ``refused`` counts it); without, a run that would need more
+    proofs than the pool holds is refused.
+    """
     path = "/" + url.split("/", 3)[3] if url.count("/") >= 3 else "/"
     fixed = ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items())
     script = (
@@ -124,13 +133,23 @@ def wrk_run(
         ).stdout
         cpu = tree_cpu_seconds(server_pid) - before
     total = int(re.search(r"([0-9]+) requests in", out).group(1))  # type: ignore[union-attr]
-    if total >= len(proofs):
+    if total >= len(proofs) and not reuse:
         raise SystemExit(f"wrk sent {total} requests from a pool of {len(proofs)}: raise --pool")
     refused = re.search(r"Non-2xx or 3xx responses:\s+([0-9]+)", out)
-    if refused:
-        raise SystemExit(f"wrk: {refused.group(1)} requests refused: the figure is invalid")
     rate = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
-    return LoadResult(rate=rate, cpu_us=cpu / max(total, 1) * 1e6, requests=total)
+    return LoadResult(
+        rate=rate,
+        cpu_us=cpu / max(total, 1) * 1e6,
+        requests=total,
+        refused=int(refused.group(1)) if refused else 0,
+    )
+
+
+def accepted(result: LoadResult) -> LoadResult:
+    """``result``, or a stop when any request was refused (the figure would be invalid)."""
+    if result.refused:
+        raise SystemExit(f"wrk: {result.refused} requests refused: the figure is invalid")
+    return result
 
 
 BENCH_DATABASE = "dpopkit_bench"

@@ -49,7 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Op, fmt_us, ratio, run_round_robin
-from _load import LoadResult, fresh_postgres_database, have_wrk, wrk_run
+from _load import LoadResult, accepted, fresh_postgres_database, have_wrk, wrk_run
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -213,14 +213,16 @@ def wrk_phase(base: str, seconds: float, pool_size: int, pid: int) -> LoadResult
         create_proof(keys[i % 8], htm="POST", htu=htu, allow_insecure_http=True)
         for i in range(pool_size)
     ]
-    return wrk_run(
-        htu,
-        method="POST",
-        headers={"Content-Type": "application/x-www-form-urlencoded", "Authorization": BASIC},
-        body=BODY.decode(),
-        proofs=proofs,
-        seconds=seconds,
-        server_pid=pid,
+    return accepted(
+        wrk_run(
+            htu,
+            method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Authorization": BASIC},
+            body=BODY.decode(),
+            proofs=proofs,
+            seconds=seconds,
+            server_pid=pid,
+        )
     )
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from _load import LoadResult, fresh_postgres_database, have_wrk, wrk_run
+from _load import LoadResult, accepted, fresh_postgres_database, have_wrk, wrk_run
 
 from dpopkit import DPoPKey, create_proof
 
@@ -119,17 +119,19 @@ def as_run(workers: int, seconds: float, pool: int) -> LoadResult:
                 create_proof(keys[i % 8], htm="POST", htu=htu, allow_insecure_http=True)
                 for i in range(pool)
             ]
-            return wrk_run(
-                htu,
-                method="POST",
-                headers={
-                    "Content-Type": "application/x-www-form-urlencoded",
-                    "Authorization": BASIC,
-                },
-                body="grant_type=client_credentials",
-                proofs=proofs,
-                seconds=seconds,
-                server_pid=proc.pid,
+            return accepted(
+                wrk_run(
+                    htu,
+                    method="POST",
+                    headers={
+                        "Content-Type": "application/x-www-form-urlencoded",
+                        "Authorization": BASIC,
+                    },
+                    body="grant_type=client_credentials",
+                    proofs=proofs,
+                    seconds=seconds,
+                    server_pid=proc.pid,
+                )
             )
         finally:
             _stop(proc)
@@ -176,14 +178,16 @@ def rs_run(workers: int, seconds: float, pool: int) -> LoadResult:
                             url, headers={"Authorization": f"DPoP {token}", "DPoP": proof()}
                         )
                         assert answer.status_code == 200, answer.text
-                return wrk_run(
-                    url,
-                    method="GET",
-                    headers={"Authorization": f"DPoP {token}"},
-                    body="",
-                    proofs=[proof() for _ in range(pool)],
-                    seconds=seconds,
-                    server_pid=api.pid,
+                return accepted(
+                    wrk_run(
+                        url,
+                        method="GET",
+                        headers={"Authorization": f"DPoP {token}"},
+                        body="",
+                        proofs=[proof() for _ in range(pool)],
+                        seconds=seconds,
+                        server_pid=api.pid,
+                    )
                 )
             finally:
                 _stop(api)

@@ -52,8 +52,6 @@ import gc
 import hashlib
 import hmac
 import json
-import os
-import re
 import shutil
 import socket
 import statistics
@@ -64,40 +62,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _load import wrk_run
+
 ORIGIN = "https://rs.example"
 ISSUER = "https://as.example"
 VARIANTS = ("bare", "floor", "dpopkit", "dpopkit-offload", "pyjwt")
 #: The bar: (must, goal) for "CPU added ÷ floor" (at most); the "must" for dpopkit / pyjwt req/s.
 CPU_OVER_FLOOR = (1.60, 1.30)
 RPS_OVER_PYJWT = 3.0
-
-LUA = r"""
-local proofs = {}
-local token = nil
-local idx = 0
-local counter = 0
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-end
-function init(args)
-  local nthreads = tonumber(args[2])
-  local f = io.open(args[1], "r")
-  token = f:read("*l")
-  local i = 0
-  for line in f:lines() do
-    if i % nthreads == tid then table.insert(proofs, line) end
-    i = i + 1
-  end
-  f:close()
-end
-function request()
-  idx = idx + 1
-  if idx > #proofs then idx = 1 end
-  return wrk.format("GET", "/hello", {["Authorization"] = "DPoP " .. token, ["DPoP"] = proofs[idx]})
-end
-"""
-
 
 # --- server side ----------------------------------------------------------------------------
 
@@ -276,12 +250,6 @@ def _wait(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit("server did not start")
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-
-
 def _setup(workdir: Path) -> tuple[Any, str, Path]:
     from dpopkit import DPoPKey
     from dpopkit.core.jws import b64url_encode, json_dumps
@@ -309,15 +277,14 @@ def _setup(workdir: Path) -> tuple[Any, str, Path]:
     return client_key, token, config_path
 
 
-def _proof_pool(path: Path, key: Any, token: str, count: int) -> None:
+def _proofs(key: Any, token: str, count: int) -> list[str]:
     from dpopkit import create_proof
 
     now = time.time()
-    with path.open("w") as out:
-        out.write(token + "\n")
-        for _ in range(count):
-            proof = create_proof(key, htm="GET", htu=f"{ORIGIN}/hello", access_token=token, now=now)
-            out.write(proof + "\n")
+    htu = f"{ORIGIN}/hello"
+    return [
+        create_proof(key, htm="GET", htu=htu, access_token=token, now=now) for _ in range(count)
+    ]
 
 
 # --- the floor: one ES256 key import from the JWK + one verify, with cryptography ----------
@@ -375,19 +342,11 @@ def floor_us(pool: list[tuple[str, str, bytes, bytes]]) -> float:
     return elapsed / len(pool) / 1000
 
 
-_RPS_RE = re.compile(r"Requests/sec:\s+([0-9.]+)")
-_TOTAL_RE = re.compile(r"([0-9]+) requests in")
-_NON2XX_RE = re.compile(r"Non-2xx or 3xx responses:\s+([0-9]+)")
-
-
 def run_variant(
     variant: str, args: argparse.Namespace, workdir: Path, setup: Any
 ) -> dict[str, Any]:
     key, token, config_path = setup
-    pool = workdir / "proofs.txt"
-    _proof_pool(pool, key, token, args.pool)
-    script = workdir / "rs.lua"
-    script.write_text(LUA)
+    proofs = _proofs(key, token, args.pool)
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -404,34 +363,22 @@ def run_variant(
     )
     try:
         _wait(port, proc)
-        cpu_before = _cpu_seconds(proc.pid)
-        result = subprocess.run(
-            [
-                "wrk",
-                f"-t{args.threads}",
-                f"-c{args.connections}",
-                f"-d{args.duration}s",
-                "-s",
-                str(script),
-                f"http://127.0.0.1:{port}/hello",
-                "--",
-                str(pool),
-                str(args.threads),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
+        res = wrk_run(
+            f"http://127.0.0.1:{port}/hello",
+            method="GET",
+            headers={"Authorization": f"DPoP {token}"},
+            body="",
+            proofs=proofs,
+            seconds=args.duration,
+            server_pid=proc.pid,
+            connections=args.connections,
+            threads=args.threads,
+            reuse=True,  # the bare and floor variants outrun any pool; replays are counted
         )
-        cpu = _cpu_seconds(proc.pid) - cpu_before
     finally:
         proc.terminate()
         proc.wait(10)
-    out = result.stdout
-    rps = float(_RPS_RE.search(out).group(1))  # type: ignore[union-attr]
-    total = int(_TOTAL_RE.search(out).group(1))  # type: ignore[union-attr]
-    non2xx_match = _NON2XX_RE.search(out)
-    non2xx = int(non2xx_match.group(1)) if non2xx_match else 0
-    return {"rps": rps, "requests": total, "non2xx": non2xx, "cpu_us": cpu / max(total, 1) * 1e6}
+    return {"rps": res.rate, "requests": res.requests, "non2xx": res.refused, "cpu_us": res.cpu_us}
 
 
 def _scope(token: str, proof: str) -> dict[str, Any]:
