@@ -30,6 +30,7 @@ from dpopkit.server.endpoints.authorize import AuthorizationEndpoint
 from dpopkit.server.endpoints.register import handle_register, registration_rate_limiter
 from dpopkit.server.parsing import MAX_BODY_BYTES
 from dpopkit.server.service import TokenService
+from dpopkit.server.throttle import WouldBlockError, no_waiting
 from dpopkit.server.users import Authenticator
 from dpopkit.storage.counters import CounterStore
 
@@ -137,8 +138,10 @@ class _Endpoint:
         methods: Sequence[str] = ("POST",),
         cors_origins: Sequence[str] = (),
         loopback_only: bool = False,
+        on_loop: bool = False,
     ) -> None:
         self.handler = handler
+        self.on_loop = on_loop
         self.methods = tuple(methods)
         self.base_url = issuer + path
         self.path = path
@@ -218,13 +221,28 @@ class _Endpoint:
             client_address=None if not peer else str(peer[0]),
         )
         try:
-            response = await run_in_threadpool(self.handler, view)
+            response = self._on_loop(view) if self.on_loop else None
+            if response is None:
+                response = await run_in_threadpool(self.handler, view)
         except Exception:
             # Last resort only: input errors are typed and answered by the handlers, store
             # outages are 503. Anything reaching here is a defect: logged with its stack.
             logger.exception("unhandled error at %s", self.base_url)
             response = _oauth_error(500, "server_error", "internal error")
         await self._answer(send, response, cors, method)
+
+    def _on_loop(self, view: RequestView) -> ResponseView | None:
+        """Run the handler here, on the event loop, unless it needs scrypt (None then).
+
+        Only for handlers whose stores are local (no network wait) and which reach any
+        scrypt work before writing anything: handing a request to a thread costs more
+        than the rest of a token request, yet a scrypt check must never hold the loop.
+        """
+        try:
+            with no_waiting():
+                return self.handler(view)
+        except WouldBlockError:
+            return None
 
     async def _answer(
         self, send: Send, response: ResponseView, cors: list[tuple[str, str]], method: str
@@ -293,6 +311,11 @@ def create_app(
     def favicon(_: RequestView) -> ResponseView:
         return ResponseView(status=204, headers=(("Cache-Control", "max-age=86400"),))
 
+    # The token endpoint runs on the event loop when nothing it does can wait on a
+    # network; a request that needs scrypt (a client secret not verified yet) goes to a
+    # thread. Client authentication comes before anything /token writes (SEC-99).
+    token_on_loop = service.stores_are_local()
+
     def endpoint(
         handler: Handler, path: str, *, cors: bool = True, methods: Sequence[str] = ("POST",)
     ) -> _Endpoint:
@@ -303,6 +326,7 @@ def create_app(
             methods=methods,
             cors_origins=cors_origins if cors else (),
             loopback_only=path == "/authorize" and settings.test_mode_user is not None,
+            on_loop=token_on_loop and path == "/token",
         )
 
     # Every method reaches the endpoint, which answers 405 itself in the OAuth error shape.

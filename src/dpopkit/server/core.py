@@ -42,12 +42,14 @@ from dpopkit.server.proofs import ProofChecker, ReplayLog
 from dpopkit.server.settings import AccessTokenFormat, ServerSettings
 from dpopkit.server.targets import resolve_resource, resolve_scope
 from dpopkit.storage._health import StoreHealth
+from dpopkit.storage.memory import MemoryReplayCache
 from dpopkit.storage.sql import (
     AccessTokenRecord,
     ClientRecord,
     SQLGrantStore,
     StoreError,
 )
+from dpopkit.storage.sqlite import SQLiteReplayCache
 
 __all__ = ["Grant", "GrantContext", "ServiceCore", "json_response"]
 
@@ -152,6 +154,15 @@ class ServiceCore:
     @replay.setter
     def replay(self, replay: ReplayCache) -> None:
         self.replay_log.replay = replay
+
+    def stores_are_local(self) -> bool:
+        """Whether no handler of this service can wait on a network.
+
+        True when the grant store is a SQLite file and the replay cache is in memory or
+        a SQLite file.
+        """
+        local_replay = isinstance(self.replay, (MemoryReplayCache, SQLiteReplayCache))
+        return local_replay and SQLGrantStore.sqlite_path(self.store.url) is not None
 
     @property
     def replay_health(self) -> StoreHealth:

@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from dpopkit.errors import Reason, TemporarilyUnavailableError
 from dpopkit.storage.counters import (
@@ -59,6 +60,8 @@ __all__ = [
     "RateLimiter",
     "ServerBusyError",
     "WorkLimiter",
+    "WouldBlockError",
+    "no_waiting",
 ]
 
 
@@ -83,6 +86,31 @@ class RateLimitedError(TemporarilyUnavailableError):
         return [("Retry-After", str(self.retry_after))]
 
 
+class WouldBlockError(Exception):
+    """Expensive work was asked for inside :func:`no_waiting` (not an error of the request).
+
+    The caller runs the handler again where it may wait (a worker thread); nothing was
+    written before the expensive step.
+    """
+
+
+_NO_WAITING: ContextVar[bool] = ContextVar("dpopkit_no_waiting", default=False)
+
+
+@contextmanager
+def no_waiting() -> Iterator[None]:
+    """Within the block, :meth:`WorkLimiter.slot` raises :class:`WouldBlockError` at once.
+
+    For handlers run on the event loop: they answer directly when they need no scrypt
+    (a client secret already verified), and are handed to a thread when they do.
+    """
+    token = _NO_WAITING.set(True)
+    try:
+        yield
+    finally:
+        _NO_WAITING.reset(token)
+
+
 class WorkLimiter:
     """At most ``slots`` concurrent expensive computations (scrypt) in this process.
 
@@ -105,7 +133,10 @@ class WorkLimiter:
 
         Raises:
             ServerBusyError: no slot became free within ``wait`` seconds.
+            WouldBlockError: inside :func:`no_waiting`.
         """
+        if _NO_WAITING.get():
+            raise WouldBlockError
         if not self._sem.acquire(timeout=self.wait):
             raise ServerBusyError(Reason.SERVER_BUSY, "the server is busy; retry")
         try:
