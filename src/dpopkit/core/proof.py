@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import re
-import secrets
 import time
+from binascii import b2a_base64
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from hashlib import sha256
 from hmac import compare_digest
+from os import urandom
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, Protocol, cast
 
@@ -30,7 +31,6 @@ from dpopkit.core.jws import (
     JWSError,
     algorithm_spec,
     b64url_decode,
-    b64url_encode,
     check_crit,
     json_dumps,
     json_loads_object,
@@ -57,6 +57,10 @@ _RESERVED_CLAIMS = frozenset({"jti", "htm", "htu", "iat", "ath", "nonce"})
 _METHOD_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §9.1 token
 _NQCHAR_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 App. A, RFC 9449 §8.1
 _TOKEN68_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 9110 §11.2, RFC 9449 §4.1 Fig. 3
+# Methods known to be RFC 9110 tokens: create_proof skips the regex for these.
+_COMMON_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# Standard base64 → base64url (RFC 4648 §5); translate(_TO_URL, b"=") also drops padding.
+_TO_URL = bytes.maketrans(b"+/", b"-_")
 
 
 class NonceCheck(Protocol):
@@ -254,20 +258,30 @@ def create_proof(
     if not isinstance(key, DPoPKey):
         raise TypeError("key must be a DPoPKey")
     method: object = htm  # typed str, checked anyway (callers may pass anything)
-    if not isinstance(method, str) or not _METHOD_RE.fullmatch(method):
+    if (type(method) is not str or method not in _COMMON_METHODS) and (
+        not isinstance(method, str) or not _METHOD_RE.fullmatch(method)
+    ):
         raise ValueError("htm must be an HTTP method token")
     target = normalize_htu(htu)
     if target.startswith("http:") and not allow_insecure_http:
         raise ValueError("DPoP needs https; pass allow_insecure_http=True for loopback tests")
-    issued = _now_or_wall(now)
-    jti = secrets.token_urlsafe(16)
+    if now is None:
+        issued = time.time()
+    elif type(now) is float and -_INF < now < _INF:
+        issued = now
+    else:
+        issued = _now_or_wall(now)
+    # 128 random bits from the OS (what secrets.token_urlsafe(16) returns, without its
+    # three Python frames): 22 base64url characters.
+    jti = b2a_base64(urandom(16), newline=False).translate(_TO_URL, b"=").decode()
     iat = int(issued)
     ath: str | None = None
     if access_token is not None:
         token: object = access_token
         if not isinstance(token, str) or not token:
             raise ValueError("access_token must be a non-empty string")
-        ath = key._access_token_hash(token)
+        memo = key._ath_memo  # the last token's ath (a client's own token: no secret compare)
+        ath = memo[1] if memo[0] == token else key._access_token_hash(token)
     if nonce is not None:
         nonce_value: object = nonce
         if not isinstance(nonce_value, str) or not _NQCHAR_RE.fullmatch(nonce_value):
@@ -288,15 +302,22 @@ def create_proof(
         # are base64url, htm an RFC 9110 token and nonce NQCHAR (neither allows '"' or
         # '\\'), iat an int, and a normalised htu holds only URI characters (RFC 3986 §2),
         # none of which JSON escapes (RFC 8259 §7; tests/properties/test_htu.py).
-        text = f'{{"jti":"{jti}","htm":"{htm}","htu":"{target}","iat":{iat}'
-        if ath is not None:
-            text += f',"ath":"{ath}"'
-        if nonce is not None:
-            text += f',"nonce":"{nonce}"'
-        body = (text + "}").encode()
-    signing_input = f"{key.proof_header_b64}.{b64url_encode(body)}"
-    signature = key.sign(signing_input.encode("ascii"))
-    return f"{signing_input}.{b64url_encode(signature)}"
+        if nonce is None:
+            if ath is None:
+                text = f'{{"jti":"{jti}","htm":"{htm}","htu":"{target}","iat":{iat}}}'
+            else:
+                text = f'{{"jti":"{jti}","htm":"{htm}","htu":"{target}","iat":{iat},"ath":"{ath}"}}'
+        else:
+            text = f'{{"jti":"{jti}","htm":"{htm}","htu":"{target}","iat":{iat}'
+            if ath is not None:
+                text += f',"ath":"{ath}"'
+            text += f',"nonce":"{nonce}"}}'
+        body = text.encode()
+    # The signing input as bytes (ASCII: the header segment, a dot, base64url), and the
+    # JWS from it: no str round trip of the ~500-character signing input.
+    signing_input = key._header_dot + b2a_base64(body, newline=False).translate(_TO_URL, b"=")
+    signature = b2a_base64(key._sign(signing_input), newline=False).translate(_TO_URL, b"=")
+    return b"".join((signing_input, b".", signature)).decode()
 
 
 def extract_proof(headers: Headers) -> str:
