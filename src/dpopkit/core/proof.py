@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from binascii import b2a_base64
+from binascii import a2b_base64, b2a_base64
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -28,7 +28,14 @@ from dpopkit.core.algorithms import ALGORITHMS, EC_CURVES, AlgSpec, PublicKey, s
 from dpopkit.core.http import DPOP_HEADER, Headers
 from dpopkit.core.htu import normalize_htu
 from dpopkit.core.jws import (
+    _CANONICAL_LAST,
+    _FLAT_SCAN_ONCE,
+    _JSON_WS,
+    _PADDING,
+    _SCAN_ONCE,
+    _TO_STD,
     JWSError,
+    _check_strings,
     algorithm_spec,
     b64url_decode,
     check_crit,
@@ -478,15 +485,216 @@ def verify_proof(
     after all your own checks), the access token itself, or its ``cnf.jkt`` unless
     passed as ``expected_jkt``.
     """
-    pol = policy if policy is not None else _DEFAULT_POLICY
-    if pol.require_nonce and nonce_check is None:
+    if policy is None:
+        policy = _DEFAULT_POLICY
+    if policy.require_nonce and nonce_check is None:
         raise ValueError("policy.require_nonce needs a nonce_check")
     # The common case (a finite float) without a call; anything else is checked there.
-    when = now if type(now) is float and -_INF < now < _INF else _now_or_wall(now)
+    if type(now) is not float or not -_INF < now < _INF:
+        now = _now_or_wall(now)
     try:
-        return _verify(proof, htm, htu, pol, access_token, expected_jkt, nonce_check, when)
+        # RFC 9449 §4.3 (2): one well-formed compact JWS, size checked before decoding.
+        # Three segments by the positions of the first and last dots (memchr searches)
+        # instead of str.split (a list and three strings, ~3,000 instructions); any other
+        # shape, or a non-str, goes to split_segments, which says what is wrong.
+        first = last = -1
+        if type(proof) is str:
+            if len(proof) > policy.max_proof_length:
+                raise JWSError(Reason.TOO_LARGE, "JWS too large")
+            first = proof.find(".")
+            last = proof.rfind(".")
+        if 0 < first < last - 1 < len(proof) - 2 and proof.find(".", first + 1, last) == -1:
+            header_b64 = proof[:first]
+            payload_b64 = proof[first + 1 : last]
+            signature_b64 = proof[last + 1 :]
+        else:
+            header_b64, payload_b64, signature_b64 = split_segments(
+                proof, max_length=policy.max_proof_length
+            )
+            last = len(header_b64) + len(payload_b64) + 1
+        if len(header_b64) > policy.max_header_length:
+            raise JWSError(Reason.TOO_LARGE, "protected header too large")
+        facts = _key_cache.get(header_b64)
+        cached = facts is not None
+        if facts is None:
+            facts = _header_facts(header_b64, policy)
+        else:
+            # Cached facts were checked under some policy: re-apply this one's limits.
+            if facts.spec.name not in policy.algorithms:
+                raise JWSError(Reason.UNSUPPORTED_ALG, "alg not supported or not allowed")
+            if facts.rsa_bits and not policy.min_rsa_bits <= facts.rsa_bits <= policy.max_rsa_bits:
+                raise JWSError(Reason.BAD_JWK, "RSA key size not allowed")
+        # The payload: b64url_decode and json_loads_object written out for the usual
+        # shape, a flat object (same rules: strict canonical base64url, UTF-8, no
+        # duplicate member, no trailing data, lone surrogates refused); any other text
+        # goes through json_loads_object.
+        rem = len(payload_b64) % 4
+        try:
+            std = payload_b64.encode("ascii").translate(_TO_STD)
+            if rem:
+                if rem == 1 or std[-1] not in _CANONICAL_LAST[rem]:
+                    raise ValueError("invalid base64url")
+                std += _PADDING[rem]
+            raw = a2b_base64(std, strict_mode=True)
+            text = raw.decode("utf-8")
+            flat = text[:1] == "{" and text.count("{") == 1 and "[" not in text
+            if flat:
+                # Each member but the first adds one ',' and a ',' inside a string only
+                # adds more: len == count(',') + 1 proves no duplicate member name.
+                payload, end = _FLAT_SCAN_ONCE(text, 0)
+                if len(payload) != text.count(",") + 1:
+                    payload, end = _SCAN_ONCE(text, 0)
+                if end != len(text) and text[end:].strip(_JSON_WS):
+                    raise ValueError("extra data after the JSON object")
+                if "\\u" in text:
+                    _check_strings(payload)
+        except (ValueError, RecursionError, StopIteration):  # binascii.Error, Unicode*Error
+            raise JWSError(Reason.MALFORMED, "invalid base64url or JSON payload") from None
+        if not flat:
+            payload = json_loads_object(raw)
+
+        # RFC 9449 §4.3 (3): required claims, typed.
+        get = payload.get
+        jti = get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise _claim_error(payload, "jti")
+        if len(jti) > policy.max_jti_length:
+            raise InvalidProofError(Reason.BAD_CLAIM, "jti too long", detail={"claim": "jti"})
+        htm_claim = get("htm")
+        if not isinstance(htm_claim, str) or not htm_claim:
+            raise _claim_error(payload, "htm")
+        htu_claim = get("htu")
+        if not isinstance(htu_claim, str) or not htu_claim:
+            raise _claim_error(payload, "htu")
+        iat_claim = get("iat")
+        if type(iat_claim) is float:  # JSON floats are finite (the parser refuses the rest)
+            iat = iat_claim
+        elif type(iat_claim) is int and -_EXACT_INT < iat_claim < _EXACT_INT:
+            iat = float(iat_claim)  # cannot overflow in this range
+        else:
+            iat = _claim_iat(iat_claim)  # other types and huge integers: the precise error
+        nonce = get("nonce")
+        if nonce is not None and not isinstance(nonce, str):
+            # An empty string is well typed: it is a wrong nonce, answered at (10) below.
+            raise InvalidProofError(
+                Reason.BAD_CLAIM, "nonce must be a string", detail={"claim": "nonce"}
+            )
+
+        # RFC 9449 §4.3 (8): htm, case-sensitive (RFC 9110 §9.1).
+        if htm_claim != htm:
+            raise InvalidProofError(
+                Reason.HTM_MISMATCH,
+                "htm does not match the request",
+                detail={"expected": htm, "received": htm_claim},
+            )
+        # RFC 9449 §4.3 (9): htu, both sides normalised (RFC 3986 §6.2.2-6.2.3).
+        try:
+            expected_htu = normalize_htu(htu)
+            received_htu = expected_htu if htu_claim == htu else normalize_htu(htu_claim)
+        except ValueError:
+            received_htu, expected_htu = htu_claim, ""
+        if received_htu != expected_htu:
+            raise InvalidProofError(
+                Reason.HTU_MISMATCH,
+                "htu does not match the request",
+                detail={"expected": htu, "received": htu_claim},
+            )
+        # RFC 9449 §4.3 (12): ath binds the proof to the presented token.
+        ath = get("ath")
+        remember: tuple[str, str] | None = None
+        if access_token is not None:
+            if ath is None:
+                raise InvalidProofError(
+                    Reason.MISSING_CLAIM, "missing ath claim", detail={"claim": "ath"}
+                )
+            if not isinstance(ath, str) or not ath.isascii():
+                raise InvalidProofError(Reason.ATH_MISMATCH, "ath does not match the access token")
+            last_token, expected_ath = facts.ath_memo[0]
+            token: object = access_token
+            if not (
+                last_token
+                and isinstance(token, str)
+                and len(token) == len(last_token)
+                and token.isascii()
+                and compare_digest(token, last_token)  # constant time: the token is a secret
+            ):
+                expected_ath = access_token_hash(access_token)
+                remember = (access_token, expected_ath)
+            if not compare_digest(ath, expected_ath):
+                raise InvalidProofError(Reason.ATH_MISMATCH, "ath does not match the access token")
+        elif ath is not None and not isinstance(ath, str):
+            raise InvalidProofError(
+                Reason.BAD_CLAIM, "ath must be a string", detail={"claim": "ath"}
+            )
+        # RFC 9449 §4.3 (12) / §10: the key the token or code is bound to.
+        # (a thumbprint is ASCII: a non-ASCII expected value can never match it)
+        if expected_jkt is not None and not (
+            expected_jkt.isascii() and compare_digest(facts.jkt, expected_jkt)
+        ):
+            raise InvalidProofError(Reason.JKT_MISMATCH, "proof key does not match the bound key")
+
+        # RFC 9449 §4.3 (10): the server nonce.
+        nonce_info: NonceInfo | None = None
+        if nonce_check is not None:
+            if nonce is not None:
+                nonce_info = nonce_check.verify(nonce, now=now)
+            elif policy.require_nonce:
+                raise nonce_check.challenge(Reason.NONCE_REQUIRED, now=now)
+        # RFC 9449 §4.3 (11), §11.1: freshness from iat, or from a valid server nonce.
+        max_age = policy.max_age
+        skew = policy.future_skew
+        too_old = iat < now - max_age
+        too_new = iat > now + skew
+        if (too_old or too_new) and not (nonce_info is not None and policy.nonce_carries_freshness):
+            reason = Reason.IAT_TOO_OLD if too_old else Reason.IAT_IN_FUTURE
+            if nonce_check is not None and policy.nonce_carries_freshness:
+                # A client with a wrong clock heals itself with a nonce (SEC-6).
+                raise nonce_check.challenge(reason, now=now)
+            raise InvalidProofError(
+                reason, "iat is outside the acceptable window", detail={"iat": iat, "now": now}
+            )
+        # Optional exp/nbf (RFC 7519 §4.1.4, §4.1.5): a dict lookup each when absent.
+        if "exp" in payload or "nbf" in payload:
+            _check_exp_nbf(payload, now, skew)
+
+        # RFC 9449 §4.3 (6): the signature, last because it is the expensive step.
+        signature = b64url_decode(signature_b64)
+        spec = facts.spec
+        if not spec.verify(facts.key, signature, proof[:last].encode("ascii")):
+            raise InvalidProofError(Reason.BAD_SIGNATURE, "signature does not verify")
     except JWSError as exc:
         raise InvalidProofError(exc.reason, exc.description) from None
+    if not cached:
+        _key_cache.put(header_b64, facts)
+    if remember is not None and remember[0].isascii():
+        facts.ath_memo[0] = remember  # one item assignment: atomic under concurrent use
+
+    # The result: VerifiedProof's slots filled on a builder of the same layout, then
+    # turned into a VerifiedProof (see _VerifiedProofBuilder).
+    verified: Any = _VerifiedProofBuilder()
+    jkt = verified.jkt = facts.jkt
+    verified.jti = jti
+    verified.iat = iat
+    verified.htm = htm_claim
+    verified.htu = received_htu
+    verified.alg = spec.name
+    verified.public_jwk = facts.jwk
+    verified.claims = MappingProxyType(payload)
+    verified.nonce = nonce
+    verified.ath = ath if isinstance(ath, str) else None
+    verified.nonce_info = nonce_info
+    # The fixed-size replay key (SEC-4) and the end of the acceptance window: when the
+    # nonce expires (an expired nonce is refused whatever iat says), else iat's window.
+    verified.replay_key = "dpopkit:jti:" + sha256(f"{jkt}|{jti}".encode()).hexdigest()
+    verified.replay_expires_at = (
+        nonce_info.expires_at + skew
+        if nonce_info is not None
+        else (now if now > iat else iat) + max_age + skew
+    )
+    verified.header = facts.header
+    verified.__class__ = VerifiedProof
+    result: VerifiedProof = verified
+    return result
 
 
 class _VerifiedProofBuilder:
@@ -502,202 +710,10 @@ class _VerifiedProofBuilder:
 
 
 if len(fields(VerifiedProof)) != 14:  # pragma: no cover - guards future edits
-    raise RuntimeError("VerifiedProof changed: update _verified() in dpopkit.core.proof")
+    raise RuntimeError("VerifiedProof changed: update verify_proof() in dpopkit.core.proof")
 _probe: Any = _VerifiedProofBuilder()
 _probe.__class__ = VerifiedProof  # the layouts match (checked once, at import)
 del _probe
-
-
-def _verified(
-    facts: _HeaderFacts,
-    jti: str,
-    iat: float,
-    htm: str,
-    htu: str,
-    payload: Mapping[str, Any],
-    nonce: str | None,
-    ath: str | None,
-    nonce_info: NonceInfo | None,
-    replay_key: str,
-    replay_expires_at: float,
-) -> VerifiedProof:
-    proof: Any = _VerifiedProofBuilder()
-    proof.jkt = facts.jkt
-    proof.jti = jti
-    proof.iat = iat
-    proof.htm = htm
-    proof.htu = htu
-    proof.alg = facts.spec.name
-    proof.public_jwk = facts.jwk
-    proof.claims = MappingProxyType(payload)
-    proof.nonce = nonce
-    proof.ath = ath
-    proof.nonce_info = nonce_info
-    proof.replay_key = replay_key
-    proof.replay_expires_at = replay_expires_at
-    proof.header = facts.header
-    proof.__class__ = VerifiedProof
-    verified: VerifiedProof = proof
-    return verified
-
-
-def _verify(
-    proof: str,
-    htm: str,
-    htu: str,
-    policy: ProofPolicy,
-    access_token: str | None,
-    expected_jkt: str | None,
-    nonce_check: NonceCheck | None,
-    now: float,
-) -> VerifiedProof:
-    # RFC 9449 §4.3 (2): one well-formed compact JWS, size checked before decoding.
-    header_b64, payload_b64, signature_b64 = split_segments(
-        proof, max_length=policy.max_proof_length
-    )
-    if len(header_b64) > policy.max_header_length:
-        raise JWSError(Reason.TOO_LARGE, "protected header too large")
-    facts = _key_cache.get(header_b64)
-    cached = facts is not None
-    if facts is None:
-        facts = _header_facts(header_b64, policy)
-    else:
-        # Cached facts were checked under some policy: re-apply this one's limits.
-        if facts.spec.name not in policy.algorithms:
-            raise JWSError(Reason.UNSUPPORTED_ALG, "alg not supported or not allowed")
-        if facts.rsa_bits and not policy.min_rsa_bits <= facts.rsa_bits <= policy.max_rsa_bits:
-            raise JWSError(Reason.BAD_JWK, "RSA key size not allowed")
-    payload = json_loads_object(b64url_decode(payload_b64))
-
-    # RFC 9449 §4.3 (3): required claims, typed.
-    get = payload.get
-    jti = get("jti")
-    if not isinstance(jti, str) or not jti:
-        raise _claim_error(payload, "jti")
-    if len(jti) > policy.max_jti_length:
-        raise InvalidProofError(Reason.BAD_CLAIM, "jti too long", detail={"claim": "jti"})
-    htm_claim = get("htm")
-    if not isinstance(htm_claim, str) or not htm_claim:
-        raise _claim_error(payload, "htm")
-    htu_claim = get("htu")
-    if not isinstance(htu_claim, str) or not htu_claim:
-        raise _claim_error(payload, "htu")
-    iat_claim = get("iat")
-    if type(iat_claim) is float:  # JSON floats are finite (the parser refuses the rest)
-        iat = iat_claim
-    elif type(iat_claim) is int and -_EXACT_INT < iat_claim < _EXACT_INT:
-        iat = float(iat_claim)  # cannot overflow in this range
-    else:
-        iat = _claim_iat(iat_claim)  # other types and huge integers: the precise error
-    nonce = get("nonce")
-    if nonce is not None and not isinstance(nonce, str):
-        # An empty string is well typed: it is a wrong nonce, answered at (10) below.
-        raise InvalidProofError(
-            Reason.BAD_CLAIM, "nonce must be a string", detail={"claim": "nonce"}
-        )
-
-    # RFC 9449 §4.3 (8): htm, case-sensitive (RFC 9110 §9.1).
-    if htm_claim != htm:
-        raise InvalidProofError(
-            Reason.HTM_MISMATCH,
-            "htm does not match the request",
-            detail={"expected": htm, "received": htm_claim},
-        )
-    # RFC 9449 §4.3 (9): htu, both sides normalised (RFC 3986 §6.2.2-6.2.3).
-    try:
-        expected_htu = normalize_htu(htu)
-        received_htu = expected_htu if htu_claim == htu else normalize_htu(htu_claim)
-    except ValueError:
-        received_htu, expected_htu = htu_claim, ""
-    if received_htu != expected_htu:
-        raise InvalidProofError(
-            Reason.HTU_MISMATCH,
-            "htu does not match the request",
-            detail={"expected": htu, "received": htu_claim},
-        )
-    # RFC 9449 §4.3 (12): ath binds the proof to the presented token.
-    ath = get("ath")
-    remember: tuple[str, str] | None = None
-    if access_token is not None:
-        if ath is None:
-            raise InvalidProofError(
-                Reason.MISSING_CLAIM, "missing ath claim", detail={"claim": "ath"}
-            )
-        if not isinstance(ath, str) or not ath.isascii():
-            raise InvalidProofError(Reason.ATH_MISMATCH, "ath does not match the access token")
-        last_token, expected_ath = facts.ath_memo[0]
-        token: object = access_token
-        if not (
-            last_token
-            and isinstance(token, str)
-            and len(token) == len(last_token)
-            and token.isascii()
-            and compare_digest(token, last_token)  # constant time: the token is a secret
-        ):
-            expected_ath = access_token_hash(access_token)
-            remember = (access_token, expected_ath)
-        if not compare_digest(ath, expected_ath):
-            raise InvalidProofError(Reason.ATH_MISMATCH, "ath does not match the access token")
-    elif ath is not None and not isinstance(ath, str):
-        raise InvalidProofError(Reason.BAD_CLAIM, "ath must be a string", detail={"claim": "ath"})
-    # RFC 9449 §4.3 (12) / §10: the key the token or code is bound to.
-    # (a thumbprint is ASCII: a non-ASCII expected value can never match it)
-    if expected_jkt is not None and not (
-        expected_jkt.isascii() and compare_digest(facts.jkt, expected_jkt)
-    ):
-        raise InvalidProofError(Reason.JKT_MISMATCH, "proof key does not match the bound key")
-
-    # RFC 9449 §4.3 (10): the server nonce.
-    nonce_info: NonceInfo | None = None
-    if nonce_check is not None:
-        if nonce is not None:
-            nonce_info = nonce_check.verify(nonce, now=now)
-        elif policy.require_nonce:
-            raise nonce_check.challenge(Reason.NONCE_REQUIRED, now=now)
-    # RFC 9449 §4.3 (11), §11.1: freshness from iat, or from a valid server nonce.
-    too_old = iat < now - policy.max_age
-    too_new = iat > now + policy.future_skew
-    if (too_old or too_new) and not (nonce_info is not None and policy.nonce_carries_freshness):
-        reason = Reason.IAT_TOO_OLD if too_old else Reason.IAT_IN_FUTURE
-        if nonce_check is not None and policy.nonce_carries_freshness:
-            # A client with a wrong clock heals itself with a nonce (SEC-6).
-            raise nonce_check.challenge(reason, now=now)
-        raise InvalidProofError(
-            reason, "iat is outside the acceptable window", detail={"iat": iat, "now": now}
-        )
-    # Optional exp/nbf (RFC 7519 §4.1.4, §4.1.5): a dict lookup each when absent.
-    if "exp" in payload or "nbf" in payload:
-        _check_exp_nbf(payload, now, policy.future_skew)
-
-    # RFC 9449 §4.3 (6): the signature, last because it is the expensive step.
-    signature = b64url_decode(signature_b64)
-    signing_input = proof[: len(header_b64) + len(payload_b64) + 1].encode("ascii")
-    if not facts.spec.verify(facts.key, signature, signing_input):
-        raise InvalidProofError(Reason.BAD_SIGNATURE, "signature does not verify")
-    if not cached:
-        _key_cache.put(header_b64, facts)
-    if remember is not None and remember[0].isascii():
-        facts.ath_memo[0] = remember  # one item assignment: atomic under concurrent use
-
-    if nonce_info is not None:
-        # Acceptance ends when the nonce does (an expired nonce is refused whatever iat says).
-        expires = nonce_info.expires_at + policy.future_skew
-    else:
-        expires = max(now, iat) + policy.max_age + policy.future_skew
-    digest = sha256(f"{facts.jkt}|{jti}".encode()).hexdigest()
-    return _verified(
-        facts,
-        jti,
-        iat,
-        htm_claim,
-        received_htu,
-        payload,
-        nonce,
-        ath if isinstance(ath, str) else None,
-        nonce_info,
-        f"dpopkit:jti:{digest}",
-        expires,
-    )
 
 
 def _time_claim(payload: Mapping[str, Any], name: str) -> float | None:
