@@ -85,7 +85,9 @@ class MemoryReplayCache:
     def check_and_store(self, key: str, expires_at: float, *, now: float) -> bool:
         """Atomically store ``key`` until ``expires_at``; True if it was not live."""
         with self._lock:
-            self._purge(now - self.purge_grace)
+            heap = self._heap
+            if heap and heap[0][0] <= now - self.purge_grace:  # else _purge would pop nothing
+                self._purge(now - self.purge_grace)
             # A live entry is a replay; an expired one (kept for the grace) may be reused.
             if self._expiry.get(key, now) > now:
                 return False
