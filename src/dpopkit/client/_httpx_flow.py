@@ -183,7 +183,8 @@ class _Exchange:
         # its answers are not acted on (no retry, no nonce learned, no token refresh).
         self.left = False
         self.sent: list[httpx.Request] = [request]  # requests whose credentials we set
-        # Proofs set on a request and not yet on the wire → the send each was made for.
+        # Proofs set on a request and not yet on the wire → the method, Host and URL each
+        # was made for (turned into a send key by _send_key only when the trace asks).
         self.minted: dict[str, tuple[str, str, str]] = {}
         self.wire: _WireFix | None = None  # what the trace changed on the last send
 
@@ -206,16 +207,23 @@ class _Exchange:
             self.left = True
             _strip_credentials(request)
             return request
-        headers = self.flow.prepare(request.method, str(request.url), self.token)
-        self.origin = self.flow.origin
-        self._apply(request, headers)
+        url = str(request.url)  # (httpx builds the string anew at every str())
+        flow = self.flow
+        headers = flow.prepare(request.method, url, self.token)
+        self.origin = flow._origin
+        self._apply(request, headers, url)
         return request
 
-    def _apply(self, request: httpx.Request, headers: Mapping[str, str]) -> None:
+    def _apply(self, request: httpx.Request, headers: Mapping[str, str], url: str = "") -> None:
         """Set ``headers`` on ``request`` and remember whom their proof was made for."""
-        _set_headers(request, headers)
-        host = request.headers.get("host", "")
-        self.minted[headers[DPOP_HEADER]] = _send_key(request.method, host, str(request.url))
+        fields = request.headers
+        for name, value in headers.items():
+            fields[name] = value  # one by one: update() would build a second Headers
+        self.minted[headers[DPOP_HEADER]] = (
+            request.method,
+            fields.get("host", ""),
+            url or str(request.url),
+        )
 
     def may_follow(self, url: str) -> bool:
         """Whether credentials may go to ``url``, a redirect hop of this exchange.
@@ -273,7 +281,7 @@ class _Exchange:
         url = _wire_url(wire)
         send = _send_key(method, _field(wire.headers, b"host"), url)
         made_for = self.minted.pop(_field(wire.headers, b"dpop"), None)  # a proof goes once
-        if made_for == send and send[2] and not self.left:
+        if made_for is not None and _send_key(*made_for) == send and send[2] and not self.left:
             self.wire = None
             return
         flow, headers = self._credentials(method, url)
@@ -296,9 +304,10 @@ class _Exchange:
         first request's proof (and maybe its token): that is refused.
         """
         fixed, self.wire = self.wire, None
-        mine = any(answered is request for request in self.sent)
-        host = answered.headers.get("host", "")
-        if fixed is not None and fixed.send == _send_key(answered.method, host, str(answered.url)):
+        mine = answered is self.request or any(answered is request for request in self.sent)
+        if fixed is not None and fixed.send == _send_key(
+            answered.method, answered.headers.get("host", ""), str(answered.url)
+        ):
             if not mine:
                 self.sent.append(answered)
             if fixed.flow is None:
@@ -324,6 +333,13 @@ class _Exchange:
             return None
         if response.next_request is not None:  # a redirect the client does not follow
             self._sanitise(response.next_request)
+        status = response.status_code
+        # A status other than 400 and 401 carries no error code and asks for no retry:
+        # only a DPoP-Nonce is taken from it (RFC 9449 §8.2, §9; C-11), by on_response
+        # below when there is one.
+        if status != 400 and status != 401 and not response.headers.get_list(DPOP_NONCE_HEADER):
+            self.flow.answered_without_error()
+            return None
         body: Mapping[str, Any] | None = None
         if wants_body(response.status_code, response.headers):
             try:
@@ -498,7 +514,7 @@ class DPoPAuthBase(_AuthSettings):
         next_request: httpx.Request | bool | None = exchange.start()
         while isinstance(next_request, self._http.Request):
             response = yield next_request
-            if wants_body(response.status_code, response.headers):
+            if response.status_code == 400 and wants_body(400, response.headers):
                 response.read()
             next_request = exchange.step(response)
             if next_request is True:
@@ -528,7 +544,7 @@ class DPoPAuthBase(_AuthSettings):
         next_request: httpx.Request | bool | None = exchange.start()
         while isinstance(next_request, self._http.Request):
             response = yield next_request
-            if wants_body(response.status_code, response.headers):
+            if response.status_code == 400 and wants_body(400, response.headers):
                 await response.aread()
             next_request = exchange.step(response)
             if next_request is True:

@@ -195,6 +195,7 @@ class Done:
 
 #: The single :class:`Done` value.
 DONE: Final = Done()
+_new_flow = object.__new__
 
 
 def _valid_nonce(value: str | None) -> str | None:
@@ -354,6 +355,36 @@ class DPoPFlow:
             # RFC 9449 §7.1: "DPoP" scheme, token68, one space (C-5).
             headers["Authorization"] = f"{AUTH_SCHEME} {self._token}"
         return headers
+
+    def answered_without_error(self) -> None:
+        """Record an answer that :meth:`on_response` would find :data:`DONE` without acting.
+
+        For an adapter that saw a status other than 400 and 401 and no ``DPoP-Nonce``
+        field: no nonce to keep, no error code, nothing to learn.
+        """
+        self._error = None
+
+    def _fresh(self) -> DPoPFlow:
+        """A flow with this one's settings and no request state yet.
+
+        The settings were checked when this flow was built (``__post_init__``); the
+        copy skips the generated ``__init__`` and those checks (an auth object makes
+        one flow per request from a checked one).
+        """
+        flow = _new_flow(DPoPFlow)
+        flow.key = self.key
+        flow.nonces = self.nonces
+        flow.clock = self.clock
+        flow.max_nonce_retries = self.max_nonce_retries
+        flow.learn_clock_skew = self.learn_clock_skew
+        flow.skew_threshold = self.skew_threshold
+        flow.max_clock_offset = self.max_clock_offset
+        flow.allow_insecure_http = self.allow_insecure_http
+        flow.extra_claims = self.extra_claims
+        flow._method = flow._url = flow._origin = ""
+        flow._token = flow._sent_nonce = flow._error = None
+        flow._retries = 0
+        return flow
 
     def with_token(self, access_token: str) -> Retry:
         """Return a :class:`Retry` carrying a new access token (after a refresh).
