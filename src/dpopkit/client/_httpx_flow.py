@@ -53,6 +53,7 @@ class HttpModule(NamedTuple):
 _ERROR_KEY: Final = "dpopkit.error"
 _EXCHANGE_KEY: Final = "dpopkit.exchange"
 _NO_FIELDS: Final = Headers()
+_DPOP_NONCE_LOWER: Final = DPOP_NONCE_HEADER.lower()
 #: httpcore's trace events fired just before a request's header block is written.
 _HEADER_EVENTS: Final = frozenset(
     {"http11.send_request_headers.started", "http2.send_request_headers.started"}
@@ -183,9 +184,9 @@ class _Exchange:
         # its answers are not acted on (no retry, no nonce learned, no token refresh).
         self.left = False
         self.sent: list[httpx.Request] = [request]  # requests whose credentials we set
-        # Proofs set on a request and not yet on the wire → the method, Host and URL each
-        # was made for (turned into a send key by _send_key only when the trace asks).
-        self.minted: dict[str, tuple[str, str, str]] = {}
+        # Proofs set on a request and not yet on the wire → the request each was set on
+        # and its method and URL then (a send key, by _send_key, only when the trace asks).
+        self.minted: dict[str, tuple[str, httpx.Request, str]] = {}
         self.wire: _WireFix | None = None  # what the trace changed on the last send
 
     def start(self) -> httpx.Request:
@@ -219,11 +220,7 @@ class _Exchange:
         fields = request.headers
         for name, value in headers.items():
             fields[name] = value  # one by one: update() would build a second Headers
-        self.minted[headers[DPOP_HEADER]] = (
-            request.method,
-            fields.get("host", ""),
-            url or str(request.url),
-        )
+        self.minted[headers[DPOP_HEADER]] = (request.method, request, url or str(request.url))
 
     def may_follow(self, url: str) -> bool:
         """Whether credentials may go to ``url``, a redirect hop of this exchange.
@@ -281,7 +278,12 @@ class _Exchange:
         url = _wire_url(wire)
         send = _send_key(method, _field(wire.headers, b"host"), url)
         made_for = self.minted.pop(_field(wire.headers, b"dpop"), None)  # a proof goes once
-        if made_for is not None and _send_key(*made_for) == send and send[2] and not self.left:
+        if (
+            made_for is not None
+            and send[2]
+            and not self.left
+            and _send_key(made_for[0], made_for[1].headers.get("host", ""), made_for[2]) == send
+        ):
             self.wire = None
             return
         flow, headers = self._credentials(method, url)
@@ -337,7 +339,8 @@ class _Exchange:
         # A status other than 400 and 401 carries no error code and asks for no retry:
         # only a DPoP-Nonce is taken from it (RFC 9449 §8.2, §9; C-11), by on_response
         # below when there is one.
-        if status != 400 and status != 401 and not response.headers.get_list(DPOP_NONCE_HEADER):
+        # ("in" scans the lower-cased names httpx keeps; get_list lower-cases each again)
+        if status != 400 and status != 401 and _DPOP_NONCE_LOWER not in response.headers:
             self.flow.answered_without_error()
             return None
         body: Mapping[str, Any] | None = None

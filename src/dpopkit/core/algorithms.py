@@ -144,7 +144,8 @@ class AlgSpec:
         kty = self.kty
         if kty == "EC":
             size = self.coord_size
-            der = cast(ec.EllipticCurvePrivateKey, key).sign(data, self._ecdsa)  # type: ignore[arg-type]
+            # (no typing.cast here: it is a Python call at run time)
+            der: bytes = key.sign(data, self._ecdsa)  # type: ignore[arg-type,call-arg]
             if der[1] < 0x80:
                 # One-octet lengths: 30 L 02 Lr r 02 Ls s, each INTEGER minimal (at most
                 # one 0x00 octet before a set top bit, fewer octets for a small value).
