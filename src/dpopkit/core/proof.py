@@ -363,59 +363,105 @@ def _claim_error(payload: Mapping[str, Any], name: str) -> InvalidProofError:
 # as JSON could only give the dict built from the groups below, and the header checks
 # that remain are the ones in _ec_template_facts; anything else goes through the JSON
 # parser and every check.
-_EC_HEADER_RE = re.compile(
-    r'\{"typ":"dpop\+jwt","alg":"(ES256|ES384|ES512)","jwk":\{"kty":"EC",'
-    r'"crv":"(P-256|P-384|P-521)","x":"([A-Za-z0-9_-]+)","y":"([A-Za-z0-9_-]+)"\}\}'
-)
 _from_encoded_point = ec.EllipticCurvePublicKey.from_encoded_point
-_EC_SPECS: dict[str, AlgSpec] = {
-    name: spec for name in ("ES256", "ES384", "ES512") if (spec := spec_for(name)) is not None
-}
 
 
-def _ec_template_facts(raw: bytes, policy: ProofPolicy) -> _HeaderFacts | None:
-    """Facts of a header in the exact EC template whose key is acceptable, else None.
+class _ECTemplate(NamedTuple):
+    alg: str
+    spec: AlgSpec
+    crv: str
+    curve: ec.EllipticCurve
+    size: int  # octets per coordinate
+    chars: int  # base64url characters per coordinate
+    length: int  # of the whole header
+    thumbprint_head: bytes  # RFC 7638 §3.2 canonical JSON up to the value of x
 
-    The template fixes typ (§4.3 (4)), the absence of crit and of private or other
-    JWK members (§4.3 (7)) and kty; what remains is checked here. Whatever fails any
-    of these checks returns None, and the full path (``_header_facts``) says why.
-    About 1 µs less per new key than the generic checks (``_header_facts`` 13.6 → 12.7 µs).
-    """
-    if raw[:18] != b'{"typ":"dpop+jwt",':
-        return None
-    match = _EC_HEADER_RE.fullmatch(raw.decode("ascii", "replace"))
-    if match is None:
-        return None
-    alg, crv, x, y = match.groups()
-    spec = _EC_SPECS[alg]
-    # RFC 9449 §4.3 (5): alg allowed by policy, and the key fits it.
-    if alg not in policy.algorithms or crv != spec.crv:
-        return None
-    curve, size = EC_CURVES[crv]
-    try:
-        x_bytes, y_bytes = b64url_decode(x), b64url_decode(y)
-    except JWSError:
-        return None
-    if len(x_bytes) != size or len(y_bytes) != size:
-        return None
-    try:
-        # RFC 9449 §4.3 (6): from_encoded_point checks that the point lies on the curve.
-        key = _from_encoded_point(curve, b"\x04" + x_bytes + y_bytes)
-    except ValueError:
-        return None
-    jwk = {"kty": "EC", "crv": crv, "x": x, "y": y}
-    header = {"typ": PROOF_TYP, "alg": alg, "jwk": jwk}
-    jkt = checked_jwk_thumbprint("EC", jwk)
-    return _HeaderFacts(
-        spec, key, jkt, MappingProxyType(jwk), MappingProxyType(header), 0, [("", "")]
-    )
+
+# What DPoPKey writes for an EC key: compact, in this member order, strings without escapes,
+# {"typ":"dpop+jwt","alg":"<alg>","jwk":{"kty":"EC","crv":"<crv>","x":"<x>","y":"<y>"}}.
+# The part before x has the same length for the three algorithms; with x and y of the
+# exact base64url length of their curve, the header's length is fixed too.
+_EC_HEAD = '{{"typ":"dpop+jwt","alg":"{}","jwk":{{"kty":"EC","crv":"{}","x":"'
+_EC_HEAD_LENGTH = len(_EC_HEAD.format("ES256", "P-256"))
+_EC_MIDDLE = b'","y":"'
+_EC_TAIL = b'"}}'
+
+
+def _ec_templates() -> dict[bytes, _ECTemplate]:
+    templates = {}
+    for alg, crv in (("ES256", "P-256"), ("ES384", "P-384"), ("ES512", "P-521")):
+        spec = spec_for(alg)
+        assert spec is not None
+        curve, size = EC_CURVES[crv]
+        chars = (4 * size + 2) // 3
+        head = _EC_HEAD.format(alg, crv).encode("ascii")
+        assert len(head) == _EC_HEAD_LENGTH
+        templates[head] = _ECTemplate(
+            alg,
+            spec,
+            crv,
+            curve,
+            size,
+            chars,
+            len(head) + 2 * chars + len(_EC_MIDDLE) + len(_EC_TAIL),
+            f'{{"crv":"{crv}","kty":"EC","x":"'.encode("ascii"),
+        )
+    return templates
+
+
+_EC_TEMPLATES = _ec_templates()
 
 
 def _header_facts(header_b64: str, policy: ProofPolicy) -> _HeaderFacts:
     raw = b64url_decode(header_b64)
-    facts = _ec_template_facts(raw, policy)
-    if facts is not None:
-        return facts
+    # A header in DPoPKey's exact EC template: parsing it as JSON could only give the
+    # dicts built below, and the template fixes typ (§4.3 (4)), the absence of crit and
+    # of private or other JWK members (§4.3 (7)), kty, and a crv that fits alg (§4.3 (5)).
+    # What remains is checked here: alg allowed by policy, x and y strict base64url of
+    # their curve's size, the point on the curve (§4.3 (6)). Anything else, and any
+    # failure of these, takes the generic path below, which says why.
+    template = _EC_TEMPLATES.get(raw[:_EC_HEAD_LENGTH])
+    if template is not None and len(raw) == template.length and template.alg in policy.algorithms:
+        mid = _EC_HEAD_LENGTH + template.chars
+        x_b64 = raw[_EC_HEAD_LENGTH:mid]
+        y_b64 = raw[mid + 7 : -3]
+        if raw[mid : mid + 7] == _EC_MIDDLE and raw[-3:] == _EC_TAIL:
+            rem = template.chars % 4
+            try:
+                x_std = x_b64.translate(_TO_STD)
+                y_std = y_b64.translate(_TO_STD)
+                if rem and not (
+                    x_std[-1] in _CANONICAL_LAST[rem] and y_std[-1] in _CANONICAL_LAST[rem]
+                ):
+                    raise ValueError("non-canonical base64url")
+                pad = _PADDING[rem]
+                point = b"".join(
+                    (
+                        b"\x04",
+                        a2b_base64(x_std + pad, strict_mode=True),
+                        a2b_base64(y_std + pad, strict_mode=True),
+                    )
+                )
+                # from_encoded_point checks the length and that the point is on the curve.
+                point_key = _from_encoded_point(template.curve, point)
+            except ValueError:  # binascii.Error too
+                pass
+            else:
+                x, y = x_b64.decode("ascii"), y_b64.decode("ascii")
+                ec_jwk = {"kty": "EC", "crv": template.crv, "x": x, "y": y}
+                ec_header = {"typ": PROOF_TYP, "alg": template.alg, "jwk": ec_jwk}
+                # RFC 7638 §3.2, §3.3: the members in order, none needing JSON escapes.
+                canonical = b"".join((template.thumbprint_head, x_b64, _EC_MIDDLE, y_b64, b'"}'))
+                digest = b2a_base64(sha256(canonical).digest(), newline=False)
+                return _HeaderFacts(
+                    template.spec,
+                    point_key,
+                    digest.translate(_TO_URL, b"=").decode(),
+                    MappingProxyType(ec_jwk),
+                    MappingProxyType(ec_header),
+                    0,
+                    [("", "")],
+                )
     header = json_loads_object(raw)
     # RFC 9449 §4.3 (4): typ; "application/" prefix allowed, case-insensitive (RFC 7515 §4.1.9).
     typ = header.get("typ")
