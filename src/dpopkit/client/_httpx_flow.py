@@ -157,6 +157,8 @@ class _Exchange:
     __slots__ = (
         "asynchronous",
         "auth",
+        "caller",
+        "first",
         "flow",
         "left",
         "minted",
@@ -170,7 +172,7 @@ class _Exchange:
     )
 
     def __init__(
-        self, auth: DPoPAuthBase, request: httpx.Request, token: str | None, *, asynchronous: bool
+        self, auth: DPoPAuthBase, request: httpx.Request, token: str | None, asynchronous: bool
     ) -> None:
         self.auth = auth
         self.asynchronous = asynchronous
@@ -178,7 +180,10 @@ class _Exchange:
         self.request = request  # the request being answered now (a same-origin hop later)
         self.token = token
         self.refreshed = False
-        self.flow = auth.new_flow()
+        # The request's own DPoPFlow, made by _state() when an answer needs it (most do
+        # not); the first send is made by the auth's shared flow, which keeps no state.
+        self.flow: DPoPFlow | None = None
+        self.first: tuple[str, str, str, str | None] = ("", "", "", None)
         self.origin = ""
         # A hop went to another origin: the chain carries no credentials from then on and
         # its answers are not acted on (no retry, no nonce learned, no token refresh).
@@ -188,16 +193,22 @@ class _Exchange:
         # and its method and URL then (a send key, by _send_key, only when the trace asks).
         self.minted: dict[str, tuple[str, httpx.Request, str]] = {}
         self.wire: _WireFix | None = None  # what the trace changed on the last send
+        self.caller: Any = None  # a trace the caller had set, called after ours
 
     def start(self) -> httpx.Request:
         request = self.request
-        prior = request.extensions.get(_EXCHANGE_KEY)
-        caller = request.extensions.get("trace")
-        if isinstance(caller, _Trace):
-            caller = caller.caller  # a hop of an earlier exchange: keep the caller's trace only
-        tracer = (_AsyncTrace if self.asynchronous else _SyncTrace)(self, caller)
+        extensions = request.extensions
+        prior = extensions.get(_EXCHANGE_KEY)
+        caller = extensions.get("trace")
+        if caller is not None:
+            owner = getattr(caller, "__self__", None)
+            if isinstance(owner, _Exchange):
+                caller = owner.caller  # a hop of an earlier exchange: keep the caller's trace
+        self.caller = caller
+        # httpx's trace extension: this exchange's (bound) check, then the caller's.
+        tracer = self.async_trace if self.asynchronous else self.sync_trace
         # A fresh mapping: the caller's extensions may be shared by other requests.
-        request.extensions = {**request.extensions, _EXCHANGE_KEY: self, "trace": tracer}
+        request.extensions = {**extensions, _EXCHANGE_KEY: self, "trace": tracer}
         # A request httpx built from a redirect answered to one of ours (the caller
         # follows ``response.next_request``): the redirect rule applies.
         if (
@@ -209,11 +220,21 @@ class _Exchange:
             _strip_credentials(request)
             return request
         url = str(request.url)  # (httpx builds the string anew at every str())
-        flow = self.flow
-        headers = flow.prepare(request.method, url, self.token)
-        self.origin = flow._origin
+        method = request.method
+        headers, origin, nonce = self.auth._flow_template._first_send(method, url, self.token)
+        self.origin = origin
+        self.first = (method, url, origin, nonce)
         self._apply(request, headers, url)
         return request
+
+    def _state(self) -> DPoPFlow:
+        """The request's own flow, in the state ``prepare`` would have left it."""
+        flow = self.flow
+        if flow is None:
+            method, url, origin, nonce = self.first
+            flow = self.flow = self.auth.new_flow()
+            flow._resume(method, url, origin, self.token, nonce)
+        return flow
 
     def _apply(self, request: httpx.Request, headers: Mapping[str, str], url: str = "") -> None:
         """Set ``headers`` on ``request`` and remember whom their proof was made for."""
@@ -259,6 +280,24 @@ class _Exchange:
         self._apply(request, headers)
         self.flow = flow  # answers now concern this hop: retries resend it, not the first
         self.request = request
+
+    def sync_trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's ``trace`` extension for ``Client``: :meth:`on_trace`, then the caller's.
+
+        httpcore calls it with ``"http11.send_request_headers.started"`` or
+        ``"http2.send_request_headers.started"`` and the request about to be written,
+        whose header list it reads only afterwards; the caller's trace is called after
+        the check, so it sees what goes out.
+        """
+        self.on_trace(event, info)
+        if self.caller is not None:
+            self.caller(event, info)
+
+    async def async_trace(self, event: str, info: dict[str, Any]) -> None:
+        """:meth:`sync_trace` for ``AsyncClient`` (httpcore's async paths await the trace)."""
+        self.on_trace(event, info)
+        if self.caller is not None:
+            await self.caller(event, info)
 
     def on_trace(self, event: str, info: Mapping[str, Any]) -> None:
         """Fix a header block before httpcore writes it (httpx's ``trace`` extension).
@@ -341,7 +380,8 @@ class _Exchange:
         # below when there is one.
         # ("in" scans the lower-cased names httpx keeps; get_list lower-cases each again)
         if status != 400 and status != 401 and _DPOP_NONCE_LOWER not in response.headers:
-            self.flow.answered_without_error()
+            if self.flow is not None:
+                self.flow.answered_without_error()
             return None
         body: Mapping[str, Any] | None = None
         if wants_body(response.status_code, response.headers):
@@ -349,10 +389,11 @@ class _Exchange:
                 body = parse_json_body(response.content)
             except self.auth._http.ResponseNotRead:
                 body = None
-        action = self.flow.on_response(response.status_code, _flow_headers(response), body)
+        flow = self._state()
+        action = flow.on_response(response.status_code, _flow_headers(response), body)
         if not isinstance(action, Retry):
             if (
-                self.flow.last_error == INVALID_TOKEN
+                flow.last_error == INVALID_TOKEN
                 and self.auth.source is not None
                 and self.token is not None
                 and not self.refreshed
@@ -387,42 +428,7 @@ class _Exchange:
         if token is None or token == self.token:
             return None
         self.token = token
-        return self.retry(response, self.flow.with_token(token))
-
-
-class _Trace:
-    """The ``trace`` request extension of httpx, checking header blocks for one exchange.
-
-    httpcore calls it with ``"http11.send_request_headers.started"`` or
-    ``"http2.send_request_headers.started"`` and the request about to be written,
-    whose header list it reads only afterwards. A ``trace`` the caller had set is
-    called after the check, so it sees what goes out.
-    """
-
-    __slots__ = ("caller", "exchange")
-
-    def __init__(self, exchange: _Exchange, caller: Any) -> None:
-        self.exchange = exchange
-        self.caller = caller
-
-
-class _SyncTrace(_Trace):
-    __slots__ = ()
-
-    def __call__(self, event: str, info: dict[str, Any]) -> None:
-        self.exchange.on_trace(event, info)
-        if self.caller is not None:
-            self.caller(event, info)
-
-
-class _AsyncTrace(_Trace):
-    __slots__ = ()
-
-    async def __call__(self, event: str, info: dict[str, Any]) -> None:
-        # httpcore's async paths require a coroutine from the trace callable.
-        self.exchange.on_trace(event, info)
-        if self.caller is not None:
-            await self.caller(event, info)
+        return self.retry(response, self._state().with_token(token))
 
 
 def _on_request(request: httpx.Request) -> None:
@@ -499,7 +505,7 @@ class DPoPAuthBase(_AuthSettings):
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """The I/O-free flow: uses a response body only if the caller already read it."""
         token = None if self.source is None else self.source.get()
-        exchange = _Exchange(self, request, token, asynchronous=False)
+        exchange = _Exchange(self, request, token, False)
         next_request: httpx.Request | bool | None = exchange.start()
         while isinstance(next_request, self._http.Request):
             response = yield next_request
@@ -513,7 +519,7 @@ class DPoPAuthBase(_AuthSettings):
             request.read()
         source = self.source
         token = None if source is None else source.get()
-        exchange = _Exchange(self, request, token, asynchronous=False)
+        exchange = _Exchange(self, request, token, False)
         next_request: httpx.Request | bool | None = exchange.start()
         while isinstance(next_request, self._http.Request):
             response = yield next_request
@@ -543,7 +549,7 @@ class DPoPAuthBase(_AuthSettings):
                     token = await aget()
                 else:
                     token = await anyio.to_thread.run_sync(source.get)
-        exchange = _Exchange(self, request, token, asynchronous=True)
+        exchange = _Exchange(self, request, token, True)
         next_request: httpx.Request | bool | None = exchange.start()
         while isinstance(next_request, self._http.Request):
             response = yield next_request

@@ -141,6 +141,10 @@ class NonceCache:
         What one proof needs, read under a single lock acquisition; the origin
         counts as used (LRU), as with :meth:`get`.
         """
+        # An unknown origin is answered without the lock: one dict read is atomic, and
+        # an entry added right after it is the same race as one added after the lock.
+        if origin not in self._data:
+            return None, 0.0
         with self._lock:
             state = self._data.get(origin)
             if state is None:
@@ -337,24 +341,53 @@ class DPoPFlow:
         return self._headers()
 
     def _headers(self) -> dict[str, str]:
-        nonce, offset = self.nonces.lookup(self._origin)  # one lock, not two
+        headers, self._sent_nonce = self._signed(self._method, self._url, self._token, self._origin)
+        return headers
+
+    def _signed(
+        self, method: str, url: str, token: str | None, origin: str
+    ) -> tuple[dict[str, str], str | None]:
+        """The headers of one send and the nonce its proof carries (no state changed)."""
+        nonce, offset = self.nonces.lookup(origin)  # one lock, not two
         # RFC 9449 §4.2: a new jti and a current iat for every send, retries too (C-2).
         proof = create_proof(
             self.key,
-            htm=self._method,
-            htu=self._url,
-            access_token=self._token,
+            htm=method,
+            htu=url,
+            access_token=token,
             nonce=nonce,
             claims=self.extra_claims,
             now=self.clock() + offset,
             allow_insecure_http=self.allow_insecure_http,
         )
-        self._sent_nonce = nonce
-        headers = {DPOP_HEADER: proof}
-        if self._token is not None:
-            # RFC 9449 §7.1: "DPoP" scheme, token68, one space (C-5).
-            headers["Authorization"] = f"{AUTH_SCHEME} {self._token}"
-        return headers
+        if token is None:
+            return {DPOP_HEADER: proof}, nonce
+        # RFC 9449 §7.1: "DPoP" scheme, token68, one space (C-5).
+        return {DPOP_HEADER: proof, "Authorization": f"{AUTH_SCHEME} {token}"}, nonce
+
+    def _first_send(
+        self, method: str, url: str, access_token: str | None
+    ) -> tuple[dict[str, str], str, str | None]:
+        """:meth:`prepare` that keeps no state: the headers, the origin and the nonce sent.
+
+        An adapter calls it on a flow it shares between requests, and makes a flow of
+        the request's own (:meth:`_fresh`, then :meth:`_resume`) only when an answer
+        needs one; most answers (no 400 or 401, no ``DPoP-Nonce``) do not.
+        """
+        origin = origin_of(url)
+        headers, nonce = self._signed(method, url, access_token, origin)
+        return headers, origin, nonce
+
+    def _resume(
+        self, method: str, url: str, origin: str, access_token: str | None, sent: str | None
+    ) -> None:
+        """Take the state :meth:`prepare` leaves, for a send made by :meth:`_first_send`."""
+        self._method = method
+        self._url = url
+        self._origin = origin
+        self._token = access_token
+        self._retries = 0
+        self._sent_nonce = sent
 
     def answered_without_error(self) -> None:
         """Record an answer that :meth:`on_response` would find :data:`DONE` without acting.
