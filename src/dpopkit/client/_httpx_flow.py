@@ -368,7 +368,9 @@ class _Exchange:
     def step(self, response: httpx.Response) -> httpx.Request | bool | None:
         """The next request, None when done, or True when a token refresh should be tried."""
         answered = _request_of(response)
-        if answered is not None:
+        # (_adopt has nothing to do for the request being answered when the trace fixed
+        # no send: the usual case, decided here without the call)
+        if answered is not None and (self.wire is not None or answered is not self.request):
             self._adopt(answered)
         if self.left:
             return None
