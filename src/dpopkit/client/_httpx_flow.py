@@ -523,7 +523,8 @@ class DPoPAuthBase(_AuthSettings):
         token = None if source is None else source.get()
         exchange = _Exchange(self, request, token, False)
         next_request: httpx.Request | bool | None = exchange.start()
-        while isinstance(next_request, self._http.Request):
+        request_type = self._http.Request
+        while isinstance(next_request, request_type):
             response = yield next_request
             if response.status_code == 400 and wants_body(400, response.headers):
                 response.read()

@@ -274,7 +274,7 @@ def create_proof(
         raise ValueError("DPoP needs https; pass allow_insecure_http=True for loopback tests")
     if now is None:
         issued = time.time()
-    elif type(now) is float and -_INF < now < _INF:
+    elif type(now) is float and now - now == 0.0:  # finite (inf - inf and nan - nan are nan)
         issued = now
     else:
         issued = _now_or_wall(now)
