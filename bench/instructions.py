@@ -27,6 +27,7 @@ Run: ``python bench/instructions.py [--count N] [--core-only | --client-only]``
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -73,11 +74,14 @@ def verdict(label: str, value: float, must: float) -> tuple[str, bool]:
 
 
 def _collected(cmd: list[str]) -> int:
+    # A fixed hash seed: str hashes (dict and set layouts) are the same in every run, so
+    # what is left of the run-to-run spread comes from the random signatures and jti.
     out = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
     )
     match = _COLLECTED.search(out.stderr)
     if match is None:  # pragma: no cover - valgrind changed its output
