@@ -221,7 +221,9 @@ class _Exchange:
             return request
         url = str(request.url)  # (httpx builds the string anew at every str())
         method = request.method
-        headers, origin, nonce = self.auth._flow_template._first_send(method, url, self.token)
+        origin = origin_of(url)
+        # Signed by the auth's shared flow, which keeps no state (see DPoPFlow._signed).
+        headers, nonce = self.auth._flow_template._signed(method, url, self.token, origin)
         self.origin = origin
         self.first = (method, url, origin, nonce)
         self._apply(request, headers, url)

@@ -347,8 +347,16 @@ class DPoPFlow:
     def _signed(
         self, method: str, url: str, token: str | None, origin: str
     ) -> tuple[dict[str, str], str | None]:
-        """The headers of one send and the nonce its proof carries (no state changed)."""
-        nonce, offset = self.nonces.lookup(origin)  # one lock, not two
+        """The headers of one send and the nonce its proof carries; no state is changed.
+
+        An adapter signs a request's first send with it on a flow it shares between
+        requests, and makes a flow of the request's own (:meth:`_fresh`, then
+        :meth:`_resume`) only when an answer needs one; most answers (no 400 or 401,
+        no ``DPoP-Nonce``) do not.
+        """
+        nonces = self.nonces
+        # (an origin without state is answered here, as lookup would, without its call)
+        nonce, offset = nonces.lookup(origin) if origin in nonces._data else (None, 0.0)
         # RFC 9449 §4.2: a new jti and a current iat for every send, retries too (C-2).
         proof = create_proof(
             self.key,
@@ -365,23 +373,10 @@ class DPoPFlow:
         # RFC 9449 §7.1: "DPoP" scheme, token68, one space (C-5).
         return {DPOP_HEADER: proof, "Authorization": f"{AUTH_SCHEME} {token}"}, nonce
 
-    def _first_send(
-        self, method: str, url: str, access_token: str | None
-    ) -> tuple[dict[str, str], str, str | None]:
-        """:meth:`prepare` that keeps no state: the headers, the origin and the nonce sent.
-
-        An adapter calls it on a flow it shares between requests, and makes a flow of
-        the request's own (:meth:`_fresh`, then :meth:`_resume`) only when an answer
-        needs one; most answers (no 400 or 401, no ``DPoP-Nonce``) do not.
-        """
-        origin = origin_of(url)
-        headers, nonce = self._signed(method, url, access_token, origin)
-        return headers, origin, nonce
-
     def _resume(
         self, method: str, url: str, origin: str, access_token: str | None, sent: str | None
     ) -> None:
-        """Take the state :meth:`prepare` leaves, for a send made by :meth:`_first_send`."""
+        """Take the state :meth:`prepare` leaves, for a first send made by :meth:`_signed`."""
         self._method = method
         self._url = url
         self._origin = origin
