@@ -92,14 +92,6 @@ def _flow_headers(response: httpx.Response) -> Headers:
     return Headers([(DPOP_NONCE_HEADER, value) for value in nonces]) if nonces else _NO_FIELDS
 
 
-def _request_of(response: httpx.Response) -> httpx.Request | None:
-    """The request ``response`` answers (None for a response built by hand, as in tests)."""
-    try:
-        return response.request
-    except RuntimeError:
-        return None
-
-
 def _strip_credentials(request: httpx.Request) -> None:
     request.headers.pop(DPOP_HEADER, None)
     request.headers.pop("Authorization", None)
@@ -158,7 +150,6 @@ class _Exchange:
         "asynchronous",
         "auth",
         "caller",
-        "first",
         "flow",
         "left",
         "minted",
@@ -167,6 +158,7 @@ class _Exchange:
         "refreshed",
         "request",
         "sent",
+        "sent_nonce",
         "token",
         "wire",
     )
@@ -183,7 +175,6 @@ class _Exchange:
         # The request's own DPoPFlow, made by _state() when an answer needs it (most do
         # not); the first send is made by the auth's shared flow, which keeps no state.
         self.flow: DPoPFlow | None = None
-        self.first: tuple[str, str, str, str | None] = ("", "", "", None)
         self.origin = ""
         # A hop went to another origin: the chain carries no credentials from then on and
         # its answers are not acted on (no retry, no nonce learned, no token refresh).
@@ -193,7 +184,11 @@ class _Exchange:
         # and its method and URL then (a send key, by _send_key, only when the trace asks).
         self.minted: dict[str, tuple[str, httpx.Request, str]] = {}
         self.wire: _WireFix | None = None  # what the trace changed on the last send
-        self.caller: Any = None  # a trace the caller had set, called after ours
+
+    # Set by start(): a trace the caller had set (called after ours), and the nonce the
+    # first send's proof carries.
+    caller: Any
+    sent_nonce: str | None
 
     def start(self) -> httpx.Request:
         request = self.request
@@ -225,17 +220,21 @@ class _Exchange:
         # Signed by the auth's shared flow, which keeps no state (see DPoPFlow._signed).
         headers, nonce = self.auth._flow_template._signed(method, url, self.token, origin)
         self.origin = origin
-        self.first = (method, url, origin, nonce)
+        self.sent_nonce = nonce
         self._apply(request, headers, url)
         return request
 
     def _state(self) -> DPoPFlow:
-        """The request's own flow, in the state ``prepare`` would have left it."""
+        """The request's own flow, in the state ``prepare`` would have left it.
+
+        Without a flow yet, the request is still the first one (a hop gets its flow when
+        it is signed), as start() signed it.
+        """
         flow = self.flow
         if flow is None:
-            method, url, origin, nonce = self.first
+            request = self.original
             flow = self.flow = self.auth.new_flow()
-            flow._resume(method, url, origin, self.token, nonce)
+            flow._resume(request.method, str(request.url), self.origin, self.token, self.sent_nonce)
         return flow
 
     def _apply(self, request: httpx.Request, headers: Mapping[str, str], url: str = "") -> None:
@@ -369,7 +368,10 @@ class _Exchange:
 
     def step(self, response: httpx.Response) -> httpx.Request | bool | None:
         """The next request, None when done, or True when a token refresh should be tried."""
-        answered = _request_of(response)
+        try:
+            answered: httpx.Request | None = response.request
+        except RuntimeError:  # a response built by hand (as in tests) answers no request
+            answered = None
         # (_adopt has nothing to do for the request being answered when the trace fixed
         # no send: the usual case, decided here without the call)
         if answered is not None and (self.wire is not None or answered is not self.request):
