@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, TypeVar
 
 from dpopkit.client._auth import _AuthSettings
 from dpopkit.client.flow import (
@@ -50,6 +50,7 @@ class HttpModule(NamedTuple):
     WireRequest: type[Any]  # httpcore's (httpcore2's) request, seen by the trace
 
 
+_T = TypeVar("_T")
 _ERROR_KEY: Final = "dpopkit.error"
 _EXCHANGE_KEY: Final = "dpopkit.exchange"
 _NO_FIELDS: Final = Headers()
@@ -90,6 +91,15 @@ def _flow_headers(response: httpx.Response) -> Headers:
     # Any other status only has its DPoP-Nonce read: skip decoding every field.
     nonces = fields.get_list(DPOP_NONCE_HEADER)
     return Headers([(DPOP_NONCE_HEADER, value) for value in nonces]) if nonces else _NO_FIELDS
+
+
+def _take(minted: list[tuple[str, _T]], proof: str) -> _T | None:
+    """Remove and return what ``proof`` was set for, or None when it is not in ``minted``."""
+    for index, (value, made_for) in enumerate(minted):
+        if value == proof:
+            del minted[index]
+            return made_for
+    return None
 
 
 def _strip_credentials(request: httpx.Request) -> None:
@@ -182,7 +192,8 @@ class _Exchange:
         self.sent: list[httpx.Request] = [request]  # requests whose credentials we set
         # Proofs set on a request and not yet on the wire → the request each was set on
         # and its method and URL then (a send key, by _send_key, only when the trace asks).
-        self.minted: dict[str, tuple[str, httpx.Request, str]] = {}
+        # A short list, searched by equality: no hash of a ~700-character proof per send.
+        self.minted: list[tuple[str, tuple[str, httpx.Request, str]]] = []
         self.wire: _WireFix | None = None  # what the trace changed on the last send
 
     # Set by start(): a trace the caller had set (called after ours), and the nonce the
@@ -242,7 +253,9 @@ class _Exchange:
         fields = request.headers
         for name, value in headers.items():
             fields[name] = value  # one by one: update() would build a second Headers
-        self.minted[headers[DPOP_HEADER]] = (request.method, request, url or str(request.url))
+        self.minted.append(
+            (headers[DPOP_HEADER], (request.method, request, url or str(request.url)))
+        )
 
     def may_follow(self, url: str) -> bool:
         """Whether credentials may go to ``url``, a redirect hop of this exchange.
@@ -317,7 +330,7 @@ class _Exchange:
         method = wire.method.decode("latin-1")
         url = _wire_url(wire)
         send = _send_key(method, _field(wire.headers, b"host"), url)
-        made_for = self.minted.pop(_field(wire.headers, b"dpop"), None)  # a proof goes once
+        made_for = _take(self.minted, _field(wire.headers, b"dpop"))  # a proof goes once
         if (
             made_for is not None
             and send[2]
