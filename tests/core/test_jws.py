@@ -423,6 +423,33 @@ def test_p14_der_and_wrong_length_ecdsa_signatures_do_not_verify(alg: str) -> No
     assert not s.verify(public, b"\x00" * len(raw), b"data")
 
 
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "ES512"])
+def test_p14_raw_and_der_convert_for_every_shape_of_r_and_s(alg: str) -> None:
+    """RFC 7518 §3.4: R‖S ↔ DER for halves with the top bit set or clear and with leading
+    zero octets (shorter DER INTEGERs), checked against cryptography's own DER both ways."""
+    key = key_for(alg)
+    s = spec(alg)
+    public = public_key_from_jwk(key.public_jwk, s)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    size = s.coord_size
+    # P-521's 66-octet halves start with 0x00 or 0x01: their top bit is never set.
+    wanted = 4 if alg == "ES512" else 6
+    shapes: set[tuple[int, int]] = set()
+    for i in range(3000):
+        data = i.to_bytes(4, "big")
+        raw = key.sign(data)  # DER → R‖S in dpopkit
+        assert len(raw) == 2 * size
+        halves = raw[:size], raw[size:]
+        der = encode_dss_signature(*(int.from_bytes(h, "big") for h in halves))
+        public.verify(der, data, ec.ECDSA(s.hash_alg))  # type: ignore[arg-type]
+        assert s.verify(public, raw, data)  # R‖S → DER in dpopkit
+        assert not s.verify(public, raw, data + b"!")
+        shapes |= {(0 if h[0] == 0 else 1 + (h[0] >> 7), n) for n, h in enumerate(halves)}
+        if len(shapes) == wanted and i >= 300:
+            break
+    assert len(shapes) == wanted  # each half: a leading zero octet, top bit clear, top bit set
+
+
 @pytest.mark.parametrize("alg", ["EdDSA", "RS256", "PS256"])
 def test_wrong_length_or_bad_signatures_do_not_verify(alg: str) -> None:
     key = key_for(alg)

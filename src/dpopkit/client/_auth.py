@@ -20,6 +20,7 @@ class _AuthSettings:
     max_nonce_retries: int
     learn_clock_skew: bool
     allow_insecure_http: bool
+    _flow_template: DPoPFlow
 
     def _configure(
         self,
@@ -39,18 +40,21 @@ class _AuthSettings:
         self.max_nonce_retries = max_nonce_retries
         self.learn_clock_skew = learn_clock_skew
         self.allow_insecure_http = allow_insecure_http
-        self.new_flow()  # validate the settings now, not at the first request
+        # The settings are checked once, here, by building this flow; every request's
+        # flow is a copy of it (DPoPFlow._fresh), without the checks or the generated
+        # __init__. The settings are fixed from now on: the copies keep these values.
+        self._flow_template = DPoPFlow(
+            key=key,
+            nonces=self.nonces,
+            clock=clock,
+            max_nonce_retries=max_nonce_retries,
+            learn_clock_skew=learn_clock_skew,
+            allow_insecure_http=allow_insecure_http,
+        )
 
     def __repr__(self) -> str:
         return f"DPoPAuth(key={self.key!r}, nonces={self.nonces!r})"
 
     def new_flow(self) -> DPoPFlow:
         """A :class:`~dpopkit.client.flow.DPoPFlow` for one request with these settings."""
-        return DPoPFlow(
-            key=self.key,
-            nonces=self.nonces,
-            clock=self.clock,
-            max_nonce_retries=self.max_nonce_retries,
-            learn_clock_skew=self.learn_clock_skew,
-            allow_insecure_http=self.allow_insecure_http,
-        )
+        return self._flow_template._fresh()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, TypeVar
 
 from dpopkit.client._auth import _AuthSettings
 from dpopkit.client.flow import (
@@ -50,9 +50,11 @@ class HttpModule(NamedTuple):
     WireRequest: type[Any]  # httpcore's (httpcore2's) request, seen by the trace
 
 
+_T = TypeVar("_T")
 _ERROR_KEY: Final = "dpopkit.error"
 _EXCHANGE_KEY: Final = "dpopkit.exchange"
 _NO_FIELDS: Final = Headers()
+_DPOP_NONCE_LOWER: Final = DPOP_NONCE_HEADER.lower()
 #: httpcore's trace events fired just before a request's header block is written.
 _HEADER_EVENTS: Final = frozenset(
     {"http11.send_request_headers.started", "http2.send_request_headers.started"}
@@ -91,12 +93,13 @@ def _flow_headers(response: httpx.Response) -> Headers:
     return Headers([(DPOP_NONCE_HEADER, value) for value in nonces]) if nonces else _NO_FIELDS
 
 
-def _request_of(response: httpx.Response) -> httpx.Request | None:
-    """The request ``response`` answers (None for a response built by hand, as in tests)."""
-    try:
-        return response.request
-    except RuntimeError:
-        return None
+def _take(minted: list[tuple[str, _T]], proof: str) -> _T | None:
+    """Remove and return what ``proof`` was set for, or None when it is not in ``minted``."""
+    for index, (value, made_for) in enumerate(minted):
+        if value == proof:
+            del minted[index]
+            return made_for
+    return None
 
 
 def _strip_credentials(request: httpx.Request) -> None:
@@ -156,6 +159,7 @@ class _Exchange:
     __slots__ = (
         "asynchronous",
         "auth",
+        "caller",
         "flow",
         "left",
         "minted",
@@ -164,12 +168,13 @@ class _Exchange:
         "refreshed",
         "request",
         "sent",
+        "sent_nonce",
         "token",
         "wire",
     )
 
     def __init__(
-        self, auth: DPoPAuthBase, request: httpx.Request, token: str | None, *, asynchronous: bool
+        self, auth: DPoPAuthBase, request: httpx.Request, token: str | None, asynchronous: bool
     ) -> None:
         self.auth = auth
         self.asynchronous = asynchronous
@@ -177,25 +182,39 @@ class _Exchange:
         self.request = request  # the request being answered now (a same-origin hop later)
         self.token = token
         self.refreshed = False
-        self.flow = auth.new_flow()
+        # The request's own DPoPFlow, made by _state() when an answer needs it (most do
+        # not); the first send is made by the auth's shared flow, which keeps no state.
+        self.flow: DPoPFlow | None = None
         self.origin = ""
         # A hop went to another origin: the chain carries no credentials from then on and
         # its answers are not acted on (no retry, no nonce learned, no token refresh).
         self.left = False
         self.sent: list[httpx.Request] = [request]  # requests whose credentials we set
-        # Proofs set on a request and not yet on the wire → the send each was made for.
-        self.minted: dict[str, tuple[str, str, str]] = {}
+        # Proofs set on a request and not yet on the wire → the request each was set on
+        # and its method and URL then (a send key, by _send_key, only when the trace asks).
+        # A short list, searched by equality: no hash of a ~700-character proof per send.
+        self.minted: list[tuple[str, tuple[str, httpx.Request, str]]] = []
         self.wire: _WireFix | None = None  # what the trace changed on the last send
+
+    # Set by start(): a trace the caller had set (called after ours), and the nonce the
+    # first send's proof carries.
+    caller: Any
+    sent_nonce: str | None
 
     def start(self) -> httpx.Request:
         request = self.request
-        prior = request.extensions.get(_EXCHANGE_KEY)
-        caller = request.extensions.get("trace")
-        if isinstance(caller, _Trace):
-            caller = caller.caller  # a hop of an earlier exchange: keep the caller's trace only
-        tracer = (_AsyncTrace if self.asynchronous else _SyncTrace)(self, caller)
+        extensions = request.extensions
+        prior = extensions.get(_EXCHANGE_KEY)
+        caller = extensions.get("trace")
+        if caller is not None:
+            owner = getattr(caller, "__self__", None)
+            if isinstance(owner, _Exchange):
+                caller = owner.caller  # a hop of an earlier exchange: keep the caller's trace
+        self.caller = caller
+        # httpx's trace extension: this exchange's (bound) check, then the caller's.
+        tracer = self.async_trace if self.asynchronous else self.sync_trace
         # A fresh mapping: the caller's extensions may be shared by other requests.
-        request.extensions = {**request.extensions, _EXCHANGE_KEY: self, "trace": tracer}
+        request.extensions = {**extensions, _EXCHANGE_KEY: self, "trace": tracer}
         # A request httpx built from a redirect answered to one of ours (the caller
         # follows ``response.next_request``): the redirect rule applies.
         if (
@@ -206,16 +225,37 @@ class _Exchange:
             self.left = True
             _strip_credentials(request)
             return request
-        headers = self.flow.prepare(request.method, str(request.url), self.token)
-        self.origin = self.flow.origin
-        self._apply(request, headers)
+        url = str(request.url)  # (httpx builds the string anew at every str())
+        method = request.method
+        origin = origin_of(url)
+        # Signed by the auth's shared flow, which keeps no state (see DPoPFlow._signed).
+        headers, nonce = self.auth._flow_template._signed(method, url, self.token, origin)
+        self.origin = origin
+        self.sent_nonce = nonce
+        self._apply(request, headers, url)
         return request
 
-    def _apply(self, request: httpx.Request, headers: Mapping[str, str]) -> None:
+    def _state(self) -> DPoPFlow:
+        """The request's own flow, in the state ``prepare`` would have left it.
+
+        Without a flow yet, the request is still the first one (a hop gets its flow when
+        it is signed), as start() signed it.
+        """
+        flow = self.flow
+        if flow is None:
+            request = self.original
+            flow = self.flow = self.auth.new_flow()
+            flow._resume(request.method, str(request.url), self.origin, self.token, self.sent_nonce)
+        return flow
+
+    def _apply(self, request: httpx.Request, headers: Mapping[str, str], url: str = "") -> None:
         """Set ``headers`` on ``request`` and remember whom their proof was made for."""
-        _set_headers(request, headers)
-        host = request.headers.get("host", "")
-        self.minted[headers[DPOP_HEADER]] = _send_key(request.method, host, str(request.url))
+        fields = request.headers
+        for name, value in headers.items():
+            fields[name] = value  # one by one: update() would build a second Headers
+        self.minted.append(
+            (headers[DPOP_HEADER], (request.method, request, url or str(request.url)))
+        )
 
     def may_follow(self, url: str) -> bool:
         """Whether credentials may go to ``url``, a redirect hop of this exchange.
@@ -255,6 +295,24 @@ class _Exchange:
         self.flow = flow  # answers now concern this hop: retries resend it, not the first
         self.request = request
 
+    def sync_trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's ``trace`` extension for ``Client``: :meth:`on_trace`, then the caller's.
+
+        httpcore calls it with ``"http11.send_request_headers.started"`` or
+        ``"http2.send_request_headers.started"`` and the request about to be written,
+        whose header list it reads only afterwards; the caller's trace is called after
+        the check, so it sees what goes out.
+        """
+        self.on_trace(event, info)
+        if self.caller is not None:
+            self.caller(event, info)
+
+    async def async_trace(self, event: str, info: dict[str, Any]) -> None:
+        """:meth:`sync_trace` for ``AsyncClient`` (httpcore's async paths await the trace)."""
+        self.on_trace(event, info)
+        if self.caller is not None:
+            await self.caller(event, info)
+
     def on_trace(self, event: str, info: Mapping[str, Any]) -> None:
         """Fix a header block before httpcore writes it (httpx's ``trace`` extension).
 
@@ -272,8 +330,13 @@ class _Exchange:
         method = wire.method.decode("latin-1")
         url = _wire_url(wire)
         send = _send_key(method, _field(wire.headers, b"host"), url)
-        made_for = self.minted.pop(_field(wire.headers, b"dpop"), None)  # a proof goes once
-        if made_for == send and send[2] and not self.left:
+        made_for = _take(self.minted, _field(wire.headers, b"dpop"))  # a proof goes once
+        if (
+            made_for is not None
+            and send[2]
+            and not self.left
+            and _send_key(made_for[0], made_for[1].headers.get("host", ""), made_for[2]) == send
+        ):
             self.wire = None
             return
         flow, headers = self._credentials(method, url)
@@ -296,9 +359,10 @@ class _Exchange:
         first request's proof (and maybe its token): that is refused.
         """
         fixed, self.wire = self.wire, None
-        mine = any(answered is request for request in self.sent)
-        host = answered.headers.get("host", "")
-        if fixed is not None and fixed.send == _send_key(answered.method, host, str(answered.url)):
+        mine = answered is self.request or any(answered is request for request in self.sent)
+        if fixed is not None and fixed.send == _send_key(
+            answered.method, answered.headers.get("host", ""), str(answered.url)
+        ):
             if not mine:
                 self.sent.append(answered)
             if fixed.flow is None:
@@ -317,23 +381,38 @@ class _Exchange:
 
     def step(self, response: httpx.Response) -> httpx.Request | bool | None:
         """The next request, None when done, or True when a token refresh should be tried."""
-        answered = _request_of(response)
-        if answered is not None:
+        try:
+            answered: httpx.Request | None = response.request
+        except RuntimeError:  # a response built by hand (as in tests) answers no request
+            answered = None
+        # (_adopt has nothing to do for the request being answered when the trace fixed
+        # no send: the usual case, decided here without the call)
+        if answered is not None and (self.wire is not None or answered is not self.request):
             self._adopt(answered)
         if self.left:
             return None
         if response.next_request is not None:  # a redirect the client does not follow
             self._sanitise(response.next_request)
+        status = response.status_code
+        # A status other than 400 and 401 carries no error code and asks for no retry:
+        # only a DPoP-Nonce is taken from it (RFC 9449 §8.2, §9; C-11), by on_response
+        # below when there is one.
+        # ("in" scans the lower-cased names httpx keeps; get_list lower-cases each again)
+        if status != 400 and status != 401 and _DPOP_NONCE_LOWER not in response.headers:
+            if self.flow is not None:
+                self.flow.answered_without_error()
+            return None
         body: Mapping[str, Any] | None = None
         if wants_body(response.status_code, response.headers):
             try:
                 body = parse_json_body(response.content)
             except self.auth._http.ResponseNotRead:
                 body = None
-        action = self.flow.on_response(response.status_code, _flow_headers(response), body)
+        flow = self._state()
+        action = flow.on_response(response.status_code, _flow_headers(response), body)
         if not isinstance(action, Retry):
             if (
-                self.flow.last_error == INVALID_TOKEN
+                flow.last_error == INVALID_TOKEN
                 and self.auth.source is not None
                 and self.token is not None
                 and not self.refreshed
@@ -368,42 +447,7 @@ class _Exchange:
         if token is None or token == self.token:
             return None
         self.token = token
-        return self.retry(response, self.flow.with_token(token))
-
-
-class _Trace:
-    """The ``trace`` request extension of httpx, checking header blocks for one exchange.
-
-    httpcore calls it with ``"http11.send_request_headers.started"`` or
-    ``"http2.send_request_headers.started"`` and the request about to be written,
-    whose header list it reads only afterwards. A ``trace`` the caller had set is
-    called after the check, so it sees what goes out.
-    """
-
-    __slots__ = ("caller", "exchange")
-
-    def __init__(self, exchange: _Exchange, caller: Any) -> None:
-        self.exchange = exchange
-        self.caller = caller
-
-
-class _SyncTrace(_Trace):
-    __slots__ = ()
-
-    def __call__(self, event: str, info: dict[str, Any]) -> None:
-        self.exchange.on_trace(event, info)
-        if self.caller is not None:
-            self.caller(event, info)
-
-
-class _AsyncTrace(_Trace):
-    __slots__ = ()
-
-    async def __call__(self, event: str, info: dict[str, Any]) -> None:
-        # httpcore's async paths require a coroutine from the trace callable.
-        self.exchange.on_trace(event, info)
-        if self.caller is not None:
-            await self.caller(event, info)
+        return self.retry(response, self._state().with_token(token))
 
 
 def _on_request(request: httpx.Request) -> None:
@@ -480,7 +524,7 @@ class DPoPAuthBase(_AuthSettings):
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """The I/O-free flow: uses a response body only if the caller already read it."""
         token = None if self.source is None else self.source.get()
-        exchange = _Exchange(self, request, token, asynchronous=False)
+        exchange = _Exchange(self, request, token, False)
         next_request: httpx.Request | bool | None = exchange.start()
         while isinstance(next_request, self._http.Request):
             response = yield next_request
@@ -494,11 +538,12 @@ class DPoPAuthBase(_AuthSettings):
             request.read()
         source = self.source
         token = None if source is None else source.get()
-        exchange = _Exchange(self, request, token, asynchronous=False)
+        exchange = _Exchange(self, request, token, False)
         next_request: httpx.Request | bool | None = exchange.start()
-        while isinstance(next_request, self._http.Request):
+        request_type = self._http.Request
+        while isinstance(next_request, request_type):
             response = yield next_request
-            if wants_body(response.status_code, response.headers):
+            if response.status_code == 400 and wants_body(400, response.headers):
                 response.read()
             next_request = exchange.step(response)
             if next_request is True:
@@ -524,11 +569,11 @@ class DPoPAuthBase(_AuthSettings):
                     token = await aget()
                 else:
                     token = await anyio.to_thread.run_sync(source.get)
-        exchange = _Exchange(self, request, token, asynchronous=True)
+        exchange = _Exchange(self, request, token, True)
         next_request: httpx.Request | bool | None = exchange.start()
         while isinstance(next_request, self._http.Request):
             response = yield next_request
-            if wants_body(response.status_code, response.headers):
+            if response.status_code == 400 and wants_body(400, response.headers):
                 await response.aread()
             next_request = exchange.step(response)
             if next_request is True:

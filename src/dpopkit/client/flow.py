@@ -141,6 +141,10 @@ class NonceCache:
         What one proof needs, read under a single lock acquisition; the origin
         counts as used (LRU), as with :meth:`get`.
         """
+        # An unknown origin is answered without the lock: one dict read is atomic, and
+        # an entry added right after it is the same race as one added after the lock.
+        if origin not in self._data:
+            return None, 0.0
         with self._lock:
             state = self._data.get(origin)
             if state is None:
@@ -195,6 +199,7 @@ class Done:
 
 #: The single :class:`Done` value.
 DONE: Final = Done()
+_new_flow = object.__new__
 
 
 def _valid_nonce(value: str | None) -> str | None:
@@ -336,24 +341,78 @@ class DPoPFlow:
         return self._headers()
 
     def _headers(self) -> dict[str, str]:
-        nonce, offset = self.nonces.lookup(self._origin)  # one lock, not two
+        headers, self._sent_nonce = self._signed(self._method, self._url, self._token, self._origin)
+        return headers
+
+    def _signed(
+        self, method: str, url: str, token: str | None, origin: str
+    ) -> tuple[dict[str, str], str | None]:
+        """The headers of one send and the nonce its proof carries; no state is changed.
+
+        An adapter signs a request's first send with it on a flow it shares between
+        requests, and makes a flow of the request's own (:meth:`_fresh`, then
+        :meth:`_resume`) only when an answer needs one; most answers (no 400 or 401,
+        no ``DPoP-Nonce``) do not.
+        """
+        nonces = self.nonces
+        # (an origin without state is answered here, as lookup would, without its call)
+        nonce, offset = nonces.lookup(origin) if origin in nonces._data else (None, 0.0)
         # RFC 9449 §4.2: a new jti and a current iat for every send, retries too (C-2).
         proof = create_proof(
             self.key,
-            htm=self._method,
-            htu=self._url,
-            access_token=self._token,
+            htm=method,
+            htu=url,
+            access_token=token,
             nonce=nonce,
             claims=self.extra_claims,
             now=self.clock() + offset,
             allow_insecure_http=self.allow_insecure_http,
         )
-        self._sent_nonce = nonce
-        headers = {DPOP_HEADER: proof}
-        if self._token is not None:
-            # RFC 9449 §7.1: "DPoP" scheme, token68, one space (C-5).
-            headers["Authorization"] = f"{AUTH_SCHEME} {self._token}"
-        return headers
+        if token is None:
+            return {DPOP_HEADER: proof}, nonce
+        # RFC 9449 §7.1: "DPoP" scheme, token68, one space (C-5).
+        return {DPOP_HEADER: proof, "Authorization": f"{AUTH_SCHEME} {token}"}, nonce
+
+    def _resume(
+        self, method: str, url: str, origin: str, access_token: str | None, sent: str | None
+    ) -> None:
+        """Take the state :meth:`prepare` leaves, for a first send made by :meth:`_signed`."""
+        self._method = method
+        self._url = url
+        self._origin = origin
+        self._token = access_token
+        self._retries = 0
+        self._sent_nonce = sent
+
+    def answered_without_error(self) -> None:
+        """Record an answer that :meth:`on_response` would find :data:`DONE` without acting.
+
+        For an adapter that saw a status other than 400 and 401 and no ``DPoP-Nonce``
+        field: no nonce to keep, no error code, nothing to learn.
+        """
+        self._error = None
+
+    def _fresh(self) -> DPoPFlow:
+        """A flow with this one's settings and no request state yet.
+
+        The settings were checked when this flow was built (``__post_init__``); the
+        copy skips the generated ``__init__`` and those checks (an auth object makes
+        one flow per request from a checked one).
+        """
+        flow = _new_flow(DPoPFlow)
+        flow.key = self.key
+        flow.nonces = self.nonces
+        flow.clock = self.clock
+        flow.max_nonce_retries = self.max_nonce_retries
+        flow.learn_clock_skew = self.learn_clock_skew
+        flow.skew_threshold = self.skew_threshold
+        flow.max_clock_offset = self.max_clock_offset
+        flow.allow_insecure_http = self.allow_insecure_http
+        flow.extra_claims = self.extra_claims
+        flow._method = flow._url = flow._origin = ""
+        flow._token = flow._sent_nonce = flow._error = None
+        flow._retries = 0
+        return flow
 
     def with_token(self, access_token: str) -> Retry:
         """Return a :class:`Retry` carrying a new access token (after a refresh).

@@ -79,7 +79,8 @@ _CANONICAL_LAST = {
 
 def b64url_encode(data: bytes) -> str:
     """Encode ``data`` as base64url without padding."""
-    return binascii.b2a_base64(data, newline=False).translate(_FROM_STD).rstrip(b"=").decode()
+    # translate's second argument deletes the padding in the same pass.
+    return binascii.b2a_base64(data, newline=False).translate(_FROM_STD, b"=").decode()
 
 
 def b64url_decode(value: str) -> bytes:

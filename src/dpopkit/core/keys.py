@@ -9,7 +9,8 @@ pickling is refused (checklist C-23).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, NoReturn, Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives import serialization
@@ -131,7 +132,17 @@ class DPoPKey:
     emits ``EdDSA`` unless it was created with ``alg="Ed25519"`` (RFC 9864).
     """
 
-    __slots__ = ("_ath_memo", "_header_b64", "_jkt", "_private", "_public_jwk", "_signer", "_spec")
+    __slots__ = (
+        "_ath_memo",
+        "_header_b64",
+        "_header_dot",
+        "_jkt",
+        "_private",
+        "_public_jwk",
+        "_sign",
+        "_signer",
+        "_spec",
+    )
 
     def __init__(
         self,
@@ -149,6 +160,12 @@ class DPoPKey:
         header = {"typ": "dpop+jwt", "alg": _spec.name, "jwk": _public_jwk}
         # The protected header is the same for every proof: encode it once.
         self._header_b64 = b64url_encode(json_dumps(header))
+        # What create_proof needs per proof, ready: the header segment and its dot as the
+        # signing input starts, and the signing callable without DPoPKey.sign's frame.
+        self._header_dot = f"{self._header_b64}.".encode("ascii")
+        self._sign: Callable[[bytes], bytes] = (
+            _signer.sign if _signer is not None else partial(_spec.sign, _private)  # type: ignore[arg-type]
+        )
         # The last access token this key made a proof for, and its ath: a client sends
         # many proofs with one token, so ath is computed once per token, not per proof.
         self._ath_memo: tuple[str, str] = ("", "")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+from heapq import heappush as _heappush
 
 from dpopkit.errors import Reason, ReplayStoreError
 
@@ -84,20 +85,20 @@ class MemoryReplayCache:
 
     def check_and_store(self, key: str, expires_at: float, *, now: float) -> bool:
         """Atomically store ``key`` until ``expires_at``; True if it was not live."""
+        heap, expiry = self._heap, self._expiry
         with self._lock:
-            heap = self._heap
-            if heap and heap[0][0] <= now - self.purge_grace:  # else _purge pops nothing
+            if heap and heap[0][0] <= now - self.purge_grace:  # else _purge would pop nothing
                 self._purge(now - self.purge_grace)
             # A live entry is a replay; an expired one (kept for the grace) may be reused.
-            if self._expiry.get(key, now) > now:
+            if expiry.get(key, now) > now:
                 return False
-            if len(self._expiry) >= self.max_entries and key not in self._expiry:
+            if len(expiry) >= self.max_entries and key not in expiry:
                 # make room from an expired entry (oldest first) before refusing
                 self._purge(now, need_room=True)
-                if len(self._expiry) >= self.max_entries:
+                if len(expiry) >= self.max_entries:
                     raise ReplayStoreError(Reason.STORE_FULL, "replay cache is full")
-            self._expiry[key] = expires_at
-            heapq.heappush(self._heap, (expires_at, key))
+            expiry[key] = expires_at
+            _heappush(heap, (expires_at, key))
             return True
 
 
