@@ -170,6 +170,7 @@ class _Exchange:
         "sent",
         "sent_nonce",
         "token",
+        "url",
         "wire",
     )
 
@@ -196,9 +197,10 @@ class _Exchange:
         self.minted: list[tuple[str, tuple[str, httpx.Request, str]]] = []
         self.wire: _WireFix | None = None  # what the trace changed on the last send
 
-    # Set by start(): a trace the caller had set (called after ours), and the nonce the
-    # first send's proof carries.
+    # Set by start(): a trace the caller had set (called after ours), the URL the first
+    # send was signed for, and the nonce its proof carries.
     caller: Any
+    url: str
     sent_nonce: str | None
 
     def start(self) -> httpx.Request:
@@ -231,6 +233,7 @@ class _Exchange:
         # Signed by the auth's shared flow, which keeps no state (see DPoPFlow._signed).
         headers, nonce = self.auth._flow_template._signed(method, url, self.token, origin)
         self.origin = origin
+        self.url = url  # as signed: a transport may rewrite request.url in place later
         self.sent_nonce = nonce
         self._apply(request, headers, url)
         return request
@@ -245,7 +248,7 @@ class _Exchange:
         if flow is None:
             request = self.original
             flow = self.flow = self.auth.new_flow()
-            flow._resume(request.method, str(request.url), self.origin, self.token, self.sent_nonce)
+            flow._resume(request.method, self.url, self.origin, self.token, self.sent_nonce)
         return flow
 
     def _apply(self, request: httpx.Request, headers: Mapping[str, str], url: str = "") -> None:
