@@ -19,16 +19,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 import redis
+from starlette.types import ASGIApp
 
 from dpopkit import Headers, RequestView, ResponseView
 from dpopkit.errors import Reason, ServerConfigurationError
 from dpopkit.server.authorize import AuthorizationEndpoint, ConfigUsers
+from dpopkit.server.config import build_server, load_config
 from dpopkit.server.registration import handle_register, registration_rate_limiter
-from dpopkit.server.service import ServerSettings
+from dpopkit.server.service import ServerSettings, TokenService
 from dpopkit.server.throttle import LoginThrottle, RateLimiter
 from dpopkit.storage.counters import (
     CounterStore,
@@ -37,7 +40,7 @@ from dpopkit.storage.counters import (
     encode_entry,
 )
 from dpopkit.storage.records import StoreError
-from dpopkit.storage.redis import RedisCounterStore
+from dpopkit.storage.redis import RedisCounterStore, RedisReplayCache
 from dpopkit.storage.sql import SQLGrantStore
 from tests.storage.freeze_proxy import frozen_proxy
 
@@ -422,3 +425,31 @@ def test_hd2_registration_limit_fits_a_shared_record(
     with pytest.raises(ValueError):
         RateLimiter(limit=5000, window=60.0, state=instances())
     assert RateLimiter(limit=5000, window=60.0).hit("192.0.2.10") == 0
+
+
+def test_build_server_releases_the_redis_client_when_a_later_step_fails(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    """HD-3: the throttle shares the Redis replay cache's client, and ``build_server``
+    closes it when a step after opening it fails."""
+    path = tmp_path / "as.toml"
+    path.write_text(
+        'issuer = "http://127.0.0.1:8000"\n'
+        f'replay_url = "{redis_url}"\nreplay_prefix = "{prefix}"\n'
+    )
+    built: list[TokenService] = []
+
+    def failing_mounts(service: TokenService) -> list[tuple[str, ASGIApp]]:
+        built.append(service)
+        now = time.time()
+        assert service.replay.check_and_store("warm", now + 60, now=now)  # one connection
+        raise RuntimeError("a mount that cannot be built")
+
+    with pytest.raises(RuntimeError):
+        build_server(load_config(path, data_dir=tmp_path / "d"), mounts=failing_mounts)
+    replay = built[0].replay
+    assert isinstance(replay, RedisReplayCache)
+    pool = replay.client.connection_pool
+    connections = [*pool._available_connections, *pool._in_use_connections]
+    assert connections
+    assert all(connection._sock is None for connection in connections)
