@@ -71,16 +71,59 @@ def test_accepted_connections_have_tcp_nodelay(make: Callable[[], socket.socket]
         sock.close()
 
 
+_CONSTRUCTORS = {"socket.socket", "socket"}  # ``import socket`` or ``from socket import socket``
+_STREAM = {"socket.SOCK_STREAM", "SOCK_STREAM", "socket.SocketKind.SOCK_STREAM"}
+_TCP = {"socket.IPPROTO_TCP", "IPPROTO_TCP"}
+
+
+def _stream_sockets_without_tcp(source: str) -> list[int]:
+    """Lines that make a stream socket (``SOCK_STREAM``, given or the default) whose
+    protocol is not IPPROTO_TCP; a socket wrapping a descriptor (``fileno=``) or of
+    family AF_UNIX is not made here."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and ast.unparse(node.func) in _CONSTRUCTORS):
+            continue
+        names = ("family", "type", "proto", "fileno")
+        given = {name: ast.unparse(arg) for name, arg in zip(names, node.args, strict=False)}
+        given |= {k.arg: ast.unparse(k.value) for k in node.keywords if k.arg is not None}
+        if "fileno" in given or "AF_UNIX" in given.get("family", ""):
+            continue
+        if given.get("type", "socket.SOCK_STREAM") in _STREAM and given.get("proto") not in _TCP:
+            lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("source", "flagged"),
+    [
+        ("socket.socket(socket.AF_INET, socket.SOCK_STREAM)", True),
+        ("socket.socket(socket.AF_INET, type=socket.SOCK_STREAM)", True),
+        ("socket.socket(family=socket.AF_INET6, type=socket.SOCK_STREAM, proto=0)", True),
+        ("socket.socket()", True),  # SOCK_STREAM by default
+        ("socket(AF_INET, SOCK_STREAM)", True),
+        ("socket(AF_INET, type=SOCK_STREAM)", True),
+        ("socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)", False),
+        ("socket.socket(socket.AF_INET, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)", False),
+        ("socket(AF_INET, SOCK_STREAM, IPPROTO_TCP)", False),
+        ("socket.socket(socket.AF_INET, socket.SOCK_DGRAM)", False),
+        ("socket.socket(fileno=fd)", False),
+        ("socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)", False),
+    ],
+)
+def test_the_protocol_check_sees_every_form(source: str, flagged: bool) -> None:
+    """The source check below finds positional and keyword arguments, and calls of a
+    ``socket`` imported from the socket module."""
+    assert bool(_stream_sockets_without_tcp(source)) is flagged
+
+
 def test_no_stream_socket_without_its_protocol() -> None:
-    """No ``socket.socket(..., SOCK_STREAM)`` in the source leaves out IPPROTO_TCP."""
-    offenders = []
-    for path in SRC.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "socket.socket"):
-                continue
-            args = [ast.unparse(a) for a in node.args]
-            if "socket.SOCK_STREAM" in args and "socket.IPPROTO_TCP" not in args:
-                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    """No stream socket made in the source leaves out IPPROTO_TCP."""
+    offenders = [
+        f"{path.relative_to(SRC)}:{line}"
+        for path in SRC.rglob("*.py")
+        for line in _stream_sockets_without_tcp(path.read_text())
+    ]
     assert offenders == []
 
 

@@ -17,8 +17,13 @@ from typing import Any
 def _nodelay_of_peer(port: int) -> int:
     for name in os.listdir("/proc/self/fd"):
         try:
-            sock = socket.socket(fileno=os.dup(int(name)))
+            fd = os.dup(int(name))
         except OSError:
+            continue  # closed since the listing
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)  # not a socket
             continue
         try:
             inet = sock.family in (socket.AF_INET, socket.AF_INET6)

@@ -7,6 +7,8 @@ on a real PostgreSQL.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,39 @@ def test_concurrent_rotation_keeps_the_first_rotators_key(both_stores: SQLGrantS
     kept = b._rotate(now=later, replacing=first)  # b still believes `first` signs
     assert kept.kid == made.kid
     assert [r.kid for r in both_stores.signing_keys()] == [made.kid, first]
+
+
+@pytest.mark.parametrize("servers", [2, 8])
+def test_simultaneous_rotations_make_one_key(both_stores: SQLGrantStore, servers: int) -> None:
+    """Rings on one store find the rotation due and rotate at the same moment, each in
+    its own thread: the claim on the old key (one UPDATE under a row or write lock)
+    lets exactly one store a new key, and after a refresh every ring signs with it."""
+    rings = [
+        KeyRing(both_stores, rotate_after=100, retire_grace=1000, refresh_interval=10)
+        for _ in range(servers)
+    ]
+    first = rings[0].current(now=T0).kid
+    assert {ring.current(now=T0).kid for ring in rings} == {first}
+    later = T0 + 150
+    start = threading.Barrier(servers)
+
+    def rotate(ring: KeyRing) -> str:
+        start.wait(timeout=30)
+        # What refresh() does once it finds the rotation due: every ring read `first`.
+        return ring._rotate(now=later, replacing=first).kid
+
+    with ThreadPoolExecutor(max_workers=servers) as pool:
+        seen = list(pool.map(rotate, rings))
+    records = both_stores.signing_keys()
+    assert len(records) == 2, [r.kid for r in records]
+    new = records[0].kid
+    assert new != first
+    assert [r.kid for r in records] == [new, first]
+    assert seen == [new] * servers  # a ring whose claim failed loads the winner's key
+    for ring in rings:
+        ring.refresh(now=later + 1)  # re-reads: nothing is due any more
+        assert ring.current(now=later + 1).kid == new
+        assert kids(ring, later + 1) == {first, new}
 
 
 def test_a_key_made_elsewhere_is_seen_within_the_refresh_interval(store: SQLGrantStore) -> None:

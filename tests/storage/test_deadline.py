@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from dpopkit.storage._deadline import Deadline
+from dpopkit.storage._deadline import Deadline, sever
 
 
 def test_hd19_deadline_cuts_a_blocked_read_without_closing_the_descriptor() -> None:
@@ -67,3 +67,19 @@ def test_hd19_many_deadlines_fire_in_order_and_only_when_due() -> None:
         for ours, peer in pairs:
             ours.close()
             peer.close()
+
+
+def test_sever_on_a_descriptor_that_is_no_socket_leaves_no_descriptor_behind() -> None:
+    """``sever`` works on a duplicate of the descriptor; when that is no socket (the
+    connection is gone and the number was reused), the duplicate is closed too."""
+    read, write = os.pipe()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            sever(read)
+        assert len(os.listdir("/proc/self/fd")) == before
+        os.write(write, b"x")
+        assert os.read(read, 1) == b"x"  # the descriptor itself stays open
+    finally:
+        os.close(read)
+        os.close(write)

@@ -12,6 +12,7 @@ nonce secrets (``--nonce-secret-env``): otherwise the command exits 2.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import math
@@ -150,13 +151,13 @@ def _origin(args: argparse.Namespace) -> str:
     return str(args.public_origin or f"http://{args.host}:{args.port}")
 
 
-def _app(args: argparse.Namespace) -> Any:
-    """The whoami app the options describe (in the parent, and in every worker)."""
+def _app(args: argparse.Namespace) -> tuple[AsyncReplayCache | None, Any]:
+    """The replay cache and the whoami app the options describe (parent and workers)."""
     from dpopkit.demo.api import create_whoami_app
 
     replay = _replay(args)
     try:
-        return create_whoami_app(
+        return replay, create_whoami_app(
             issuer=args.issuer,
             public_origin=_origin(args),
             audience=args.audience,
@@ -168,12 +169,24 @@ def _app(args: argparse.Namespace) -> Any:
             metrics_allow=args.metrics_allow,
         )
     except ValueError as exc:
+        _close(replay)
         raise CommandError(str(exc)) from None
+
+
+def _close(replay: AsyncReplayCache | None) -> None:
+    """Release the connections ``replay`` holds (outside any event loop)."""
+    aclose = getattr(replay, "aclose", None)
+    if callable(aclose):
+        asyncio.run(aclose())
+        return
+    close = getattr(replay, "close", None)
+    if callable(close):
+        close()
 
 
 def worker_app() -> Any:
     """The app of one uvicorn worker process (``--workers N``), built from the parent's args."""
-    return _app(argparse.Namespace(**json.loads(os.environ[_ENV])))
+    return _app(argparse.Namespace(**json.loads(os.environ[_ENV])))[1]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,7 +222,11 @@ def run(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.require_nonce and not args.nonce_secret_env:
         raise CommandError("--workers > 1 with --require-nonce needs shared --nonce-secret-env")
     # Built once here even with workers: every option is checked before a worker starts.
-    app = _app(args)
+    replay, app = _app(args)
+    if args.workers > 1:
+        # Each worker builds its own app; the parent serves nothing and keeps no client.
+        _close(replay)
+        app = None
     sock = bind(args.host, args.port)  # before the banner: a port in use is one line
     print(f"dpopkit serve-api: {origin}/api/whoami (tokens from {args.issuer})", flush=True)
     if args.workers > 1:

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.types import ASGIApp
 
+    from dpopkit.core.replay import ReplayCache
     from dpopkit.server.service import TokenService
 
 __all__ = [
@@ -654,64 +655,76 @@ def build_server(
             key_encryption=config.key_encryption,
             timeout=timeout or DEFAULT_STORE_TIMEOUT,
         )
-        store.reseal_signing_keys()
-        for client in config.clients:
-            store.put_client(client)
     except (StoreError, ValueError) as exc:
         raise ConfigError(f"storage_url: {exc}") from None
     except ImportError as exc:
         raise ConfigError(
             f"storage_url needs a driver that is not installed ({exc.name})"
         ) from None
-    try:
-        replay = replay_cache_from_url(
-            config.replay_url,
-            data_dir=config.data_dir,
-            timeout=timeout or DEFAULT_STORE_TIMEOUT,
-            schema=config.replay_schema,
-            prefix=config.replay_prefix,
+    replay: ReplayCache | None = None
+    try:  # whatever fails below, the connections opened so far are released
+        try:
+            store.reseal_signing_keys()
+            for client in config.clients:
+                store.put_client(client)
+        except (StoreError, ValueError) as exc:
+            raise ConfigError(f"storage_url: {exc}") from None
+        try:
+            replay = replay_cache_from_url(
+                config.replay_url,
+                data_dir=config.data_dir,
+                timeout=timeout or DEFAULT_STORE_TIMEOUT,
+                schema=config.replay_schema,
+                prefix=config.replay_prefix,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"replay_url: {exc}") from None
+        except ImportError as exc:
+            raise ConfigError(
+                f"replay_url needs a driver that is not installed ({exc.name})"
+            ) from None
+        nonces = _nonce_issuer(config)
+        csrf = _persisted_secret(config.data_dir, "csrf-secret").encode()
+        service = TokenService(settings, store=store, replay=replay, nonces=nonces, clock=clock)
+        # Shares the replay cache's client: service.close() releases it too.
+        counters = _counter_store(config, replay)
+        try:
+            service.keyring.refresh(now=clock())
+        except StoreError as exc:
+            raise ConfigError(f"storage_url: {exc}") from None
+        app = create_app(
+            service,
+            authenticator=ConfigUsers(config.users),
+            cors_origins=config.cors_origins,
+            csrf_secret=csrf,
+            mounts=mounts(service) if mounts is not None else (),
+            counters=counters,
         )
-    except ValueError as exc:
-        raise ConfigError(f"replay_url: {exc}") from None
-    except ImportError as exc:
-        raise ConfigError(f"replay_url needs a driver that is not installed ({exc.name})") from None
-    nonces = _nonce_issuer(config)
-    csrf = _persisted_secret(config.data_dir, "csrf-secret").encode()
-    service = TokenService(settings, store=store, replay=replay, nonces=nonces, clock=clock)
-    counters = _counter_store(config, replay)
-    try:
-        service.keyring.refresh(now=clock())
-    except StoreError as exc:
-        raise ConfigError(f"storage_url: {exc}") from None
-    app = create_app(
-        service,
-        authenticator=ConfigUsers(config.users),
-        cors_origins=config.cors_origins,
-        csrf_secret=csrf,
-        mounts=mounts(service) if mounts is not None else (),
-        counters=counters,
-    )
+    except BaseException:
+        store.close()
+        close = getattr(replay, "close", None)
+        if callable(close):
+            close()
+        raise
     return app, service
 
 
-def _counter_store(config: ServeConfig, replay: object) -> CounterStore | None:
+def _counter_store(config: ServeConfig, replay: ReplayCache) -> CounterStore | None:
     """The shared state of the login throttle and the ``/register`` limit (HD-3, HD-2).
 
-    A Redis ``replay_url`` serves them too: its client (URL, time-outs) and its
-    ``replay_prefix``, so every instance enforces one budget. Otherwise None: each
-    process keeps its own counts in memory.
+    A Redis ``replay_url`` serves them too: the replay cache's own client (URL,
+    time-outs; closed with the cache) and its ``replay_prefix``, so every instance
+    enforces one budget. Otherwise None: each process keeps its own counts in memory.
     """
     if parse_replay_url(config.replay_url).backend != "redis":
         return None
     from dpopkit.storage._deadline import DEFAULT_STORE_TIMEOUT
     from dpopkit.storage.redis import RedisCounterStore, RedisReplayCache
 
+    if not isinstance(replay, RedisReplayCache):
+        raise TypeError("a Redis replay_url needs its RedisReplayCache")
     timeout = config.store_timeout or DEFAULT_STORE_TIMEOUT
-    if isinstance(replay, RedisReplayCache):
-        return RedisCounterStore(replay.client, prefix=config.replay_prefix, timeout=timeout)
-    return RedisCounterStore.from_url(
-        config.replay_url, prefix=config.replay_prefix, timeout=timeout
-    )
+    return RedisCounterStore(replay.client, prefix=config.replay_prefix, timeout=timeout)
 
 
 #: Seconds ``serve --check`` waits for each backend.

@@ -49,8 +49,13 @@ def check_timeout(timeout: float) -> float:
 def sever(fd: int) -> None:
     """Shut the socket behind ``fd`` down in both directions without closing ``fd``."""
     try:
-        dup = socket.socket(fileno=os.dup(fd))
+        copy = os.dup(fd)
     except OSError:
+        return
+    try:
+        dup = socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)  # not a socket (any more)
         return
     with dup, contextlib.suppress(OSError):
         dup.shutdown(socket.SHUT_RDWR)
