@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 import threading
 import time
 import warnings
@@ -406,7 +407,7 @@ class RedisCounterStore:
         deadline = time.monotonic() + self.timeout
         try:
             current = _as_bytes(self.client.get(name) or b"")
-            for _ in range(MAX_ATTEMPTS):
+            for attempt in range(MAX_ATTEMPTS):
                 old = decode_entry(current) if current else None
                 live = None if old is None or now > old[1] else old[0]
                 entry = update(live)
@@ -420,6 +421,9 @@ class RedisCounterStore:
                 current = _as_bytes(found)
                 if time.monotonic() > deadline:
                     raise StoreError("the counter store is too contended")
+                # Another writer won: back off up to a few ms (jittered) before the next
+                # try, so that writers contending for one key do not keep colliding.
+                time.sleep(secrets.randbelow(1000 * min(attempt + 1, 8)) / 1e6)
             else:
                 raise StoreError("the counter store is too contended")
         except _REDIS_ERRORS as exc:
