@@ -229,8 +229,10 @@ def run(args: argparse.Namespace) -> int:
         config, app, service = _build(spec)
     except ConfigError as exc:
         raise CommandError(str(exc), 2) from None
-    if args.workers > 1 and config.replay_url == "memory":
-        raise CommandError("replay_url = memory cannot be shared by several workers", 2)
+    if args.workers > 1:
+        service.close()  # each worker builds its own; this one only validated and prepared
+        if config.replay_url == "memory":
+            raise CommandError("replay_url = memory cannot be shared by several workers", 2)
     sock = bind(config.host, config.port)  # before the banner: a port in use is one line
     for line in config.demo_notes:
         print(line, file=sys.stderr)
