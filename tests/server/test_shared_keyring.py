@@ -64,7 +64,8 @@ def test_concurrent_rotation_keeps_the_first_rotators_key(both_stores: SQLGrantS
 def test_simultaneous_rotations_make_one_key(both_stores: SQLGrantStore, servers: int) -> None:
     """Rings on one store find the rotation due and rotate at the same moment, each in
     its own thread: the claim on the old key (one UPDATE under a row or write lock)
-    lets exactly one store a new key, and after a refresh every ring signs with it."""
+    lets exactly one store a new key, every ring publishes it after a refresh, and every
+    ring signs with it once it has been published for ``publish_ahead`` seconds."""
     rings = [
         KeyRing(both_stores, rotate_after=100, retire_grace=1000, refresh_interval=10)
         for _ in range(servers)
@@ -89,8 +90,9 @@ def test_simultaneous_rotations_make_one_key(both_stores: SQLGrantStore, servers
     assert seen == [new] * servers  # a ring whose claim failed loads the winner's key
     for ring in rings:
         ring.refresh(now=later + 1)  # re-reads: nothing is due any more
-        assert ring.current(now=later + 1).kid == new
         assert kids(ring, later + 1) == {first, new}
+        ripe = later + ring.publish_ahead  # published for a refresh interval: it signs
+        assert ring.current(now=ripe).kid == new
 
 
 def test_a_key_made_elsewhere_is_seen_within_the_refresh_interval(store: SQLGrantStore) -> None:
