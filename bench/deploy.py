@@ -200,7 +200,7 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--pool", type=int, default=40_000, help="proofs per run (no reuse)")
+    parser.add_argument("--pool", type=int, default=120_000, help="proofs per run (no reuse)")
     args = parser.parse_args()
     if not have_wrk():
         print("wrk not found: apt-get install wrk", file=sys.stderr)
