@@ -134,6 +134,8 @@ def test_key_refresh_interval_setting(tmp_path: Path) -> None:
     assert ServerSettings(issuer=ISSUER).key_refresh_interval == 60
     with pytest.raises(ServerConfigurationError):
         ServerSettings(issuer=ISSUER, key_refresh_interval=0)
+    with pytest.raises(ServerConfigurationError):  # a new key would never get to sign
+        ServerSettings(issuer=ISSUER, key_rotation=60, key_refresh_interval=60)
     store = SQLGrantStore(f"sqlite:///{tmp_path}/g.db")
     try:
         with pytest.raises(ValueError):

@@ -68,8 +68,9 @@ class ServerSettings:
         signing_alg: the access-token signing algorithm (ES256 by default).
         key_rotation: seconds a signing key signs before a new one is made.
         key_refresh_interval: seconds between re-reads of the signing keys from the
-            store: servers sharing one store publish, verify and sign with a key
-            another one made within this time.
+            store: servers sharing one store publish and verify a key another one made
+            within this time, and a new key signs only after it (so it must be shorter
+            than ``key_rotation``).
         audience: default ``aud`` of access tokens (RFC 9068 §3) without ``resource``.
         allowed_resources: accepted RFC 8707 ``resource`` values; empty accepts any
             absolute URI without a fragment.
@@ -147,6 +148,11 @@ class ServerSettings:
         ):
             if getattr(self, name) < 1:
                 raise ServerConfigurationError(Reason.CONFIGURATION, f"{name} must be >= 1")
+        if self.key_rotation <= self.key_refresh_interval:
+            # A new key is published for key_refresh_interval seconds before it signs.
+            raise ServerConfigurationError(
+                Reason.CONFIGURATION, "key_rotation must be longer than key_refresh_interval"
+            )
         if self.code_lifetime > 600:
             raise ServerConfigurationError(
                 Reason.CONFIGURATION, "code_lifetime must be at most 600 s (RFC 6749 §4.1.2)"
