@@ -15,7 +15,7 @@ import time
 from binascii import a2b_base64, b2a_base64
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from hashlib import sha256
 from hmac import compare_digest
 from os import urandom
@@ -24,6 +24,7 @@ from typing import Any, Final, NamedTuple, Protocol, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from dpopkit.core._slots import unfrozen_twin
 from dpopkit.core.algorithms import ALGORITHMS, EC_CURVES, AlgSpec, PublicKey, spec_for
 from dpopkit.core.http import DPOP_HEADER, Headers
 from dpopkit.core.htu import normalize_htu
@@ -756,23 +757,12 @@ def verify_proof(
     return result
 
 
-class _VerifiedProofBuilder:
-    """VerifiedProof's exact slot layout without its frozen ``__setattr__``.
-
-    The verify hot path fills one with plain attribute stores, then turns it into a
-    VerifiedProof by ``__class__`` assignment, which CPython allows between classes of
-    identical slot layout (and refuses with TypeError otherwise): about 0.25 µs, against
-    0.87 µs for 14 slot-descriptor calls and 2.3 µs for the generated frozen ``__init__``.
-    """
-
-    __slots__ = VerifiedProof.__slots__
-
-
-if len(fields(VerifiedProof)) != 14:  # pragma: no cover - guards future edits
-    raise RuntimeError("VerifiedProof changed: update verify_proof() in dpopkit.core.proof")
-_probe: Any = _VerifiedProofBuilder()
-_probe.__class__ = VerifiedProof  # the layouts match (checked once, at import)
-del _probe
+#: VerifiedProof's slot layout without its frozen ``__setattr__``: the verify hot path fills
+#: one with plain attribute stores, then makes it a VerifiedProof (0.25 µs, against 2.3 µs
+#: for the generated frozen ``__init__``).
+_VerifiedProofBuilder = unfrozen_twin(
+    VerifiedProof, field_count=14, fill="verify_proof() in dpopkit.core.proof"
+)
 
 
 def _time_claim(payload: Mapping[str, Any], name: str) -> float | None:
