@@ -10,18 +10,36 @@ flags: ``--log-level`` (uvicorn's and dpopkit's loggers) and ``--access-log``, a
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 from dpopkit.cli import CommandError
 
-__all__ = ["EXIT_CANNOT_LISTEN", "LOG_LEVELS", "add_logging_flags", "bind", "run_uvicorn"]
+__all__ = [
+    "EXIT_CANNOT_LISTEN",
+    "LOG_LEVELS",
+    "add_logging_flags",
+    "bind",
+    "run_uvicorn",
+    "worker_args",
+]
 
 #: Exit status when the address cannot be bound (in use, not local, no permission).
 EXIT_CANNOT_LISTEN = 3
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# How the parent hands its command-line arguments to ``--workers`` processes (plain values:
+# variable names of secrets travel, never the secrets themselves).
+_WORKER_ARGS = "DPOPKIT_WORKER_ARGS"
+
+
+def worker_args() -> dict[str, Any]:
+    """The arguments ``run_uvicorn`` handed to this worker process (``factory_args``)."""
+    args: dict[str, Any] = json.loads(os.environ[_WORKER_ARGS])
+    return args
 
 
 def add_logging_flags(parser: argparse.ArgumentParser) -> None:
@@ -83,8 +101,10 @@ def run_uvicorn(
     access_log: bool,
     workers: int = 1,
     factory: str | None = None,
+    factory_args: Mapping[str, Any] | None = None,
 ) -> None:
-    """Serve ``app`` (or, with several workers, the import string ``factory``) on ``sock``."""
+    """Serve ``app`` on ``sock``; with several workers, each builds its own from the import
+    string ``factory``, which reads ``factory_args`` with :func:`worker_args`."""
     import uvicorn
 
     configure_logging(log_level)
@@ -99,6 +119,7 @@ def run_uvicorn(
         if workers > 1:
             if factory is None:
                 raise ValueError("several workers need an import string for the app factory")
+            os.environ[_WORKER_ARGS] = json.dumps(dict(factory_args or {}))
             # The workers get ``sock`` itself: uvicorn's ``fd=`` would rebuild it as an
             # AF_UNIX socket object, on which asyncio never sets TCP_NODELAY.
             from uvicorn.supervisors import Multiprocess

@@ -10,8 +10,6 @@ nothing and exits 1 when a configured store does not answer.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,7 +22,7 @@ from dpopkit.cli import (
     missing_extra,
     nonce_secrets_from_env,
 )
-from dpopkit.cli._serving import add_logging_flags, bind, run_uvicorn
+from dpopkit.cli._serving import add_logging_flags, bind, run_uvicorn, worker_args
 
 __all__ = ["register", "whoami_mounts", "worker_app"]
 
@@ -138,9 +136,6 @@ def whoami_mounts(
     return [(WHOAMI_PATH, app), ("/.well-known/oauth-protected-resource", app)]
 
 
-_ENV = "DPOPKIT_SERVE_ARGS"
-
-
 def _load(args: dict[str, Any], *, create: bool = True) -> Any:
     from dpopkit.server.config import load_config
 
@@ -176,7 +171,7 @@ def _build(args: dict[str, Any]) -> tuple[Any, Any, Any]:
 
 def worker_app() -> Any:
     """The app of one uvicorn worker process (``--workers N``), built from the parent's args."""
-    return _build(json.loads(os.environ[_ENV]))[1]
+    return _build(worker_args())[1]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -242,8 +237,6 @@ def run(args: argparse.Namespace) -> int:
             f"TEST MODE: /authorize logs in {service.settings.test_mode_user!r} without a password",
             file=sys.stderr,
         )
-    if args.workers > 1:
-        os.environ[_ENV] = json.dumps(spec)
     run_uvicorn(
         app,
         sock=sock,
@@ -251,5 +244,6 @@ def run(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         workers=args.workers,
         factory="dpopkit.cli.serve:worker_app",
+        factory_args=spec,
     )
     return 0

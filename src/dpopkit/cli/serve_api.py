@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import json
 import math
-import os
 from typing import Any
 
 from dpopkit.cli import (
@@ -26,7 +24,7 @@ from dpopkit.cli import (
     missing_extra,
     nonce_secrets_from_env,
 )
-from dpopkit.cli._serving import add_logging_flags, bind, run_uvicorn
+from dpopkit.cli._serving import add_logging_flags, bind, run_uvicorn, worker_args
 from dpopkit.core.replay import AsyncReplayCache
 from dpopkit.storage.urls import REPLAY_URL_FORMS, async_replay_cache_from_url, parse_replay_url
 
@@ -111,7 +109,6 @@ _SPEC = (
     "metrics_allow",
     "allow_insecure_http",
 )
-_ENV = "DPOPKIT_SERVE_API_ARGS"
 
 
 def _replay(args: argparse.Namespace) -> AsyncReplayCache | None:
@@ -186,7 +183,7 @@ def _close(replay: AsyncReplayCache | None) -> None:
 
 def worker_app() -> Any:
     """The app of one uvicorn worker process (``--workers N``), built from the parent's args."""
-    return _app(argparse.Namespace(**json.loads(os.environ[_ENV])))[1]
+    return _app(argparse.Namespace(**worker_args()))[1]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,8 +226,6 @@ def run(args: argparse.Namespace) -> int:
         app = None
     sock = bind(args.host, args.port)  # before the banner: a port in use is one line
     print(f"dpopkit serve-api: {origin}/api/whoami (tokens from {args.issuer})", flush=True)
-    if args.workers > 1:
-        os.environ[_ENV] = json.dumps({name: getattr(args, name) for name in _SPEC})
     run_uvicorn(
         app,
         sock=sock,
@@ -238,5 +233,6 @@ def run(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         workers=args.workers,
         factory="dpopkit.cli.serve_api:worker_app",
+        factory_args={name: getattr(args, name) for name in _SPEC},
     )
     return 0
