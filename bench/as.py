@@ -1,7 +1,7 @@
 """Benchmark of the authorization server's token endpoint (not a test).
 
 Run: ``python bench/as.py [--quick] [--reps N] [--target-ms MS] [--requests N] [--seconds S]
-[--node] [--rounds R] [--workers N] [--stores sqlite|postgres+redis] [--no-breakdown]``.
+[--node] [--rounds R] [--workers N] [--no-breakdown]``. PostgreSQL and Redis: ``bench/deploy.py``.
 ``--node`` adds node-oidc-provider side by side (``npm install --prefix bench/node`` first;
 ``bench/node/server.mjs`` configures it like our server: client_credentials,
 client_secret_basic, DPoP required, ES256 JWT access tokens; its storage is a SQLite file
@@ -49,7 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Op, fmt_us, ratio, run_round_robin
-from _load import LoadResult, accepted, fresh_postgres_database, have_wrk, wrk_run
+from _load import LoadResult, accepted, have_wrk, wrk_run
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -187,15 +187,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _dpopkit_server(tmp: Path, port: int, *, workers: int, stores: str) -> list[str]:
+def _dpopkit_server(tmp: Path, port: int, *, workers: int) -> list[str]:
     base = f"http://127.0.0.1:{port}"
     config = tmp / "as.toml"
-    urls = ""
-    if stores == "postgres+redis":
-        # Redis database 13: replay keys are unique per proof, so nothing else is disturbed.
-        urls = f'storage_url = "{fresh_postgres_database()}"\nreplay_url = "redis://127.0.0.1:6379/13"\n'
     config.write_text(
-        f'issuer = "{base}"\nport = {port}\ndata_dir = "{tmp / "data"}"\n{urls}'
+        f'issuer = "{base}"\nport = {port}\ndata_dir = "{tmp / "data"}"\n'
         '[[clients]]\nclient_id = "bench"\n'
         f'client_secret = "{SECRET}"\ngrant_types = ["client_credentials"]\n'
         "dpop_bound_access_tokens = true\n"
@@ -331,13 +327,6 @@ def main() -> int:
         "--rounds", type=int, help="end-to-end rounds (default 3 with --node, else 1)"
     )
     parser.add_argument("--workers", type=int, default=1, help="dpopkit serve --workers")
-    parser.add_argument(
-        "--stores",
-        choices=("sqlite", "postgres+redis"),
-        default="sqlite",
-        help="dpopkit's stores: the default SQLite files, or PostgreSQL (grants) and "
-        "Redis (replay) on 127.0.0.1",
-    )
     parser.add_argument("--no-breakdown", action="store_true", help="end to end only")
     parser.add_argument(
         "--pool", type=int, default=40_000, help="proofs made for each wrk run (never reused)"
@@ -352,8 +341,8 @@ def main() -> int:
             breakdown(Path(tmp), args.reps, args.target_ms)
     label = f"dpopkit serve ×{args.workers}" if args.workers > 1 else "dpopkit serve"
     print(
-        f"\nend to end (wall clock; client and server share the machine; dpopkit stores: "
-        f"{args.stores}; node-oidc-provider: SQLite)"
+        "\nend to end (wall clock; client and server share the machine; both servers on "
+        "SQLite files)"
     )
     if not have_wrk():
         print("  (wrk not found: apt-get install wrk; its phase is left out)")
@@ -361,7 +350,7 @@ def main() -> int:
     for _ in range(rounds):  # alternate servers so a noisy phase hits both
         with tempfile.TemporaryDirectory() as tmp:
             port = _free_port()
-            cmd = _dpopkit_server(Path(tmp), port, workers=args.workers, stores=args.stores)
+            cmd = _dpopkit_server(Path(tmp), port, workers=args.workers)
             figures[label].append(
                 end_to_end(label, cmd, port, args.requests, args.seconds, args.pool)
             )
