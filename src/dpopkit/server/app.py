@@ -54,14 +54,14 @@ _BY_ADDRESS = ("/authorize", "/register")
 _forwarding_warned = False
 
 
-def _warn_untrusted_forwarding(headers: Headers, path: str) -> None:
+def _warn_untrusted_forwarding(headers: Headers) -> None:
     """Log once per process that a proxy's X-Forwarded-For is not believed.
 
     Unless ``FORWARDED_ALLOW_IPS`` names the proxy, every client behind it shares one
     address budget.
     """
     global _forwarding_warned
-    if _forwarding_warned or path not in _BY_ADDRESS or headers.get("x-forwarded-for") is None:
+    if _forwarding_warned or headers.get("x-forwarded-for") is None:
         return
     if os.environ.get("FORWARDED_ALLOW_IPS"):
         return
@@ -142,6 +142,7 @@ class _Endpoint:
     ) -> None:
         self.handler = handler
         self.on_loop = on_loop
+        self.counts_by_address = path in _BY_ADDRESS
         self.methods = tuple(methods)
         self.base_url = issuer + path
         self.path = path
@@ -176,7 +177,8 @@ class _Endpoint:
             if client is None or not is_loopback_host(str(client[0])):
                 await _send(send, _plain(403, "test mode answers loopback clients only"))
                 return
-        _warn_untrusted_forwarding(headers, self.path)
+        if self.counts_by_address:
+            _warn_untrusted_forwarding(headers)
         cors = self._cors(headers)
         method = scope["method"]
         if method == "OPTIONS":
