@@ -90,3 +90,17 @@ def pg_dsn() -> str:
 def unique_prefix() -> str:
     """A key prefix / schema suffix unique to one test."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+def delete_redis_prefix(url: str, prefix: str) -> int:
+    """Delete every key under ``prefix`` in the Redis at ``url``; how many there were."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+        return len(keys)
+    finally:
+        client.close()

@@ -32,7 +32,7 @@ import pytest
 from dpopkit import DPoPKey, create_proof, parse_challenges
 from dpopkit._private import make_private_dir, write_private_file
 from dpopkit.cli import main
-from tests.conftest import PG_DSN, REDIS_URL, _require_server
+from tests.conftest import PG_DSN, REDIS_URL, _require_server, delete_redis_prefix
 from tests.resource._rs_support import free_port
 from tests.server.conftest import hidden_fields
 
@@ -138,7 +138,6 @@ def as_pair(
     settings before it and ``tables`` adds TOML tables after it.
     """
     import psycopg
-    import redis
 
     _require_server("PostgreSQL", PG_DSN, 5432)
     _require_server("Redis", REDIS_URL, 6379)
@@ -188,13 +187,7 @@ def as_pair(
     finally:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        store = redis.Redis.from_url(REDIS_URL)
-        try:
-            keys = list(store.scan_iter(f"{unique}:*"))
-            if keys:
-                store.delete(*keys)
-        finally:
-            store.close()
+        delete_redis_prefix(REDIS_URL, f"{unique}:")
 
 
 @pytest.fixture(scope="module")
@@ -569,15 +562,7 @@ def test_two_resource_servers_share_nonces_and_replay(pair: Deployment, tmp_path
         }
         assert errors == {"invalid_dpop_proof"}
         assert replays_counted(a) + replays_counted(b) == 49
-    import redis
-
-    store = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(store.scan_iter(prefix + "*"))
-        assert len(keys) == 2  # the two proofs accepted, one record each
-        store.delete(*keys)
-    finally:
-        store.close()
+    assert delete_redis_prefix(REDIS_URL, prefix) == 2  # the two proofs accepted, a record each
 
 
 def test_serve_api_workers_share_the_replay_store(pair: Deployment, tmp_path: Path) -> None:
@@ -604,15 +589,7 @@ def test_serve_api_workers_share_the_replay_store(pair: Deployment, tmp_path: Pa
             assert challenge.params["error"] == "invalid_dpop_proof"
         fresh = httpx.get(base + "/api/whoami", headers=api_headers(client.key, token))
         assert fresh.status_code == 200
-    import redis
-
-    store = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(store.scan_iter(prefix + "*"))
-        assert len(keys) == 2
-        store.delete(*keys)
-    finally:
-        store.close()
+    assert delete_redis_prefix(REDIS_URL, prefix) == 2
 
 
 @pytest.mark.parametrize(

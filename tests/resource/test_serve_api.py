@@ -28,7 +28,7 @@ from dpopkit.resource.asgi import DPoPMiddleware
 from dpopkit.resource.guard import AsyncResourceGuard, ResourceGuard
 from dpopkit.resource.tokens import JWTAccessTokens
 from dpopkit.resource.wsgi import DPoPWSGIMiddleware
-from tests.conftest import missing_real_part
+from tests.conftest import delete_redis_prefix, missing_real_part
 from tests.resource._rs_support import (
     AUDIENCE,
     Calls,
@@ -316,15 +316,7 @@ def test_two_rs_processes_share_redis_replay(
 
         anyio.run(main)
         assert sorted(statuses) == [200] + [401] * 49
-    import redis
-
-    store = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(store.scan_iter(f"{unique_prefix}:*"))
-        assert len(keys) == 2
-        store.delete(*keys)
-    finally:
-        store.close()
+    assert delete_redis_prefix(redis_url, f"{unique_prefix}:") == 2
 
 
 # --- replay store outage: fail closed, bounded, recover without restart ------------------

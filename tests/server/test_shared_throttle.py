@@ -42,6 +42,7 @@ from dpopkit.storage.counters import (
 from dpopkit.storage.records import StoreError
 from dpopkit.storage.redis import RedisCounterStore, RedisReplayCache
 from dpopkit.storage.sql import SQLGrantStore
+from tests.conftest import delete_redis_prefix
 from tests.storage.freeze_proxy import frozen_proxy
 
 from .conftest import (
@@ -65,13 +66,7 @@ WRONG = "Wr0ng-Guess"
 def prefix(redis_url: str, unique_prefix: str) -> Iterator[str]:
     """This test's key prefix; its keys are deleted afterwards."""
     yield f"{unique_prefix}:"
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{unique_prefix}:*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    delete_redis_prefix(redis_url, f"{unique_prefix}:")
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ from dpopkit.storage.redis import (
     eviction_policy_is_risky,
 )
 from dpopkit.storage.sqlite import AsyncSQLiteReplayCache, SQLiteReplayCache
-from tests.conftest import missing_real_part
+from tests.conftest import delete_redis_prefix, missing_real_part
 
 NOW = 1_700_000_000.0
 TTL = 60.0
@@ -142,16 +142,6 @@ def _drop_schema(dsn: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def _delete_prefix(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 async def _close(cache: object) -> None:
     if isinstance(cache, AsyncRedisReplayCache | AsyncPostgresReplayCache):
         await cache.aclose()
@@ -179,7 +169,7 @@ def _make(case: Case, request: pytest.FixtureRequest, tmp_path: Path, prefix: st
 
 def _cleanup(case: Case, request: pytest.FixtureRequest, prefix: str) -> None:
     if case.kind == "redis":
-        _delete_prefix(request.getfixturevalue("redis_url"), f"{prefix}:")
+        delete_redis_prefix(request.getfixturevalue("redis_url"), f"{prefix}:")
     elif case.kind == "postgres":
         _drop_schema(request.getfixturevalue("pg_dsn"), prefix)
 

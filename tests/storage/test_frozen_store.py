@@ -46,6 +46,7 @@ from dpopkit.server.config import ConfigError, build_server, load_config
 from dpopkit.storage.postgres import AsyncPostgresReplayCache, PostgresReplayCache
 from dpopkit.storage.redis import AsyncRedisReplayCache, RedisReplayCache
 from dpopkit.storage.sql import ClientRecord, SQLGrantStore, StoreError
+from tests.conftest import delete_redis_prefix
 from tests.resource._rs_support import (
     AUDIENCE,
     ISSUER,
@@ -207,13 +208,7 @@ def cleanup(request: pytest.FixtureRequest, unique_prefix: str) -> Iterator[None
         with psycopg.connect(request.getfixturevalue("pg_dsn"), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{unique_prefix}" CASCADE')
     if "redis_url" in request.fixturenames:
-        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
-        try:
-            keys = list(client.scan_iter(match=f"{unique_prefix}:*"))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+        delete_redis_prefix(request.getfixturevalue("redis_url"), f"{unique_prefix}:")
 
 
 @pytest.mark.postgres
