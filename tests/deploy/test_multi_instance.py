@@ -229,23 +229,7 @@ class Client:
 
     def authorize(self, first: str, second: str) -> tuple[str, str]:
         """Sign in and consent, each step at another instance; return (code, verifier)."""
-        verifier = secrets.token_urlsafe(48)
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-        query = {
-            "client_id": "spa",
-            "response_type": "code",
-            "redirect_uri": REDIRECT,
-            "code_challenge": challenge.rstrip(b"=").decode(),
-            "code_challenge_method": "S256",
-            "state": "st",
-        }
-        page = httpx.get(f"{first}/authorize?{urlencode(query)}", timeout=10)
-        assert page.status_code == 200
-        cookie = {"Cookie": page.headers["set-cookie"].split(";")[0]}
-        login = {**hidden_fields(page.text), "username": "alice", "password": PASSWORD}
-        consent = httpx.post(
-            f"{second}/authorize", data={**login, "action": "login"}, headers=cookie, timeout=10
-        )
+        consent, verifier, cookie = sign_in_exchange(first, "alice", PASSWORD, post_to=second)
         assert consent.status_code == 200
         approve = {**hidden_fields(consent.text), "action": "approve"}
         done = httpx.post(f"{first}/authorize", data=approve, headers=cookie, timeout=10)
@@ -430,8 +414,11 @@ def test_signing_key_rotation_on_one_instance_is_seen_by_both(tmp_path: Path) ->
         assert introspect(pair.a, first)["active"] is True  # the old key still verifies
 
 
-def sign_in(base: str, username: str, password: str) -> httpx.Response:
-    """Open the sign-in page at ``base`` and post ``username`` and ``password`` to it."""
+def sign_in_exchange(
+    base: str, username: str, password: str, *, post_to: str | None = None
+) -> tuple[httpx.Response, str, dict[str, str]]:
+    """Open the sign-in page of a fresh PKCE request at ``base`` and post ``username`` and
+    ``password`` to it (at ``post_to`` when given): (answer, code verifier, cookie header)."""
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
     query = {
@@ -440,14 +427,21 @@ def sign_in(base: str, username: str, password: str) -> httpx.Response:
         "redirect_uri": REDIRECT,
         "code_challenge": challenge.rstrip(b"=").decode(),
         "code_challenge_method": "S256",
+        "state": "st",
     }
     page = httpx.get(f"{base}/authorize?{urlencode(query)}", timeout=10)
     assert page.status_code == 200
     form = {**hidden_fields(page.text), "username": username, "password": password}
     cookie = {"Cookie": page.headers["set-cookie"].split(";")[0]}
-    return httpx.post(
-        f"{base}/authorize", data={**form, "action": "login"}, headers=cookie, timeout=10
+    answer = httpx.post(
+        f"{post_to or base}/authorize", data={**form, "action": "login"}, headers=cookie, timeout=10
     )
+    return answer, verifier, cookie
+
+
+def sign_in(base: str, username: str, password: str) -> httpx.Response:
+    """Open the sign-in page at ``base`` and post ``username`` and ``password`` to it."""
+    return sign_in_exchange(base, username, password)[0]
 
 
 def _signed_in(response: httpx.Response) -> bool:
